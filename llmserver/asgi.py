@@ -1,0 +1,31 @@
+"""The ASGI application Daphne serves.
+
+Importing this module is what starts a server, so the configured model is loaded here,
+not in AppConfig.ready(): migrate, shell, other management commands and tests that do
+not need an engine never load one. A model that cannot be served stops the server at
+start with one line naming the path and what is wrong.
+"""
+
+import os
+import sys
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmserver.settings")
+
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up)
+from django.conf import settings  # noqa: E402
+
+from inference.engine import ModelLoadError  # noqa: E402
+from inference.registry import load_configured_models  # noqa: E402
+
+if settings.LOAD_MODELS_ON_START:
+    try:
+        load_configured_models()
+    except ModelLoadError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+application = ProtocolTypeRouter({"http": django_asgi_app})

@@ -1,0 +1,170 @@
+"""Settings for llmserver.
+
+The environment is read here and only here (django-environ); every other module reads
+``django.conf.settings``. Every name is listed, with its default, in ``.env.example``.
+A ``.env`` file in the project root is read if present; real environment variables win.
+"""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+
+def _positive_int(name: str, default: int) -> int:
+    """Read an integer that must be >= 1, failing loudly at start-up otherwise."""
+    value = env.int(name, default=default)
+    if value < 1:
+        raise environ.ImproperlyConfigured(f"{name} must be a positive integer, got {value}")
+    return value
+
+
+# --- Django core ----------------------------------------------------------------------
+
+DEBUG = env.bool("DEBUG", default=False)
+# The default key is for a laptop only; production settings (issue 9) will require one.
+SECRET_KEY = env.str("SECRET_KEY", default="llmserver-insecure-development-key-change-me")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "corsheaders",
+    "rest_framework",
+    "channels",
+    "inference",
+    "accounts",
+]
+
+MIDDLEWARE = [
+    "llmserver.middleware.RequestContextMiddleware",
+    "llmserver.middleware.RequestSizeLimitMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "llmserver.urls"
+ASGI_APPLICATION = "llmserver.asgi.application"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# SQLite by default so a newcomer needs nothing; PostgreSQL in production via DATABASE_URL.
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- HTTP front ----------------------------------------------------------------------
+
+SERVER_HOST = env.str("SERVER_HOST", default="127.0.0.1")
+SERVER_PORT = env.int("SERVER_PORT", default=8000)
+
+MAX_REQUEST_SIZE_MB = env.float("MAX_REQUEST_SIZE_MB", default=10.0)
+MAX_REQUEST_SIZE_BYTES = int(MAX_REQUEST_SIZE_MB * 1024 * 1024)
+# Django's own guard raises at the same size; the middleware answers 413 before that.
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_SIZE_BYTES
+
+_cors_origins = env.list("CORS_ORIGINS", default=[])
+CORS_ALLOW_ALL_ORIGINS = _cors_origins == ["*"]
+CORS_ALLOWED_ORIGINS = [] if CORS_ALLOW_ALL_ORIGINS else _cors_origins
+CORS_EXPOSE_HEADERS = ["X-Request-ID", "X-Process-Time", "Retry-After"]
+
+REST_FRAMEWORK = {
+    "EXCEPTION_HANDLER": "llmserver.errors.drf_exception_handler",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # Authentication of /v1 arrives with API keys (accounts app); none yet.
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "UNAUTHENTICATED_USER": None,
+}
+
+# --- Inference -----------------------------------------------------------------------
+
+# A relative MODEL_PATH is relative to the project folder, wherever the server starts.
+MODEL_PATH = str(BASE_DIR / env.str("MODEL_PATH", default="models/demo"))
+MODEL_ID = env.str("MODEL_ID", default="llmserver-demo")
+MAX_BATCH_SIZE = _positive_int("MAX_BATCH_SIZE", 16)
+MAX_CONCURRENT_REQUESTS = _positive_int("MAX_CONCURRENT_REQUESTS", 64)
+DEFAULT_MAX_TOKENS = _positive_int("DEFAULT_MAX_TOKENS", 256)
+DEFAULT_TEMPERATURE = env.float("DEFAULT_TEMPERATURE", default=0.0)
+if DEFAULT_TEMPERATURE < 0 or DEFAULT_TEMPERATURE > 2:
+    raise environ.ImproperlyConfigured("DEFAULT_TEMPERATURE must be between 0 and 2")
+# Load the model when the ASGI application starts. Off only for tests that import the
+# ASGI app without an engine.
+LOAD_MODELS_ON_START = env.bool("LOAD_MODELS_ON_START", default=True)
+
+# --- Logging -------------------------------------------------------------------------
+
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # Daphne logs every request itself; ours carries the request id and duration.
+        "django.server": {"level": "WARNING"},
+        # 4xx answers are the client's business and already in llmserver.access.
+        "django.request": {"level": "ERROR"},
+        "daphne": {"level": "WARNING"},
+    },
+}
