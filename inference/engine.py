@@ -1,0 +1,484 @@
+"""One thread per loaded model owns its ``onnxruntime_genai.Engine``.
+
+Why a thread: every Engine call must come from the thread that created the Engine, and
+``Engine.run`` blocks for a whole scheduler step (it releases the GIL, so the event loop
+keeps serving meanwhile). The owner thread takes new turns and cancellations from a
+thread-safe inbox, runs steps while work is pending, detokenizes, and hands each step's
+text to asyncio with one ``call_soon_threadsafe`` per event loop per step, not one per
+token.
+
+Why our own admission queue: on CPU the Engine's scheduler is *static*: a batch forms
+when the engine is idle, and a request submitted while it runs waits until every
+sequence in it has finished, even with free slots (measured: a newcomer waited 26 steps
+beside a lone running turn). The worker therefore keeps waiting turns itself and makes
+batching continuous by *re-forming* the batch: it cancels the running turns and begins
+them again, each with its prompt plus the tokens generated so far (recompute preemption,
+as vLLM does it), together with the newcomers. Re-prefilling costs time, so a re-form
+happens only once the oldest waiter has waited as long as the re-prefill is expected to
+take (the ski-rental rule: never more than twice the better choice in hindsight). For a
+small model the re-prefill is nearly free and newcomers join within a step or two.
+
+On the asyncio side a :class:`Turn` accumulates text until its consumer wakes up, so a
+consumer slower than the engine receives several tokens in one piece and the first token
+is never held back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("llmserver.engine")
+
+# og.EngineEventFlags, as plain ints for cheap bit tests on the hot path.
+_TOKEN = 1
+_TURN_FINISHED = 2
+_FAILED = 8
+
+
+class ModelLoadError(Exception):
+    """The model folder cannot be served; the message names the path and the cause."""
+
+
+class EngineUnavailable(Exception):
+    """The engine thread is not running (failed to load, stopped, or crashed)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass
+class Finish:
+    """How a turn ended: ``reason`` is the engine's FinishReason name (EOS,
+    MAX_GENERATED_TOKENS, MAX_SESSION_TOKENS, CANCELLED, FAILED)."""
+
+    reason: str
+    usage: Usage
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Turn:
+    """One generation, as seen from asyncio.
+
+    Created on the event loop; the engine thread schedules :meth:`_deliver` on that loop
+    once per step. Text accumulates until the consumer calls :meth:`take`, so a consumer
+    slower than the engine gets several tokens at once. ``wake`` is set on every delivery;
+    the turns of one API request (``n`` > 1) share one event and one consumer.
+    """
+
+    prompt_tokens: np.ndarray
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    wake: asyncio.Event
+    finish: Finish | None = None
+    _pieces: list[str] = field(default_factory=list)
+    # Engine-thread state, never touched from asyncio:
+    _request: object = None
+    _turn_id: int = -1
+    _stream: object = None  # og.TokenizerStream, kept across re-forms
+    _generated: list[int] = field(default_factory=list)
+    _carried: int = 0  # tokens generated before the last re-form
+    _cached_tokens: int = 0
+    _cancelled: bool = False  # the client asked
+    _resuming: bool = False  # cancelled by a re-form, to begin again
+    _queued_at: float = 0.0
+
+    def take(self) -> str:
+        """The text delivered since the last call."""
+        if not self._pieces:
+            return ""
+        text = "".join(self._pieces)
+        self._pieces.clear()
+        return text
+
+    def _deliver(self, text: str, finish: Finish | None) -> None:
+        if text:
+            self._pieces.append(text)
+        if finish is not None:
+            self.finish = finish
+        self.wake.set()
+
+
+@dataclass
+class EngineStats:
+    """Counters for /health and the tests, written only by the engine thread."""
+
+    steps: int = 0
+    tokens_generated: int = 0
+    turns_started: int = 0
+    turns_finished: int = 0
+    running: int = 0  # turns begun in the engine
+    waiting: int = 0  # turns queued for a slot
+    peak_batch: int = 0  # most tokens produced by one scheduler step
+    reforms: int = 0
+    reprefilled_tokens: int = 0
+    restarts: int = 0
+
+
+def check_model_folder(path: str) -> None:
+    """Fail with one clear line when a folder cannot be an ONNX Runtime GenAI model."""
+    folder = Path(path)
+    if not folder.exists():
+        raise ModelLoadError(f"model folder {path} does not exist")
+    if not folder.is_dir():
+        raise ModelLoadError(f"model path {path} is not a folder")
+    config = folder / "genai_config.json"
+    if not config.is_file():
+        raise ModelLoadError(f"model folder {path} has no genai_config.json (not an ONNX Runtime GenAI model folder)")
+    try:
+        decoder = json.loads(config.read_text())["model"]["decoder"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{config} is not a valid genai_config.json ({exc!r})") from None
+    filename = decoder.get("filename")
+    if filename and not (folder / filename).is_file():
+        raise ModelLoadError(f"model folder {path} is missing {filename}, named in genai_config.json")
+    if not (folder / "tokenizer.json").is_file():
+        raise ModelLoadError(f"model folder {path} has no tokenizer.json")
+
+
+class EngineWorker:
+    """Owns one model's Engine on a dedicated daemon thread."""
+
+    def __init__(self, model_id: str, path: str, *, max_batch_size: int):
+        self.model_id = model_id
+        self.path = path
+        self.max_batch_size = max_batch_size
+        self.stats = EngineStats()
+        self.state = "stopped"  # loading → running → stopped | failed
+        self.error: str | None = None
+        self.context_length = 0
+        self.vocab_size = 0
+        self.tokenizer = None  # og.Tokenizer; its encode/decode may be called from any thread
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        # Owner-thread state:
+        self._running: dict[object, Turn] = {}  # og.Request -> Turn
+        self._waiting: collections.deque[Turn] = collections.deque()
+        self._prefill_seconds_per_token = 0.0  # measured; 0 until the first batch forms
+        self._tokens_to_prefill = 0  # begun since the last step: the next step prefills them
+
+    # --- control, from any thread ------------------------------------------------------
+
+    def start(self, timeout: float = 300.0) -> None:
+        """Load the model on the owner thread; raise ModelLoadError if it cannot be served."""
+        check_model_folder(self.path)
+        self.state = "loading"
+        self._thread = threading.Thread(target=self._main, name=f"engine:{self.model_id}", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise ModelLoadError(f"model {self.path} did not load within {timeout:.0f}s")
+        if self.state != "running":
+            raise ModelLoadError(f"model folder {self.path} failed to load: {self.error}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._thread and self._thread.is_alive():
+            self._inbox.put(("stop", None))
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running" and self._thread is not None and self._thread.is_alive()
+
+    def submit(self, turn: Turn) -> None:
+        if not self.running:
+            raise EngineUnavailable(f"the engine for model '{self.model_id}' is {self.state}")
+        self._inbox.put(("begin", turn))
+
+    def cancel(self, turn: Turn) -> None:
+        """End a turn now (client gone, stop sequence seen). Its finish arrives as usual,
+        with reason CANCELLED and the usage so far; its batch slot is free at once."""
+        if turn.finish is None:
+            self._inbox.put(("cancel", turn))
+
+    def inject_fault(self) -> None:
+        """Make the next engine step raise, as a crash inside the engine would (tests)."""
+        self._inbox.put(("fault", None))
+
+    # --- the owner thread ------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self._load()
+        except Exception as exc:  # the message goes to start()'s caller
+            text = str(exc).strip()
+            self.error = text.splitlines()[0] if text else type(exc).__name__
+            self.state = "failed"
+            self._ready.set()
+            return
+        self.state = "running"
+        self._ready.set()
+        log.info(
+            "model %s loaded from %s (batch size %d, context %d)",
+            self.model_id, self.path, self.max_batch_size, self.context_length,
+        )
+        try:
+            self._loop()
+        except Exception:
+            log.exception("engine thread for %s died", self.model_id)
+            self.state = "failed"
+            self._fail_all("the engine stopped")
+        finally:
+            if self.state == "running":
+                self.state = "stopped"
+
+    def _load(self) -> None:
+        import onnxruntime_genai as og
+
+        config = og.Config(self.path)
+        config.overlay(json.dumps({"engine": {"static_batching": {"max_batch_size": self.max_batch_size}}}))
+        self._og = og
+        self._model = og.Model(config)
+        self.tokenizer = og.Tokenizer(self._model)
+        model_config = json.loads((Path(self.path) / "genai_config.json").read_text())["model"]
+        self.context_length = int(model_config["context_length"])
+        self.vocab_size = int(model_config["vocab_size"])
+        self._new_engine()
+
+    def _new_engine(self) -> None:
+        self._engine = self._og.Engine(self._model)
+        self._buffer = self._engine.create_event_buffer(max(256, 4 * self.max_batch_size))
+        self._fault = False
+
+    def _loop(self) -> None:
+        inbox = self._inbox
+        while True:
+            idle = not self._running and not self._waiting
+            # Idle: sleep until work arrives. Busy: take whatever is queued, then step.
+            try:
+                command = inbox.get() if idle else inbox.get_nowait()
+                while True:
+                    if command[0] == "stop":
+                        self._fail_all("the server is shutting down")
+                        self.state = "stopped"
+                        return
+                    self._handle(command)
+                    command = inbox.get_nowait()
+            except queue.Empty:
+                pass
+            self._admit()
+            if self._running:
+                self._step()
+
+    def _handle(self, command) -> None:
+        kind, turn = command
+        if kind == "begin":
+            turn._queued_at = time.monotonic()
+            self._waiting.append(turn)
+        elif kind == "cancel":
+            turn._cancelled = True
+            if turn._request is not None:
+                turn._request.cancel_turn(turn._turn_id)
+            elif turn in self._waiting:
+                self._waiting.remove(turn)
+                self._post([(turn, "", Finish("CANCELLED", self._usage(turn)))])
+        elif kind == "fault":
+            self._fault = True
+        self.stats.waiting = len(self._waiting)
+
+    # Admission: continuous batching on a static scheduler (see the module docstring).
+
+    def _admit(self) -> None:
+        if not self._waiting:
+            return
+        if not self._running:
+            while self._waiting and len(self._running) < self.max_batch_size:
+                self._tokens_to_prefill += self._begin(self._waiting.popleft())
+            self.stats.waiting = len(self._waiting)
+        elif len(self._running) < self.max_batch_size and self._reform_pays_off():
+            self._reform()
+
+    def _reform_pays_off(self) -> bool:
+        waited = time.monotonic() - self._waiting[0]._queued_at
+        to_prefill = sum(len(t.prompt_tokens) + len(t._generated) for t in self._running.values())
+        return waited >= to_prefill * self._prefill_seconds_per_token
+
+    def _reform(self) -> None:
+        """Cancel every running turn; each begins again (prompt + its tokens so far) with
+        the newcomers once the cancellations are through, at the next admission."""
+        for request, turn in self._running.items():
+            if not turn._cancelled and not turn._resuming:
+                turn._resuming = True
+                request.cancel_turn(turn._turn_id)
+        self.stats.reforms += 1
+
+    def _begin(self, turn: Turn) -> int:
+        """Begin ``turn`` in the engine; return the number of tokens to prefill."""
+        og = self._og
+        params = turn.params
+        tokens = turn.prompt_tokens
+        if turn._generated:  # resumed after a re-form
+            tokens = np.concatenate([tokens, np.asarray(turn._generated, dtype=np.int32)])
+            self.stats.reprefilled_tokens += len(tokens)
+        options = og.RequestOptions()
+        options.set_max_session_tokens(self.context_length)
+        request = self._engine.create_request(options=options)
+        turn_options = og.TurnOptions(request)
+        turn_options.set_max_generated_tokens(params.max_tokens - len(turn._generated))
+        if params.temperature > 0:
+            turn_options.set_do_sample(True)
+            turn_options.set_temperature(params.temperature)
+            if params.top_p is not None:
+                turn_options.set_top_p(params.top_p)
+            if params.top_k is not None:
+                turn_options.set_top_k(params.top_k)
+        try:
+            turn._turn_id = request.begin_turn(tokens, turn_options)
+        except RuntimeError as exc:
+            request.close()
+            if turn._stream is not None:  # a resumed turn that was counted as started
+                turn._stream = None
+                self.stats.turns_finished += 1
+            self._post([(turn, "", Finish("FAILED", self._usage(turn), str(exc)))])
+            return 0
+        turn._request = request
+        turn._resuming = False
+        if turn._stream is None:
+            turn._stream = self.tokenizer.create_stream()
+            self.stats.turns_started += 1
+        self._running[request] = turn
+        self.stats.running = len(self._running)
+        return len(tokens)
+
+    def _step(self) -> None:
+        started = time.perf_counter()
+        try:
+            if self._fault:
+                raise RuntimeError("injected engine fault")
+            events = self._engine.run(self._buffer)
+        except Exception as exc:
+            log.exception("engine step failed for model %s; restarting the engine", self.model_id)
+            self._fail_all(f"engine failure: {exc}", waiting_too=False)
+            self.stats.restarts += 1
+            self._new_engine()
+            return
+        self._learn_prefill_cost(time.perf_counter() - started)
+        out = []
+        tokens_this_step = 0
+        for event in events:
+            turn = self._running.get(event.request)
+            if turn is None:
+                continue
+            flags = int(event.flags)
+            text = ""
+            if flags & _TOKEN:
+                tokens_this_step += 1
+                token = int(event.token)
+                turn._generated.append(token)
+                text = turn._stream.decode(token)
+            finish = None
+            if flags & (_TURN_FINISHED | _FAILED):
+                finish = self._finished(turn, event, flags)
+            if text or finish:
+                out.append((turn, text, finish))
+        stats = self.stats
+        stats.steps += 1
+        stats.tokens_generated += tokens_this_step
+        if tokens_this_step > stats.peak_batch:
+            stats.peak_batch = tokens_this_step
+        stats.running = len(self._running)
+        stats.waiting = len(self._waiting)
+        if out:
+            self._post(out)
+
+    def _learn_prefill_cost(self, seconds: float) -> None:
+        """The step after a batch forms does its prefill; keep a running estimate of the
+        seconds one prompt token costs, for the re-form rule."""
+        tokens, self._tokens_to_prefill = self._tokens_to_prefill, 0
+        if tokens:
+            sample = seconds / tokens
+            old = self._prefill_seconds_per_token
+            self._prefill_seconds_per_token = sample if old == 0 else 0.7 * old + 0.3 * sample
+
+    def _finished(self, turn: Turn, event, flags: int) -> Finish | None:
+        """Retire the turn; return its Finish, or None if it was re-formed and waits to
+        begin again."""
+        request = turn._request
+        del self._running[request]
+        request.close()
+        turn._request = None
+        usage = event.usage
+        if usage is not None:
+            turn._cached_tokens += int(usage.cached_prompt_tokens)
+        reason = event.finish_reason.name
+        if turn._resuming and reason == "CANCELLED" and not turn._cancelled:
+            self._waiting.appendleft(turn)  # ahead of the newcomers: it was here first
+            turn._queued_at = time.monotonic()
+            turn._carried = len(turn._generated)
+            return None
+        turn._stream = None
+        self.stats.turns_finished += 1
+        error = None
+        if flags & _FAILED or reason == "FAILED":
+            reason = "FAILED"
+            error = f"engine error {event.error_code.name}"
+        # The engine's own count for this segment, plus what earlier segments generated.
+        generated = turn._carried + int(usage.generated_tokens) if usage is not None else len(turn._generated)
+        return Finish(reason, self._usage(turn, generated), error)
+
+    def _usage(self, turn: Turn, generated: int | None = None) -> Usage:
+        return Usage(
+            prompt_tokens=len(turn.prompt_tokens),
+            completion_tokens=len(turn._generated) if generated is None else generated,
+            cached_tokens=turn._cached_tokens,
+        )
+
+    def _fail_all(self, message: str, *, waiting_too: bool = True) -> None:
+        """End every running turn (and, unless the engine is restarting, every waiting
+        one) with FAILED and ``message``."""
+        failed = []
+        for request, turn in list(self._running.items()):
+            try:
+                request.close()
+            except Exception:
+                pass
+            turn._request = None
+            failed.append((turn, "", Finish("FAILED", self._usage(turn), message)))
+        if waiting_too:
+            for turn in self._waiting:
+                failed.append((turn, "", Finish("FAILED", self._usage(turn), message)))
+            self._waiting.clear()
+        self._running.clear()
+        self.stats.running = len(self._running)
+        self.stats.waiting = len(self._waiting)
+        self.stats.turns_finished += len(failed)
+        if failed:
+            self._post(failed)
+
+    def _post(self, items: list) -> None:
+        """Hand one step's results to asyncio: one thread hop per event loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for item in items:
+            by_loop.setdefault(item[0].loop, []).append(item)
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver_all, batch)
+            except RuntimeError:
+                pass  # that event loop is closed; nobody is waiting
+
+
+def _deliver_all(batch: list) -> None:
+    for turn, text, finish in batch:
+        turn._deliver(text, finish)

@@ -1,0 +1,262 @@
+"""Request validation for the OpenAI endpoints, as DRF serializers.
+
+Fields follow OpenAI's order and meaning. The policy is "honour or refuse, never ignore":
+a parameter llmserver cannot honour is accepted only with its neutral value (``null``,
+``0``, ``false``...) and otherwise refused with a 400 naming it; a parameter OpenAI does
+not have is refused as unrecognized, as OpenAI does. Extensions: ``top_k``.
+
+JSON types are strict: ``"0.5"`` is not a number and ``1`` is not a boolean here, unlike
+DRF's lenient defaults, because an OpenAI client that sends them has a bug to learn of.
+"""
+
+from __future__ import annotations
+
+import math
+
+from rest_framework import serializers
+
+MAX_N = 16
+MAX_STOP_SEQUENCES = 4
+
+
+def _refuse(field: str, message: str, *, code: str = "invalid_value"):
+    """Raise a validation error for ``field`` with an OpenAI error code."""
+    raise serializers.ValidationError({field: serializers.ErrorDetail(message, code=code)})
+
+
+# --- strict JSON scalar fields ----------------------------------------------------------
+
+
+class StrictFloatField(serializers.FloatField):
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            self.fail("invalid")
+        if not math.isfinite(data):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            if not (isinstance(data, float) and data.is_integer()):
+                self.fail("invalid")
+        return super().to_internal_value(int(data))
+
+
+class StrictBooleanField(serializers.BooleanField):
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+class StrictCharField(serializers.CharField):
+    def __init__(self, **kwargs):
+        kwargs.setdefault("trim_whitespace", False)
+        kwargs.setdefault("allow_blank", True)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StopField(serializers.Field):
+    """``stop``: a string or a list of up to 4 non-empty strings; always a list inside."""
+
+    default_error_messages = {
+        "invalid": "Expected a string or a list of up to 4 strings.",
+        "too_many": "Expected a string or a list of up to 4 strings.",
+        "empty": "Stop sequences must not be empty strings.",
+    }
+
+    def to_internal_value(self, data):
+        items = [data] if isinstance(data, str) else data
+        if not isinstance(items, list):
+            self.fail("invalid")
+        if len(items) > MAX_STOP_SEQUENCES:
+            self.fail("too_many")
+        if not all(isinstance(item, str) for item in items):
+            self.fail("invalid")
+        if any(item == "" for item in items):
+            self.fail("empty")
+        return items
+
+
+class PromptField(serializers.Field):
+    """``prompt``: a string, a list of strings, a list of token ids or a list of lists of
+    token ids; inside, a non-empty list whose items are each a str or a list of ints."""
+
+    default_error_messages = {
+        "invalid": "Expected a string, a list of strings, or token ids (a list of integers or a list of such lists).",
+        "empty": "The prompt must not be empty.",
+    }
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            return [data]
+        if not isinstance(data, list) or not data:
+            self.fail("invalid" if not isinstance(data, list) else "empty")
+        if all(_is_token_id(item) for item in data):
+            return [list(data)]
+        prompts = []
+        for item in data:
+            if isinstance(item, str):
+                prompts.append(item)
+            elif isinstance(item, list) and item and all(_is_token_id(t) for t in item):
+                prompts.append(list(item))
+            else:
+                self.fail("invalid")
+        return prompts
+
+
+def _is_token_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
+
+
+class StreamOptionsSerializer(serializers.Serializer):
+    include_usage = StrictBooleanField(required=False, default=False)
+
+
+# --- the request serializers ------------------------------------------------------------
+
+
+class OpenAIRequestSerializer(serializers.Serializer):
+    """Common checks: unknown fields refused; known-but-unsupported fields refused unless
+    they carry their neutral value."""
+
+    # name -> values that mean "not used" and may therefore be accepted.
+    NEUTRAL_VALUES: dict[str, tuple] = {}
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            for name in data:
+                if name in self.NEUTRAL_VALUES:
+                    if data[name] is not None and data[name] not in self.NEUTRAL_VALUES[name]:
+                        _refuse(name, f"'{name}' is not supported by this server.", code="unsupported_parameter")
+                elif name not in self.fields:
+                    _refuse(name, f"Unrecognized request argument supplied: {name}", code="unknown_parameter")
+            # null for an optional field means "not given", as in OpenAI's API.
+            data = {k: v for k, v in data.items() if v is not None and k not in self.NEUTRAL_VALUES}
+        return super().to_internal_value(data)
+
+    def validate(self, attrs):
+        if "stream_options" in attrs and not attrs.get("stream", False):
+            _refuse("stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
+        if attrs.get("seed") is not None and attrs.get("temperature", 0) > 0:
+            _refuse(
+                "seed",
+                "'seed' is supported only with temperature 0 (greedy decoding, deterministic without a "
+                "seed): this engine's CPU scheduler cannot seed sampling per request.",
+                code="unsupported_parameter",
+            )
+        return attrs
+
+
+_SAMPLING_NEUTRAL = {
+    "presence_penalty": (0, 0.0),
+    "frequency_penalty": (0, 0.0),
+    "logit_bias": ({},),
+    "logprobs": (False, None),
+    "top_logprobs": (0,),
+}
+
+
+class _SamplingFields(serializers.Serializer):
+    temperature = StrictFloatField(required=False, min_value=0.0, max_value=2.0)
+    top_p = StrictFloatField(required=False, min_value=0.0, max_value=1.0)
+    top_k = StrictIntegerField(required=False, min_value=0, max_value=2**31 - 1)  # extension; 0 = off
+    n = StrictIntegerField(required=False, default=1, min_value=1, max_value=MAX_N)
+    stop = StopField(required=False)
+    stream = StrictBooleanField(required=False, default=False)
+    stream_options = StreamOptionsSerializer(required=False)
+    seed = StrictIntegerField(required=False, min_value=-(2**63), max_value=2**64 - 1)
+    user = StrictCharField(required=False, max_length=256)
+
+
+class ContentPartSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=["text"], error_messages={
+        "invalid_choice": "Only text content parts are supported by this server; got '{input}'.",
+    })
+    text = StrictCharField()
+
+
+class MessageContentField(serializers.Field):
+    """A message's ``content``: a string or a list of text parts, joined to one string."""
+
+    default_error_messages = {"invalid": "Expected a string or a list of content parts."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            return data
+        if not isinstance(data, list):
+            self.fail("invalid")
+        parts = ContentPartSerializer(data=data, many=True)
+        parts.is_valid(raise_exception=True)
+        return "".join(part["text"] for part in parts.validated_data)
+
+
+class ChatMessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant", "tool"])
+    content = MessageContentField()
+    name = StrictCharField(required=False, max_length=256)
+    tool_call_id = StrictCharField(required=False, max_length=256)
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = set(data) - set(self.fields)
+            if unknown:
+                name = sorted(unknown)[0]
+                if name in ("tool_calls", "function_call", "audio", "refusal"):
+                    _refuse(name, f"'{name}' in a message is not supported by this server.", code="unsupported_parameter")
+                _refuse(name, f"Unrecognized message field: {name}", code="unknown_parameter")
+        return super().to_internal_value(data)
+
+    def validate(self, attrs):
+        # The chat template knows system, user, assistant and tool; OpenAI's newer
+        # "developer" role means the same as "system" for a model without the distinction.
+        if attrs["role"] == "developer":
+            attrs["role"] = "system"
+        return attrs
+
+
+class ChatCompletionRequest(OpenAIRequestSerializer, _SamplingFields):
+    NEUTRAL_VALUES = {
+        **_SAMPLING_NEUTRAL,
+        "tools": ([],),
+        "tool_choice": ("none",),
+        "parallel_tool_calls": (True, False),
+        "functions": ([],),
+        "function_call": ("none",),
+        "response_format": ({"type": "text"},),
+        "store": (False,),
+        "metadata": ({},),
+        "service_tier": ("auto", "default"),
+        "modalities": (["text"],),
+    }
+
+    model = StrictCharField(allow_blank=False, max_length=256)
+    messages = ChatMessageSerializer(many=True, allow_empty=False)
+    max_tokens = StrictIntegerField(required=False, min_value=1, max_value=2**31 - 1)
+    max_completion_tokens = StrictIntegerField(required=False, min_value=1, max_value=2**31 - 1)
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        if "max_tokens" in attrs and "max_completion_tokens" in attrs:
+            _refuse("max_tokens", "Give either 'max_tokens' or 'max_completion_tokens', not both.")
+        return attrs
+
+
+class CompletionRequest(OpenAIRequestSerializer, _SamplingFields):
+    NEUTRAL_VALUES = {
+        **_SAMPLING_NEUTRAL,
+        "echo": (False,),
+        "best_of": (1,),
+        "suffix": ("",),
+    }
+
+    model = StrictCharField(allow_blank=False, max_length=256)
+    prompt = PromptField()
+    max_tokens = StrictIntegerField(required=False, min_value=1, max_value=2**31 - 1)

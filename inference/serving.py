@@ -1,0 +1,287 @@
+"""How an OpenAI request becomes engine turns and comes back as OpenAI objects.
+
+This layer knows the engine and OpenAI's response shapes, and nothing of HTTP: it returns
+response dicts, or yields chunk dicts for a stream. Errors found before generation starts
+are raised as :class:`~llmserver.errors.APIError`; an error after a stream has started is
+yielded as a value (``{"error": ...}``) because the 200 has already been sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+from django.conf import settings
+
+from inference.engine import EngineUnavailable, EngineWorker, SamplingParams, Turn, Usage
+from inference.stop import StopMatcher
+from llmserver.errors import APIError, error_body
+
+# The engine's FinishReason names, as OpenAI's finish_reason.
+_FINISH_REASONS = {
+    "EOS": "stop",
+    "STOP_STRING": "stop",
+    "MAX_GENERATED_TOKENS": "length",
+    "MAX_SESSION_TOKENS": "length",
+}
+
+
+@dataclass
+class ChoiceUpdate:
+    index: int
+    text: str
+    finish_reason: str | None = None
+
+
+class GenerationFailed(Exception):
+    """The engine ended a turn with an error after the request was accepted."""
+
+    def __init__(self, api_error: APIError):
+        super().__init__(api_error.message)
+        self.api_error = api_error
+
+
+class Generation:
+    """The engine turns of one API request (``n`` choices for each prompt), consumed as
+    one stream of :class:`ChoiceUpdate`, with stop sequences applied per choice.
+
+    Leaving :meth:`updates` early, by client disconnect (task cancelled), error or
+    ``aclose()``, cancels every unfinished turn in its ``finally``, freeing its batch slot
+    at the engine's next step.
+    """
+
+    def __init__(self, worker: EngineWorker, prompts: list[np.ndarray], params: SamplingParams,
+                 *, n: int = 1, stop: list[str] | None = None):
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        self.worker = worker
+        self.n = n
+        self.turns = [Turn(prompt, params, loop, wake) for prompt in prompts for _ in range(n)]
+        self._wake = wake
+        self._stop = stop or []
+
+    async def updates(self) -> AsyncIterator[ChoiceUpdate]:
+        worker, turns = self.worker, self.turns
+        matchers = [StopMatcher(self._stop) for _ in turns]
+        pending = list(range(len(turns)))
+        try:
+            for turn in turns:
+                worker.submit(turn)
+            while pending:
+                await self._wake.wait()
+                self._wake.clear()
+                for index in list(pending):
+                    turn, matcher = turns[index], matchers[index]
+                    text = turn.take()
+                    if text and not matcher.stopped:
+                        text = matcher.feed(text)
+                        if matcher.stopped:
+                            worker.cancel(turn)  # the rest is not wanted; free the slot now
+                        if text:
+                            yield ChoiceUpdate(index, text)
+                    finish = turn.finish
+                    if finish is None:
+                        continue
+                    pending.remove(index)
+                    if finish.reason == "FAILED" and not matcher.stopped:
+                        raise GenerationFailed(_engine_error(finish.error or "", worker))
+                    tail = matcher.flush()
+                    if tail:
+                        yield ChoiceUpdate(index, tail)
+                    reason = "stop" if matcher.stopped else _FINISH_REASONS.get(finish.reason, "stop")
+                    yield ChoiceUpdate(index, "", reason)
+        finally:
+            for index in pending:
+                worker.cancel(turns[index])
+
+    def usage(self) -> dict:
+        """OpenAI's usage object from the engine's own counts: prompts counted once each
+        (the ``n`` turns of a prompt share it), completions summed over every turn."""
+        totals = Usage()
+        for position, turn in enumerate(self.turns):
+            usage = turn.finish.usage if turn.finish else Usage(prompt_tokens=len(turn.prompt_tokens))
+            if position % self.n == 0:
+                totals.prompt_tokens += usage.prompt_tokens
+                totals.cached_tokens += usage.cached_tokens
+            totals.completion_tokens += usage.completion_tokens
+        return {
+            "prompt_tokens": totals.prompt_tokens,
+            "completion_tokens": totals.completion_tokens,
+            "total_tokens": totals.prompt_tokens + totals.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": totals.cached_tokens},
+        }
+
+
+def _engine_error(message: str, worker: EngineWorker) -> APIError:
+    if "max_session_tokens" in message:
+        return _context_length_exceeded(worker, None, "messages")
+    return APIError(500, f"The model failed while generating: {message}", code="engine_error", type="server_error")
+
+
+def _context_length_exceeded(worker: EngineWorker, prompt_tokens: int | None, param: str) -> APIError:
+    got = f" However, your prompt resulted in {prompt_tokens} tokens." if prompt_tokens is not None else ""
+    return APIError(
+        400,
+        f"This model's maximum context length is {worker.context_length} tokens.{got} "
+        "Please reduce the length of the prompt, leaving room for at least one generated token.",
+        code="context_length_exceeded",
+        param=param,
+    )
+
+
+class _Serving:
+    """What chat and text completions share: sampling, prompt checks, SSE framing."""
+
+    object_name = ""
+    chunk_object_name = ""
+    id_prefix = ""
+    prompt_param = ""
+
+    def __init__(self, worker: EngineWorker, model_name: str):
+        self.worker = worker
+        self.model_name = model_name
+
+    def sampling(self, data: dict, max_tokens: int | None) -> SamplingParams:
+        top_k = data.get("top_k") or None
+        return SamplingParams(
+            # The context bounds any turn; the engine ends it there with "length".
+            max_tokens=min(max_tokens or settings.DEFAULT_MAX_TOKENS, self.worker.context_length),
+            temperature=data.get("temperature", settings.DEFAULT_TEMPERATURE),
+            top_p=data.get("top_p"),
+            top_k=top_k,
+        )
+
+    def check_prompt(self, tokens: np.ndarray) -> np.ndarray:
+        if len(tokens) == 0:
+            raise APIError(400, "The prompt is empty after tokenization.", code="invalid_value", param=self.prompt_param)
+        if len(tokens) >= self.worker.context_length:
+            raise _context_length_exceeded(self.worker, len(tokens), self.prompt_param)
+        return tokens
+
+    def new_id(self) -> str:
+        return f"{self.id_prefix}{uuid.uuid4().hex}"
+
+    async def create(self, generation: Generation) -> dict:
+        """Run to the end and return the whole response object."""
+        texts = [[] for _ in generation.turns]
+        reasons = [None] * len(generation.turns)
+        try:
+            async for update in generation.updates():
+                if update.text:
+                    texts[update.index].append(update.text)
+                if update.finish_reason:
+                    reasons[update.index] = update.finish_reason
+        except GenerationFailed as failed:
+            raise failed.api_error from None
+        choices = [self.choice("".join(parts), index, reason) for index, (parts, reason) in enumerate(zip(texts, reasons))]
+        return {
+            "id": self.new_id(),
+            "object": self.object_name,
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": choices,
+            "usage": generation.usage(),
+            "system_fingerprint": None,
+        }
+
+    async def stream(self, generation: Generation, *, include_usage: bool) -> AsyncIterator[dict]:
+        """Yield the chunk objects of a streamed response (the view frames them as SSE)."""
+        base = {"id": self.new_id(), "object": self.chunk_object_name, "created": int(time.time()), "model": self.model_name}
+        if include_usage:
+            base["usage"] = None  # OpenAI sends usage: null on every chunk but the last
+        for index in range(len(generation.turns)):
+            opening = self.opening_chunk(index)
+            if opening is not None:
+                yield {**base, "choices": [opening]}
+        try:
+            async for update in generation.updates():
+                yield {**base, "choices": [self.chunk_choice(update)]}
+        except GenerationFailed as failed:
+            yield failed.api_error.body()
+            return
+        except EngineUnavailable as exc:
+            yield error_body(str(exc), type="server_error", code="engine_unavailable")
+            return
+        if include_usage:
+            yield {**base, "choices": [], "usage": generation.usage()}
+
+    # Per-endpoint shapes:
+    def choice(self, text: str, index: int, finish_reason: str | None) -> dict:
+        raise NotImplementedError
+
+    def opening_chunk(self, index: int) -> dict | None:
+        return None
+
+    def chunk_choice(self, update: ChoiceUpdate) -> dict:
+        raise NotImplementedError
+
+
+class ChatServing(_Serving):
+    object_name = "chat.completion"
+    chunk_object_name = "chat.completion.chunk"
+    id_prefix = "chatcmpl-"
+    prompt_param = "messages"
+
+    def generation(self, data: dict) -> Generation:
+        messages = [_template_message(message) for message in data["messages"]]
+        tokenizer = self.worker.tokenizer
+        prompt = tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+        tokens = self.check_prompt(tokenizer.encode(prompt))
+        max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
+        return Generation(self.worker, [tokens], self.sampling(data, max_tokens), n=data["n"], stop=data.get("stop"))
+
+    def choice(self, text, index, finish_reason):
+        return {
+            "index": index,
+            "message": {"role": "assistant", "content": text, "refusal": None},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
+
+    def opening_chunk(self, index):
+        return {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+
+    def chunk_choice(self, update):
+        delta = {"content": update.text} if update.text else {}
+        return {"index": update.index, "delta": delta, "logprobs": None, "finish_reason": update.finish_reason}
+
+
+class CompletionServing(_Serving):
+    object_name = "text_completion"
+    chunk_object_name = "text_completion"
+    id_prefix = "cmpl-"
+    prompt_param = "prompt"
+
+    def generation(self, data: dict) -> Generation:
+        tokenizer = self.worker.tokenizer
+        prompts = []
+        for prompt in data["prompt"]:
+            if isinstance(prompt, str):
+                tokens = tokenizer.encode(prompt)
+            else:
+                tokens = np.asarray(prompt, dtype=np.int32)
+                if int(tokens.max()) >= self.worker.vocab_size:
+                    raise APIError(400, f"Token id {int(tokens.max())} is out of the model's vocabulary.",
+                                   code="invalid_value", param="prompt")
+            prompts.append(self.check_prompt(tokens))
+        return Generation(self.worker, prompts, self.sampling(data, data.get("max_tokens")), n=data["n"], stop=data.get("stop"))
+
+    def choice(self, text, index, finish_reason):
+        return {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+
+    def chunk_choice(self, update):
+        return {"text": update.text, "index": update.index, "logprobs": None, "finish_reason": update.finish_reason}
+
+
+def _template_message(message: dict) -> dict:
+    """A validated message as the chat template receives it."""
+    out = {"role": message["role"], "content": message["content"]}
+    for key in ("name", "tool_call_id"):
+        if key in message:
+            out[key] = message[key]
+    return out
