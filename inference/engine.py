@@ -161,15 +161,19 @@ def check_model_folder(path: str) -> None:
 class EngineWorker:
     """Owns one model's Engine on a dedicated daemon thread."""
 
-    def __init__(self, model_id: str, path: str, *, max_batch_size: int):
+    def __init__(self, model_id: str, path: str, *, max_batch_size: int, step_delay: float = 0.0):
         self.model_id = model_id
         self.path = path
         self.max_batch_size = max_batch_size
+        # Seconds of sleep before each step: lets tests see generations in flight on a
+        # model as fast as the demo one. Always 0 in production.
+        self.step_delay = step_delay
         self.stats = EngineStats()
         self.state = "stopped"  # loading → running → stopped | failed
         self.error: str | None = None
         self.context_length = 0
         self.vocab_size = 0
+        self.batch_limit = max_batch_size  # measured at load: sequences one step serves
         self.tokenizer = None  # og.Tokenizer; its encode/decode may be called from any thread
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -179,6 +183,7 @@ class EngineWorker:
         self._waiting: collections.deque[Turn] = collections.deque()
         self._prefill_seconds_per_token = 0.0  # measured; 0 until the first batch forms
         self._tokens_to_prefill = 0  # begun since the last step: the next step prefills them
+        self._reforming = False  # running turns are being cancelled to begin again
 
     # --- control, from any thread ------------------------------------------------------
 
@@ -256,6 +261,37 @@ class EngineWorker:
         self.context_length = int(model_config["context_length"])
         self.vocab_size = int(model_config["vocab_size"])
         self._new_engine()
+        self.batch_limit = self._measure_batch_limit()
+        if self.batch_limit < self.max_batch_size:
+            log.warning(
+                "model %s: the engine serves at most %d sequences per step on this build "
+                "(MAX_BATCH_SIZE=%d asked); admitting %d at a time",
+                self.model_id, self.batch_limit, self.max_batch_size, self.batch_limit,
+            )
+
+    def _measure_batch_limit(self) -> int:
+        """How many sequences one engine step really serves.
+
+        The CPU static scheduler of onnxruntime-genai 0.18 reports the configured
+        max_batch_size in its capabilities but was seen serving 4 per step whatever the
+        setting; turns beyond that wait for the whole batch to finish. Admission must use
+        the real figure, so measure it: begin max_batch_size one-token turns and count the
+        tokens of the first step."""
+        og = self._og
+        token = np.asarray(self.tokenizer.encode("a")[:1], dtype=np.int32)
+        requests = []
+        for _ in range(self.max_batch_size):
+            request = self._engine.create_request()
+            options = og.TurnOptions(request)
+            options.set_max_generated_tokens(1)
+            request.begin_turn(token, options)
+            requests.append(request)
+        served = sum(1 for event in self._engine.run(self._buffer) if int(event.flags) & _TOKEN)
+        while self._engine.has_pending_requests():
+            self._engine.run(self._buffer)
+        for request in requests:
+            request.close()
+        return max(1, min(served, self.max_batch_size))
 
     def _new_engine(self) -> None:
         self._engine = self._og.Engine(self._model)
@@ -301,13 +337,14 @@ class EngineWorker:
     # Admission: continuous batching on a static scheduler (see the module docstring).
 
     def _admit(self) -> None:
-        if not self._waiting:
-            return
+        if not self._waiting or (self._reforming and self._running):
+            return  # nothing to admit, or a re-form is still cancelling its turns
         if not self._running:
-            while self._waiting and len(self._running) < self.max_batch_size:
+            self._reforming = False
+            while self._waiting and len(self._running) < self.batch_limit:
                 self._tokens_to_prefill += self._begin(self._waiting.popleft())
             self.stats.waiting = len(self._waiting)
-        elif len(self._running) < self.max_batch_size and self._reform_pays_off():
+        elif len(self._running) < self.batch_limit and self._reform_pays_off():
             self._reform()
 
     def _reform_pays_off(self) -> bool:
@@ -318,8 +355,9 @@ class EngineWorker:
     def _reform(self) -> None:
         """Cancel every running turn; each begins again (prompt + its tokens so far) with
         the newcomers once the cancellations are through, at the next admission."""
+        self._reforming = True
         for request, turn in self._running.items():
-            if not turn._cancelled and not turn._resuming:
+            if not turn._cancelled:
                 turn._resuming = True
                 request.cancel_turn(turn._turn_id)
         self.stats.reforms += 1
@@ -363,6 +401,8 @@ class EngineWorker:
         return len(tokens)
 
     def _step(self) -> None:
+        if self.step_delay:
+            time.sleep(self.step_delay)
         started = time.perf_counter()
         try:
             if self._fault:
@@ -370,8 +410,8 @@ class EngineWorker:
             events = self._engine.run(self._buffer)
         except Exception as exc:
             log.exception("engine step failed for model %s; restarting the engine", self.model_id)
-            self._fail_all(f"engine failure: {exc}", waiting_too=False)
             self.stats.restarts += 1
+            self._fail_all(f"engine failure: {exc}", waiting_too=False)
             self._new_engine()
             return
         self._learn_prefill_cost(time.perf_counter() - started)

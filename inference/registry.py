@@ -22,8 +22,8 @@ class ModelRegistry:
     def __init__(self):
         self._workers: dict[str, EngineWorker] = {}
 
-    def load(self, model_id: str, path: str, *, max_batch_size: int) -> EngineWorker:
-        worker = EngineWorker(model_id, path, max_batch_size=max_batch_size)
+    def load(self, model_id: str, path: str, *, max_batch_size: int, step_delay: float = 0.0) -> EngineWorker:
+        worker = EngineWorker(model_id, path, max_batch_size=max_batch_size, step_delay=step_delay)
         worker.start()
         self._workers[model_id] = worker
         return worker
@@ -58,6 +58,7 @@ def load_configured_models() -> None:
     """Load the configured model(s). Called once, when the ASGI application starts."""
     path = str(Path(settings.MODEL_PATH).expanduser())
     try:
-        registry.load(settings.MODEL_ID, path, max_batch_size=settings.MAX_BATCH_SIZE)
+        registry.load(settings.MODEL_ID, path, max_batch_size=settings.MAX_BATCH_SIZE,
+                      step_delay=settings.ENGINE_STEP_DELAY_MS / 1000)
     except ModelLoadError as exc:
         raise ModelLoadError(f"llmserver: cannot serve MODEL_PATH={settings.MODEL_PATH}: {exc}") from None

@@ -145,6 +145,7 @@ class HealthView(AsyncAPIView):
                 "state": worker.state if worker.running or worker.state != "running" else "stopped",
                 "error": worker.error,
                 "max_batch_size": worker.max_batch_size,
+                "batch_limit": worker.batch_limit,
                 "context_length": worker.context_length,
                 **asdict(worker.stats),
             }

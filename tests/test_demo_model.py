@@ -1,0 +1,61 @@
+"""The shipped demo model really answers, through the HTTP API, on fresh prompts each run.
+
+Rates required by the project: at least 95% exact for "Repeat after me" (1-3 words from
+its word list) and for "What is A plus B?" (0 <= A, B <= 20), and every answer ending
+with EOS (finish_reason "stop") well before 32 tokens.
+"""
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from demomodel.corpus import WORDS, addition_answer, addition_prompt, repeat_prompt
+from tests.conftest import MODEL_ID
+
+SAMPLES = 200  # enough that a model right 98% of the time almost never fails the 95% bar
+rng = random.Random()  # fresh prompts every run; the seed is printed on failure
+SEED = rng.randrange(2**32)
+rng.seed(SEED)
+
+
+def ask_all(server, prompts):
+    def ask(prompt):
+        with httpx.Client(base_url=server.base_url, timeout=120) as client:
+            return client.post("/v1/chat/completions", json={
+                "model": MODEL_ID, "messages": [{"role": "user", "content": prompt}], "temperature": 0}).json()
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(ask, prompts))
+
+
+def report(cases, answers):
+    wrong = [(expected, a["choices"][0]["message"]["content"]) for (expected, _), a in zip(cases, answers)
+             if a["choices"][0]["message"]["content"] != expected]
+    return len(wrong), f"seed {SEED}; wrong: {wrong[:10]}"
+
+
+def test_it_repeats_one_to_three_words_at_least_95_percent_of_the_time(server):
+    cases = []
+    for _ in range(SAMPLES):
+        words = rng.sample(WORDS, rng.randint(1, 3))
+        cases.append((" ".join(words), repeat_prompt(words)))
+    answers = ask_all(server, [prompt for _, prompt in cases])
+    failures, detail = report(cases, answers)
+    assert failures <= SAMPLES * 0.05, detail
+    assert_stops_early(answers)
+
+
+def test_it_adds_two_numbers_up_to_20_at_least_95_percent_of_the_time(server):
+    cases = []
+    for _ in range(SAMPLES):
+        a, b = rng.randint(0, 20), rng.randint(0, 20)
+        cases.append((addition_answer(a, b), addition_prompt(a, b)))
+    answers = ask_all(server, [prompt for _, prompt in cases])
+    failures, detail = report(cases, answers)
+    assert failures <= SAMPLES * 0.05, detail
+    assert_stops_early(answers)
+
+
+def assert_stops_early(answers):
+    assert [a["choices"][0]["finish_reason"] for a in answers] == ["stop"] * len(answers)
+    assert max(a["usage"]["completion_tokens"] for a in answers) < 16

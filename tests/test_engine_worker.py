@@ -1,0 +1,135 @@
+"""The engine worker in-process: continuous admission on the static CPU scheduler,
+cancellation, and an engine fault ending a stream with an in-stream error."""
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+from django.test import AsyncClient
+
+from demomodel.corpus import count_answer, count_prompt
+from inference.engine import EngineWorker, SamplingParams, Turn
+from inference.registry import registry
+from tests.conftest import DEMO_MODEL, MODEL_ID
+
+
+@pytest.fixture(scope="module")
+def worker():
+    worker = EngineWorker(MODEL_ID, str(DEMO_MODEL), max_batch_size=4)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+def chat_tokens(worker, content):
+    text = worker.tokenizer.apply_chat_template(json.dumps([{"role": "user", "content": content}]), add_generation_prompt=True)
+    return np.asarray(worker.tokenizer.encode(text), dtype=np.int32)
+
+
+def new_turn(worker, content, max_tokens=600):
+    return Turn(chat_tokens(worker, content), SamplingParams(max_tokens=max_tokens), asyncio.get_running_loop(), asyncio.Event())
+
+
+async def collect(turn, on_text=None, finished=None):
+    text = ""
+    while turn.finish is None or turn._pieces:
+        await turn.wake.wait()
+        turn.wake.clear()
+        piece = turn.take()
+        text += piece
+        if on_text and piece:
+            on_text(text)
+    if finished is not None:
+        finished.append(turn)
+    return text
+
+
+async def test_a_newcomer_joins_a_running_batch_and_both_answers_stay_exact(worker):
+    first = new_turn(worker, count_prompt(200))
+    second = new_turn(worker, count_prompt(20))
+    reforms = worker.stats.reforms
+    joined = asyncio.Event()
+
+    def submit_second_once_first_is_going(text):
+        if len(text.split()) == 10 and not joined.is_set():
+            joined.set()
+            worker.submit(second)
+
+    finished = []
+    worker.submit(first)
+    first_text, second_text = await asyncio.gather(
+        collect(first, submit_second_once_first_is_going, finished),
+        _after(joined, collect(second, finished=finished)),
+    )
+    assert first_text == count_answer(200)
+    assert second_text == count_answer(20)
+    # The newcomer did not wait for the long answer to end: the batch was re-formed.
+    assert finished == [second, first]
+    assert worker.stats.reforms == reforms + 1
+    # Usage spans both segments of the re-formed turn.
+    assert first.finish.usage.completion_tokens == len(first._generated)
+    assert first.finish.usage.prompt_tokens == len(first.prompt_tokens)
+
+
+async def _after(event, coroutine):
+    await event.wait()
+    return await coroutine
+
+
+async def test_a_cancelled_turn_ends_with_cancelled_and_the_usage_so_far(worker):
+    turn = new_turn(worker, count_prompt(200))
+    worker.submit(turn)
+
+    def cancel_after_five_numbers(text):
+        if len(text.split()) >= 5:
+            worker.cancel(turn)
+
+    text = await collect(turn, cancel_after_five_numbers)
+    assert turn.finish.reason == "CANCELLED"
+    assert text.startswith("1 2 3 4 5")
+    assert len(text.split()) < 200
+    assert turn.finish.usage.completion_tokens == len(turn._generated)
+    assert worker.stats.running == 0
+
+
+@pytest.fixture
+def in_process_model():
+    registry.load(MODEL_ID, str(DEMO_MODEL), max_batch_size=4)
+    yield registry.get(MODEL_ID)
+    registry.stop_all()
+
+
+async def test_an_engine_fault_mid_stream_sends_an_error_event_then_done_and_the_engine_recovers(in_process_model):
+    client = AsyncClient()
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "stream": True}
+    response = await client.post("/v1/chat/completions", json.dumps(body), content_type="application/json")
+    assert response.status_code == 200
+    assert response.is_async  # Daphne consumes it as an async iterator, no thread
+    events = []
+    async for chunk in response.streaming_content:
+        events.append(chunk.decode())
+        if len(events) == 3:
+            in_process_model.inject_fault()
+    assert events[-1] == "data: [DONE]\n\n"
+    error = json.loads(events[-2][len("data: "):])
+    assert error == {"error": {
+        "message": "The model failed while generating: engine failure: injected engine fault",
+        "type": "server_error", "param": None, "code": "engine_error"}}
+    assert in_process_model.stats.restarts == 1
+
+    again = await client.post("/v1/chat/completions", json.dumps({**body, "stream": False}), content_type="application/json")
+    assert again.status_code == 200
+    assert json.loads(again.content)["choices"][0]["message"]["content"] == count_answer(200)
+
+
+async def test_health_is_503_when_the_engine_is_down(in_process_model):
+    in_process_model.stop()
+    response = await AsyncClient().get("/health")
+    assert response.status_code == 503
+    assert json.loads(response.content)["status"] == "unavailable"
+    chat = await AsyncClient().post("/v1/chat/completions", json.dumps(
+        {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}]}), content_type="application/json")
+    assert chat.status_code == 503
+    assert json.loads(chat.content)["error"]["code"] == "model_unavailable"
+    assert chat.headers["Retry-After"] == "5"

@@ -1,0 +1,125 @@
+"""Every client mistake gets OpenAI's error shape and the status an OpenAI client expects."""
+
+import pytest
+
+from tests.conftest import MODEL_ID
+
+USER = [{"role": "user", "content": "Hello"}]
+
+
+def error_of(response, status):
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+def test_an_unknown_model_is_404_model_not_found(api):
+    error = error_of(api.post("/v1/chat/completions", json={"model": "gpt-9", "messages": USER}), 404)
+    assert error == {
+        "message": "The model 'gpt-9' does not exist or you do not have access to it.",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
+
+
+@pytest.mark.parametrize("field, value, code, message", [
+    ("temperature", "0.5", "invalid_type", "Invalid value for 'temperature': A valid number is required."),
+    ("temperature", 2.5, "invalid_value", "Invalid value for 'temperature': Ensure this value is less than or equal to 2.0."),
+    ("top_p", -0.1, "invalid_value", "Invalid value for 'top_p': Ensure this value is greater than or equal to 0.0."),
+    ("max_tokens", 0, "invalid_value", "Invalid value for 'max_tokens': Ensure this value is greater than or equal to 1."),
+    ("max_tokens", 1.5, "invalid_type", "Invalid value for 'max_tokens': A valid integer is required."),
+    ("max_tokens", 10**30, "invalid_value", "Invalid value for 'max_tokens': Ensure this value is less than or equal to 2147483647."),
+    ("n", 17, "invalid_value", "Invalid value for 'n': Ensure this value is less than or equal to 16."),
+    ("stream", "yes", "invalid_type", "Invalid value for 'stream': Must be a valid boolean."),
+    ("stop", ["a", "b", "c", "d", "e"], "invalid_value", "Invalid value for 'stop': Expected a string or a list of up to 4 strings."),
+    ("stop", "", "invalid_value", "Invalid value for 'stop': Stop sequences must not be empty strings."),
+    ("logprobs", True, "unsupported_parameter", "Invalid value for 'logprobs': 'logprobs' is not supported by this server."),
+    ("presence_penalty", 0.5, "unsupported_parameter", "Invalid value for 'presence_penalty': 'presence_penalty' is not supported by this server."),
+    ("frequency_penalty", 1, "unsupported_parameter", "Invalid value for 'frequency_penalty': 'frequency_penalty' is not supported by this server."),
+    ("logit_bias", {"12": 5}, "unsupported_parameter", "Invalid value for 'logit_bias': 'logit_bias' is not supported by this server."),
+    ("tools", [{"type": "function", "function": {"name": "f"}}], "unsupported_parameter", "Invalid value for 'tools': 'tools' is not supported by this server."),
+    ("response_format", {"type": "json_object"}, "unsupported_parameter", "Invalid value for 'response_format': 'response_format' is not supported by this server."),
+    ("stream_options", {"include_usage": True}, "invalid_value", "Invalid value for 'stream_options': The 'stream_options' parameter is only allowed when 'stream' is enabled."),
+    ("bogus", 1, "unknown_parameter", "Invalid value for 'bogus': Unrecognized request argument supplied: bogus"),
+])
+def test_an_invalid_or_unsupported_parameter_is_400_naming_it(api, field, value, code, message):
+    error = error_of(api.post("/v1/chat/completions", json={"model": MODEL_ID, "messages": USER, field: value}), 400)
+    assert error == {"message": message, "type": "invalid_request_error", "param": field, "code": code}
+
+
+def test_neutral_values_of_unsupported_parameters_are_accepted(api):
+    response = api.post("/v1/chat/completions", json={
+        "model": MODEL_ID, "messages": USER, "max_tokens": 2, "logprobs": False, "presence_penalty": 0,
+        "frequency_penalty": 0.0, "logit_bias": {}, "tools": None, "response_format": {"type": "text"},
+        "user": "alice", "stop": None,
+    })
+    assert response.status_code == 200
+
+
+def test_seed_with_sampling_is_refused(api):
+    error = error_of(api.post("/v1/chat/completions", json={
+        "model": MODEL_ID, "messages": USER, "temperature": 0.8, "seed": 1}), 400)
+    assert error["param"] == "seed"
+    assert error["code"] == "unsupported_parameter"
+
+
+@pytest.mark.parametrize("messages, param, code", [
+    ([], "messages", "invalid_value"),
+    ("hello", "messages", "invalid_type"),
+    ([{"role": "wizard", "content": "hi"}], "messages[0].role", "invalid_value"),
+    ([{"role": "user"}], "messages[0].content", "missing_required_parameter"),
+    ([{"role": "user", "content": 5}], "messages[0].content", "invalid_type"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content[0].type", "invalid_value"),
+    ([{"role": "user", "content": "hi", "tool_calls": []}], "messages[0].tool_calls", "unsupported_parameter"),
+])
+def test_a_malformed_message_is_400_with_its_path(api, messages, param, code):
+    error = error_of(api.post("/v1/chat/completions", json={"model": MODEL_ID, "messages": messages}), 400)
+    assert (error["param"], error["code"]) == (param, code)
+
+
+def test_a_missing_model_is_400_missing_required_parameter(api):
+    error = error_of(api.post("/v1/chat/completions", json={"messages": USER}), 400)
+    assert error == {"message": "Missing required parameter: 'model'.", "type": "invalid_request_error",
+                     "param": "model", "code": "missing_required_parameter"}
+
+
+@pytest.mark.parametrize("body", [b'{"model": ', b"[1, 2]", b'{"model": NaN}', b"\xff\xfe", b""])
+def test_malformed_json_is_400(api, body):
+    error = error_of(api.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"}), 400)
+    assert error["type"] == "invalid_request_error"
+
+
+def test_a_body_over_the_size_limit_is_413(api):
+    body = b'{"model": "x", "prompt": "' + b"a" * (11 * 1024 * 1024) + b'"}'
+    error = error_of(api.post("/v1/completions", content=body, headers={"content-type": "application/json"}), 413)
+    assert error == {"message": "Request body too large: the limit is 10 MB.", "type": "invalid_request_error",
+                     "param": None, "code": "request_too_large"}
+
+
+def test_a_wrong_method_is_405(api):
+    error = error_of(api.get("/v1/chat/completions"), 405)
+    assert error["code"] == "method_not_allowed"
+    assert error["message"] == 'Method "GET" not allowed.'
+
+
+def test_an_unknown_path_is_404_json(api):
+    error = error_of(api.get("/v2/nothing"), 404)
+    assert error == {"message": "Unknown path: /v2/nothing", "type": "invalid_request_error",
+                     "param": None, "code": "not_found"}
+
+
+def test_a_form_body_is_415(api):
+    error = error_of(api.post("/v1/completions", data={"model": MODEL_ID}), 415)
+    assert error["code"] == "unsupported_media_type"
+
+
+@pytest.mark.parametrize("prompt, code", [
+    ([], "invalid_value"), (5, "invalid_type"), ([["a"]], "invalid_type"), ([99999999], "invalid_value"),
+])
+def test_a_bad_completions_prompt_is_400(api, prompt, code):
+    error = error_of(api.post("/v1/completions", json={"model": MODEL_ID, "prompt": prompt}), 400)
+    assert (error["param"], error["code"]) == ("prompt", code)
