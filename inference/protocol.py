@@ -17,6 +17,7 @@ from rest_framework import serializers
 
 MAX_N = 16
 MAX_STOP_SEQUENCES = 4
+MAX_CHOICES = 128  # prompts x n in one completions request
 
 
 def _refuse(field: str, message: str, *, code: str = "invalid_value"):
@@ -260,3 +261,11 @@ class CompletionRequest(OpenAIRequestSerializer, _SamplingFields):
     model = StrictCharField(allow_blank=False, max_length=256)
     prompt = PromptField()
     max_tokens = StrictIntegerField(required=False, min_value=1, max_value=2**31 - 1)
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        choices = len(attrs["prompt"]) * attrs["n"]
+        if choices > MAX_CHOICES:
+            _refuse("prompt", f"{len(attrs['prompt'])} prompts with n={attrs['n']} make {choices} choices; "
+                              f"the limit is {MAX_CHOICES} per request.")
+        return attrs

@@ -123,3 +123,9 @@ def test_a_form_body_is_415(api):
 def test_a_bad_completions_prompt_is_400(api, prompt, code):
     error = error_of(api.post("/v1/completions", json={"model": MODEL_ID, "prompt": prompt}), 400)
     assert (error["param"], error["code"]) == ("prompt", code)
+
+
+def test_too_many_choices_in_one_completions_request_is_400(api):
+    error = error_of(api.post("/v1/completions", json={"model": MODEL_ID, "prompt": ["a"] * 9, "n": 16}), 400)
+    assert error == {"message": "Invalid value for 'prompt': 9 prompts with n=16 make 144 choices; the limit is 128 per request.",
+                     "type": "invalid_request_error", "param": "prompt", "code": "invalid_value"}
