@@ -276,7 +276,7 @@ class EngineWorker:
         max_batch_size in its capabilities but was seen serving 4 per step whatever the
         setting; turns beyond that wait for the whole batch to finish. Admission must use
         the real figure, so measure it: begin max_batch_size one-token turns and count the
-        tokens of the first step."""
+        turns the first step served."""
         og = self._og
         token = np.asarray(self.tokenizer.encode("a")[:1], dtype=np.int32)
         requests = []
@@ -286,7 +286,9 @@ class EngineWorker:
             options.set_max_generated_tokens(1)
             request.begin_turn(token, options)
             requests.append(request)
-        served = sum(1 for event in self._engine.run(self._buffer) if int(event.flags) & _TOKEN)
+        # Every turn the step served has an event: a token, or its finish if the model
+        # ended it at once with EOS.
+        served = len({id(event.request) for event in self._engine.run(self._buffer)})
         while self._engine.has_pending_requests():
             self._engine.run(self._buffer)
         for request in requests:

@@ -38,12 +38,12 @@ def test_eight_concurrent_requests_share_engine_steps(fresh_server):
     def ask(_):
         with httpx.Client(base_url=fresh_server.base_url, timeout=120) as client:
             return client.post("/v1/chat/completions", json={
-                "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}]}).json()
+                "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(50)}]}).json()
 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(ask, range(8)))
 
-    assert [a["choices"][0]["message"]["content"] for a in answers] == [count_answer(200)] * 8
+    assert [a["choices"][0]["message"]["content"] for a in answers] == [count_answer(50)] * 8
     after = fresh_server.engine()
     # One engine step produced a token for as many of the eight as the engine can serve
     # at once: onnxruntime-genai 0.18's CPU scheduler serves 4 per step on this machine
@@ -68,7 +68,7 @@ def test_a_client_that_disconnects_mid_stream_cancels_its_turn(fresh_server):
         # Leaving the block closes the connection before the answer is complete.
     after = wait_for(lambda: (e := fresh_server.engine())["running"] == 0 and e["turns_finished"] > before["turns_finished"] and e)
     assert after["turns_finished"] == before["turns_finished"] + 1
-    assert after["tokens_generated"] - before["tokens_generated"] < 200  # count to 200 is ~200 tokens
+    assert after["tokens_generated"] - before["tokens_generated"] < 100  # counting to 200 takes ~200
     line = wait_for(lambda: next((l for l in fresh_server.log().splitlines() if "rid=leaver-1" in l), None))
     assert line.endswith("client disconnected")
 

@@ -16,7 +16,7 @@ from tests.conftest import DEMO_MODEL, MODEL_ID
 
 @pytest.fixture(scope="module")
 def worker():
-    worker = EngineWorker(MODEL_ID, str(DEMO_MODEL), max_batch_size=4)
+    worker = EngineWorker(MODEL_ID, str(DEMO_MODEL), max_batch_size=4, step_delay=0.002)
     worker.start()
     yield worker
     worker.stop()
@@ -46,7 +46,7 @@ async def collect(turn, on_text=None, finished=None):
 
 
 async def test_a_newcomer_joins_a_running_batch_and_both_answers_stay_exact(worker):
-    first = new_turn(worker, count_prompt(200))
+    first = new_turn(worker, count_prompt(50))
     second = new_turn(worker, count_prompt(20))
     reforms = worker.stats.reforms
     joined = asyncio.Event()
@@ -62,7 +62,7 @@ async def test_a_newcomer_joins_a_running_batch_and_both_answers_stay_exact(work
         collect(first, submit_second_once_first_is_going, finished),
         _after(joined, collect(second, finished=finished)),
     )
-    assert first_text == count_answer(200)
+    assert first_text == count_answer(50)
     assert second_text == count_answer(20)
     # The newcomer did not wait for the long answer to end: the batch was re-formed.
     assert finished == [second, first]
@@ -78,7 +78,7 @@ async def _after(event, coroutine):
 
 
 async def test_a_cancelled_turn_ends_with_cancelled_and_the_usage_so_far(worker):
-    turn = new_turn(worker, count_prompt(200))
+    turn = new_turn(worker, count_prompt(50))
     worker.submit(turn)
 
     def cancel_after_five_numbers(text):
@@ -88,21 +88,22 @@ async def test_a_cancelled_turn_ends_with_cancelled_and_the_usage_so_far(worker)
     text = await collect(turn, cancel_after_five_numbers)
     assert turn.finish.reason == "CANCELLED"
     assert text.startswith("1 2 3 4 5")
-    assert len(text.split()) < 200
+    assert len(text.split()) < 50
     assert turn.finish.usage.completion_tokens == len(turn._generated)
     assert worker.stats.running == 0
 
 
 @pytest.fixture
 def in_process_model():
-    registry.load(MODEL_ID, str(DEMO_MODEL), max_batch_size=4)
+    # 5 ms per step, like a bigger model, so the fault lands while the stream is going.
+    registry.load(MODEL_ID, str(DEMO_MODEL), max_batch_size=4, step_delay=0.005)
     yield registry.get(MODEL_ID)
     registry.stop_all()
 
 
 async def test_an_engine_fault_mid_stream_sends_an_error_event_then_done_and_the_engine_recovers(in_process_model):
     client = AsyncClient()
-    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "stream": True}
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(50)}], "stream": True}
     response = await client.post("/v1/chat/completions", json.dumps(body), content_type="application/json")
     assert response.status_code == 200
     assert response.is_async  # Daphne consumes it as an async iterator, no thread
@@ -120,7 +121,7 @@ async def test_an_engine_fault_mid_stream_sends_an_error_event_then_done_and_the
 
     again = await client.post("/v1/chat/completions", json.dumps({**body, "stream": False}), content_type="application/json")
     assert again.status_code == 200
-    assert json.loads(again.content)["choices"][0]["message"]["content"] == count_answer(200)
+    assert json.loads(again.content)["choices"][0]["message"]["content"] == count_answer(50)
 
 
 async def test_health_is_503_when_the_engine_is_down(in_process_model):
