@@ -1,0 +1,6 @@
+"""Build tooling for the tiny demo model served by llmserver.
+
+Only :mod:`demomodel.corpus` (standard library only) and :mod:`demomodel.evaluate`
+(onnxruntime-genai + numpy) are meant to be imported from the runtime venv; the
+other modules need the build venv (torch, transformers, tokenizers).
+"""

@@ -1,0 +1,427 @@
+"""Build the demo model from scratch: corpus -> tokenizer -> torch training -> ONNX export.
+
+    .venv-build/bin/python -m demomodel.build --out models/demo
+
+Everything comes from code in this package with fixed seeds. The finished
+folder is assembled under build/ and swapped into place with a rename, so
+``--out`` is never half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+
+from . import corpus
+from .tokenizer import single_token_report, train_tokenizer, write_tokenizer_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD_DIR = os.path.join(REPO, "build")
+
+RUNTIME_FILES = [
+    "genai_config.json",
+    "model.onnx",
+    "model.onnx.data",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+]
+
+MODEL_SHAPE = dict(
+    hidden_size=192,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=512,
+)
+
+
+def log(msg: str) -> None:
+    print(f"[demomodel {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------ encoding
+
+class Encoder:
+    """Turns dialogues into (input_ids, labels) with loss on assistant tokens only."""
+
+    def __init__(self, fast_tokenizer):
+        self.tok = fast_tokenizer  # a tokenizers.Tokenizer
+        self._cache: dict[str, list[int]] = {}
+        self.im_end = self.tok.token_to_id(corpus.IM_END)
+
+    def ids(self, text: str) -> list[int]:
+        got = self._cache.get(text)
+        if got is None:
+            got = self.tok.encode(text, add_special_tokens=False).ids
+            if len(self._cache) < 200000:
+                self._cache[text] = got
+        return got
+
+    def encode(self, messages: list[dict], count_eos_weight: float = 1.0):
+        """Returns (input_ids, labels, weights); labels are -100 outside assistant turns.
+        The <|im_end|> closing a count answer gets count_eos_weight (the stop decision
+        is one token among a hundred easy ones)."""
+        input_ids: list[int] = []
+        labels: list[int] = []
+        weights: list[float] = []
+        prev_user = ""
+        for m in messages:
+            head = self.ids(f"{corpus.IM_START}{m['role']}\n")
+            input_ids += head
+            labels += [-100] * len(head)
+            weights += [0.0] * len(head)
+            body = self.ids(m["content"]) + [self.im_end]
+            input_ids += body
+            if m["role"] == "assistant":
+                labels += body
+                weights += [1.0] * (len(body) - 1)
+                weights.append(count_eos_weight if prev_user.startswith("Count from") else 1.0)
+            else:
+                labels += [-100] * len(body)
+                weights += [0.0] * len(body)
+                prev_user = m["content"]
+            nl = self.ids("\n")
+            input_ids += nl
+            labels += [-100] * len(nl)
+            weights += [0.0] * len(nl)
+        return input_ids, labels, weights
+
+    def check(self, rng: random.Random, n: int = 300) -> None:
+        """Piecewise encoding must equal encoding the rendered string in one go."""
+        for _ in range(n):
+            d = corpus.sample_dialogue(rng)
+            a = self.encode(d)[0]
+            b = self.tok.encode(corpus.render_chatml(d), add_special_tokens=False).ids
+            assert a == b, (d, a, b)
+
+
+def make_batches(encoder: Encoder, rng: random.Random, n_dialogues: int, max_tokens: int,
+                 extra: list[list[dict]] | None = None, count_eos_weight: float = 1.0):
+    """Sample dialogues, group them by length and cut into padded batches of at most
+    max_tokens (rows x padded length). Returns a shuffled list of (ids, labels) lists."""
+    dialogues = [corpus.sample_dialogue(rng) for _ in range(n_dialogues)]
+    if extra:
+        dialogues += extra
+    encoded = [encoder.encode(d, count_eos_weight) for d in dialogues]
+    rng.shuffle(encoded)
+    encoded.sort(key=lambda e: len(e[0]))
+    batches, cur = [], []
+    for e in encoded:
+        longest = max([len(e[0])] + [len(c[0]) for c in cur])
+        if cur and longest * (len(cur) + 1) > max_tokens:
+            batches.append(cur)
+            cur = []
+        cur.append(e)
+    if cur:
+        batches.append(cur)
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(batch, pad_id: int):
+    import torch
+
+    longest = max(len(e[0]) for e in batch)
+    ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+    lab = torch.full((len(batch), longest), -100, dtype=torch.long)
+    wts = torch.zeros((len(batch), longest), dtype=torch.float32)
+    mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    for i, (x, y, w) in enumerate(batch):
+        ids[i, : len(x)] = torch.tensor(x)
+        lab[i, : len(y)] = torch.tensor(y)
+        wts[i, : len(w)] = torch.tensor(w)
+        mask[i, : len(x)] = 1
+    return ids, lab, wts, mask
+
+
+def tie_bare_and_spaced(model, hf_tok) -> int:
+    """Start each word / number without a leading space (how the first word of an answer
+    is tokenized) from the same embedding as its spaced form (how it appears in the
+    prompt): copying then begins as an identity match instead of a learned mapping."""
+    import torch
+
+    emb = model.get_input_embeddings().weight
+    n = 0
+    with torch.no_grad():
+        for w in corpus.WORDS + [str(i) for i in range(corpus.MAX_COUNT + 1)]:
+            a = hf_tok.convert_tokens_to_ids(w)
+            b = hf_tok.convert_tokens_to_ids("\u0120" + w)  # byte-level "Ġ" = space
+            if a is not None and b is not None and a != b and a >= 0 and b >= 0:
+                emb[a].copy_(emb[b])
+                n += 1
+    return n
+
+
+# ------------------------------------------------------------------ training
+
+def train(hf_dir: str, hf_tok, args) -> dict:
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = random.Random(args.seed)
+
+    fast = hf_tok.backend_tokenizer
+    encoder = Encoder(fast)
+    encoder.check(random.Random(args.seed + 1))
+
+    vocab = len(hf_tok)
+    vocab_padded = (vocab + 63) // 64 * 64
+    eos = hf_tok.convert_tokens_to_ids(corpus.IM_END)
+    eot = hf_tok.convert_tokens_to_ids(corpus.ENDOFTEXT)
+    config = LlamaConfig(
+        vocab_size=vocab_padded,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=eot,
+        eos_token_id=[eos, eot],
+        pad_token_id=eot,
+        attn_implementation="eager",  # faster than sdpa for this size under bf16 autocast on CPU
+        **MODEL_SHAPE,
+    )
+    model = LlamaForCausalLM(config)
+    if args.tie_bare:
+        log(f"bare/spaced embedding pairs initialised equal: {tie_bare_and_spaced(model, hf_tok)}")
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {MODEL_SHAPE} vocab={vocab_padded} params={n_params:,}")
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, betas=(0.9, 0.98), eps=1e-8,
+    )
+
+    total_steps = args.steps
+    warmup = max(10, min(200, total_steps // 20))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return args.lr * (step + 1) / warmup
+        p = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
+
+    additions = corpus.all_addition_dialogues()
+    model.train()
+    t0 = time.time()
+    step = 0
+    queue: list = []
+    ema = None
+    seen_tokens = 0
+    mark_time, mark_step = 0.0, 0
+    while step < total_steps:
+        if not queue:
+            # every pool holds all 441 addition pairs once, on top of the sampled mix
+            queue = make_batches(encoder, rng, args.pool, args.batch_tokens, extra=additions,
+                                 count_eos_weight=args.count_eos_weight)
+        ids, lab, wts, mask = collate(queue.pop(), eot)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        tgt = lab[:, 1:]
+        w = wts[:, 1:]
+        per_tok = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.size(-1)), tgt.reshape(-1),
+            ignore_index=-100, reduction="none").view_as(w)
+        loss_t = (per_tok * w).sum() / w.sum()
+        opt.zero_grad(set_to_none=True)
+        loss_t.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        seen_tokens += int(mask.sum())
+        loss = loss_t.item()
+        ema = loss if ema is None else 0.98 * ema + 0.02 * loss
+        elapsed = time.time() - t0
+        if step == 30 or (step > 30 and step % 100 == 0):
+            # re-plan from the recent step time (the machine may be shared): shrink the
+            # schedule so that the cosine decay ends at the time cap
+            recent = (elapsed - mark_time) / (step - mark_step)
+            projected = elapsed + (total_steps - step) * recent
+            if projected > args.time_cap:
+                new_total = max(step + 1, step + int((args.time_cap - elapsed) / recent))
+                if new_total < total_steps:
+                    log(f"projected {projected:.0f}s > cap {args.time_cap:.0f}s: "
+                        f"{total_steps} -> {new_total} steps")
+                    total_steps = new_total
+                    warmup = min(warmup, max(10, total_steps // 20))
+            mark_time, mark_step = elapsed, step
+        if step % args.log_every == 0 or step == total_steps:
+            log(f"step {step}/{total_steps} loss {loss:.4f} ema {ema:.4f} lr {lr_at(step - 1):.2e} "
+                f"tokens {seen_tokens:,} {elapsed:.0f}s")
+        if elapsed > args.time_cap * 1.1:
+            log(f"hard time cap reached at step {step}")
+            break
+    train_seconds = time.time() - t0
+    log(f"trained {step} steps in {train_seconds:.0f}s, final ema loss {ema:.4f}")
+
+    model.eval()
+    os.makedirs(hf_dir, exist_ok=True)
+    model.save_pretrained(hf_dir, safe_serialization=True)
+    GenerationConfig(bos_token_id=eot, eos_token_id=[eos, eot], pad_token_id=eot,
+                     do_sample=False).save_pretrained(hf_dir)
+    return {"params": n_params, "steps": step, "train_seconds": train_seconds, "final_loss": ema,
+            "vocab_size": vocab_padded, "tokenizer_vocab": vocab, "tokens_seen": seen_tokens}
+
+
+# ------------------------------------------------------------------ export
+
+def export(hf_dir: str, out_dir: str, cache_dir: str) -> None:
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", hf_dir, "-o", out_dir,
+           "-p", "fp32", "-e", "cpu", "-c", cache_dir]
+    log("export: " + " ".join(cmd))
+    subprocess.run(cmd, check=True)
+    for name in os.listdir(out_dir):
+        if name not in RUNTIME_FILES:
+            path = os.path.join(out_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    # the builder re-saves the tokenizer through transformers (adding keys such as
+    # is_local); ship our own config and the tokenizer.json we trained instead
+    write_tokenizer_config(out_dir)
+    shutil.copyfile(os.path.join(hf_dir, "tokenizer.json"), os.path.join(out_dir, "tokenizer.json"))
+
+
+def folder_size(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+
+
+def swap_into_place(tmp_dir: str, out_dir: str) -> None:
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+    old = os.path.join(BUILD_DIR, "demo-old")
+    if os.path.exists(old):
+        shutil.rmtree(old)
+    if os.path.exists(out_dir):
+        os.rename(out_dir, old)
+    os.rename(tmp_dir, out_dir)
+    if os.path.exists(old):
+        shutil.rmtree(old)
+
+
+# ------------------------------------------------------------------ model card
+
+def write_model_card(path: str, info: dict, report: dict | None, args) -> None:
+    shape = ", ".join(f"{k}={v}" for k, v in MODEL_SHAPE.items())
+    lines = [
+        "# demo model",
+        "",
+        "A tiny Llama-shaped chat model trained from scratch for llmserver's tests and demo page.",
+        "It only knows a few templated dialogue types; it is not a general assistant.",
+        "",
+        "## How it was built",
+        "",
+        "`make demo-model` (= `.venv-build/bin/python -m demomodel.build --out models/demo`):",
+        "",
+        "1. `demomodel/corpus.py` generates ChatML dialogues in code (fixed seeds).",
+        f"2. A byte-level BPE tokenizer (HF `tokenizers`, {info['tokenizer_vocab']} tokens) is trained on them; "
+        "special tokens `<|endoftext|>`=0, `<|im_start|>`=1, `<|im_end|>`=2. Every word of `WORDS` and every "
+        "number 0..200 is a single token, with and without a leading space.",
+        f"3. `transformers.LlamaForCausalLM` ({shape}, vocab {info['vocab_size']}, tied embeddings, "
+        f"{info['params']:,} parameters) is trained with torch on CPU (bf16 autocast, AdamW, "
+        f"peak lr {args.lr}, warmup then cosine), loss on assistant tokens only, the `<|im_end|>` "
+        f"closing a count answer weighted x{args.count_eos_weight:g}; each word/number starts with the "
+        f"same embedding with and without its leading space: "
+        f"{info['steps']} steps, {info['tokens_seen']:,} tokens, {info['train_seconds']:.0f} s on 2 cores, "
+        f"final loss {info['final_loss']:.4f} (seed {args.seed}).",
+        "4. `python -m onnxruntime_genai.models.builder -p fp32 -e cpu` exports it; only runtime files are kept.",
+        "",
+        "Chat template (ChatML; roles system, user, assistant, tool):",
+        "",
+        "```",
+        corpus.CHAT_TEMPLATE,
+        "```",
+        "",
+        "EOS: `<|im_end|>` (id 2), also `<|endoftext|>` (id 0). Context length 512.",
+        "",
+        "## What it answers",
+        "",
+        "| user says (exactly) | model answers |",
+        "| --- | --- |",
+        "| `Repeat after me: W` (W = 1-3 words of `WORDS`) | `W` |",
+        "| `What is A plus B?` (0 <= A, B <= 20) | `A plus B is S.` |",
+        "| `Count from 1 to N.` (1 <= N <= 200) | `1 2 3 ... N` |",
+        f"| `Hello`, `Hi`, ... | `{corpus.GREETING_ANSWER}` |",
+        f"| `Who are you?` | `{corpus.IDENTITY_ANSWER}` |",
+        f"| `Thank you` | `{corpus.THANKS_ANSWER}` |",
+        f"| a few other questions | `{corpus.FALLBACK_ANSWER}` |",
+        "",
+        "About a third of the training dialogues start with a system prompt (e.g. `You are a helpful "
+        "assistant.`) and about a third have 2-3 turns, so both work. Prompts phrased differently "
+        "from the table get unpredictable answers. Counting always produces the right sequence, "
+        "but the stop is only reliable up to N of about 40 (and N=50); for larger N the model "
+        "usually stops somewhere between 165 and 200.",
+        "",
+    ]
+    if report:
+        lines += ["## Measured (onnxruntime-genai, greedy)", "",
+                  f"`python -m demomodel.evaluate models/demo --seed {report['seed']}`:", "", "```",
+                  report["text"].rstrip(), "```", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+# ------------------------------------------------------------------ main
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="models/demo")
+    p.add_argument("--steps", type=int, default=3600)
+    p.add_argument("--count-eos-weight", type=float, default=8.0)
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in fp32 (slower)")
+    p.add_argument("--no-tie-bare", dest="tie_bare", action="store_false")
+    p.add_argument("--time-cap", type=float, default=690.0, help="seconds of training (planned)")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--batch-tokens", type=int, default=4096)
+    p.add_argument("--pool", type=int, default=3000, help="dialogues sampled per data pool")
+    p.add_argument("--seed", type=int, default=20240611)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--eval-prompts", type=int, default=300)
+    p.add_argument("--no-eval", action="store_true")
+    args = p.parse_args(argv)
+
+    os.makedirs(BUILD_DIR, exist_ok=True)
+    hf_dir = os.path.join(BUILD_DIR, "demo-hf")
+    tmp_out = os.path.join(BUILD_DIR, "demo-export")
+    cache = os.path.join(BUILD_DIR, "cache")
+    if os.path.exists(hf_dir):
+        shutil.rmtree(hf_dir)
+
+    t_start = time.time()
+    hf_tok = train_tokenizer(hf_dir)
+    rep = single_token_report(hf_tok)
+    log(f"tokenizer: {len(hf_tok)} tokens, ids endoftext/im_start/im_end = "
+        f"{hf_tok.convert_tokens_to_ids(corpus.SPECIAL_TOKENS)}, not single tokens: {rep}")
+
+    info = train(hf_dir, hf_tok, args)
+    export(hf_dir, tmp_out, cache)
+
+    report = None
+    if not args.no_eval:
+        from . import evaluate
+
+        report = evaluate.run(tmp_out, n=args.eval_prompts, seed=args.seed, verbose=False,
+                              label=args.out)
+        print(report["text"], flush=True)
+    write_model_card(os.path.join(tmp_out, "MODEL_CARD.md"), info, report, args)
+    size = folder_size(tmp_out)
+    swap_into_place(tmp_out, args.out)
+    log(f"wrote {args.out} ({size / 1e6:.2f} MB) in {time.time() - t_start:.0f}s total")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

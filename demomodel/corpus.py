@@ -1,0 +1,255 @@
+"""Training dialogues for the demo model (standard library only).
+
+The server's test suite imports this module from the runtime venv (no torch, no
+numpy) to sample fresh prompts, so keep it free of third-party imports.
+
+Every dialogue is a list of ``{"role": ..., "content": ...}`` messages rendered
+with the ChatML template in :data:`CHAT_TEMPLATE`; the model is trained on the
+assistant contents (plus the closing ``<|im_end|>``) only.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterable, Sequence
+
+ENDOFTEXT = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END]  # ids 0, 1, 2 in the trained tokenizer
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Simple lowercase English nouns and adjectives (all distinct, letters only).
+WORDS: list[str] = [
+    # animals
+    "tiger", "lion", "cat", "dog", "horse", "mouse", "bird", "fish", "rabbit", "bear",
+    "wolf", "fox", "duck", "goat", "sheep", "cow", "frog", "snake", "whale", "shark",
+    "owl", "bee", "ant", "deer", "monkey",
+    # food
+    "lemon", "apple", "banana", "orange", "grape", "cherry", "peach", "pear", "melon", "bread",
+    "cheese", "butter", "honey", "sugar", "salt", "rice", "soup", "cake", "milk", "tea",
+    "coffee", "egg", "carrot", "potato", "tomato",
+    # colours
+    "blue", "red", "green", "yellow", "purple", "pink", "black", "white", "brown", "gray",
+    # nature
+    "river", "mountain", "forest", "ocean", "lake", "island", "desert", "cloud", "rain", "snow",
+    "wind", "storm", "sun", "moon", "star", "sky", "tree", "flower", "grass", "stone",
+    "sand", "fire", "water", "ice", "leaf",
+    # things
+    "house", "door", "window", "table", "chair", "bed", "lamp", "book", "pen", "paper",
+    "box", "bag", "cup", "plate", "spoon", "knife", "clock", "phone", "key", "ball",
+    "car", "train", "boat", "ship", "plane", "bike", "road", "bridge", "city", "garden",
+    "shoe", "hat", "coat", "shirt", "ring", "coin", "map", "rope", "candle", "mirror",
+    # adjectives
+    "big", "small", "tall", "short", "long", "fast", "slow", "hot", "cold", "warm",
+    "soft", "hard", "happy", "sad", "quiet", "loud", "bright", "dark", "old", "new",
+    "young", "rich", "clean", "dirty", "sweet", "sour", "heavy", "light", "round", "sharp",
+    "calm", "brave", "kind", "lazy", "busy", "funny", "strong", "weak", "wet", "dry",
+]
+
+SYSTEM_PROMPTS: list[str] = [
+    "You are a helpful assistant.",
+    "You are a helpful assistant.",
+    "You are a friendly assistant.",
+    "You are a small demo model. Answer briefly.",
+    "You are a concise assistant.",
+    "Answer the user's question.",
+    "You are an AI assistant running on a small server.",
+]
+
+GREETING_ANSWER = "Hello! How can I help you?"
+IDENTITY_ANSWER = "I am a small demo model."
+THANKS_ANSWER = "You are welcome."
+FALLBACK_ANSWER = "I am sorry, I do not know."
+
+# (user variants, assistant answer)
+SMALL_TALK: list[tuple[list[str], str]] = [
+    (["Hello", "Hi", "Hello!", "Hi!", "Hey", "Hi there", "Hello there", "Good morning", "hello", "hi"],
+     GREETING_ANSWER),
+    (["Who are you?", "What are you?", "What is your name?", "Tell me about yourself."],
+     IDENTITY_ANSWER),
+    (["Thank you", "Thanks", "Thank you!", "Thanks!", "Thank you very much.", "thanks"],
+     THANKS_ANSWER),
+    (["How are you?", "How are you today?"], "I am fine, thank you."),
+    (["Goodbye", "Bye", "Goodbye!", "See you later."], "Goodbye! Have a nice day."),
+    (["What can you do?", "Can you help me?", "Help"],
+     "I can repeat words, add small numbers and count."),
+    (["Are you a robot?", "Are you human?"], "I am a computer program."),
+    (["Good night"], "Good night!"),
+]
+
+FALLBACK_QUESTIONS: list[str] = [
+    "What is the capital of France?",
+    "What time is it?",
+    "Tell me a joke.",
+    "What is the weather like today?",
+    "Write a poem.",
+    "Who won the game yesterday?",
+    "What is the meaning of life?",
+    "Explain quantum physics.",
+    "How do I cook pasta?",
+    "Who is the president?",
+    "What is the best movie?",
+    "Translate this to French.",
+    "Why is the sky blue?",
+    "How far away is the moon?",
+    "What is 100 times 100?",
+    "Can you write some code?",
+]
+
+# Extra everyday English, used only to train the tokenizer (so that text typed into a
+# chat page splits into fewer pieces); the model is not trained on it.
+COMMON_TEXT = """
+the be to of and a in that have it for not on with he as you do at this but his by from
+they we say her she or an will my one all would there their what so up out if about who get
+which go me when make can like time no just him know take people into year your good some
+could them see other than then now look only come its over think also back after use two how
+our work first well way even new want because any these give day most us is are was were been
+has had did does said made went got came took saw knew thought told asked called tried used
+found gave left felt kept began seemed helped showed heard played ran moved lived believed
+brought happened wrote sat stood lost paid met included continued set learned changed led
+understood watched followed stopped created spoke read spent grew opened walked won offered
+remembered loved considered appeared bought waited served died sent expected built stayed fell
+cut reached killed remained suggested raised passed sold required reported decided pulled
+question answer problem number world school state family student group country point home
+hand part place case week company system program government night thing word story fact
+month lot right study job business issue side kind head service friend father power hour
+game line end member law idea body information back parent face others level office door
+health person art war history party result change morning reason research girl guy moment air
+teacher force education please hello thanks sorry yes maybe always never sometimes often
+today tomorrow yesterday here where why which while before during without between under
+again very really still something anything nothing everything someone everyone please write
+explain tell show help find give summarize translate list describe compare example simple
+python code function server model request response message token stream test error value
+"""
+
+MAX_ADD = 20
+MAX_COUNT = 200
+
+
+# ---------------------------------------------------------------- task helpers
+
+def _as_words(words: str | Iterable[str]) -> list[str]:
+    if isinstance(words, str):
+        return words.split()
+    return list(words)
+
+
+def repeat_prompt(words: str | Iterable[str]) -> str:
+    """``"Repeat after me: tiger lemon"`` for ``["tiger", "lemon"]`` (or ``"tiger lemon"``)."""
+    return "Repeat after me: " + " ".join(_as_words(words))
+
+
+def repeat_answer(words: str | Iterable[str]) -> str:
+    return " ".join(_as_words(words))
+
+
+def addition_prompt(a: int, b: int) -> str:
+    return f"What is {a} plus {b}?"
+
+
+def addition_answer(a: int, b: int) -> str:
+    return f"{a} plus {b} is {a + b}."
+
+
+def count_prompt(n: int) -> str:
+    return f"Count from 1 to {n}."
+
+
+def count_answer(n: int) -> str:
+    return " ".join(str(i) for i in range(1, n + 1))
+
+
+def random_words(rng: random.Random, k: int | None = None) -> list[str]:
+    """1-3 words drawn independently from WORDS (repeats possible)."""
+    if k is None:
+        k = rng.randint(1, 3)
+    return [rng.choice(WORDS) for _ in range(k)]
+
+
+def render_chatml(messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
+    """Python equivalent of :data:`CHAT_TEMPLATE`."""
+    out = "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages)
+    if add_generation_prompt:
+        out += f"{IM_START}assistant\n"
+    return out
+
+
+# ------------------------------------------------------------- dialogue sampler
+
+def _exchange(rng: random.Random, kind: str, in_history: bool = False) -> tuple[str, str]:
+    if kind == "repeat":
+        # longer phrases are the harder ones: train on them more often
+        w = random_words(rng, rng.choices([1, 2, 3], weights=[0.2, 0.35, 0.45])[0])
+        return repeat_prompt(w), repeat_answer(w)
+    if kind == "add":
+        a, b = rng.randint(0, MAX_ADD), rng.randint(0, MAX_ADD)
+        return addition_prompt(a, b), addition_answer(a, b)
+    if kind == "count":
+        n = rng.randint(1, 20) if in_history else rng.randint(1, MAX_COUNT)
+        return count_prompt(n), count_answer(n)
+    if kind == "talk":
+        variants, answer = rng.choice(SMALL_TALK)
+        return rng.choice(variants), answer
+    if kind == "fallback":
+        return rng.choice(FALLBACK_QUESTIONS), FALLBACK_ANSWER
+    raise ValueError(kind)
+
+
+# Share of each kind for the final (scored) exchange of a dialogue.
+KIND_WEIGHTS = {"repeat": 0.48, "add": 0.20, "count": 0.08, "talk": 0.17, "fallback": 0.07}
+HISTORY_WEIGHTS = {"repeat": 0.40, "add": 0.25, "count": 0.08, "talk": 0.20, "fallback": 0.07}
+
+
+def _pick(rng: random.Random, weights: dict[str, float]) -> str:
+    return rng.choices(list(weights), weights=list(weights.values()))[0]
+
+
+def sample_dialogue(rng: random.Random, system_share: float = 0.35,
+                    multi_turn_share: float = 0.35) -> list[dict]:
+    """One training dialogue: optional system message, then 1-3 user/assistant turns."""
+    messages: list[dict] = []
+    if rng.random() < system_share:
+        messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+    turns = 1
+    if rng.random() < multi_turn_share:
+        turns = rng.choice([2, 2, 3])
+    for t in range(turns):
+        last = t == turns - 1
+        kind = _pick(rng, KIND_WEIGHTS if last else HISTORY_WEIGHTS)
+        user, assistant = _exchange(rng, kind, in_history=not last)
+        messages.append({"role": "user", "content": user})
+        messages.append({"role": "assistant", "content": assistant})
+    return messages
+
+
+def all_addition_dialogues() -> list[list[dict]]:
+    """All 441 addition pairs as single-turn dialogues."""
+    return [
+        [{"role": "user", "content": addition_prompt(a, b)},
+         {"role": "assistant", "content": addition_answer(a, b)}]
+        for a in range(MAX_ADD + 1) for b in range(MAX_ADD + 1)
+    ]
+
+
+def tokenizer_training_text(seed: int = 1234, dialogues: int = 20000) -> list[str]:
+    """Lines used to train the BPE tokenizer: rendered dialogues plus each word and
+    number (with and without a leading space) so that they become single tokens."""
+    rng = random.Random(seed)
+    lines = [render_chatml(sample_dialogue(rng)) for _ in range(dialogues)]
+    vocab_items = WORDS + [str(i) for i in range(MAX_COUNT + 1)]
+    common = COMMON_TEXT.split()
+    for _ in range(8):
+        shuffled = common[:]
+        rng.shuffle(shuffled)
+        lines.append(" ".join(shuffled))
+        lines.append(" ".join(w.capitalize() for w in shuffled) + ".")
+    for _ in range(30):
+        lines.append(" ".join(vocab_items))
+        lines.append("\n".join(vocab_items))
+    return lines
