@@ -1,6 +1,6 @@
 """POST /v1/chat/completions against the real server and engine on the demo model."""
 
-from demomodel.corpus import addition_answer, addition_prompt, count_answer, count_prompt
+from demomodel.corpus import addition_answer, addition_prompt, count_answer, count_prompt, repeat_prompt
 from tests.conftest import MODEL_ID, chat, sse_events
 
 
@@ -149,13 +149,18 @@ def test_a_prompt_longer_than_the_context_is_refused(api):
     assert error["message"].startswith("This model's maximum context length is 512 tokens. However, your prompt resulted in ")
 
 
-def test_a_request_for_more_tokens_than_the_context_ends_with_length(api):
-    count_to_200 = [
-        {"role": "user", "content": count_prompt(200)},
-        {"role": "assistant", "content": count_answer(200)},
-    ]
-    # ~450 tokens of history; the third count cannot fit in the 512-token context.
-    history = count_to_200 * 2 + [{"role": "user", "content": count_prompt(200)}]
-    body = api.post("/v1/chat/completions", json={"model": MODEL_ID, "messages": history, "max_tokens": 100000}).json()
+def test_a_request_for_more_tokens_than_the_context_ends_with_length(api, demo_tokenizer):
+    # A prompt of exactly 511 tokens leaves room for one generated token in the 512-token
+    # context, whatever max_tokens asks; the answer's first word is not EOS.
+    def messages(words):
+        return [{"role": "user", "content": repeat_prompt(["tiger"] * words)}]
+
+    base = prompt_tokens(demo_tokenizer, messages(1)) - 1
+    words = 511 - base  # every word of the demo vocabulary is one token
+    assert prompt_tokens(demo_tokenizer, messages(words)) == 511
+    body = api.post("/v1/chat/completions", json={"model": MODEL_ID, "messages": messages(words), "max_tokens": 100000}).json()
     assert body["choices"][0]["finish_reason"] == "length"
+    assert body["choices"][0]["message"]["content"].strip() == "tiger"
+    assert body["usage"]["prompt_tokens"] == 511
+    assert body["usage"]["completion_tokens"] == 1
     assert body["usage"]["total_tokens"] == 512
