@@ -16,15 +16,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
 from . import corpus
+from .build import BUILD_DIR, export, folder_size, swap_into_place
 from .tokenizer import write_tokenizer_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD_DIR = os.path.join(REPO, "build")
 
 SHAPE = dict(
     hidden_size=1024,
@@ -34,8 +32,6 @@ SHAPE = dict(
     num_key_value_heads=4,
     max_position_embeddings=2048,
 )
-RUNTIME_FILES = {"genai_config.json", "model.onnx", "model.onnx.data", "tokenizer.json",
-                 "tokenizer_config.json", "special_tokens_map.json"}
 
 
 def log(msg: str) -> None:
@@ -90,7 +86,6 @@ def make_hf(hf_dir: str, tokenizer_dir: str, seed: int) -> int:
 
 
 def check(path: str) -> None:
-    import numpy as np  # noqa: F401  (onnxruntime_genai needs it)
     import onnxruntime_genai as og
 
     model = og.Model(path)
@@ -135,30 +130,12 @@ def main(argv=None) -> int:
             shutil.rmtree(d)
     make_hf(hf_dir, args.tokenizer, args.seed)
 
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", hf_dir, "-o", tmp_out,
-           "-p", "int4", "-e", "cpu", "-c", cache]
-    log("export: " + " ".join(cmd))
-    subprocess.run(cmd, check=True)
-    for name in os.listdir(tmp_out):
-        if name not in RUNTIME_FILES:
-            path = os.path.join(tmp_out, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    write_tokenizer_config(tmp_out, SHAPE["max_position_embeddings"])
-    shutil.copyfile(os.path.join(hf_dir, "tokenizer.json"), os.path.join(tmp_out, "tokenizer.json"))
+    export(hf_dir, tmp_out, cache, precision="int4", context_length=SHAPE["max_position_embeddings"])
     check(tmp_out)
-
-    old = os.path.join(BUILD_DIR, "bench-old")
-    if os.path.exists(old):
-        shutil.rmtree(old)
-    if os.path.exists(out):
-        os.rename(out, old)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    os.rename(tmp_out, out)
-    if os.path.exists(old):
-        shutil.rmtree(old)
+    swap_into_place(tmp_out, out)
     if not args.keep_hf:
         shutil.rmtree(hf_dir)
-    size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
+    size = folder_size(out)
     log(f"wrote {args.out} ({size / 1e6:.0f} MB) in {time.time() - t0:.0f}s")
     return 0
 

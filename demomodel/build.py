@@ -10,7 +10,6 @@ folder is assembled under build/ and swapped into place with a rename, so
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -277,11 +276,14 @@ def train(hf_dir: str, hf_tok, args) -> dict:
 
 # ------------------------------------------------------------------ export
 
-def export(hf_dir: str, out_dir: str, cache_dir: str) -> None:
+def export(hf_dir: str, out_dir: str, cache_dir: str, *, precision: str = "fp32",
+           context_length: int = 512) -> None:
+    """Export a Hugging Face folder with onnxruntime-genai's builder, keeping only the
+    files the server needs at run time (used by the bench model too)."""
     if os.path.exists(out_dir):
         shutil.rmtree(out_dir)
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", hf_dir, "-o", out_dir,
-           "-p", "fp32", "-e", "cpu", "-c", cache_dir]
+           "-p", precision, "-e", "cpu", "-c", cache_dir]
     log("export: " + " ".join(cmd))
     subprocess.run(cmd, check=True)
     for name in os.listdir(out_dir):
@@ -290,7 +292,7 @@ def export(hf_dir: str, out_dir: str, cache_dir: str) -> None:
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     # the builder re-saves the tokenizer through transformers (adding keys such as
     # is_local); ship our own config and the tokenizer.json we trained instead
-    write_tokenizer_config(out_dir)
+    write_tokenizer_config(out_dir, context_length)
     shutil.copyfile(os.path.join(hf_dir, "tokenizer.json"), os.path.join(out_dir, "tokenizer.json"))
 
 
@@ -299,9 +301,10 @@ def folder_size(path: str) -> int:
 
 
 def swap_into_place(tmp_dir: str, out_dir: str) -> None:
+    """Replace ``out_dir`` by ``tmp_dir`` with renames, so it is never half-written."""
     out_dir = os.path.abspath(out_dir)
     os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-    old = os.path.join(BUILD_DIR, "demo-old")
+    old = os.path.join(BUILD_DIR, os.path.basename(out_dir) + "-old")
     if os.path.exists(old):
         shutil.rmtree(old)
     if os.path.exists(out_dir):

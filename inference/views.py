@@ -22,7 +22,7 @@ from inference.admission import ConcurrencyLimit
 from inference.protocol import ChatCompletionRequest, CompletionRequest
 from inference.registry import registry
 from inference.serving import ChatServing, CompletionServing
-from llmserver.errors import APIError, model_not_found
+from llmserver.errors import model_not_found
 
 
 class AsyncAPIView(APIView):
