@@ -1,11 +1,14 @@
-"""Admission: at most MAX_CONCURRENT_REQUESTS generation requests in flight per process.
+"""Admission without API keys (REQUIRE_API_KEY off, for benchmarks of the bare serving
+path): at most MAX_CONCURRENT_REQUESTS generation requests in flight in this process.
+With keys on, accounts.limits counts them across every process instead.
 
-A slot is taken before generation starts and given back exactly once, when the response
-is done: for a stream, when its last byte is sent or the client leaves (the response's
-``close()``, which Django calls on every path).
+A slot is taken before generation starts and given back exactly once, when Django closes
+the response (after its last byte or after the client left).
 """
 
 from __future__ import annotations
+
+import threading
 
 from llmserver.errors import APIError
 
@@ -14,9 +17,14 @@ class ConcurrencyLimit:
     def __init__(self, limit: int):
         self.limit = limit
         self.in_flight = 0
+        # Taken on the event loop, given back from Django's sync thread (response close).
+        self._lock = threading.Lock()
 
     def acquire(self) -> Slot:
-        # Runs on the event loop only, so a plain counter is race-free.
+        with self._lock:
+            return self._acquire()
+
+    def _acquire(self) -> Slot:
         if self.in_flight >= self.limit:
             raise APIError(
                 429,
@@ -33,6 +41,7 @@ class Slot:
         self._limit: ConcurrencyLimit | None = limit
 
     def release(self) -> None:
-        if self._limit is not None:
-            self._limit.in_flight -= 1
-            self._limit = None
+        limit, self._limit = self._limit, None
+        if limit is not None:
+            with limit._lock:
+                limit.in_flight -= 1

@@ -93,6 +93,7 @@ class Turn:
     loop: asyncio.AbstractEventLoop
     wake: asyncio.Event
     finish: Finish | None = None
+    tokens: int = 0  # tokens delivered so far (the usage of a turn cut short)
     _pieces: list[str] = field(default_factory=list)
     # Engine-thread state, never touched from asyncio:
     _request: object = None
@@ -113,7 +114,8 @@ class Turn:
         self._pieces.clear()
         return text
 
-    def _deliver(self, text: str, finish: Finish | None) -> None:
+    def _deliver(self, text: str, tokens: int, finish: Finish | None) -> None:
+        self.tokens += tokens
         if text:
             self._pieces.append(text)
         if finish is not None:
@@ -331,7 +333,7 @@ class EngineWorker:
                 turn._request.cancel_turn(turn._turn_id)
             elif turn in self._waiting:
                 self._waiting.remove(turn)
-                self._post([(turn, "", Finish("CANCELLED", self._usage(turn)))])
+                self._post([(turn, "", 0, Finish("CANCELLED", self._usage(turn)))])
         elif kind == "fault":
             self._fault = True
         self.stats.waiting = len(self._waiting)
@@ -391,7 +393,7 @@ class EngineWorker:
             if turn._stream is not None:  # a resumed turn that was counted as started
                 turn._stream = None
                 self.stats.turns_finished += 1
-            self._post([(turn, "", Finish("FAILED", self._usage(turn), str(exc)))])
+            self._post([(turn, "", 0, Finish("FAILED", self._usage(turn), str(exc)))])
             return 0
         turn._request = request
         turn._resuming = False
@@ -425,16 +427,18 @@ class EngineWorker:
                 continue
             flags = int(event.flags)
             text = ""
+            token_count = 0
             if flags & _TOKEN:
-                tokens_this_step += 1
+                token_count = 1
                 token = int(event.token)
                 turn._generated.append(token)
                 text = turn._stream.decode(token)
             finish = None
             if flags & (_TURN_FINISHED | _FAILED):
                 finish = self._finished(turn, event, flags)
-            if text or finish:
-                out.append((turn, text, finish))
+            if token_count or finish:
+                tokens_this_step += token_count
+                out.append((turn, text, token_count, finish))
         stats = self.stats
         stats.steps += 1
         stats.tokens_generated += tokens_this_step
@@ -497,10 +501,10 @@ class EngineWorker:
             except Exception:
                 pass
             turn._request = None
-            failed.append((turn, "", Finish("FAILED", self._usage(turn), message)))
+            failed.append((turn, "", 0, Finish("FAILED", self._usage(turn), message)))
         if waiting_too:
             for turn in self._waiting:
-                failed.append((turn, "", Finish("FAILED", self._usage(turn), message)))
+                failed.append((turn, "", 0, Finish("FAILED", self._usage(turn), message)))
             self._waiting.clear()
         self._running.clear()
         self.stats.running = len(self._running)
@@ -522,5 +526,5 @@ class EngineWorker:
 
 
 def _deliver_all(batch: list) -> None:
-    for turn, text, finish in batch:
-        turn._deliver(text, finish)
+    for turn, text, tokens, finish in batch:
+        turn._deliver(text, tokens, finish)

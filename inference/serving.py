@@ -62,6 +62,8 @@ class Generation:
         self.worker = worker
         self.n = n
         self.turns = [Turn(prompt, params, loop, wake) for prompt in prompts for _ in range(n)]
+        self.finish_reasons: list[str | None] = [None] * len(self.turns)
+        self.first_text_at: float | None = None  # perf_counter() of the first text out
         self._wake = wake
         self._stop = stop or []
 
@@ -83,17 +85,23 @@ class Generation:
                         if matcher.stopped:
                             worker.cancel(turn)  # the rest is not wanted; free the slot now
                         if text:
+                            if self.first_text_at is None:
+                                self.first_text_at = time.perf_counter()
                             yield ChoiceUpdate(index, text)
                     finish = turn.finish
                     if finish is None:
                         continue
                     pending.remove(index)
                     if finish.reason == "FAILED" and not matcher.stopped:
+                        self.finish_reasons[index] = "error"
                         raise GenerationFailed(_engine_error(finish.error or "", worker))
                     tail = matcher.flush()
                     if tail:
+                        if self.first_text_at is None:
+                            self.first_text_at = time.perf_counter()
                         yield ChoiceUpdate(index, tail)
                     reason = "stop" if matcher.stopped else _FINISH_REASONS.get(finish.reason, "stop")
+                    self.finish_reasons[index] = reason
                     yield ChoiceUpdate(index, "", reason)
         finally:
             for index in pending:
@@ -101,10 +109,11 @@ class Generation:
 
     def usage(self) -> dict:
         """OpenAI's usage object from the engine's own counts: prompts counted once each
-        (the ``n`` turns of a prompt share it), completions summed over every turn."""
+        (the ``n`` turns of a prompt share it), completions summed over every turn; a turn
+        cut short (the client left) counts the tokens generated so far."""
         totals = Usage()
         for position, turn in enumerate(self.turns):
-            usage = turn.finish.usage if turn.finish else Usage(prompt_tokens=len(turn.prompt_tokens))
+            usage = turn.finish.usage if turn.finish else Usage(len(turn.prompt_tokens), turn.tokens)
             if position % self.n == 0:
                 totals.prompt_tokens += usage.prompt_tokens
                 totals.cached_tokens += usage.cached_tokens

@@ -7,17 +7,23 @@ chunk by chunk.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 from collections.abc import AsyncIterator
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 from adrf.views import APIView
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import JsonResponse, StreamingHttpResponse
 
 import llmserver
+from accounts.auth import authenticate, check_model_access
+from accounts.models import APIKey
+from accounts.usage import RequestAccount
 from inference.admission import ConcurrencyLimit
 from inference.protocol import ChatCompletionRequest, CompletionRequest
 from inference.registry import registry
@@ -26,16 +32,30 @@ from llmserver.errors import model_not_found
 
 
 class AsyncAPIView(APIView):
-    """adrf's APIView runs DRF's ``initial()`` (content negotiation, authentication,
+    """An async DRF view that runs entirely on the event loop, and closes the books of
+    each request exactly once.
+
+    adrf's APIView runs DRF's ``initial()`` (content negotiation, authentication,
     permissions, throttles) through ``sync_to_async``, that is in Django's one sync
     thread, so every API request would queue there behind any slow sync view. Ours have
-    no sync policies, so ``initial()`` runs inline, on the event loop."""
+    no sync policies (keys are checked by :meth:`authenticate_key`), so ``initial()``
+    runs inline.
+
+    What a request opened (its :class:`RequestAccount`: lease and usage record; or, with
+    keys off, its in-process slot) is closed when Django closes the response, after its
+    last byte or after the client left, or here if the client left before any response
+    existed (Django then cancels the view).
+    """
+
+    endpoint = ""  # the usage record's name for this endpoint
 
     async def async_dispatch(self, request, *args, **kwargs):
         self.args, self.kwargs = args, kwargs
         request = self.initialize_request(request, *args, **kwargs)
         self.request = request
         self.headers = self.default_response_headers
+        self.account: RequestAccount | None = None
+        self.slot = None
         try:
             self.initial(request, *args, **kwargs)
             method = request.method.lower()
@@ -43,10 +63,44 @@ class AsyncAPIView(APIView):
             response = (handler or self.http_method_not_allowed)(request, *args, **kwargs)
             if inspect.isawaitable(response):
                 response = await response
+        except asyncio.CancelledError:
+            if self.account is not None:
+                self.account.client_disconnected = True
+            await sync_to_async(self._close)(CLIENT_CLOSED_REQUEST)
+            raise
         except Exception as exc:
             response = self.handle_exception(exc)
         self.response = self.finalize_response(request, response, *args, **kwargs)
+        if self.account is not None or self.slot is not None:
+            # Django calls a response's closers once it is done with it, on every path.
+            self.response._resource_closers.append(partial(self._close, self.response.status_code, self.response))
         return self.response
+
+    def _close(self, status_code: int, response=None) -> None:
+        if self.account is not None:
+            self.account.finish(status_code, response)
+        if self.slot is not None:
+            self.slot.release()
+
+    async def authenticate_key(self, request) -> APIKey | None:
+        """The request's API key (401 if missing or bad), and its account opened; None
+        when keys are not required."""
+        if not settings.REQUIRE_API_KEY:
+            return None
+        key = await authenticate(request)
+        self.account = RequestAccount(key, request.id, self.endpoint)
+        return key
+
+    async def admit(self) -> None:
+        """Take a place in flight: the key's and the deployment's limits, or 429."""
+        if self.account is not None:
+            await self.account.admit()
+        else:
+            self.slot = in_flight.acquire()
+
+
+# Status recorded for a request whose client left before the response began (nginx's).
+CLIENT_CLOSED_REQUEST = 499
 
 
 def _model_object(worker) -> dict:
@@ -59,14 +113,25 @@ def _model_object(worker) -> dict:
 
 
 class ModelListView(AsyncAPIView):
+    endpoint = "models"
+
     async def get(self, request):
-        return JsonResponse({"object": "list", "data": [_model_object(w) for w in registry.workers()]})
+        key = await self.authenticate_key(request)
+        workers = [w for w in registry.workers() if key is None or key.may_use(w.model_id)]
+        return JsonResponse({"object": "list", "data": [_model_object(w) for w in workers]})
 
 
 class ModelDetailView(AsyncAPIView):
+    endpoint = "models"
+
     async def get(self, request, model_id: str):
+        key = await self.authenticate_key(request)
+        if self.account is not None:
+            self.account.model = model_id
         for worker in registry.workers():
             if worker.model_id == model_id:
+                if key is not None:
+                    check_model_access(key, model_id)
                 return JsonResponse(_model_object(worker))
         raise model_not_found(model_id)
 
@@ -79,24 +144,29 @@ class _GenerationView(AsyncAPIView):
     serving_class = None
 
     async def post(self, request):
+        key = await self.authenticate_key(request)
+        account = self.account
+        if account is not None:
+            account.model = _model_name(request.data)  # recorded even if the body is invalid
         body = self.request_serializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
+        if account is not None:
+            account.streamed = data["stream"]
+            account.user = data.get("user", "")
+        if key is not None:
+            check_model_access(key, data["model"])
         worker = registry.get(data["model"])
-        slot = in_flight.acquire()
-        streaming = False
-        try:
-            serving = self.serving_class(worker, data["model"])
-            generation = serving.generation(data)
-            if data["stream"]:
-                include_usage = data.get("stream_options", {}).get("include_usage", False)
-                response = EventStreamResponse(serving.stream(generation, include_usage=include_usage), on_close=slot.release)
-                streaming = True
-                return response
-            return JsonResponse(await serving.create(generation))
-        finally:
-            if not streaming:
-                slot.release()
+        serving = self.serving_class(worker, data["model"])
+        # Tokenize and check the prompt before admission: a 400 consumes no limit.
+        generation = serving.generation(data)
+        await self.admit()
+        if account is not None:
+            account.generation = generation
+        if data["stream"]:
+            include_usage = data.get("stream_options", {}).get("include_usage", False)
+            return EventStreamResponse(serving.stream(generation, include_usage=include_usage), account)
+        return JsonResponse(await serving.create(generation))
 
 
 class ChatCompletionsView(_GenerationView):
@@ -110,29 +180,34 @@ class CompletionsView(_GenerationView):
 
 
 class EventStreamResponse(StreamingHttpResponse):
-    """Server-sent events from an async iterator of chunk dicts. ``on_close`` runs when
-    Django closes the response: after the last byte, or after the client left."""
+    """Server-sent events from an async iterator of chunk dicts."""
 
-    def __init__(self, chunks: AsyncIterator[dict], *, on_close):
-        super().__init__(_sse(chunks), content_type="text/event-stream")
+    def __init__(self, chunks: AsyncIterator[dict], account: RequestAccount | None):
+        super().__init__(_sse(chunks, account), content_type="text/event-stream")
         self["Cache-Control"] = "no-cache"
         self["X-Accel-Buffering"] = "no"  # tell nginx not to buffer the stream
-        self._on_close = on_close
-
-    def close(self):
-        self._on_close()
-        super().close()
 
 
-async def _sse(chunks: AsyncIterator[dict]) -> AsyncIterator[bytes]:
-    """Server-sent events: ``data: {json}\\n\\n`` per chunk, then ``data: [DONE]\\n\\n``.
-    Closing ``chunks`` in ``finally`` cancels the generation when the client leaves."""
+async def _sse(chunks: AsyncIterator[dict], account: RequestAccount | None) -> AsyncIterator[bytes]:
+    """``data: {json}\n\n`` per chunk, then ``data: [DONE]\n\n``. Closing ``chunks`` in
+    ``finally`` cancels the generation when the client leaves."""
     try:
         async for chunk in chunks:
+            if account is not None and "error" in chunk:
+                account.error_code = chunk["error"]["code"] or ""
             yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
+    except BaseException:
+        if account is not None:
+            account.client_disconnected = True
+        raise
     finally:
         await chunks.aclose()
+
+
+def _model_name(data) -> str:
+    model = data.get("model") if isinstance(data, dict) else None
+    return model if isinstance(model, str) else ""
 
 
 class HealthView(AsyncAPIView):

@@ -79,6 +79,17 @@ TEMPLATES = [
 
 # SQLite by default so a newcomer needs nothing; PostgreSQL in production via DATABASE_URL.
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"].setdefault("OPTIONS", {}).update({
+        # Take the write lock when a transaction begins, so that "count the leases, then
+        # take one" is atomic across server processes sharing the file.
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    })
+    # A file, not memory, so that the test suite's server processes share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "db-test.sqlite3")}
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
@@ -131,6 +142,16 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": [],
     "UNAUTHENTICATED_USER": None,
 }
+
+# --- API keys, limits, accounting ---------------------------------------------------
+
+# Off only for benchmarks of the bare serving path: then no key is asked for, nothing is
+# recorded, and MAX_CONCURRENT_REQUESTS is counted per process.
+REQUIRE_API_KEY = env.bool("REQUIRE_API_KEY", default=True)
+# A request in flight holds a lease its process renews; a dead process's leases stop
+# counting after at most LEASE_TTL_SECONDS.
+LEASE_TTL_SECONDS = _positive_int("LEASE_TTL_SECONDS", 30)
+LEASE_RENEW_SECONDS = max(1, LEASE_TTL_SECONDS // 3)
 
 # --- Inference -----------------------------------------------------------------------
 

@@ -1,5 +1,10 @@
 """Fixtures: a real llmserver (Daphne, real engine, demo model) in a subprocess, spoken
-to over HTTP; and, for the few tests that must look inside, the engine in-process."""
+to over HTTP; and, for the few tests that must look inside, the engine in-process.
+
+Server processes use pytest-django's test database (a SQLite file, or PostgreSQL's
+test_<name> when DATABASE_URL points there), so tests create keys and read usage records
+with the ORM while the servers write them. Nothing is flushed between tests: tests find
+their own rows by request id or key."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -50,6 +56,17 @@ class LiveServer:
                 self.process.wait()
 
 
+def test_database_url() -> str:
+    """The URL of the database pytest-django set up, for server processes."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    auth = quote(db["USER"] or "") + (f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
 def server_env(tmp_path: Path, **overrides) -> dict:
     env = {
         **os.environ,
@@ -57,8 +74,7 @@ def server_env(tmp_path: Path, **overrides) -> dict:
         "MODEL_ID": MODEL_ID,
         "LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
-        # Each server gets its own SQLite file unless the suite runs against PostgreSQL.
-        "DATABASE_URL": os.environ.get("DATABASE_URL") or f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "DATABASE_URL": test_database_url(),
     }
     env.update({key: str(value) for key, value in overrides.items()})
     return env
@@ -92,7 +108,45 @@ def start_server(tmp_path: Path, *, wait: bool = True, **overrides) -> LiveServe
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory):
+def django_db_setup(django_test_environment, django_db_blocker):
+    """The test database, created once for the session. (pytest-django would create it
+    only for tests marked django_db, and those run inside transactions the server
+    processes cannot see.)"""
+    from django.test.utils import setup_databases, teardown_databases
+
+    with django_db_blocker.unblock():
+        config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
+    yield
+    with django_db_blocker.unblock():
+        teardown_databases(config, verbosity=0)
+
+
+@pytest.fixture(scope="session")
+def live_db(django_db_setup, django_db_blocker):
+    """Database access for the whole session, without per-test transactions or flushes:
+    rows must be committed for the server processes to see them."""
+    with django_db_blocker.unblock():
+        yield
+
+
+def issue_key(**fields) -> tuple:
+    from accounts.models import APIKey
+
+    return APIKey.issue(name=fields.pop("name", "tests"), **fields)
+
+
+@pytest.fixture(scope="session")
+def api_key(live_db) -> str:
+    """The secret of a key without limits, shared by the tests that only need to be in."""
+    return issue_key(name="suite")[1]
+
+
+def bearer(secret: str) -> dict:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, live_db):
     """One llmserver shared by the tests that only talk to it."""
     live = start_server(tmp_path_factory.mktemp("server"), CORS_ORIGINS="https://app.example.com")
     yield live
@@ -100,8 +154,8 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture
-def api(server):
-    with httpx.Client(base_url=server.base_url, timeout=120) as client:
+def api(server, api_key):
+    with httpx.Client(base_url=server.base_url, timeout=120, headers=bearer(api_key)) as client:
         yield client
 
 

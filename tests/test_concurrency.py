@@ -8,11 +8,11 @@ import httpx
 import pytest
 
 from demomodel.corpus import count_answer, count_prompt
-from tests.conftest import MODEL_ID, start_server
+from tests.conftest import MODEL_ID, bearer, start_server
 
 
 @pytest.fixture(scope="module")
-def fresh_server(tmp_path_factory):
+def fresh_server(tmp_path_factory, live_db):
     """A server no other test has used, so its engine counters start at zero. Its engine
     sleeps 5 ms before each step, like a bigger model, so that a generation is still in
     flight while the test acts (the demo model alone counts to 200 in ~60 ms)."""
@@ -31,12 +31,12 @@ def wait_for(predicate, timeout=30.0):
     raise AssertionError("condition not reached in time")
 
 
-def test_eight_concurrent_requests_share_engine_steps(fresh_server):
+def test_eight_concurrent_requests_share_engine_steps(fresh_server, api_key):
     before = fresh_server.engine()
     assert before["peak_batch"] == 0
 
     def ask(_):
-        with httpx.Client(base_url=fresh_server.base_url, timeout=120) as client:
+        with httpx.Client(base_url=fresh_server.base_url, timeout=120, headers=bearer(api_key)) as client:
             return client.post("/v1/chat/completions", json={
                 "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(50)}]}).json()
 
@@ -56,9 +56,9 @@ def test_eight_concurrent_requests_share_engine_steps(fresh_server):
     assert (after["running"], after["waiting"]) == (0, 0)
 
 
-def test_a_client_that_disconnects_mid_stream_cancels_its_turn(fresh_server):
+def test_a_client_that_disconnects_mid_stream_cancels_its_turn(fresh_server, api_key):
     before = fresh_server.engine()
-    with httpx.Client(base_url=fresh_server.base_url, timeout=60) as client:
+    with httpx.Client(base_url=fresh_server.base_url, timeout=60, headers=bearer(api_key)) as client:
         with client.stream("POST", "/v1/chat/completions", headers={"X-Request-ID": "leaver-1"}, json={
             "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "stream": True,
         }) as response:
@@ -73,11 +73,11 @@ def test_a_client_that_disconnects_mid_stream_cancels_its_turn(fresh_server):
     assert line.endswith("client disconnected")
 
 
-def test_a_non_streaming_generation_never_holds_djangos_sync_thread(fresh_server):
+def test_a_non_streaming_generation_never_holds_djangos_sync_thread(fresh_server, api_key):
     """The admin login page is a sync view: Django runs it in its one sync thread. It must
     answer while generations are in flight (if they ran in that thread, it would queue
     behind them)."""
-    with ThreadPoolExecutor(4) as pool, httpx.Client(base_url=fresh_server.base_url, timeout=120) as client:
+    with ThreadPoolExecutor(4) as pool, httpx.Client(base_url=fresh_server.base_url, timeout=120, headers=bearer(api_key)) as client:
         futures = [pool.submit(client.post, "/v1/chat/completions", json={
             "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "n": 16})
             for _ in range(3)]
@@ -91,8 +91,8 @@ def test_a_non_streaming_generation_never_holds_djangos_sync_thread(fresh_server
     assert all(r.status_code == 200 for r in results)
 
 
-def test_streams_are_served_as_async_iterators_under_daphne(fresh_server):
-    with httpx.Client(base_url=fresh_server.base_url, timeout=60) as client:
+def test_streams_are_served_as_async_iterators_under_daphne(fresh_server, api_key):
+    with httpx.Client(base_url=fresh_server.base_url, timeout=60, headers=bearer(api_key)) as client:
         with client.stream("POST", "/v1/completions", headers={"X-Request-ID": "async-iter-1"},
                            json={"model": MODEL_ID, "prompt": "Hi", "max_tokens": 5, "stream": True}) as response:
             response.read()
@@ -103,11 +103,11 @@ def test_streams_are_served_as_async_iterators_under_daphne(fresh_server):
     assert next(l for l in log.splitlines() if "rid=async-iter-1" in l).endswith("stream ended")
 
 
-def test_past_max_concurrent_requests_it_answers_429_and_a_leaving_stream_frees_its_slot(tmp_path):
+def test_past_max_concurrent_requests_it_answers_429_and_a_leaving_stream_frees_its_slot(tmp_path, api_key):
     server = start_server(tmp_path, MAX_CONCURRENT_REQUESTS=1, ENGINE_STEP_DELAY_MS=5)
     try:
         long_stream = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "stream": True}
-        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        with httpx.Client(base_url=server.base_url, timeout=60, headers=bearer(api_key)) as client:
             with client.stream("POST", "/v1/chat/completions", json=long_stream) as response:
                 lines = response.iter_lines()  # kept: closing it would close the stream
                 assert next(lines).startswith("data: ")

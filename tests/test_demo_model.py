@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from demomodel.corpus import WORDS, addition_answer, addition_prompt, repeat_prompt
-from tests.conftest import MODEL_ID
+from tests.conftest import MODEL_ID, bearer
 
 SAMPLES = 200  # enough that a model right 98% of the time almost never fails the 95% bar
 rng = random.Random()  # fresh prompts every run; the seed is printed on failure
@@ -19,9 +19,9 @@ SEED = rng.randrange(2**32)
 rng.seed(SEED)
 
 
-def ask_all(server, prompts):
+def ask_all(server, api_key, prompts):
     def ask(prompt):
-        with httpx.Client(base_url=server.base_url, timeout=120) as client:
+        with httpx.Client(base_url=server.base_url, timeout=120, headers=bearer(api_key)) as client:
             return client.post("/v1/chat/completions", json={
                 "model": MODEL_ID, "messages": [{"role": "user", "content": prompt}], "temperature": 0}).json()
     with ThreadPoolExecutor(8) as pool:
@@ -34,23 +34,23 @@ def report(cases, answers):
     return len(wrong), f"seed {SEED}; wrong: {wrong[:10]}"
 
 
-def test_it_repeats_one_to_three_words_at_least_95_percent_of_the_time(server):
+def test_it_repeats_one_to_three_words_at_least_95_percent_of_the_time(server, api_key):
     cases = []
     for _ in range(SAMPLES):
         words = rng.sample(WORDS, rng.randint(1, 3))
         cases.append((" ".join(words), repeat_prompt(words)))
-    answers = ask_all(server, [prompt for _, prompt in cases])
+    answers = ask_all(server, api_key, [prompt for _, prompt in cases])
     failures, detail = report(cases, answers)
     assert failures <= SAMPLES * 0.05, detail
     assert_stops_early(answers)
 
 
-def test_it_adds_two_numbers_up_to_20_at_least_95_percent_of_the_time(server):
+def test_it_adds_two_numbers_up_to_20_at_least_95_percent_of_the_time(server, api_key):
     cases = []
     for _ in range(SAMPLES):
         a, b = rng.randint(0, 20), rng.randint(0, 20)
         cases.append((addition_answer(a, b), addition_prompt(a, b)))
-    answers = ask_all(server, [prompt for _, prompt in cases])
+    answers = ask_all(server, api_key, [prompt for _, prompt in cases])
     failures, detail = report(cases, answers)
     assert failures <= SAMPLES * 0.05, detail
     assert_stops_early(answers)

@@ -11,7 +11,7 @@ from django.test import AsyncClient
 from demomodel.corpus import count_answer, count_prompt
 from inference.engine import EngineWorker, SamplingParams, Turn
 from inference.registry import registry
-from tests.conftest import DEMO_MODEL, MODEL_ID
+from tests.conftest import DEMO_MODEL, MODEL_ID, bearer
 
 
 @pytest.fixture(scope="module")
@@ -94,18 +94,19 @@ async def test_a_cancelled_turn_ends_with_cancelled_and_the_usage_so_far(worker)
 
 
 @pytest.fixture
-def in_process_model():
+def in_process_model(live_db):
     # 5 ms per step, like a bigger model, so the fault lands while the stream is going.
     registry.load(MODEL_ID, str(DEMO_MODEL), max_batch_size=4, step_delay=0.005)
     yield registry.get(MODEL_ID)
     registry.stop_all()
 
 
-async def test_an_engine_fault_mid_stream_sends_an_error_event_then_done_and_the_engine_recovers(in_process_model):
+async def test_an_engine_fault_mid_stream_sends_an_error_event_then_done_and_the_engine_recovers(in_process_model, api_key):
     client = AsyncClient()
     body = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(50)}], "stream": True}
-    response = await client.post("/v1/chat/completions", json.dumps(body), content_type="application/json")
-    assert response.status_code == 200
+    response = await client.post("/v1/chat/completions", json.dumps(body), content_type="application/json",
+                                 headers=bearer(api_key))
+    assert response.status_code == 200, response.content
     assert response.is_async  # Daphne consumes it as an async iterator, no thread
     events = []
     async for chunk in response.streaming_content:
@@ -119,18 +120,20 @@ async def test_an_engine_fault_mid_stream_sends_an_error_event_then_done_and_the
         "type": "server_error", "param": None, "code": "engine_error"}}
     assert in_process_model.stats.restarts == 1
 
-    again = await client.post("/v1/chat/completions", json.dumps({**body, "stream": False}), content_type="application/json")
-    assert again.status_code == 200
+    again = await client.post("/v1/chat/completions", json.dumps({**body, "stream": False}),
+                              content_type="application/json", headers=bearer(api_key))
+    assert again.status_code == 200, again.content
     assert json.loads(again.content)["choices"][0]["message"]["content"] == count_answer(50)
 
 
-async def test_health_is_503_when_the_engine_is_down(in_process_model):
+async def test_health_is_503_when_the_engine_is_down(in_process_model, api_key):
     in_process_model.stop()
     response = await AsyncClient().get("/health")
     assert response.status_code == 503
     assert json.loads(response.content)["status"] == "unavailable"
     chat = await AsyncClient().post("/v1/chat/completions", json.dumps(
-        {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}]}), content_type="application/json")
+        {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}]}), content_type="application/json",
+        headers=bearer(api_key))
     assert chat.status_code == 503
     assert json.loads(chat.content)["error"]["code"] == "model_unavailable"
     assert chat.headers["Retry-After"] == "5"

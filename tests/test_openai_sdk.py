@@ -7,8 +7,8 @@ from tests.conftest import MODEL_ID
 
 
 @pytest.fixture
-def client(server):
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+def client(server, api_key):
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=api_key, max_retries=0)
 
 
 def test_models_list(client):

@@ -1,0 +1,162 @@
+"""Admission and settlement: the limits, held in the database so that every server
+process sharing it enforces one limit.
+
+``admit()`` runs in one transaction that locks the key's row (and the deployment's
+``global`` row): it checks the token budget, tokens and requests per minute, the key's
+concurrency and the deployment's concurrency, in that order, and only if all pass does
+it consume anything (a request counted this minute, a lease). A request refused by one
+limit therefore consumes no other.
+
+A lease is a request in flight. Its process renews it every ``LEASE_RENEW_SECONDS``;
+if the process dies, its leases expire after at most ``LEASE_TTL_SECONDS`` and stop
+counting, so a crash cannot lock a key out for longer than that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+import uuid
+from datetime import timedelta
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from accounts.models import APIKey, Lease, LimitScope, UsageCounter, UsageRecord, period_end, period_start
+from llmserver.errors import APIError
+
+log = logging.getLogger("llmserver.limits")
+
+# This server process, as the holder of its leases.
+PROCESS_ID = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _too_many(message: str, code: str, retry_after: float) -> APIError:
+    return APIError(429, message, code=code, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
+
+
+def _minute(now):
+    return now.replace(second=0, microsecond=0)
+
+
+def _counter(key: APIKey, kind: str, starts_at) -> UsageCounter:
+    counter, _ = UsageCounter.objects.get_or_create(api_key=key, kind=kind, starts_at=starts_at)
+    return counter
+
+
+def admit(key: APIKey | None, request_id: str) -> int:
+    """Check every limit and take a lease; return the lease id, or raise APIError 429.
+    ``key`` is None when API keys are not required (only the deployment limit applies)."""
+    now = timezone.now()
+    with transaction.atomic():
+        if key is not None:
+            key = APIKey.objects.select_for_update().get(pk=key.pk)
+            _check_key_limits(key, now)
+        _check_deployment_limit(now)
+        if key is not None:
+            minute = _counter(key, UsageCounter.Kind.MINUTE, _minute(now))
+            UsageCounter.objects.filter(pk=minute.pk).update(requests=F("requests") + 1)
+        lease = Lease.objects.create(
+            api_key=key, request_id=request_id, holder=PROCESS_ID,
+            acquired_at=now, expires_at=now + timedelta(seconds=settings.LEASE_TTL_SECONDS),
+        )
+    return lease.pk
+
+
+def _check_key_limits(key: APIKey, now) -> None:
+    if key.token_budget is not None:
+        used = _counter(key, UsageCounter.Kind.PERIOD, period_start(key.budget_period, now)).tokens
+        if used >= key.token_budget:
+            raise _too_many(
+                f"This API key has used its budget of {key.token_budget} tokens per {key.budget_period}.",
+                "token_budget_exceeded", (period_end(key.budget_period, now) - now).total_seconds(),
+            )
+    minute_start = _minute(now)
+    to_next_minute = 60 - (now - minute_start).total_seconds()
+    minute = None
+    if key.tokens_per_minute is not None or key.requests_per_minute is not None:
+        minute = _counter(key, UsageCounter.Kind.MINUTE, minute_start)
+    if key.tokens_per_minute is not None and minute.tokens >= key.tokens_per_minute:
+        raise _too_many(
+            f"This API key has reached its limit of {key.tokens_per_minute} tokens per minute.",
+            "tokens_per_minute_limit", to_next_minute,
+        )
+    if key.requests_per_minute is not None and minute.requests >= key.requests_per_minute:
+        raise _too_many(
+            f"This API key has reached its limit of {key.requests_per_minute} requests per minute.",
+            "requests_per_minute_limit", to_next_minute,
+        )
+    if key.max_concurrency is not None:
+        in_flight = Lease.objects.filter(api_key=key, expires_at__gt=now).count()
+        if in_flight >= key.max_concurrency:
+            raise _too_many(
+                f"This API key already has {in_flight} requests in flight, its limit.",
+                "key_concurrency_limit", 1,
+            )
+
+
+def _check_deployment_limit(now) -> None:
+    # Lock the one "global" row: admissions across the deployment take turns here, for
+    # the milliseconds of a count and an insert.
+    LimitScope.objects.get_or_create(name="global")
+    LimitScope.objects.select_for_update().get(name="global")
+    in_flight = Lease.objects.filter(expires_at__gt=now).count()
+    if in_flight >= settings.MAX_CONCURRENT_REQUESTS:
+        raise _too_many(
+            f"The server is at its limit of {settings.MAX_CONCURRENT_REQUESTS} concurrent requests; retry shortly.",
+            "server_concurrency_limit", 1,
+        )
+
+
+def settle(lease_id: int | None, record: UsageRecord | None, tokens: int) -> None:
+    """End a request: give back its lease, count its tokens against the key's minute and
+    budget period, write its usage record, all at once."""
+    now = timezone.now()
+    with transaction.atomic():
+        if lease_id is not None:
+            Lease.objects.filter(pk=lease_id).delete()
+        if record is None:
+            return
+        key = record.api_key
+        if key is not None:
+            if tokens:
+                for kind, starts_at in ((UsageCounter.Kind.MINUTE, _minute(now)),
+                                        (UsageCounter.Kind.PERIOD, period_start(key.budget_period, now))):
+                    counter = _counter(key, kind, starts_at)
+                    UsageCounter.objects.filter(pk=counter.pk).update(tokens=F("tokens") + tokens)
+            APIKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        record.save(force_insert=True)
+
+
+# --- lease renewal ---------------------------------------------------------------------
+
+_heartbeat: asyncio.Task | None = None
+
+
+def ensure_heartbeat() -> None:
+    """Start this process's lease renewal on the running event loop (once)."""
+    global _heartbeat
+    if _heartbeat is None or _heartbeat.done():
+        _heartbeat = asyncio.get_running_loop().create_task(_renew_forever(), name="lease-heartbeat")
+
+
+async def _renew_forever() -> None:
+    while True:
+        await asyncio.sleep(settings.LEASE_RENEW_SECONDS)
+        try:
+            await sync_to_async(renew_leases)()
+        except Exception:  # a database hiccup must not end renewal for good
+            log.exception("renewing leases failed; retrying")
+
+
+def renew_leases() -> None:
+    now = timezone.now()
+    Lease.objects.filter(holder=PROCESS_ID).update(expires_at=now + timedelta(seconds=settings.LEASE_TTL_SECONDS))
+    # Leases of dead processes stopped counting at their expiry; clear them away.
+    Lease.objects.filter(expires_at__lt=now - timedelta(minutes=10)).delete()

@@ -1,0 +1,194 @@
+"""API keys, their limits, the leases that count requests in flight, and usage records.
+
+Everything that must hold across server processes lives in the database, so one
+PostgreSQL shared by several processes (or machines) enforces one limit between them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+SECRET_PREFIX = "sk-"
+# 32 random bytes -> 43 URL-safe characters after "sk-".
+_SECRET_BYTES = 32
+VISIBLE_PREFIX_LENGTH = 12  # "sk-" and 9 characters: enough to tell keys apart, useless to an attacker
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class BudgetPeriod(models.TextChoices):
+    DAY = "day", "Day"
+    WEEK = "week", "Week"
+    MONTH = "month", "Month"
+
+
+def period_start(period: str, now) -> timezone.datetime:
+    """The start (UTC) of the budget period that contains ``now``."""
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == BudgetPeriod.DAY:
+        return day
+    if period == BudgetPeriod.WEEK:
+        return day - timedelta(days=day.weekday())
+    return day.replace(day=1)
+
+
+def period_end(period: str, now) -> timezone.datetime:
+    start = period_start(period, now)
+    if period == BudgetPeriod.DAY:
+        return start + timedelta(days=1)
+    if period == BudgetPeriod.WEEK:
+        return start + timedelta(days=7)
+    return (start + timedelta(days=32)).replace(day=1)
+
+
+class APIKeyQuerySet(models.QuerySet):
+    def usable(self):
+        now = timezone.now()
+        return self.filter(is_active=True).filter(models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now))
+
+
+class APIKey(models.Model):
+    """An API key. Only the SHA-256 of the secret is stored; the secret is shown once."""
+
+    name = models.CharField(max_length=100)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="api_keys")
+    prefix = models.CharField(max_length=VISIBLE_PREFIX_LENGTH, editable=False,
+                              help_text="The first characters of the key, to recognise it.")
+    hashed_secret = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    is_active = models.BooleanField(default=True, help_text="Untick to revoke the key.")
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    max_concurrency = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests in flight at once; empty = no per-key limit.")
+    allowed_models = models.JSONField(
+        default=list, blank=True, help_text='Model ids this key may use, e.g. ["llmserver-demo"]; empty = all.')
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True, help_text="Empty = unlimited.")
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True, help_text="Empty = unlimited.")
+    token_budget = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens (prompt + completion) per budget period; empty = unlimited.")
+    budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH)
+
+    objects = APIKeyQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @classmethod
+    def issue(cls, *, name: str, **fields) -> tuple[APIKey, str]:
+        """Create a key; return it and its secret (the only time the secret exists)."""
+        key = cls(name=name, **fields)
+        secret = key.set_new_secret()
+        key.save()
+        return key, secret
+
+    def set_new_secret(self) -> str:
+        secret = SECRET_PREFIX + secrets.token_urlsafe(_SECRET_BYTES)
+        self.prefix = secret[:VISIBLE_PREFIX_LENGTH]
+        self.hashed_secret = hash_secret(secret)
+        return secret
+
+    def may_use(self, model_id: str) -> bool:
+        return not self.allowed_models or model_id in self.allowed_models
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    def revoke(self) -> None:
+        self.is_active = False
+        self.revoked_at = timezone.now()
+        self.save(update_fields=["is_active", "revoked_at"])
+
+    def reactivate(self) -> None:
+        self.is_active = True
+        self.revoked_at = None
+        self.save(update_fields=["is_active", "revoked_at"])
+
+
+class LimitScope(models.Model):
+    """A row to lock while admitting a request, so that counting and taking a lease is
+    atomic across processes: one row per key (``key:<id>``) and one for the deployment
+    (``global``)."""
+
+    name = models.CharField(max_length=40, unique=True)
+
+    class Meta:
+        verbose_name = "limit scope"
+
+
+class Lease(models.Model):
+    """One request in flight, held by one server process. Processes renew their leases
+    while the request runs; a lease whose process died expires and stops counting."""
+
+    api_key = models.ForeignKey(APIKey, null=True, on_delete=models.CASCADE, related_name="leases")
+    request_id = models.CharField(max_length=128)
+    holder = models.CharField(max_length=64, db_index=True, help_text="The server process holding it.")
+    acquired_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["api_key", "expires_at"])]
+
+
+class UsageCounter(models.Model):
+    """Requests and tokens of one key in one time bucket (a minute, or a budget period),
+    kept as running sums so that limits never scan the usage records."""
+
+    class Kind(models.TextChoices):
+        MINUTE = "minute"
+        PERIOD = "period"
+
+    api_key = models.ForeignKey(APIKey, on_delete=models.CASCADE, related_name="counters")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    starts_at = models.DateTimeField()
+    requests = models.PositiveIntegerField(default=0)
+    tokens = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["api_key", "kind", "starts_at"], name="one_counter_per_bucket")]
+
+
+class UsageRecord(models.Model):
+    """Exactly one per authenticated request, written when its response ends."""
+
+    api_key = models.ForeignKey(APIKey, null=True, on_delete=models.SET_NULL, related_name="usage")
+    key_prefix = models.CharField(max_length=VISIBLE_PREFIX_LENGTH, blank=True)
+    model = models.CharField(max_length=256, blank=True, db_index=True)
+    endpoint = models.CharField(max_length=64)
+    request_id = models.CharField(max_length=128, db_index=True)
+    streamed = models.BooleanField(default=False)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)
+    finish_reason = models.CharField(max_length=32, blank=True)
+    status_code = models.PositiveSmallIntegerField()
+    error_code = models.CharField(max_length=64, blank=True)
+    started_at = models.DateTimeField(db_index=True)
+    duration_ms = models.FloatField()
+    time_to_first_token_ms = models.FloatField(null=True, blank=True)
+    client_disconnected = models.BooleanField(default=False)
+    user = models.CharField(max_length=256, blank=True, help_text="The request's OpenAI 'user' field.")
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["api_key", "started_at"])]
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens

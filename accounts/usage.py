@@ -1,0 +1,85 @@
+"""One authenticated request's bookkeeping: its lease and its one usage record.
+
+:class:`RequestAccount` is opened when a request's key is known and finished exactly
+once, when Django closes the response (after its last byte, or after the client left),
+or, if the client left before any response existed, by the view. Finishing gives the
+lease back and writes the usage record in one transaction; nothing is written per token.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+
+from accounts.limits import admit, ensure_heartbeat, settle
+from accounts.models import APIKey, UsageRecord
+
+
+class RequestAccount:
+    def __init__(self, key: APIKey, request_id: str, endpoint: str):
+        self.key = key
+        self.request_id = request_id
+        self.endpoint = endpoint
+        self.started_at = timezone.now()
+        self._started = time.perf_counter()
+        self.model = ""
+        self.user = ""
+        self.streamed = False
+        self.generation = None  # inference.serving.Generation, once generation starts
+        self.error_code = ""
+        self.client_disconnected = False
+        self._lease_id: int | None = None
+        self._finished = False
+
+    async def admit(self) -> None:
+        """Check the key's and the deployment's limits and take a lease (or raise 429)."""
+        self._lease_id = await sync_to_async(admit)(self.key, self.request_id)
+        ensure_heartbeat()
+
+    def finish(self, status_code: int, response=None) -> None:
+        """Write the usage record and give the lease back; only the first call counts."""
+        if self._finished:
+            return
+        self._finished = True
+        if response is not None and status_code >= 400 and not response.streaming:
+            self.error_code = _error_code(response.content)
+        prompt = completion = cached = 0
+        finish_reason = ""
+        first_token_ms = None
+        if self.generation is not None:
+            usage = self.generation.usage()
+            prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
+            cached = usage["prompt_tokens_details"]["cached_tokens"]
+            finish_reason = self.generation.finish_reasons[0] or ""
+            if self.generation.first_text_at is not None:
+                first_token_ms = (self.generation.first_text_at - self._started) * 1000
+        record = UsageRecord(
+            api_key=self.key,
+            key_prefix=self.key.prefix,
+            model=self.model[:256],
+            endpoint=self.endpoint,
+            request_id=self.request_id,
+            streamed=self.streamed,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=cached,
+            finish_reason=finish_reason,
+            status_code=status_code,
+            error_code=self.error_code[:64],
+            started_at=self.started_at,
+            duration_ms=(time.perf_counter() - self._started) * 1000,
+            time_to_first_token_ms=first_token_ms,
+            client_disconnected=self.client_disconnected,
+            user=self.user[:256],
+        )
+        settle(self._lease_id, record, prompt + completion)
+
+
+def _error_code(content: bytes) -> str:
+    try:
+        return json.loads(content)["error"]["code"] or ""
+    except (ValueError, KeyError, TypeError):
+        return ""
