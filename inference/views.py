@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from functools import partial
@@ -29,6 +30,8 @@ from inference.protocol import ChatCompletionRequest, CompletionRequest
 from inference.registry import registry
 from inference.serving import ChatServing, CompletionServing
 from llmserver.errors import model_not_found
+
+log = logging.getLogger("llmserver.views")
 
 
 class AsyncAPIView(APIView):
@@ -66,7 +69,7 @@ class AsyncAPIView(APIView):
         except asyncio.CancelledError:
             if self.account is not None:
                 self.account.client_disconnected = True
-            await sync_to_async(self._close)(CLIENT_CLOSED_REQUEST)
+            await sync_to_async(self._close_now)(CLIENT_CLOSED_REQUEST)
             raise
         except Exception as exc:
             response = self.handle_exception(exc)
@@ -77,10 +80,26 @@ class AsyncAPIView(APIView):
         return self.response
 
     def _close(self, status_code: int, response=None) -> None:
-        if self.account is not None:
-            self.account.finish(status_code, response)
-        if self.slot is not None:
-            self.slot.release()
+        """Give back what the request holds and write its record. Daphne's path calls this
+        from Django's sync thread; called on the event loop instead (Django's async test
+        client closes streams there), the database work moves off the loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._close_now(status_code, response)
+        else:
+            loop.create_task(sync_to_async(self._close_now)(status_code, response))
+
+    def _close_now(self, status_code: int, response=None) -> None:
+        try:
+            if self.account is not None:
+                self.account.finish(status_code, response)
+        except Exception:
+            # Django swallows a closer's exceptions; a lost usage record must be loud.
+            log.exception("could not record usage of request %s", self.account.request_id)
+        finally:
+            if self.slot is not None:
+                self.slot.release()
 
     async def authenticate_key(self, request) -> APIKey | None:
         """The request's API key (401 if missing or bad), and its account opened; None
@@ -101,6 +120,9 @@ class AsyncAPIView(APIView):
 
 # Status recorded for a request whose client left before the response began (nginx's).
 CLIENT_CLOSED_REQUEST = 499
+
+# With API keys off, the concurrency limit of this process alone.
+in_flight = ConcurrencyLimit(settings.MAX_CONCURRENT_REQUESTS)
 
 
 def _model_object(worker) -> dict:
@@ -136,9 +158,6 @@ class ModelDetailView(AsyncAPIView):
         raise model_not_found(model_id)
 
 
-in_flight = ConcurrencyLimit(settings.MAX_CONCURRENT_REQUESTS)
-
-
 class _GenerationView(AsyncAPIView):
     request_serializer = None
     serving_class = None
@@ -170,11 +189,13 @@ class _GenerationView(AsyncAPIView):
 
 
 class ChatCompletionsView(_GenerationView):
+    endpoint = "chat.completions"
     request_serializer = ChatCompletionRequest
     serving_class = ChatServing
 
 
 class CompletionsView(_GenerationView):
+    endpoint = "completions"
     request_serializer = CompletionRequest
     serving_class = CompletionServing
 

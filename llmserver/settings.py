@@ -5,6 +5,7 @@ The environment is read here and only here (django-environ); every other module 
 A ``.env`` file in the project root is read if present; real environment variables win.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -86,8 +87,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     })
-    # A file, not memory, so that the test suite's server processes share it.
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "db-test.sqlite3")}
+    # A file, not memory, so that the test suite's server processes share it; one per
+    # test run, so that two runs in one checkout do not recreate each other's.
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / f"db-test-{os.getpid()}.sqlite3")}
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

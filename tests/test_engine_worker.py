@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from django.test import AsyncClient
 
+from accounts.models import UsageRecord
 from demomodel.corpus import count_answer, count_prompt
 from inference.engine import EngineWorker, SamplingParams, Turn
 from inference.registry import registry
@@ -105,7 +106,7 @@ async def test_an_engine_fault_mid_stream_sends_an_error_event_then_done_and_the
     client = AsyncClient()
     body = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(50)}], "stream": True}
     response = await client.post("/v1/chat/completions", json.dumps(body), content_type="application/json",
-                                 headers=bearer(api_key))
+                                 headers={**bearer(api_key), "X-Request-ID": "engine-fault-1"})
     assert response.status_code == 200, response.content
     assert response.is_async  # Daphne consumes it as an async iterator, no thread
     events = []
@@ -119,6 +120,10 @@ async def test_an_engine_fault_mid_stream_sends_an_error_event_then_done_and_the
         "message": "The model failed while generating: engine failure: injected engine fault",
         "type": "server_error", "param": None, "code": "engine_error"}}
     assert in_process_model.stats.restarts == 1
+    record = await _record("engine-fault-1")
+    assert (record.status_code, record.error_code, record.streamed, record.finish_reason) == (
+        200, "engine_error", True, "error")
+    assert record.completion_tokens >= 1
 
     again = await client.post("/v1/chat/completions", json.dumps({**body, "stream": False}),
                               content_type="application/json", headers=bearer(api_key))
@@ -137,3 +142,12 @@ async def test_health_is_503_when_the_engine_is_down(in_process_model, api_key):
     assert chat.status_code == 503
     assert json.loads(chat.content)["error"]["code"] == "model_unavailable"
     assert chat.headers["Retry-After"] == "5"
+
+
+async def _record(request_id):
+    for _ in range(100):
+        record = await UsageRecord.objects.filter(request_id=request_id).afirst()
+        if record is not None:
+            return record
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no usage record for {request_id}")

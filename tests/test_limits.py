@@ -1,0 +1,154 @@
+"""Per-key limits, held in the database: concurrency (released on disconnect), requests
+and tokens per minute, a token budget; a request refused by one limit consumes no other;
+a crashed process's leases expire."""
+
+import signal
+import time
+from datetime import datetime, timedelta, timezone as dt_timezone
+
+import httpx
+import pytest
+
+from accounts.models import Lease, UsageCounter, UsageRecord
+from demomodel.corpus import count_prompt
+from tests.conftest import MODEL_ID, bearer, issue_key, start_server
+
+HELLO = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]}
+LONG_STREAM = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "stream": True}
+
+
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory, live_db):
+    """A server whose engine sleeps 5 ms a step, so streams stay in flight while we act."""
+    live = start_server(tmp_path_factory.mktemp("limits"), ENGINE_STEP_DELAY_MS=5)
+    yield live
+    live.stop()
+
+
+def wait_for(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def live_leases(key) -> int:
+    return Lease.objects.filter(api_key=key, expires_at__gt=datetime.now(dt_timezone.utc)).count()
+
+
+def minute_counter(key) -> UsageCounter:
+    return UsageCounter.objects.get(api_key=key, kind="minute")
+
+
+def early_in_a_minute():
+    """Per-minute limits count in calendar minutes; start a test well inside one."""
+    second = datetime.now(dt_timezone.utc).second
+    if second > 45:
+        time.sleep(61 - second)
+
+
+class Stream:
+    """A streaming request held open after its first chunk."""
+
+    def __init__(self, base_url, secret):
+        self.client = httpx.Client(base_url=base_url, timeout=60, headers=bearer(secret))
+        self.context = self.client.stream("POST", "/v1/chat/completions", json=LONG_STREAM)
+        self.response = self.context.__enter__()
+        assert self.response.status_code == 200
+        self.lines = self.response.iter_lines()
+        assert next(self.lines).startswith("data: ")
+
+    def leave(self):
+        self.context.__exit__(None, None, None)
+        self.client.close()
+
+
+def too_many(response, code, message):
+    assert response.status_code == 429
+    body = response.json()["error"]
+    assert (body["type"], body["code"], body["message"]) == ("rate_limit_error", code, message)
+    return int(response.headers["Retry-After"])
+
+
+def test_the_request_past_a_keys_concurrency_gets_429_and_a_leaving_stream_gives_its_slot_back(slow):
+    key, secret = issue_key(name="two-at-once", max_concurrency=2)
+    first, second = Stream(slow.base_url, secret), Stream(slow.base_url, secret)
+    refused = httpx.post(f"{slow.base_url}/v1/chat/completions", json=HELLO, headers=bearer(secret))
+    assert too_many(refused, "key_concurrency_limit", "This API key already has 2 requests in flight, its limit.") == 1
+    first.leave()  # disconnect mid-stream
+    wait_for(lambda: live_leases(key) == 1)
+    admitted = httpx.post(f"{slow.base_url}/v1/chat/completions", json=HELLO, headers=bearer(secret))
+    assert admitted.status_code == 200
+    second.leave()
+    wait_for(lambda: live_leases(key) == 0)
+
+
+def test_requests_per_minute(slow):
+    early_in_a_minute()
+    key, secret = issue_key(name="rpm", requests_per_minute=2)
+    for _ in range(2):
+        assert httpx.post(f"{slow.base_url}/v1/chat/completions", json=HELLO, headers=bearer(secret)).status_code == 200
+    refused = httpx.post(f"{slow.base_url}/v1/chat/completions", json=HELLO, headers=bearer(secret))
+    retry_after = too_many(refused, "requests_per_minute_limit", "This API key has reached its limit of 2 requests per minute.")
+    assert 1 <= retry_after <= 60
+    assert minute_counter(key).requests == 2  # the refused one was not counted
+
+
+def test_tokens_per_minute(slow):
+    early_in_a_minute()
+    key, secret = issue_key(name="tpm", tokens_per_minute=10)
+    first = httpx.post(f"{slow.base_url}/v1/chat/completions", json=HELLO, headers=bearer(secret))
+    used = first.json()["usage"]["total_tokens"]
+    wait_for(lambda: minute_counter(key).tokens == used)
+    refused = httpx.post(f"{slow.base_url}/v1/chat/completions", json=HELLO, headers=bearer(secret))
+    too_many(refused, "tokens_per_minute_limit", "This API key has reached its limit of 10 tokens per minute.")
+
+
+def test_a_token_budget_per_day(slow):
+    key, secret = issue_key(name="budget", token_budget=10, budget_period="day")
+    first = httpx.post(f"{slow.base_url}/v1/chat/completions", json=HELLO, headers=bearer(secret))
+    used = first.json()["usage"]["total_tokens"]
+    assert used > 10
+    wait_for(lambda: UsageCounter.objects.filter(api_key=key, kind="period", tokens=used).exists())
+    refused = httpx.post(f"{slow.base_url}/v1/chat/completions", json=HELLO, headers=bearer(secret))
+    retry_after = too_many(refused, "token_budget_exceeded", "This API key has used its budget of 10 tokens per day.")
+    now = datetime.now(dt_timezone.utc)
+    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert abs(retry_after - (midnight - now).total_seconds()) <= 3
+
+
+def test_a_request_refused_by_one_limit_consumes_no_other(slow):
+    early_in_a_minute()
+    key, secret = issue_key(name="no-double-count", max_concurrency=1, requests_per_minute=10)
+    held = Stream(slow.base_url, secret)
+    refused = httpx.post(f"{slow.base_url}/v1/chat/completions", json=HELLO,
+                         headers={**bearer(secret), "X-Request-ID": "refused-once"})
+    too_many(refused, "key_concurrency_limit", "This API key already has 1 requests in flight, its limit.")
+    assert minute_counter(key).requests == 1  # only the stream
+    assert live_leases(key) == 1
+    held.leave()
+    record = wait_for(lambda: UsageRecord.objects.filter(request_id="refused-once").first())
+    assert (record.status_code, record.error_code, record.prompt_tokens, record.completion_tokens) == (
+        429, "key_concurrency_limit", 0, 0)
+
+
+def test_a_crashed_process_leases_expire_within_the_lease_ttl(tmp_path, live_db):
+    key, secret = issue_key(name="crash", max_concurrency=1)
+    crashing = start_server(tmp_path, ENGINE_STEP_DELAY_MS=5, LEASE_TTL_SECONDS=6)
+    held = Stream(crashing.base_url, secret)
+    crashing.process.send_signal(signal.SIGKILL)
+    crashing.process.wait()
+    held.client.close()
+    survivor = start_server(tmp_path, LEASE_TTL_SECONDS=6)
+    try:
+        started = time.monotonic()
+        first = httpx.post(f"{survivor.base_url}/v1/chat/completions", json=HELLO, headers=bearer(secret))
+        assert first.status_code == 429  # the dead process's lease still counts...
+        admitted = wait_for(lambda: (r := httpx.post(f"{survivor.base_url}/v1/chat/completions", json=HELLO,
+                                                     headers=bearer(secret))).status_code == 200 and r)
+        assert admitted.json()["choices"][0]["message"]["content"] == "Hello! How can I help you?"
+        assert time.monotonic() - started <= 6 + 1  # ...for at most LEASE_TTL_SECONDS
+    finally:
+        survivor.stop()
