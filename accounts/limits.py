@@ -104,8 +104,7 @@ def _check_key_limits(key: APIKey, now) -> None:
 def _check_deployment_limit(now) -> None:
     # Lock the one "global" row: admissions across the deployment take turns here, for
     # the milliseconds of a count and an insert.
-    LimitScope.objects.get_or_create(name="global")
-    LimitScope.objects.select_for_update().get(name="global")
+    LimitScope.objects.select_for_update().get_or_create(name="global")
     in_flight = Lease.objects.filter(expires_at__gt=now).count()
     if in_flight >= settings.MAX_CONCURRENT_REQUESTS:
         raise _too_many(
