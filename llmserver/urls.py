@@ -1,9 +1,14 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.contrib.staticfiles.views import serve as serve_static
+from django.urls import include, path, re_path
 
 urlpatterns = [
     path("", include("inference.urls")),
     path("admin/", admin.site.urls),
+    # Static files (the admin's CSS and JS) straight from the apps, with DEBUG off too.
+    # Django's view is sync, but only these requests use it; WhiteNoise's middleware is
+    # sync-only and would push every API request through Django's sync thread.
+    re_path(r"^static/(?P<path>.*)$", serve_static, {"insecure": True}),
 ]
 
 handler400 = "llmserver.errors.handler400"

@@ -45,3 +45,14 @@ def test_a_stream_is_logged_when_it_ends(api, server):
     assert "POST /v1/completions 200 " in server.log()
     line = next(line for line in server.log().splitlines() if "rid=stream-log-1" in line)
     assert line.endswith("stream ended")
+
+
+def test_the_admins_static_files_are_served(api):
+    response = api.get("/static/admin/css/base.css")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/css"
+    assert b"--body-fg" in response.read()
+
+
+def test_a_missing_static_file_is_404_json(api):
+    assert api.get("/static/admin/css/nope.css").json()["error"]["code"] == "not_found"

@@ -1,0 +1,305 @@
+"""The admin for operators: API keys (with their usage right now), the usage records,
+the leases of requests in flight, and the usage dashboard.
+
+Limit scopes and usage counters are internal bookkeeping and are not registered; a
+key's counters show up as "tokens this period" on the key itself.
+"""
+
+from __future__ import annotations
+
+import csv
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.core.exceptions import PermissionDenied
+from django.db.models import Case, Count, DateTimeField, OuterRef, Subquery, Value, When
+from django.db.models.functions import Coalesce
+from django.http import HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from accounts import dashboard
+from accounts.models import APIKey, BudgetPeriod, Lease, UsageCounter, UsageRecord, period_start
+
+# The default site's index shows a link to the usage dashboard above the app list
+# (templates/admin/accounts/index.html extends the stock admin/index.html).
+if admin.site.index_template is None:
+    admin.site.index_template = "admin/accounts/index.html"
+
+
+# --- API keys ------------------------------------------------------------------------
+
+
+class ModelListField(forms.CharField):
+    """The key's allowed models as "a, b" in the form, a JSON list in the database."""
+
+    def prepare_value(self, value):
+        if isinstance(value, list):
+            return ", ".join(value)
+        return value
+
+    def to_python(self, value):
+        text = super().to_python(value)
+        return [model.strip() for model in text.split(",") if model.strip()]
+
+
+class APIKeyForm(forms.ModelForm):
+    allowed_models = ModelListField(
+        required=False, help_text="Comma-separated model ids this key may use; empty = all models.")
+
+    class Meta:
+        model = APIKey
+        fields = "__all__"
+
+
+def with_usage_now(queryset):
+    """Annotate keys with ``tokens_this_period`` and ``in_flight_now``, as subqueries so
+    that a page of keys costs one query, not two per key."""
+    now = timezone.now()
+    # Each key's current budget period starts at a moment that depends on its period.
+    current_period_start = Case(
+        *[When(budget_period=period, then=Value(period_start(period, now))) for period in BudgetPeriod.values],
+        output_field=DateTimeField(),
+    )
+    period_tokens = UsageCounter.objects.filter(
+        api_key=OuterRef("pk"), kind=UsageCounter.Kind.PERIOD, starts_at=OuterRef("current_period_start"),
+    ).values("tokens")[:1]
+    live_leases = (Lease.objects.filter(api_key=OuterRef("pk"), expires_at__gt=now)
+                   .order_by().values("api_key").annotate(count=Count("pk")).values("count"))
+    return queryset.annotate(
+        current_period_start=current_period_start,
+        tokens_this_period=Coalesce(Subquery(period_tokens), 0),
+        in_flight_now=Coalesce(Subquery(live_leases), 0),
+    )
+
+
+def unlimited_if_none(value):
+    return "unlimited" if value is None else value
+
+
+@admin.register(APIKey)
+class APIKeyAdmin(admin.ModelAdmin):
+    form = APIKeyForm
+    list_display = [
+        "name", "prefix", "owner", "is_active", "models", "concurrency", "rpm", "tpm", "budget",
+        "tokens_this_period", "in_flight_now", "last_used_at", "expires_at",
+    ]
+    list_filter = ["is_active", ("owner", admin.RelatedOnlyFieldListFilter), "budget_period"]
+    search_fields = ["name", "prefix", "owner__username"]
+    list_select_related = ["owner"]
+    actions = ["revoke_keys", "reactivate_keys"]
+    limits_fieldset = ("Limits", {"fields": [
+        "max_concurrency", "allowed_models", "requests_per_minute", "tokens_per_minute",
+        "token_budget", "budget_period",
+    ]})
+    # hashed_secret is never listed here: it is not editable and not shown anywhere.
+    readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at", "tokens_this_period", "in_flight_now"]
+
+    def get_queryset(self, request):
+        return with_usage_now(super().get_queryset(request))
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is None:
+            # No secret field: it is generated on save and shown once.
+            return [(None, {"fields": ["name", "owner", "expires_at"]}), self.limits_fieldset]
+        return [
+            (None, {"fields": ["name", "prefix", "owner", "is_active", "created_at", "last_used_at",
+                               "expires_at", "revoked_at"]}),
+            self.limits_fieldset,
+            ("Usage now", {"fields": ["tokens_this_period", "in_flight_now"]}),
+        ]
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            # Keep revoked_at in step when the checkbox, not an action, revokes the key.
+            if "is_active" in form.changed_data:
+                obj.revoked_at = None if obj.is_active else timezone.now()
+            obj.save()
+            return
+        secret = obj.set_new_secret()
+        obj.save()
+        # The only time the secret exists: it reaches the admin in a one-time message
+        # (consumed by the next page) and is stored nowhere.
+        messages.warning(request, format_html(
+            'The key for “{}” is <code class="new-api-key">{}</code>. '
+            "Copy it now: it will not be shown again.",
+            obj.name, secret,
+        ))
+
+    @admin.display(description="Models")
+    def models(self, key):
+        return ", ".join(key.allowed_models) or "all"
+
+    @admin.display(description="Max concurrency", ordering="max_concurrency")
+    def concurrency(self, key):
+        return unlimited_if_none(key.max_concurrency)
+
+    @admin.display(description="Requests/min", ordering="requests_per_minute")
+    def rpm(self, key):
+        return unlimited_if_none(key.requests_per_minute)
+
+    @admin.display(description="Tokens/min", ordering="tokens_per_minute")
+    def tpm(self, key):
+        return unlimited_if_none(key.tokens_per_minute)
+
+    @admin.display(description="Budget", ordering="token_budget")
+    def budget(self, key):
+        return f"{unlimited_if_none(key.token_budget)} / {key.get_budget_period_display().lower()}"
+
+    @admin.display(description="Tokens this period", ordering="tokens_this_period")
+    def tokens_this_period(self, key):
+        return key.tokens_this_period
+
+    @admin.display(description="In flight now", ordering="in_flight_now")
+    def in_flight_now(self, key):
+        return key.in_flight_now
+
+    @admin.action(description="Revoke selected keys", permissions=["change"])
+    def revoke_keys(self, request, queryset):
+        keys = [key for key in queryset if key.is_active]
+        for key in keys:
+            key.revoke()
+        self.message_user(request, f"Revoked {len(keys)} key(s).", messages.SUCCESS)
+
+    @admin.action(description="Reactivate selected keys", permissions=["change"])
+    def reactivate_keys(self, request, queryset):
+        keys = [key for key in queryset if not key.is_active]
+        for key in keys:
+            key.reactivate()
+        self.message_user(request, f"Reactivated {len(keys)} key(s).", messages.SUCCESS)
+
+
+# --- Read-only models ----------------------------------------------------------------
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Viewable by staff with the view permission; written only by the server."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Lease)
+class LeaseAdmin(ReadOnlyAdmin):
+    list_display = ["request_id", "api_key", "holder", "acquired_at", "expires_at", "is_live"]
+    list_filter = ["holder"]
+    search_fields = ["request_id", "api_key__prefix", "api_key__name"]
+    list_select_related = ["api_key"]
+    ordering = ["-acquired_at"]
+
+    @admin.display(description="Live", boolean=True)
+    def is_live(self, lease):
+        # An expired lease is one whose process died; it no longer counts.
+        return lease.expires_at > timezone.now()
+
+
+CSV_COLUMNS = [
+    "started_at", "request_id", "key_prefix", "key_name", "model", "endpoint", "status_code", "error_code",
+    "streamed", "prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens", "finish_reason",
+    "duration_ms", "time_to_first_token_ms", "client_disconnected", "user",
+]
+
+
+def spreadsheet_safe(value):
+    """Defuse text a spreadsheet would run as a formula (the client chooses ``user``)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def csv_row(record: UsageRecord) -> list:
+    return [spreadsheet_safe(value) for value in [
+        record.started_at.isoformat(), record.request_id, record.key_prefix,
+        record.api_key.name if record.api_key else "", record.model, record.endpoint,
+        record.status_code, record.error_code, record.streamed, record.prompt_tokens,
+        record.completion_tokens, record.cached_tokens, record.total_tokens, record.finish_reason,
+        record.duration_ms, record.time_to_first_token_ms if record.time_to_first_token_ms is not None else "",
+        record.client_disconnected, record.user,
+    ]]
+
+
+def csv_response(records) -> HttpResponse:
+    filename = timezone.now().strftime("usage-%Y%m%d-%H%M%S.csv")
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    writer = csv.writer(response)
+    writer.writerow(CSV_COLUMNS)
+    for record in records.select_related("api_key").iterator(chunk_size=2000):
+        writer.writerow(csv_row(record))
+    return response
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(ReadOnlyAdmin):
+    list_display = [
+        "started_at", "key", "model", "endpoint", "status_code", "error_code", "prompt_tokens",
+        "completion_tokens", "streamed", "client_disconnected", "duration", "ttft",
+    ]
+    list_filter = ["api_key", "model", "status_code", "endpoint", "streamed", ("started_at", admin.DateFieldListFilter)]
+    date_hierarchy = "started_at"
+    # Request ids are pasted whole from logs or X-Request-ID: exact match uses the index.
+    search_fields = ["=request_id", "^key_prefix"]
+    list_select_related = ["api_key"]
+    actions = ["export_selected"]
+
+    def get_urls(self):
+        # Before the default URLs, whose "<object_id>/" would catch these paths.
+        return [
+            path("dashboard/", self.admin_site.admin_view(self.dashboard_view), name="accounts_usagerecord_dashboard"),
+            path("export/", self.admin_site.admin_view(self.export_view), name="accounts_usagerecord_export"),
+        ] + super().get_urls()
+
+    @admin.display(description="Key", ordering="key_prefix")
+    def key(self, record):
+        return str(record.api_key) if record.api_key else f"{record.key_prefix}… (deleted)"
+
+    @admin.display(description="Duration", ordering="duration_ms")
+    def duration(self, record):
+        return f"{record.duration_ms:.0f} ms"
+
+    @admin.display(description="TTFT", ordering="time_to_first_token_ms")
+    def ttft(self, record):
+        if record.time_to_first_token_ms is None:
+            return None
+        return f"{record.time_to_first_token_ms:.0f} ms"
+
+    @admin.action(description="Export selected records as CSV")
+    def export_selected(self, request, queryset):
+        return csv_response(queryset)
+
+    def export_view(self, request):
+        """All records that the changelist shows with the same query string (filters,
+        search, date drill-down), not only one page, as CSV."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            changelist = self.get_changelist_instance(request)
+        except IncorrectLookupParameters:
+            return HttpResponseRedirect(reverse("admin:accounts_usagerecord_changelist") + "?e=1")
+        return csv_response(changelist.queryset)
+
+    def dashboard_view(self, request):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        start, end = dashboard.default_range()
+        form = dashboard.RangeForm(request.GET or None, initial={"start": start, "end": end})
+        if form.is_valid():
+            start, end = form.cleaned_data["start"], form.cleaned_data["end"]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Usage dashboard",
+            "opts": self.opts,
+            "form": form,
+            "quick_ranges": dashboard.quick_ranges(),
+            **dashboard.dashboard_context(start, end),
+        }
+        return TemplateResponse(request, "admin/accounts/usagerecord/dashboard.html", context)

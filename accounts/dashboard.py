@@ -1,0 +1,162 @@
+"""The usage dashboard: what the admin shows at /admin/accounts/usagerecord/dashboard/.
+
+The numbers come from UsageRecord rows (one per API request) grouped by day with the
+ORM (TruncDate + Sum / Count), which works the same on SQLite and PostgreSQL. Days are
+those of the current time zone (settings.TIME_ZONE, UTC for llmserver).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+
+from django import forms
+from django.db.models import Count, F, Q, Sum
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+from django.utils.http import urlencode
+
+from accounts.charts import Series, colour_series, line_chart, stacked_bar_chart
+from accounts.models import UsageRecord
+
+DEFAULT_DAYS = 14
+MAX_DAYS = 366
+QUICK_RANGES = [7, 14, 30, 90]
+# More series than this in one chart is unreadable; the rest are summed as "Other".
+MAX_SERIES = 8
+TOP_KEYS = 10
+
+TOKENS = F("prompt_tokens") + F("completion_tokens")
+# Errors the client or the server can do something about; 429 (a limit doing its job)
+# is counted on its own.
+ERRORS = Q(status_code__gte=400) & ~Q(status_code=429)
+RATE_LIMITED = Q(status_code=429)
+
+
+class RangeForm(forms.Form):
+    """The days to show, both inclusive; empty fields mean the last DEFAULT_DAYS days."""
+
+    start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+    def clean(self):
+        data = super().clean()
+        end = data.get("end") or timezone.localdate()
+        start = data.get("start") or end - timedelta(days=DEFAULT_DAYS - 1)
+        if start > end:
+            raise forms.ValidationError("The start must not be after the end.")
+        if (end - start).days + 1 > MAX_DAYS:
+            raise forms.ValidationError(f"Show at most {MAX_DAYS} days at once.")
+        data["start"], data["end"] = start, end
+        return data
+
+
+def default_range() -> tuple[date, date]:
+    end = timezone.localdate()
+    return end - timedelta(days=DEFAULT_DAYS - 1), end
+
+
+def quick_ranges() -> list[tuple[int, date, date]]:
+    """(days, start, end) for the "last N days" links."""
+    end = timezone.localdate()
+    return [(days, end - timedelta(days=days - 1), end) for days in QUICK_RANGES]
+
+
+def day_bounds(start: date, end: date) -> tuple[datetime, datetime]:
+    """The aware datetimes from the start of ``start`` to the end of ``end``."""
+    tz = timezone.get_current_timezone()
+    return (datetime.combine(start, time.min, tzinfo=tz),
+            datetime.combine(end + timedelta(days=1), time.min, tzinfo=tz))
+
+
+def key_label(name: str | None, prefix: str) -> str:
+    if name is not None:
+        return f"{name} ({prefix}…)"
+    # The key was deleted (the record keeps its prefix) or the request had none.
+    return f"{prefix}… (deleted key)" if prefix else "(no key)"
+
+
+def tokens_by_day(records, days: list[date], fields: list[str], label_of, other_label: str) -> list[Series]:
+    """Tokens per day for each group of ``fields``, biggest groups first, the smallest
+    summed into one "Other" series so that a chart keeps at most MAX_SERIES + 1."""
+    rows = (records.annotate(day=TruncDate("started_at"))
+            .values("day", *fields).annotate(tokens=Sum(TOKENS)).order_by())
+    index = {day: i for i, day in enumerate(days)}
+    by_label: dict[str, list[int]] = {}
+    for row in rows:
+        values = by_label.setdefault(label_of(row), [0] * len(days))
+        values[index[row["day"]]] += row["tokens"] or 0
+
+    ranked = sorted(by_label.items(), key=lambda item: (-sum(item[1]), item[0]))
+    series = [Series(label, values) for label, values in ranked[:MAX_SERIES]]
+    rest = ranked[MAX_SERIES:]
+    if rest:
+        series.append(Series(other_label, [sum(column) for column in zip(*(values for _, values in rest))]))
+    return colour_series(series, other_label)
+
+
+def errors_by_day(records, days: list[date]) -> list[Series]:
+    rows = (records.annotate(day=TruncDate("started_at")).values("day")
+            .annotate(errors=Count("pk", filter=ERRORS), rate_limited=Count("pk", filter=RATE_LIMITED))
+            .order_by())
+    errors, rate_limited = [0] * len(days), [0] * len(days)
+    index = {day: i for i, day in enumerate(days)}
+    for row in rows:
+        errors[index[row["day"]]] = row["errors"]
+        rate_limited[index[row["day"]]] = row["rate_limited"]
+    return colour_series([
+        Series("Errors (status ≥ 400, not 429)", errors, "#e15759"),
+        Series("Rate limited (429)", rate_limited, "#f28e2b"),
+    ])
+
+
+def top_keys(records, since: datetime, until: datetime) -> list[dict]:
+    """The keys that used the most tokens, each with the query string of its records
+    in the usage changelist (searched by prefix, the same days)."""
+    rows = (records.values("api_key", "api_key__name", "key_prefix")
+            .annotate(requests=Count("pk"), prompt=Sum("prompt_tokens"),
+                      completion=Sum("completion_tokens"), tokens=Sum(TOKENS),
+                      errors=Count("pk", filter=ERRORS), rate_limited=Count("pk", filter=RATE_LIMITED))
+            .order_by("-tokens", "key_prefix")[:TOP_KEYS])
+    return [{
+        **row,
+        "label": key_label(row["api_key__name"], row["key_prefix"]),
+        # str() of an aware datetime is what the changelist's own date filter links use.
+        "records_query": urlencode({"q": row["key_prefix"], "started_at__gte": str(since), "started_at__lt": str(until)}),
+    } for row in rows]
+
+
+def totals(records) -> dict:
+    result = records.aggregate(
+        requests=Count("pk"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"),
+        errors=Count("pk", filter=ERRORS), rate_limited=Count("pk", filter=RATE_LIMITED),
+    )
+    # Sum() of no rows is None.
+    result["prompt"] = result["prompt"] or 0
+    result["completion"] = result["completion"] or 0
+    result["tokens"] = result["prompt"] + result["completion"]
+    return result
+
+
+def dashboard_context(start: date, end: date) -> dict:
+    """Everything the dashboard template shows for the days ``start`` to ``end``."""
+    since, until = day_bounds(start, end)
+    records = UsageRecord.objects.filter(started_at__gte=since, started_at__lt=until)
+    days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    x_labels = [day.isoformat() for day in days]
+    x_label = f"Day ({timezone.get_current_timezone_name()})"
+    per_key = tokens_by_day(records, days, ["key_prefix", "api_key__name"],
+                            lambda row: key_label(row["api_key__name"], row["key_prefix"]), "Other keys")
+    per_model = tokens_by_day(records, days, ["model"], lambda row: row["model"] or "(no model)", "Other models")
+    return {
+        "start": start,
+        "end": end,
+        "totals": totals(records),
+        "top_keys": top_keys(records, since, until),
+        "tokens_per_key_chart": stacked_bar_chart(
+            x_labels, per_key, title="Tokens per day per key", x_label=x_label, y_label="Tokens", unit="tokens"),
+        "tokens_per_model_chart": stacked_bar_chart(
+            x_labels, per_model, title="Tokens per day per model", x_label=x_label, y_label="Tokens", unit="tokens"),
+        "errors_chart": line_chart(
+            x_labels, errors_by_day(records, days), title="Errors and rate-limited requests per day",
+            x_label=x_label, y_label="Requests", unit="requests"),
+    }

@@ -1,0 +1,529 @@
+"""The operators' admin: API keys with their usage now, the secret shown once, the
+read-only usage records and their CSV export, and the usage dashboard."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from datetime import datetime, time, timedelta
+
+import pytest
+from django.contrib import admin
+from django.contrib.auth.models import Permission
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from accounts.models import APIKey, LimitScope, Lease, UsageCounter, UsageRecord, hash_secret, period_start
+
+KEYS_URL = "/admin/accounts/apikey/"
+USAGE_URL = "/admin/accounts/usagerecord/"
+DASHBOARD_URL = "/admin/accounts/usagerecord/dashboard/"
+EXPORT_URL = "/admin/accounts/usagerecord/export/"
+NEW_SECRET = re.compile(r'<code class="new-api-key">(sk-[A-Za-z0-9_-]+)</code>')
+
+
+def issue(name: str, **fields) -> APIKey:
+    key, _ = APIKey.issue(name=name, **fields)
+    return key
+
+
+def record(key: APIKey | None, *, started_at=None, **fields) -> UsageRecord:
+    values = {
+        "api_key": key, "key_prefix": key.prefix if key else "", "model": "llmserver-demo",
+        "endpoint": "/v1/chat/completions", "request_id": "req", "status_code": 200,
+        "started_at": started_at or timezone.now(), "duration_ms": 100.0,
+    }
+    return UsageRecord.objects.create(**{**values, **fields})
+
+
+def at_noon(days_ago: int) -> datetime:
+    day = timezone.localdate() - timedelta(days=days_ago)
+    return datetime.combine(day, time(12), tzinfo=timezone.get_current_timezone())
+
+
+def row_cells(html: str, key_or_record) -> dict[str, str]:
+    """The changelist cells (by list_display name) of the row linking to this object."""
+    change_url = reverse(f"admin:accounts_{key_or_record._meta.model_name}_change", args=[key_or_record.pk])
+    rows = [row for row in re.findall(r"<tr>(.*?)</tr>", html, re.S) if re.search(f'href="{change_url}["?]', row)]
+    assert len(rows) == 1, rows
+    cells = re.findall(r'<t[dh] class="field-(\w+)[^"]*"[^>]*>(.*?)</t[dh]>', rows[0], re.S)
+    return {name: text_of(value) for name, value in cells}
+
+
+def text_of(html: str) -> str:
+    """The text of an HTML fragment, with the admin's yes/no icons as their alt text."""
+    return re.sub(r"<[^>]+>", "", re.sub(r'<img [^>]*alt="(\w+)"[^>]*>', r"\1", html)).strip()
+
+
+def set_action(client, url: str, action: str, objects) -> object:
+    return client.post(url, {"action": action, "_selected_action": [obj.pk for obj in objects]}, follow=True)
+
+
+# --- Who may see the admin -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", [KEYS_URL, USAGE_URL, DASHBOARD_URL, EXPORT_URL])
+def test_an_anonymous_visitor_is_sent_to_the_login_page(db, client, url):
+    response = client.get(url)
+
+    assert response.status_code == 302
+    assert response["Location"] == f"/admin/login/?next={url}"
+
+
+@pytest.mark.parametrize("url", [KEYS_URL, USAGE_URL, DASHBOARD_URL, EXPORT_URL])
+def test_a_user_who_is_not_staff_is_refused(db, client, django_user_model, url):
+    issue("secret project")
+    client.force_login(django_user_model.objects.create_user("mallory"))
+
+    response = client.get(url)
+
+    assert response.status_code == 302
+    assert response["Location"] == f"/admin/login/?next={url}"
+
+
+def test_staff_without_the_view_permission_cannot_open_the_dashboard(db, client, django_user_model):
+    client.force_login(django_user_model.objects.create_user("intern", is_staff=True))
+
+    assert client.get(DASHBOARD_URL).status_code == 403
+    assert client.get(EXPORT_URL).status_code == 403
+
+
+def test_staff_with_the_view_permission_can_open_the_dashboard_but_not_the_keys(db, client, django_user_model):
+    user = django_user_model.objects.create_user("analyst", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_usagerecord"))
+    client.force_login(user)
+
+    assert client.get(DASHBOARD_URL).status_code == 200
+    assert client.get(USAGE_URL).status_code == 200
+    assert client.get(KEYS_URL).status_code == 403
+
+
+def test_the_admin_index_and_the_usage_list_link_to_the_dashboard(admin_client):
+    index = admin_client.get("/admin/").content.decode()
+    app_index = admin_client.get("/admin/accounts/").content.decode()
+    usage = admin_client.get(USAGE_URL).content.decode()
+
+    assert f'<a href="{DASHBOARD_URL}">Usage dashboard</a>' in index
+    assert f'<a href="{DASHBOARD_URL}">Usage dashboard</a>' in app_index
+    assert f'<a href="{DASHBOARD_URL}">Usage dashboard</a>' in usage
+
+
+def test_counters_and_limit_scopes_are_not_in_the_admin(db):
+    assert not admin.site.is_registered(UsageCounter)
+    assert not admin.site.is_registered(LimitScope)
+
+
+# --- API keys ------------------------------------------------------------------------
+
+
+def test_the_key_list_shows_the_keys_limits_and_usage_now(admin_client, django_user_model):
+    now = timezone.now()
+    owner = django_user_model.objects.create_user("alice")
+    daily = issue("daily", owner=owner, budget_period="day", token_budget=5000, max_concurrency=4,
+                  requests_per_minute=60, tokens_per_minute=9000, allowed_models=["llmserver-demo"])
+    weekly = issue("weekly", budget_period="week")
+    idle = issue("idle")
+    # Only the counter of each key's current period counts, not last period's nor a minute's.
+    UsageCounter.objects.create(api_key=daily, kind="period", starts_at=period_start("day", now), tokens=1234)
+    UsageCounter.objects.create(api_key=daily, kind="period", starts_at=period_start("day", now) - timedelta(days=1),
+                                tokens=999)
+    UsageCounter.objects.create(api_key=daily, kind="minute", starts_at=now.replace(second=0, microsecond=0),
+                                tokens=50)
+    UsageCounter.objects.create(api_key=weekly, kind="period", starts_at=period_start("week", now), tokens=777)
+    # Live leases are requests in flight; an expired one belongs to a dead process.
+    for expires_in in (60, 60, -60):
+        Lease.objects.create(api_key=daily, request_id="r", holder="p1", expires_at=now + timedelta(seconds=expires_in))
+    Lease.objects.create(api_key=weekly, request_id="r", holder="p1", expires_at=now + timedelta(seconds=60))
+
+    html = admin_client.get(KEYS_URL).content.decode()
+
+    assert row_cells(html, daily) == {
+        "name": "daily", "prefix": daily.prefix, "owner": "alice", "is_active": "True",
+        "models": "llmserver-demo", "concurrency": "4", "rpm": "60", "tpm": "9000", "budget": "5000 / day",
+        "tokens_this_period": "1234", "in_flight_now": "2", "last_used_at": "-", "expires_at": "-",
+    }
+    assert row_cells(html, weekly)["tokens_this_period"] == "777"
+    assert row_cells(html, weekly)["in_flight_now"] == "1"
+    assert row_cells(html, weekly)["budget"] == "unlimited / week"
+    assert row_cells(html, idle)["tokens_this_period"] == "0"
+    assert row_cells(html, idle)["in_flight_now"] == "0"
+    assert row_cells(html, idle)["models"] == "all"
+    assert row_cells(html, idle)["concurrency"] == "unlimited"
+
+
+def test_the_key_list_takes_the_same_queries_for_one_key_or_many(admin_client):
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as context:
+            assert admin_client.get(KEYS_URL).status_code == 200
+        return len(context.captured_queries)
+
+    key = issue("first")
+    Lease.objects.create(api_key=key, request_id="r", holder="p", expires_at=timezone.now() + timedelta(minutes=1))
+    one = queries()
+    for n in range(5):
+        key = issue(f"key {n}")
+        UsageCounter.objects.create(api_key=key, kind="period", starts_at=period_start("month", timezone.now()))
+        Lease.objects.create(api_key=key, request_id="r", holder="p", expires_at=timezone.now() + timedelta(minutes=1))
+
+    assert queries() == one
+
+
+def test_the_key_list_can_be_searched_by_prefix_and_sorted_by_usage(admin_client):
+    busy, quiet = issue("busy"), issue("quiet")
+    UsageCounter.objects.create(api_key=busy, kind="period", starts_at=period_start("month", timezone.now()),
+                                tokens=10)
+
+    found = admin_client.get(KEYS_URL, {"q": quiet.prefix}).content.decode()
+    # The changelist sorts by column number, the checkbox column being number 0.
+    index = admin.site.get_model_admin(APIKey).list_display.index("tokens_this_period") + 1
+    by_usage = admin_client.get(KEYS_URL, {"o": f"-{index}"}).content.decode()
+
+    assert "quiet" in found and ">busy<" not in found
+    assert by_usage.index(">busy<") < by_usage.index(">quiet<")
+
+
+def test_the_key_pages_never_show_the_hash(admin_client):
+    key = issue("alpha")
+
+    change = admin_client.get(f"{KEYS_URL}{key.pk}/change/").content.decode()
+    listing = admin_client.get(KEYS_URL).content.decode()
+
+    assert key.hashed_secret not in change
+    assert key.hashed_secret not in listing
+    assert "hashed_secret" not in change
+    assert key.prefix in change
+
+
+def test_the_add_form_asks_for_no_secret(admin_client):
+    html = admin_client.get(f"{KEYS_URL}add/").content.decode()
+
+    assert 'name="name"' in html
+    assert 'name="allowed_models"' in html
+    assert 'name="hashed_secret"' not in html
+    assert 'name="prefix"' not in html
+    assert 'name="is_active"' not in html
+
+
+def add_form(**fields) -> dict:
+    return {
+        "name": "web app", "owner": "", "expires_at_0": "", "expires_at_1": "", "max_concurrency": "2",
+        "allowed_models": "llmserver-demo, other", "requests_per_minute": "", "tokens_per_minute": "",
+        "token_budget": "100000", "budget_period": "week", **fields,
+    }
+
+
+def test_creating_a_key_shows_its_secret_once(admin_client):
+    response = admin_client.post(f"{KEYS_URL}add/", add_form(), follow=True)
+
+    assert response.redirect_chain == [(KEYS_URL, 302)]
+    html = response.content.decode()
+    secrets_shown = NEW_SECRET.findall(html)
+    assert len(secrets_shown) == 1
+    secret = secrets_shown[0]
+    assert re.fullmatch(r"sk-[A-Za-z0-9_-]{43}", secret)
+    assert "Copy it now: it will not be shown again." in html
+    key = APIKey.objects.get()
+    assert key.hashed_secret == hash_secret(secret)
+    assert key.prefix == secret[:12]
+    assert (key.name, key.max_concurrency, key.allowed_models) == ("web app", 2, ["llmserver-demo", "other"])
+    assert (key.token_budget, key.budget_period, key.is_active) == (100000, "week", True)
+    # Stored nowhere, and gone from the next pages.
+    assert not [value for value in APIKey.objects.filter(pk=key.pk).values().get().values() if secret in str(value)]
+    assert secret not in admin_client.get(KEYS_URL).content.decode()
+    assert secret not in admin_client.get(f"{KEYS_URL}{key.pk}/change/").content.decode()
+
+
+def test_save_and_continue_shows_the_secret_on_the_key_page(admin_client):
+    response = admin_client.post(f"{KEYS_URL}add/", add_form(_continue="1"), follow=True)
+
+    key = APIKey.objects.get()
+    assert response.redirect_chain == [(f"{KEYS_URL}{key.pk}/change/", 302)]
+    assert hash_secret(NEW_SECRET.findall(response.content.decode())[0]) == key.hashed_secret
+
+
+def test_the_secret_of_a_key_is_escaped_with_its_name(admin_client):
+    response = admin_client.post(f"{KEYS_URL}add/", add_form(name="<b>x</b>"), follow=True)
+
+    html = response.content.decode()
+    assert "The key for “&lt;b&gt;x&lt;/b&gt;” is <code" in html
+
+
+def test_the_actions_revoke_and_reactivate_keys(admin_client):
+    first, second, untouched = issue("first"), issue("second"), issue("untouched")
+
+    response = set_action(admin_client, KEYS_URL, "revoke_keys", [first, second])
+
+    assert "Revoked 2 key(s)." in response.content.decode()
+    first.refresh_from_db(), second.refresh_from_db(), untouched.refresh_from_db()
+    assert (first.is_active, second.is_active, untouched.is_active) == (False, False, True)
+    assert first.revoked_at is not None and untouched.revoked_at is None
+
+    response = set_action(admin_client, KEYS_URL, "reactivate_keys", [first])
+
+    assert "Reactivated 1 key(s)." in response.content.decode()
+    first.refresh_from_db(), second.refresh_from_db()
+    assert (first.is_active, first.revoked_at) == (True, None)
+    assert second.is_active is False
+
+
+def test_unticking_active_in_the_form_records_the_revocation(admin_client):
+    key = issue("alpha")
+    form = add_form(name="alpha")  # the change form has the same editable fields, and is_active
+
+    admin_client.post(f"{KEYS_URL}{key.pk}/change/", form)
+
+    key.refresh_from_db()
+    assert key.is_active is False
+    assert key.revoked_at is not None
+
+
+# --- Usage records -------------------------------------------------------------------
+
+
+def test_the_usage_list_shows_each_request(admin_client):
+    key = issue("alpha")
+    started = at_noon(1)
+    row = record(key, request_id="req-1", prompt_tokens=11, completion_tokens=22, streamed=True,
+                 duration_ms=1234.4, time_to_first_token_ms=56.7, started_at=started,
+                 status_code=400, error_code="context_length_exceeded")
+
+    html = admin_client.get(USAGE_URL).content.decode()
+
+    cells = row_cells(html, row)
+    del cells["started_at"]
+    assert cells == {
+        "key": f"alpha ({key.prefix}…)", "model": "llmserver-demo", "endpoint": "/v1/chat/completions",
+        "status_code": "400", "error_code": "context_length_exceeded", "prompt_tokens": "11",
+        "completion_tokens": "22", "streamed": "True", "client_disconnected": "False",
+        "duration": "1234 ms", "ttft": "57 ms",
+    }
+
+
+def test_the_usage_list_is_searched_by_request_id(admin_client):
+    key = issue("alpha")
+    wanted, other = record(key, request_id="abc123"), record(key, request_id="def456")
+
+    html = admin_client.get(USAGE_URL, {"q": "abc123"}).content.decode()
+
+    assert row_cells(html, wanted)["key"] == f"alpha ({key.prefix}…)"
+    assert f"{USAGE_URL}{other.pk}/change/" not in html
+
+
+def test_usage_records_cannot_be_added_changed_or_deleted(admin_client):
+    row = record(issue("alpha"))
+
+    assert admin_client.get(f"{USAGE_URL}add/").status_code == 403
+    assert admin_client.post(f"{USAGE_URL}{row.pk}/delete/").status_code == 403
+    view = admin_client.get(f"{USAGE_URL}{row.pk}/change/")
+    assert view.status_code == 200
+    assert 'name="_save"' not in view.content.decode()
+    admin_client.post(f"{USAGE_URL}{row.pk}/change/", {"status_code": "500"})
+    row.refresh_from_db()
+    assert row.status_code == 200
+    changelist = admin_client.get(USAGE_URL).content.decode()
+    assert "Add usage record" not in changelist
+    assert "delete_selected" not in changelist
+    assert UsageRecord.objects.count() == 1
+
+
+def test_leases_are_listed_read_only(admin_client):
+    key = issue("alpha")
+    live = Lease.objects.create(api_key=key, request_id="live-1", holder="p1",
+                                expires_at=timezone.now() + timedelta(minutes=1))
+    dead = Lease.objects.create(api_key=key, request_id="dead-1", holder="p2",
+                                expires_at=timezone.now() - timedelta(minutes=1))
+
+    html = admin_client.get("/admin/accounts/lease/").content.decode()
+
+    assert row_cells(html, live)["is_live"] == "True"
+    assert row_cells(html, dead)["is_live"] == "False"
+    assert row_cells(html, dead)["holder"] == "p2"
+    assert admin_client.get("/admin/accounts/lease/add/").status_code == 403
+
+
+# --- CSV export ----------------------------------------------------------------------
+
+CSV_HEADER = [
+    "started_at", "request_id", "key_prefix", "key_name", "model", "endpoint", "status_code", "error_code",
+    "streamed", "prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens", "finish_reason",
+    "duration_ms", "time_to_first_token_ms", "client_disconnected", "user",
+]
+
+
+def read_csv(response) -> list[list[str]]:
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert re.fullmatch(r'attachment; filename="usage-\d{8}-\d{6}\.csv"', response["Content-Disposition"])
+    return list(csv.reader(io.StringIO(response.content.decode())))
+
+
+def test_the_export_downloads_the_filtered_records(admin_client):
+    key = issue("alpha")
+    started = datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=timezone.get_current_timezone())
+    record(key, request_id="ok-1", status_code=200, prompt_tokens=1, completion_tokens=2)
+    record(key, request_id="limited-1", status_code=429, error_code="rate_limit_exceeded", started_at=started,
+           model="llmserver-demo", endpoint="/v1/completions", streamed=True, prompt_tokens=0,
+           completion_tokens=0, cached_tokens=0, finish_reason="", duration_ms=1.5,
+           time_to_first_token_ms=None, client_disconnected=False, user="=HYPERLINK(1)")
+
+    rows = read_csv(admin_client.get(EXPORT_URL, {"status_code": "429"}))
+
+    assert rows == [CSV_HEADER, [
+        "2026-03-04T05:06:07.890000+00:00", "limited-1", key.prefix, "alpha", "llmserver-demo", "/v1/completions",
+        "429", "rate_limit_exceeded", "True", "0", "0", "0", "0", "", "1.5", "", "False", "'=HYPERLINK(1)",
+    ]]
+
+
+def test_the_export_of_all_records_is_not_paginated(admin_client):
+    key = issue("alpha")
+    UsageRecord.objects.bulk_create([
+        UsageRecord(api_key=key, key_prefix=key.prefix, endpoint="/v1/chat/completions", request_id=f"r{n}",
+                    status_code=200, started_at=timezone.now(), duration_ms=1.0)
+        for n in range(150)
+    ])
+
+    rows = read_csv(admin_client.get(EXPORT_URL))
+
+    assert rows[0] == CSV_HEADER
+    assert len(rows) == 151
+
+
+def test_the_usage_list_links_to_the_export_with_its_filters(admin_client):
+    html = admin_client.get(USAGE_URL, {"status_code": "429", "q": "x"}).content.decode()
+
+    assert f'href="{EXPORT_URL}?q=x&amp;status_code=429" download>Export CSV</a>' in html
+
+
+def test_the_export_action_downloads_the_selected_records(admin_client):
+    key = issue("alpha")
+    chosen, _ = record(key, request_id="chosen"), record(key, request_id="not-chosen")
+
+    rows = read_csv(set_action(admin_client, USAGE_URL, "export_selected", [chosen]))
+
+    assert [row[1] for row in rows] == ["request_id", "chosen"]
+
+
+# --- Dashboard -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def usage():
+    """Two keys over the last days, plus errors, 429s and a record too old to show."""
+    alpha, beta = issue("alpha"), issue("beta")
+    record(alpha, started_at=at_noon(0), model="m-small", prompt_tokens=1000, completion_tokens=500)
+    record(alpha, started_at=at_noon(1), model="m-small", prompt_tokens=100, completion_tokens=20)
+    record(beta, started_at=at_noon(0), model="m-large", prompt_tokens=300, completion_tokens=0)
+    record(beta, started_at=at_noon(0), model="m-large", status_code=500, error_code="internal_error")
+    record(beta, started_at=at_noon(1), model="m-large", status_code=404, error_code="model_not_found")
+    record(beta, started_at=at_noon(1), model="m-large", status_code=429, error_code="rate_limit_exceeded")
+    record(alpha, started_at=at_noon(20), model="m-small", prompt_tokens=7000, completion_tokens=0)
+    return alpha, beta
+
+
+def test_the_dashboard_charts_tokens_per_key_and_model_per_day(admin_client, usage):
+    alpha, beta = usage
+    today, yesterday = timezone.localdate().isoformat(), (timezone.localdate() - timedelta(days=1)).isoformat()
+
+    html = admin_client.get(DASHBOARD_URL).content.decode()
+
+    charts = re.findall(r'<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart".*?</svg>', html, re.S)
+    assert len(charts) == 3
+    per_key, per_model, errors = charts
+    assert f"<title>{today}: alpha ({alpha.prefix}…): 1,500 tokens</title>" in per_key
+    assert f"<title>{yesterday}: alpha ({alpha.prefix}…): 120 tokens</title>" in per_key
+    assert f"<title>{today}: beta ({beta.prefix}…): 300 tokens</title>" in per_key
+    # The legend gives each series' total over the range (the 20-day-old record is out).
+    assert f"alpha ({alpha.prefix}…) (1,620)</text>" in per_key
+    assert f"beta ({beta.prefix}…) (300)</text>" in per_key
+    assert f"<title>{today}: m-small: 1,500 tokens</title>" in per_model
+    assert "m-large (300)</text>" in per_model
+    assert "m-small (1,620)</text>" in per_model
+    assert f"<title>{today}: Errors (status ≥ 400, not 429): 1 requests</title>" in errors
+    assert f"<title>{yesterday}: Errors (status ≥ 400, not 429): 1 requests</title>" in errors
+    assert f"<title>{yesterday}: Rate limited (429): 1 requests</title>" in errors
+    assert f"<title>{today}: Rate limited (429): 0 requests</title>" in errors
+    # 14 days by default: one point per day and series.
+    assert errors.count("<circle") == 28
+
+
+def test_the_dashboard_sums_the_range_and_ranks_the_keys(admin_client, usage):
+    alpha, beta = usage
+
+    html = admin_client.get(DASHBOARD_URL).content.decode()
+
+    summary = re.sub(r"\s+", " ", text_of(re.search(r'<p class="usage-summary">(.*?)</p>', html, re.S).group(1)))
+    start = timezone.localdate() - timedelta(days=13)
+    assert f'<input type="date" name="start" value="{start.isoformat()}"' in html
+    assert summary == (f"From {start.isoformat()} to {timezone.localdate().isoformat()} (UTC): 6 requests, "
+                       "1,920 tokens (1,400 prompt + 520 completion), 2 errors, 1 rate-limited (429).")
+    table = re.search(r'<table id="top-keys">(.*?)</table>', html, re.S).group(1)
+    rows = [[text_of(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+            for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]]
+    assert rows == [
+        [f"alpha ({alpha.prefix}…)", "2", "1,100", "520", "1,620", "0", "0", "Records"],
+        [f"beta ({beta.prefix}…)", "4", "300", "0", "300", "2", "1", "Records"],
+    ]
+
+
+def test_the_top_keys_link_to_their_records_in_the_range(admin_client, usage):
+    alpha, _ = usage
+    html = admin_client.get(DASHBOARD_URL).content.decode()
+    link = re.search(r'<a href="([^"]+)">Records</a>', html).group(1).replace("&amp;", "&")
+
+    response = admin_client.get(link)
+
+    assert response.status_code == 200
+    shown = response.context["cl"].result_list
+    assert sorted(row.prompt_tokens for row in shown) == [100, 1000]  # not the 20-day-old record
+    assert {row.api_key for row in shown} == {alpha}
+
+
+def test_the_dashboard_shows_a_chosen_range(admin_client, usage):
+    alpha, _ = usage
+    old = timezone.localdate() - timedelta(days=20)
+
+    html = admin_client.get(DASHBOARD_URL, {"start": old.isoformat(), "end": old.isoformat()}).content.decode()
+
+    assert f"<title>{old.isoformat()}: alpha ({alpha.prefix}…): 7,000 tokens</title>" in html
+    assert "<strong>1</strong> requests" in html
+    assert html.count("<circle") == 2
+
+
+def test_the_dashboard_refuses_a_backwards_range_and_shows_the_default(admin_client, usage):
+    html = admin_client.get(DASHBOARD_URL, {"start": "2026-02-01", "end": "2026-01-01"}).content.decode()
+
+    assert "The start must not be after the end." in html
+    assert "<strong>6</strong> requests" in html
+
+
+def test_the_dashboard_escapes_key_and_model_names(admin_client):
+    key = issue("<script>alert(1)</script>")
+    record(key, model="<img src=x>", prompt_tokens=5)
+
+    html = admin_client.get(DASHBOARD_URL).content.decode()
+
+    assert "<script>alert(1)" not in html
+    assert "<img src=x>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;img src=x&gt; (5)</text>" in html
+
+
+def test_the_dashboard_with_no_usage_says_so(admin_client):
+    html = admin_client.get(DASHBOARD_URL).content.decode()
+
+    assert html.count("No usage in this range.") == 4  # three charts and the table
+    assert "<strong>0</strong> requests" in html
+
+
+def test_the_dashboard_puts_small_keys_together_as_other(admin_client):
+    for n in range(10):
+        record(issue(f"key-{n:02}"), prompt_tokens=100 + n)
+
+    html = admin_client.get(DASHBOARD_URL).content.decode()
+
+    per_key = re.findall(r'<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart".*?</svg>', html, re.S)[0]
+    assert per_key.count("<g transform") == 9  # eight keys and "Other keys"
+    assert "Other keys (201)</text>" in per_key  # key-00 (100) and key-01 (101)
