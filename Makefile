@@ -25,3 +25,4 @@ test: $(VENV)/.installed-test
 	$(PY) -m pytest
 
 include Makefile.build
+include Makefile.bench

@@ -7,9 +7,17 @@ concurrency and the deployment's concurrency, in that order, and only if all pas
 it consume anything (a request counted this minute, a lease). A request refused by one
 limit therefore consumes no other.
 
-A lease is a request in flight. Its process renews it every ``LEASE_RENEW_SECONDS``;
-if the process dies, its leases expire after at most ``LEASE_TTL_SECONDS`` and stop
-counting, so a crash cannot lock a key out for longer than that.
+A lease is a request in flight. Its process renews the leases of its requests still in
+flight every ``LEASE_RENEW_SECONDS``; if the process dies (or loses track of a lease),
+they expire after at most ``LEASE_TTL_SECONDS`` and stop counting, so nothing can lock a
+key out for longer than that.
+
+Lock order, the same everywhere so that PostgreSQL never sees a deadlock: the key's row,
+then the ``global`` row, then counter rows. ``settle()`` takes no key or global lock. The
+key row is locked FOR NO KEY UPDATE: a plain FOR UPDATE would also block the KEY SHARE
+lock that inserting a usage record or counter takes on it through its foreign key, and a
+request settling (holding a counter row) and one being admitted (holding the key row,
+wanting that counter) would wait on each other.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import uuid
 from datetime import timedelta
 
@@ -35,6 +44,11 @@ log = logging.getLogger("llmserver.limits")
 
 # This server process, as the holder of its leases.
 PROCESS_ID = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+# Leases of this process's requests still in flight: the ones to renew. Django runs each
+# request's database work in a thread of its own, hence the lock.
+_held: set[int] = set()
+_held_lock = threading.Lock()
 
 
 def _too_many(message: str, code: str, retry_after: float) -> APIError:
@@ -56,16 +70,19 @@ def admit(key: APIKey | None, request_id: str) -> int:
     now = timezone.now()
     with transaction.atomic():
         if key is not None:
-            key = APIKey.objects.select_for_update().get(pk=key.pk)
+            key = APIKey.objects.select_for_update(no_key=True).get(pk=key.pk)
             _check_key_limits(key, now)
         _check_deployment_limit(now)
         if key is not None:
+            APIKey.objects.filter(pk=key.pk).update(last_used_at=now)
             minute = _counter(key, UsageCounter.Kind.MINUTE, _minute(now))
             UsageCounter.objects.filter(pk=minute.pk).update(requests=F("requests") + 1)
         lease = Lease.objects.create(
             api_key=key, request_id=request_id, holder=PROCESS_ID,
             acquired_at=now, expires_at=now + timedelta(seconds=settings.LEASE_TTL_SECONDS),
         )
+    with _held_lock:
+        _held.add(lease.pk)
     return lease.pk
 
 
@@ -114,22 +131,23 @@ def _check_deployment_limit(now) -> None:
 
 
 def settle(lease_id: int | None, record: UsageRecord | None, tokens: int) -> None:
-    """End a request: give back its lease, count its tokens against the key's minute and
-    budget period, write its usage record, all at once."""
+    """End a request: give back its lease, then count its tokens against the key's minute
+    and budget period and write its usage record, together."""
+    if lease_id is not None:
+        # First and on its own: the place in flight is given back even if what follows fails.
+        with _held_lock:
+            _held.discard(lease_id)
+        Lease.objects.filter(pk=lease_id).delete()
+    if record is None:
+        return
     now = timezone.now()
+    key = record.api_key
     with transaction.atomic():
-        if lease_id is not None:
-            Lease.objects.filter(pk=lease_id).delete()
-        if record is None:
-            return
-        key = record.api_key
-        if key is not None:
-            if tokens:
-                for kind, starts_at in ((UsageCounter.Kind.MINUTE, _minute(now)),
-                                        (UsageCounter.Kind.PERIOD, period_start(key.budget_period, now))):
-                    counter = _counter(key, kind, starts_at)
-                    UsageCounter.objects.filter(pk=counter.pk).update(tokens=F("tokens") + tokens)
-            APIKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        if key is not None and tokens:
+            for kind, starts_at in ((UsageCounter.Kind.MINUTE, _minute(now)),
+                                    (UsageCounter.Kind.PERIOD, period_start(key.budget_period, now))):
+                counter = _counter(key, kind, starts_at)
+                UsageCounter.objects.filter(pk=counter.pk).update(tokens=F("tokens") + tokens)
         record.save(force_insert=True)
 
 
@@ -156,6 +174,9 @@ async def _renew_forever() -> None:
 
 def renew_leases() -> None:
     now = timezone.now()
-    Lease.objects.filter(holder=PROCESS_ID).update(expires_at=now + timedelta(seconds=settings.LEASE_TTL_SECONDS))
+    with _held_lock:
+        held = list(_held)
+    if held:
+        Lease.objects.filter(pk__in=held).update(expires_at=now + timedelta(seconds=settings.LEASE_TTL_SECONDS))
     # Leases of dead processes stopped counting at their expiry; clear them away.
     Lease.objects.filter(expires_at__lt=now - timedelta(minutes=10)).delete()

@@ -86,6 +86,8 @@ class AsyncAPIView(APIView):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
+            loop = None
+        if loop is None:
             self._close_now(status_code, response)
         else:
             loop.create_task(sync_to_async(self._close_now)(status_code, response))

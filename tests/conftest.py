@@ -118,7 +118,19 @@ def django_db_setup(django_test_environment, django_db_blocker):
         config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
     yield
     with django_db_blocker.unblock():
+        _close_other_sessions()
         teardown_databases(config, verbosity=0)
+
+
+def _close_other_sessions() -> None:
+    """PostgreSQL refuses to drop a database others are connected to: the connections
+    that in-process tests opened in asgiref's worker threads are still there."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
 
 
 @pytest.fixture(scope="session")

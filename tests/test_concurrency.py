@@ -8,7 +8,10 @@ import httpx
 import pytest
 
 from demomodel.corpus import count_answer, count_prompt
-from tests.conftest import MODEL_ID, bearer, start_server
+from accounts.models import Lease
+from django.utils import timezone
+
+from tests.conftest import MODEL_ID, bearer, sse_events, start_server
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +106,21 @@ def test_streams_are_served_as_async_iterators_under_daphne(fresh_server, api_ke
     assert next(l for l in log.splitlines() if "rid=async-iter-1" in l).endswith("stream ended")
 
 
+def test_a_stream_arrives_token_by_token(fresh_server, api_key):
+    with httpx.Client(base_url=fresh_server.base_url, timeout=60, headers=bearer(api_key)) as client:
+        with client.stream("POST", "/v1/chat/completions", json={
+            "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(20)}], "stream": True,
+        }) as response:
+            chunks = sse_events(response)[1:-2]  # the content chunks, between the role and the finish
+    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == count_answer(20)
+    # One chunk a token while the client keeps up (5 ms a step here); never one lump.
+    assert len(chunks) >= 10
+
+
 def test_past_max_concurrent_requests_it_answers_429_and_a_leaving_stream_frees_its_slot(tmp_path, api_key):
+    # The limit is the deployment's: every lease in the shared test database counts, so
+    # start once other tests' requests have all ended.
+    wait_for(lambda: not Lease.objects.filter(expires_at__gt=timezone.now()).exists(), timeout=60)
     server = start_server(tmp_path, MAX_CONCURRENT_REQUESTS=1, ENGINE_STEP_DELAY_MS=5)
     try:
         long_stream = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "stream": True}
