@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 
+from accounts.books import books
 from accounts.models import APIKey, hash_secret
 from llmserver.errors import APIError
 
@@ -44,7 +45,7 @@ async def authenticate(request) -> APIKey:
     """The APIKey of a request, or APIError 401."""
     secret = _bearer_secret(request.headers.get("Authorization", ""))
     digest = hash_secret(secret)
-    key = await APIKey.objects.filter(hashed_secret=digest).select_related("owner").afirst()
+    key = await books.call(_key_with_digest, digest)
     # The lookup is by digest; comparing again in constant time costs nothing and keeps
     # the check correct even if the lookup ever becomes approximate (e.g. by prefix).
     if key is None or not secrets.compare_digest(key.hashed_secret, digest):
@@ -54,6 +55,10 @@ async def authenticate(request) -> APIKey:
     if key.is_expired:
         raise _invalid(f"The API key {key.prefix}… has expired.")
     return key
+
+
+def _key_with_digest(digest: str) -> APIKey | None:
+    return APIKey.objects.filter(hashed_secret=digest).first()
 
 
 def check_model_access(key: APIKey, model_id: str) -> None:

@@ -1,5 +1,6 @@
 """Admission and settlement: the limits, held in the database so that every server
-process sharing it enforces one limit.
+process sharing it enforces one limit. Everything here runs on the accounting thread
+(accounts.books).
 
 ``admit()`` runs in one transaction that locks the key's row (and the deployment's
 ``global`` row): it checks the token budget, tokens and requests per minute, the key's
@@ -13,7 +14,7 @@ they expire after at most ``LEASE_TTL_SECONDS`` and stop counting, so nothing ca
 key out for longer than that.
 
 Lock order, the same everywhere so that PostgreSQL never sees a deadlock: the key's row,
-then the ``global`` row, then counter rows. ``settle()`` takes no key or global lock. The
+then the ``global`` row, then counter rows. Settling (accounts.books.settle_batch) takes no key or global lock. The
 key row is locked FOR NO KEY UPDATE: a plain FOR UPDATE would also block the KEY SHARE
 lock that inserting a usage record or counter takes on it through its foreign key, and a
 request settling (holding a counter row) and one being admitted (holding the key row,
@@ -31,13 +32,12 @@ import threading
 import uuid
 from datetime import timedelta
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from accounts.models import APIKey, Lease, LimitScope, UsageCounter, UsageRecord, period_end, period_start
+from accounts.models import APIKey, Lease, LimitScope, UsageCounter, period_end, period_start
 from llmserver.errors import APIError
 
 log = logging.getLogger("llmserver.limits")
@@ -45,8 +45,7 @@ log = logging.getLogger("llmserver.limits")
 # This server process, as the holder of its leases.
 PROCESS_ID = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
-# Leases of this process's requests still in flight: the ones to renew. Django runs each
-# request's database work in a thread of its own, hence the lock.
+# Leases of this process's requests still in flight: the ones to renew.
 _held: set[int] = set()
 _held_lock = threading.Lock()
 
@@ -130,25 +129,14 @@ def _check_deployment_limit(now) -> None:
         )
 
 
-def settle(lease_id: int | None, record: UsageRecord | None, tokens: int) -> None:
-    """End a request: give back its lease, then count its tokens against the key's minute
-    and budget period and write its usage record, together."""
-    if lease_id is not None:
-        # First and on its own: the place in flight is given back even if what follows fails.
-        with _held_lock:
-            _held.discard(lease_id)
-        Lease.objects.filter(pk=lease_id).delete()
-    if record is None:
+def release_leases(lease_ids: list[int]) -> None:
+    """Give back places in flight: on their own, so that they are given back even if
+    writing the usage records that follow fails."""
+    if not lease_ids:
         return
-    now = timezone.now()
-    key = record.api_key
-    with transaction.atomic():
-        if key is not None and tokens:
-            for kind, starts_at in ((UsageCounter.Kind.MINUTE, _minute(now)),
-                                    (UsageCounter.Kind.PERIOD, period_start(key.budget_period, now))):
-                counter = _counter(key, kind, starts_at)
-                UsageCounter.objects.filter(pk=counter.pk).update(tokens=F("tokens") + tokens)
-        record.save(force_insert=True)
+    with _held_lock:
+        _held.difference_update(lease_ids)
+    Lease.objects.filter(pk__in=lease_ids).delete()
 
 
 # --- lease renewal ---------------------------------------------------------------------
@@ -164,10 +152,12 @@ def ensure_heartbeat() -> None:
 
 
 async def _renew_forever() -> None:
+    from accounts.books import books
+
     while True:
         await asyncio.sleep(settings.LEASE_RENEW_SECONDS)
         try:
-            await sync_to_async(renew_leases)()
+            await books.call(renew_leases)
         except Exception:  # a database hiccup must not end renewal for good
             log.exception("renewing leases failed; retrying")
 

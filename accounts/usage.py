@@ -2,8 +2,8 @@
 
 :class:`RequestAccount` is opened when a request's key is known and finished exactly
 once, when Django closes the response (after its last byte, or after the client left),
-or, if the client left before any response existed, by the view. Finishing gives the
-lease back and writes the usage record in one transaction; nothing is written per token.
+or, if the client left before any response existed, by the view. Finishing hands the
+lease and the record to the accounting thread; nothing is written per token.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import time
 
-from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from accounts.limits import admit, ensure_heartbeat, settle
+from accounts.books import books
+from accounts.limits import admit, ensure_heartbeat
 from accounts.models import APIKey, UsageRecord
 
 
@@ -36,11 +36,12 @@ class RequestAccount:
 
     async def admit(self) -> None:
         """Check the key's and the deployment's limits and take a lease (or raise 429)."""
-        self._lease_id = await sync_to_async(admit)(self.key, self.request_id)
+        self._lease_id = await books.call(admit, self.key, self.request_id)
         ensure_heartbeat()
 
     def finish(self, status_code: int, response=None) -> None:
-        """Write the usage record and give the lease back; only the first call counts."""
+        """Hand the usage record and the lease to the accounting thread (no waiting, no
+        database work here, from any thread); only the first call counts."""
         if self._finished:
             return
         self._finished = True
@@ -75,7 +76,7 @@ class RequestAccount:
             client_disconnected=self.client_disconnected,
             user=self.user[:256],
         )
-        settle(self._lease_id, record, prompt + completion)
+        books.settle_later(self._lease_id, record, prompt + completion)
 
 
 def _error_code(content: bytes) -> str:

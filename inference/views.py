@@ -17,7 +17,6 @@ from functools import partial
 from pathlib import Path
 
 from adrf.views import APIView
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import JsonResponse, StreamingHttpResponse
 
@@ -69,7 +68,7 @@ class AsyncAPIView(APIView):
         except asyncio.CancelledError:
             if self.account is not None:
                 self.account.client_disconnected = True
-            await sync_to_async(self._close_now)(CLIENT_CLOSED_REQUEST)
+            self._close(CLIENT_CLOSED_REQUEST)
             raise
         except Exception as exc:
             response = self.handle_exception(exc)
@@ -80,19 +79,8 @@ class AsyncAPIView(APIView):
         return self.response
 
     def _close(self, status_code: int, response=None) -> None:
-        """Give back what the request holds and write its record. Daphne's path calls this
-        from Django's sync thread; called on the event loop instead (Django's async test
-        client closes streams there), the database work moves off the loop."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is None:
-            self._close_now(status_code, response)
-        else:
-            loop.create_task(sync_to_async(self._close_now)(status_code, response))
-
-    def _close_now(self, status_code: int, response=None) -> None:
+        """Give back what the request holds and have its record written (the database
+        work happens on the accounting thread; nothing here blocks)."""
         try:
             if self.account is not None:
                 self.account.finish(status_code, response)
