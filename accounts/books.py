@@ -21,7 +21,6 @@ import threading
 from collections import defaultdict
 
 from django.db import connection, transaction
-from django.db.models import F
 from django.utils import timezone
 
 log = logging.getLogger("llmserver.books")
@@ -105,8 +104,8 @@ def _reset_connection_if_broken(exc: BaseException) -> None:
 
 def settle_batch(settlements: list) -> None:
     """Give back the leases, add the tokens to their keys' counters and write the usage
-    records of several finished requests, in two statements and one transaction."""
-    from accounts.limits import UsageCounter, _counter, _minute, period_start, release_leases
+    records of several finished requests: a few statements, one transaction."""
+    from accounts.limits import UsageCounter, _minute, add_to_counter, period_start, release_leases
     from accounts.models import UsageRecord
 
     release_leases([lease_id for lease_id, _, _ in settlements if lease_id is not None])
@@ -115,17 +114,15 @@ def settle_batch(settlements: list) -> None:
         return
     now = timezone.now()
     tokens_by_bucket: dict[tuple, int] = defaultdict(int)
-    keys = {}
     for _, record, tokens in settlements:
         key = record.api_key if record is not None else None
         if key is not None and tokens:
-            keys[key.pk] = key
             tokens_by_bucket[(key.pk, UsageCounter.Kind.MINUTE, _minute(now))] += tokens
             tokens_by_bucket[(key.pk, UsageCounter.Kind.PERIOD, period_start(key.budget_period, now))] += tokens
-    with transaction.atomic():
-        for (key_pk, kind, starts_at), tokens in sorted(tokens_by_bucket.items(), key=lambda item: str(item[0])):
-            counter = _counter(keys[key_pk], kind, starts_at)
-            UsageCounter.objects.filter(pk=counter.pk).update(tokens=F("tokens") + tokens)
+    with transaction.atomic(), connection.cursor() as cursor:
+        # In one order everywhere, so that two processes settling never deadlock.
+        for (key_pk, kind, starts_at), tokens in sorted(tokens_by_bucket.items()):
+            add_to_counter(cursor, key_pk, kind, starts_at, tokens=tokens)
         UsageRecord.objects.bulk_create(records)
 
 

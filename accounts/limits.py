@@ -33,8 +33,7 @@ import uuid
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import APIKey, Lease, LimitScope, UsageCounter, period_end, period_start
@@ -58,70 +57,104 @@ def _minute(now):
     return now.replace(second=0, microsecond=0)
 
 
-def _counter(key: APIKey, kind: str, starts_at) -> UsageCounter:
-    counter, _ = UsageCounter.objects.get_or_create(api_key=key, kind=kind, starts_at=starts_at)
-    return counter
+# The hot path is plain SQL: through the ORM, an admission and a settlement cost ~4 ms
+# of CPU per request in query building alone (measured), 20 times the queries' own cost.
+# The statements are portable between SQLite (3.35+) and PostgreSQL.
+_KEY = APIKey._meta.db_table
+_LEASE = Lease._meta.db_table
+_COUNTER = UsageCounter._meta.db_table
+_SCOPE = LimitScope._meta.db_table
+
+
+def _sql(cursor, statement: str, params=()) -> list:
+    cursor.execute(statement, params)
+    return cursor.fetchall() if cursor.description else []
+
+
+def _at(moment):
+    return connection.ops.adapt_datetimefield_value(moment)
+
+
+def _counter_values(cursor, key_id: int, kind: str, starts_at) -> tuple[int, int]:
+    """(requests, tokens) of a key's counter, zeros if it has none yet."""
+    rows = _sql(cursor, f"SELECT requests, tokens FROM {_COUNTER} WHERE api_key_id = %s AND kind = %s AND starts_at = %s",
+                [key_id, kind, _at(starts_at)])
+    return rows[0] if rows else (0, 0)
+
+
+def add_to_counter(cursor, key_id: int, kind: str, starts_at, *, requests: int = 0, tokens: int = 0) -> None:
+    _sql(cursor, f"INSERT INTO {_COUNTER} (api_key_id, kind, starts_at, requests, tokens) VALUES (%s, %s, %s, %s, %s) "
+                 f"ON CONFLICT (api_key_id, kind, starts_at) DO UPDATE SET "
+                 f"requests = {_COUNTER}.requests + excluded.requests, tokens = {_COUNTER}.tokens + excluded.tokens",
+         [key_id, kind, _at(starts_at), requests, tokens])
 
 
 def admit(key: APIKey | None, request_id: str) -> int:
     """Check every limit and take a lease; return the lease id, or raise APIError 429.
     ``key`` is None when API keys are not required (only the deployment limit applies)."""
     now = timezone.now()
-    with transaction.atomic():
+    postgres = connection.vendor == "postgresql"
+    with transaction.atomic(), connection.cursor() as cursor:
         if key is not None:
-            key = APIKey.objects.select_for_update(no_key=True).get(pk=key.pk)
-            _check_key_limits(key, now)
-        _check_deployment_limit(now)
+            lock = " FOR NO KEY UPDATE" if postgres else ""
+            rows = _sql(cursor, f"SELECT max_concurrency, requests_per_minute, tokens_per_minute, token_budget, "
+                                f"budget_period FROM {_KEY} WHERE id = %s{lock}", [key.pk])
+            if not rows:
+                raise APIError(401, "The API key no longer exists.", code="invalid_api_key")
+            _check_key_limits(cursor, key.pk, *rows[0], now)
+        _check_deployment_limit(cursor, now, postgres)
         if key is not None:
-            APIKey.objects.filter(pk=key.pk).update(last_used_at=now)
-            minute = _counter(key, UsageCounter.Kind.MINUTE, _minute(now))
-            UsageCounter.objects.filter(pk=minute.pk).update(requests=F("requests") + 1)
-        lease = Lease.objects.create(
-            api_key=key, request_id=request_id, holder=PROCESS_ID,
-            acquired_at=now, expires_at=now + timedelta(seconds=settings.LEASE_TTL_SECONDS),
-        )
+            _sql(cursor, f"UPDATE {_KEY} SET last_used_at = %s WHERE id = %s", [_at(now), key.pk])
+            add_to_counter(cursor, key.pk, UsageCounter.Kind.MINUTE, _minute(now), requests=1)
+        expires = now + timedelta(seconds=settings.LEASE_TTL_SECONDS)
+        lease_id = _sql(cursor, f"INSERT INTO {_LEASE} (api_key_id, request_id, holder, acquired_at, expires_at) "
+                                f"VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                        [key.pk if key else None, request_id, PROCESS_ID, _at(now), _at(expires)])[0][0]
     with _held_lock:
-        _held.add(lease.pk)
-    return lease.pk
+        _held.add(lease_id)
+    return lease_id
 
 
-def _check_key_limits(key: APIKey, now) -> None:
-    if key.token_budget is not None:
-        used = _counter(key, UsageCounter.Kind.PERIOD, period_start(key.budget_period, now)).tokens
-        if used >= key.token_budget:
+def _check_key_limits(cursor, key_id, max_concurrency, rpm, tpm, budget, budget_period, now) -> None:
+    if budget is not None:
+        _, used = _counter_values(cursor, key_id, UsageCounter.Kind.PERIOD, period_start(budget_period, now))
+        if used >= budget:
             raise _too_many(
-                f"This API key has used its budget of {key.token_budget} tokens per {key.budget_period}.",
-                "token_budget_exceeded", (period_end(key.budget_period, now) - now).total_seconds(),
+                f"This API key has used its budget of {budget} tokens per {budget_period}.",
+                "token_budget_exceeded", (period_end(budget_period, now) - now).total_seconds(),
             )
     minute_start = _minute(now)
     to_next_minute = 60 - (now - minute_start).total_seconds()
-    minute = None
-    if key.tokens_per_minute is not None or key.requests_per_minute is not None:
-        minute = _counter(key, UsageCounter.Kind.MINUTE, minute_start)
-    if key.tokens_per_minute is not None and minute.tokens >= key.tokens_per_minute:
-        raise _too_many(
-            f"This API key has reached its limit of {key.tokens_per_minute} tokens per minute.",
-            "tokens_per_minute_limit", to_next_minute,
-        )
-    if key.requests_per_minute is not None and minute.requests >= key.requests_per_minute:
-        raise _too_many(
-            f"This API key has reached its limit of {key.requests_per_minute} requests per minute.",
-            "requests_per_minute_limit", to_next_minute,
-        )
-    if key.max_concurrency is not None:
-        in_flight = Lease.objects.filter(api_key=key, expires_at__gt=now).count()
-        if in_flight >= key.max_concurrency:
-            raise _too_many(
-                f"This API key already has {in_flight} requests in flight, its limit.",
-                "key_concurrency_limit", 1,
-            )
+    if tpm is not None or rpm is not None:
+        requests, tokens = _counter_values(cursor, key_id, UsageCounter.Kind.MINUTE, minute_start)
+        if tpm is not None and tokens >= tpm:
+            raise _too_many(f"This API key has reached its limit of {tpm} tokens per minute.",
+                            "tokens_per_minute_limit", to_next_minute)
+        if rpm is not None and requests >= rpm:
+            raise _too_many(f"This API key has reached its limit of {rpm} requests per minute.",
+                            "requests_per_minute_limit", to_next_minute)
+    if max_concurrency is not None:
+        in_flight = _sql(cursor, f"SELECT COUNT(*) FROM {_LEASE} WHERE api_key_id = %s AND expires_at > %s",
+                         [key_id, _at(now)])[0][0]
+        if in_flight >= max_concurrency:
+            raise _too_many(f"This API key already has {in_flight} requests in flight, its limit.",
+                            "key_concurrency_limit", 1)
 
 
-def _check_deployment_limit(now) -> None:
-    # Lock the one "global" row: admissions across the deployment take turns here, for
-    # the milliseconds of a count and an insert.
-    LimitScope.objects.select_for_update().get_or_create(name="global")
-    in_flight = Lease.objects.filter(expires_at__gt=now).count()
+_global_scope_exists = False
+
+
+def _check_deployment_limit(cursor, now, postgres: bool) -> None:
+    global _global_scope_exists
+    if not _global_scope_exists:
+        LimitScope.objects.get_or_create(name="global")
+        _global_scope_exists = True
+    if postgres:
+        # Lock the one "global" row: admissions across the deployment take turns here,
+        # for the time of a count and an insert. (SQLite's IMMEDIATE transactions
+        # already take turns for the whole database.)
+        _sql(cursor, f"SELECT id FROM {_SCOPE} WHERE name = 'global' FOR UPDATE")
+    in_flight = _sql(cursor, f"SELECT COUNT(*) FROM {_LEASE} WHERE expires_at > %s", [_at(now)])[0][0]
     if in_flight >= settings.MAX_CONCURRENT_REQUESTS:
         raise _too_many(
             f"The server is at its limit of {settings.MAX_CONCURRENT_REQUESTS} concurrent requests; retry shortly.",
@@ -136,7 +169,8 @@ def release_leases(lease_ids: list[int]) -> None:
         return
     with _held_lock:
         _held.difference_update(lease_ids)
-    Lease.objects.filter(pk__in=lease_ids).delete()
+    with connection.cursor() as cursor:
+        _sql(cursor, f"DELETE FROM {_LEASE} WHERE id IN ({', '.join(['%s'] * len(lease_ids))})", lease_ids)
 
 
 # --- lease renewal ---------------------------------------------------------------------
