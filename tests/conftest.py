@@ -179,6 +179,16 @@ def demo_tokenizer():
     return og.Tokenizer(og.Model(str(DEMO_MODEL)))
 
 
+def wait_for(predicate, timeout: float = 30.0):
+    """Poll ``predicate`` until it returns something true; return that, or fail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"condition not reached in {timeout:.0f}s")
+
+
 def chat(api: httpx.Client, content: str, **params) -> httpx.Response:
     body = {"model": MODEL_ID, "messages": [{"role": "user", "content": content}], **params}
     return api.post("/v1/chat/completions", json=body)

@@ -1,17 +1,15 @@
 """Many clients, one continuously batched engine; nothing blocks the event loop or the
 sync thread; a client that leaves frees its slot at once."""
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-
-from demomodel.corpus import count_answer, count_prompt
-from accounts.models import Lease
 from django.utils import timezone
 
-from tests.conftest import MODEL_ID, bearer, sse_events, start_server
+from accounts.models import Lease
+from demomodel.corpus import count_answer, count_prompt
+from tests.conftest import MODEL_ID, bearer, sse_events, start_server, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +22,6 @@ def fresh_server(tmp_path_factory, live_db):
     live.stop()
 
 
-def wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 def test_eight_concurrent_requests_share_engine_steps(fresh_server, api_key):

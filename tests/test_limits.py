@@ -11,7 +11,7 @@ import pytest
 
 from accounts.models import Lease, UsageCounter, UsageRecord
 from demomodel.corpus import count_prompt
-from tests.conftest import MODEL_ID, bearer, issue_key, start_server
+from tests.conftest import MODEL_ID, bearer, issue_key, start_server, wait_for
 
 HELLO = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]}
 LONG_STREAM = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "stream": True}
@@ -23,15 +23,6 @@ def slow(tmp_path_factory, live_db):
     live = start_server(tmp_path_factory.mktemp("limits"), ENGINE_STEP_DELAY_MS=5)
     yield live
     live.stop()
-
-
-def wait_for(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def live_leases(key) -> int:

@@ -3,13 +3,11 @@
 With PostgreSQL (DATABASE_URL, as CI provides) this is the multi-machine shape; without
 it the processes share the SQLite file, which shows the same on one machine."""
 
-import time
-
 import httpx
 
 from accounts.models import Lease
 from demomodel.corpus import count_prompt
-from tests.conftest import MODEL_ID, bearer, issue_key, start_server
+from tests.conftest import MODEL_ID, bearer, issue_key, start_server, wait_for
 
 HELLO = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]}
 
@@ -37,9 +35,7 @@ def test_a_key_limited_to_two_never_has_more_than_two_in_flight_across_two_proce
             assert refused.json()["error"]["code"] == "key_concurrency_limit"
         assert Lease.objects.filter(api_key=key).count() == 2
         held[0][0].__exit__(None, None, None)  # leave the stream in the first process
-        deadline = time.monotonic() + 10
-        while Lease.objects.filter(api_key=key).count() != 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: Lease.objects.filter(api_key=key).count() == 1, timeout=10)
         # ...and the second process may now admit one.
         assert clients[1].post("/v1/chat/completions", json=HELLO).status_code == 200
         held[1][0].__exit__(None, None, None)
