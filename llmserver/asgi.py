@@ -21,6 +21,11 @@ from django.conf import settings  # noqa: E402
 from inference.engine import ModelLoadError  # noqa: E402
 from inference.registry import load_configured_models  # noqa: E402
 
+# The engine threads give up the GIL for each scheduler step and need it back at once
+# when the step ends; with CPython's default 5 ms switch interval a step could wait that
+# long behind the event loop's or the accounting thread's Python code.
+sys.setswitchinterval(settings.GIL_SWITCH_INTERVAL_MS / 1000)
+
 if settings.LOAD_MODELS_ON_START:
     try:
         load_configured_models()

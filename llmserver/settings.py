@@ -176,6 +176,8 @@ DEFAULT_MAX_TOKENS = _positive_int("DEFAULT_MAX_TOKENS", 256)
 DEFAULT_TEMPERATURE = env.float("DEFAULT_TEMPERATURE", default=0.0)
 if DEFAULT_TEMPERATURE < 0 or DEFAULT_TEMPERATURE > 2:
     raise environ.ImproperlyConfigured("DEFAULT_TEMPERATURE must be between 0 and 2")
+# How soon a thread waiting for the GIL (an engine thread after its step) gets it.
+GIL_SWITCH_INTERVAL_MS = env.float("GIL_SWITCH_INTERVAL_MS", default=0.5)
 # Testing only: sleep this long before each engine step, to simulate a slower model.
 ENGINE_STEP_DELAY_MS = env.float("ENGINE_STEP_DELAY_MS", default=0.0)
 # Load the model when the ASGI application starts. Off only for tests that import the
