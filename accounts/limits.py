@@ -14,8 +14,9 @@ they expire after at most ``LEASE_TTL_SECONDS`` and stop counting, so nothing ca
 key out for longer than that.
 
 Lock order, the same everywhere so that PostgreSQL never sees a deadlock: the key's row,
-then the ``global`` row, then counter rows. Settling (accounts.books.settle_batch) takes no key or global lock. The
-key row is locked FOR NO KEY UPDATE: a plain FOR UPDATE would also block the KEY SHARE
+then the ``global`` row, then counter rows. Settling (accounts.books.settle_batch) takes
+no key or global lock. The key row is locked FOR NO KEY UPDATE: a plain FOR UPDATE would
+also block the KEY SHARE
 lock that inserting a usage record or counter takes on it through its foreign key, and a
 request settling (holding a counter row) and one being admitted (holding the key row,
 wanting that counter) would wait on each other.

@@ -122,9 +122,9 @@ class APIKey(models.Model):
 
 
 class LimitScope(models.Model):
-    """A row to lock while admitting a request, so that counting and taking a lease is
-    atomic across processes: one row per key (``key:<id>``) and one for the deployment
-    (``global``)."""
+    """A row to lock while admitting a request, so that counting the deployment's leases
+    and taking one is atomic across processes: the one named ``global``. (A key's own
+    limits lock the key's row.)"""
 
     name = models.CharField(max_length=40, unique=True)
 
