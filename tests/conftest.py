@@ -116,10 +116,15 @@ def django_db_setup(django_test_environment, django_db_blocker):
 
     with django_db_blocker.unblock():
         config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
+        from django.db import connection
+
+        name = connection.settings_dict["NAME"]
     yield
     with django_db_blocker.unblock():
         _close_other_sessions()
         teardown_databases(config, verbosity=0)
+    for suffix in ("-wal", "-shm"):  # SQLite's WAL files outlive the database Django deletes
+        Path(f"{name}{suffix}").unlink(missing_ok=True)
 
 
 def _close_other_sessions() -> None:
