@@ -23,6 +23,8 @@ from collections import defaultdict
 from django.db import connection, transaction
 from django.utils import timezone
 
+from accounts.models import UsageRecord
+
 log = logging.getLogger("llmserver.books")
 
 
@@ -106,8 +108,6 @@ def settle_batch(settlements: list) -> None:
     """Give back the leases, add the tokens to their keys' counters and write the usage
     records of several finished requests: a few statements, one transaction."""
     from accounts.limits import UsageCounter, _minute, add_to_counter, period_start, release_leases
-    from accounts.models import UsageRecord
-
     release_leases([lease_id for lease_id, _, _ in settlements if lease_id is not None])
     records = [record for _, record, _ in settlements if record is not None]
     if not records:
@@ -123,7 +123,25 @@ def settle_batch(settlements: list) -> None:
         # In one order everywhere, so that two processes settling never deadlock.
         for (key_pk, kind, starts_at), tokens in sorted(tokens_by_bucket.items()):
             add_to_counter(cursor, key_pk, kind, starts_at, tokens=tokens)
-        UsageRecord.objects.bulk_create(records)
+        # executemany, not bulk_create: the ORM's cost per record was most of settling's.
+        cursor.executemany(_INSERT_RECORD, [_record_row(record) for record in records])
+
+
+_RECORD_COLUMNS = [
+    "api_key_id", "key_prefix", "model", "endpoint", "request_id", "streamed", "prompt_tokens",
+    "completion_tokens", "cached_tokens", "finish_reason", "status_code", "error_code", "started_at",
+    "duration_ms", "time_to_first_token_ms", "client_disconnected", "user",
+]
+_INSERT_RECORD = (
+    f"INSERT INTO {UsageRecord._meta.db_table} ({', '.join(connection.ops.quote_name(c) for c in _RECORD_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(_RECORD_COLUMNS))})"
+)
+
+
+def _record_row(record) -> list:
+    row = [getattr(record, column) for column in _RECORD_COLUMNS]
+    row[_RECORD_COLUMNS.index("started_at")] = connection.ops.adapt_datetimefield_value(record.started_at)
+    return row
 
 
 books = Books()
