@@ -83,29 +83,26 @@ def _count_outcome(text: str, n: int, eos: bool) -> str:
 
 
 def evaluate_condition(r: Runner, rng: random.Random, n: int, system: str | None) -> dict:
-    rep_ok = add_ok = eos_count = total = 0
+    repeats = [corpus.random_words(rng) for _ in range(n)]
+    additions = [(rng.randint(0, corpus.MAX_ADD), rng.randint(0, corpus.MAX_ADD)) for _ in range(n)]
+    cases = {
+        "repeat": [(corpus.repeat_prompt(w), corpus.repeat_answer(w)) for w in repeats],
+        "addition": [(corpus.addition_prompt(a, b), corpus.addition_answer(a, b)) for a, b in additions],
+    }
+    right = {kind: 0 for kind in cases}
+    eos_count = 0
     lengths: list[int] = []
     failures: list[str] = []
-    for _ in range(n):
-        words = corpus.random_words(rng)
-        text, ntok, eos = r.generate(_messages(corpus.repeat_prompt(words), system), MAX_NEW)
-        ok = text == corpus.repeat_answer(words)
-        rep_ok += ok
-        eos_count += eos
-        total += 1
-        lengths.append(ntok)
-        if not (ok and eos) and len(failures) < 8:
-            failures.append(f"{corpus.repeat_prompt(words)!r} -> {text!r} eos={eos}")
-    for _ in range(n):
-        a, b = rng.randint(0, corpus.MAX_ADD), rng.randint(0, corpus.MAX_ADD)
-        text, ntok, eos = r.generate(_messages(corpus.addition_prompt(a, b), system), MAX_NEW)
-        ok = text == corpus.addition_answer(a, b)
-        add_ok += ok
-        eos_count += eos
-        total += 1
-        lengths.append(ntok)
-        if not (ok and eos) and len(failures) < 16:
-            failures.append(f"{corpus.addition_prompt(a, b)!r} -> {text!r} eos={eos}")
+    for kind, pairs in cases.items():
+        shown = 0
+        for prompt, answer in pairs:
+            text, ntok, eos = r.generate(_messages(prompt, system), MAX_NEW)
+            right[kind] += text == answer
+            eos_count += eos
+            lengths.append(ntok)
+            if not (text == answer and eos) and shown < 8:
+                shown += 1
+                failures.append(f"{prompt!r} -> {text!r} eos={eos}")
     counts = {}
     for cn in COUNT_NS:
         text, ntok, eos = r.generate(_messages(corpus.count_prompt(cn), system), COUNT_MAX_NEW)
@@ -115,7 +112,7 @@ def evaluate_condition(r: Runner, rng: random.Random, n: int, system: str | None
         text, _, eos = r.generate(_messages(q, system), MAX_NEW)
         talk[q] = text + ("" if eos else " [no EOS]")
     return {
-        "repeat": rep_ok / n, "addition": add_ok / n, "eos": eos_count / total,
+        "repeat": right["repeat"] / n, "addition": right["addition"] / n, "eos": eos_count / len(lengths),
         "mean_tokens": sum(lengths) / len(lengths), "count": counts, "talk": talk,
         "failures": failures,
     }
