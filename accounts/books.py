@@ -20,10 +20,11 @@ import queue
 import threading
 from collections import defaultdict
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from accounts.models import UsageRecord
+from accounts.limits import add_to_counter, minute_of, release_leases
+from accounts.models import UsageCounter, UsageRecord, period_start
 
 log = logging.getLogger("llmserver.books")
 
@@ -98,8 +99,6 @@ def _set_exception(future, exc) -> None:
 
 
 def _reset_connection_if_broken(exc: BaseException) -> None:
-    from django.db import DatabaseError
-
     if isinstance(exc, DatabaseError) and connection.connection is not None and not connection.is_usable():
         connection.close()  # reconnect on the next call
 
@@ -107,7 +106,6 @@ def _reset_connection_if_broken(exc: BaseException) -> None:
 def settle_batch(settlements: list) -> None:
     """Give back the leases, add the tokens to their keys' counters and write the usage
     records of several finished requests: a few statements, one transaction."""
-    from accounts.limits import UsageCounter, _minute, add_to_counter, period_start, release_leases
     release_leases([lease_id for lease_id, _, _ in settlements if lease_id is not None])
     records = [record for _, record, _ in settlements if record is not None]
     if not records:
@@ -117,7 +115,7 @@ def settle_batch(settlements: list) -> None:
     for _, record, tokens in settlements:
         key = record.api_key if record is not None else None
         if key is not None and tokens:
-            tokens_by_bucket[(key.pk, UsageCounter.Kind.MINUTE, _minute(now))] += tokens
+            tokens_by_bucket[(key.pk, UsageCounter.Kind.MINUTE, minute_of(now))] += tokens
             tokens_by_bucket[(key.pk, UsageCounter.Kind.PERIOD, period_start(key.budget_period, now))] += tokens
     with transaction.atomic(), connection.cursor() as cursor:
         # In one order everywhere, so that two processes settling never deadlock.

@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import socket
-import threading
 import uuid
 from datetime import timedelta
 
@@ -45,16 +44,16 @@ log = logging.getLogger("llmserver.limits")
 # This server process, as the holder of its leases.
 PROCESS_ID = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
-# Leases of this process's requests still in flight: the ones to renew.
+# Leases of this process's requests still in flight: the ones to renew. Only the
+# accounting thread touches it (admit, release_leases, renew_leases all run there).
 _held: set[int] = set()
-_held_lock = threading.Lock()
 
 
 def _too_many(message: str, code: str, retry_after: float) -> APIError:
     return APIError(429, message, code=code, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
-def _minute(now):
+def minute_of(now):
     return now.replace(second=0, microsecond=0)
 
 
@@ -106,13 +105,12 @@ def admit(key: APIKey | None, request_id: str) -> int:
         _check_deployment_limit(cursor, now, postgres)
         if key is not None:
             _sql(cursor, f"UPDATE {_KEY} SET last_used_at = %s WHERE id = %s", [_at(now), key.pk])
-            add_to_counter(cursor, key.pk, UsageCounter.Kind.MINUTE, _minute(now), requests=1)
+            add_to_counter(cursor, key.pk, UsageCounter.Kind.MINUTE, minute_of(now), requests=1)
         expires = now + timedelta(seconds=settings.LEASE_TTL_SECONDS)
         lease_id = _sql(cursor, f"INSERT INTO {_LEASE} (api_key_id, request_id, holder, acquired_at, expires_at) "
                                 f"VALUES (%s, %s, %s, %s, %s) RETURNING id",
                         [key.pk if key else None, request_id, PROCESS_ID, _at(now), _at(expires)])[0][0]
-    with _held_lock:
-        _held.add(lease_id)
+    _held.add(lease_id)
     return lease_id
 
 
@@ -124,7 +122,7 @@ def _check_key_limits(cursor, key_id, max_concurrency, rpm, tpm, budget, budget_
                 f"This API key has used its budget of {budget} tokens per {budget_period}.",
                 "token_budget_exceeded", (period_end(budget_period, now) - now).total_seconds(),
             )
-    minute_start = _minute(now)
+    minute_start = minute_of(now)
     to_next_minute = 60 - (now - minute_start).total_seconds()
     if tpm is not None or rpm is not None:
         requests, tokens = _counter_values(cursor, key_id, UsageCounter.Kind.MINUTE, minute_start)
@@ -168,8 +166,7 @@ def release_leases(lease_ids: list[int]) -> None:
     writing the usage records that follow fails."""
     if not lease_ids:
         return
-    with _held_lock:
-        _held.difference_update(lease_ids)
+    _held.difference_update(lease_ids)
     with connection.cursor() as cursor:
         _sql(cursor, f"DELETE FROM {_LEASE} WHERE id IN ({', '.join(['%s'] * len(lease_ids))})", lease_ids)
 
@@ -199,9 +196,7 @@ async def _renew_forever() -> None:
 
 def renew_leases() -> None:
     now = timezone.now()
-    with _held_lock:
-        held = list(_held)
-    if held:
-        Lease.objects.filter(pk__in=held).update(expires_at=now + timedelta(seconds=settings.LEASE_TTL_SECONDS))
+    if _held:
+        Lease.objects.filter(pk__in=list(_held)).update(expires_at=now + timedelta(seconds=settings.LEASE_TTL_SECONDS))
     # Leases of dead processes stopped counting at their expiry; clear them away.
     Lease.objects.filter(expires_at__lt=now - timedelta(minutes=10)).delete()
