@@ -3,37 +3,43 @@
 ``Authorization: Bearer sk-...`` → the key's SHA-256 is looked up (indexed), compared in
 constant time, and the key must be active and unexpired. Every failure is the same 401
 ``invalid_api_key`` (the message says which form of failure, never which keys exist).
-The key is read from the database on every request, so a revocation or a limit change
-made in any process takes effect on the next request everywhere.
+
+A revocation or a limit change made in any process takes effect on the next request
+everywhere, and no request pays a database round trip for it alone:
+
+- A generation request takes a key that passed here before from this process's
+  :data:`known_keys` and goes on to admission, whose transaction reads the key's row
+  anyway and checks it again (active, unexpired, same secret, model allowed; see
+  ``accounts.limits.admit``). If anything refuses such a request before admission (a
+  bad body, an unknown model, ...), the view looks the key up afresh first, so a
+  revoked key still gets its 401 rather than the other error.
+- Every other request (``/v1/models``) looks the key up in the database.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections import OrderedDict
 
 from accounts.books import books
 from accounts.models import APIKey, hash_secret
-from llmserver.errors import APIError
+from accounts.refusals import invalid_key, key_refusal
 
 MAX_KEY_LENGTH = 256
-
-
-def _invalid(message: str) -> APIError:
-    return APIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
 def _bearer_secret(header: str) -> str:
     scheme, _, secret = header.strip().partition(" ")
     secret = secret.strip()
     if not header.strip():
-        raise _invalid(
+        raise invalid_key(
             "You didn't provide an API key. You need to provide your API key in an Authorization "
             "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
         )
     if scheme.lower() != "bearer" or not secret:
-        raise _invalid("Malformed Authorization header: expected 'Bearer YOUR_KEY'.")
+        raise invalid_key("Malformed Authorization header: expected 'Bearer YOUR_KEY'.")
     if len(secret) > MAX_KEY_LENGTH or not secret.isascii() or not secret.isprintable():
-        raise _invalid("Incorrect API key provided.")
+        raise invalid_key("Incorrect API key provided.")
     return secret
 
 
@@ -41,19 +47,53 @@ def _masked(secret: str) -> str:
     return f"{secret[:6]}***{secret[-4:]}" if len(secret) > 12 else "***"
 
 
-async def authenticate(request) -> APIKey:
-    """The APIKey of a request, or APIError 401."""
+class KnownKeys:
+    """Keys that passed authentication in this process, by digest: at most ``size``, the
+    least recently used dropped first. A snapshot, never trusted alone (see the module
+    docstring); only keys that were valid when read are kept."""
+
+    def __init__(self, size: int = 4096):
+        self.size = size
+        self._keys: OrderedDict[str, APIKey] = OrderedDict()
+
+    def get(self, digest: str) -> APIKey | None:
+        key = self._keys.get(digest)
+        if key is not None:
+            self._keys.move_to_end(digest)
+        return key
+
+    def remember(self, key: APIKey) -> None:
+        self._keys[key.hashed_secret] = key
+        self._keys.move_to_end(key.hashed_secret)
+        while len(self._keys) > self.size:
+            self._keys.popitem(last=False)
+
+    def forget(self, digest: str) -> None:
+        self._keys.pop(digest, None)
+
+
+known_keys = KnownKeys()
+
+
+async def authenticate(request, *, fresh: bool = True) -> APIKey:
+    """The APIKey of a request, or APIError 401. ``fresh=False`` accepts a key this
+    process has already seen valid, without a database lookup; the caller must then have
+    it checked again (admission does)."""
     secret = _bearer_secret(request.headers.get("Authorization", ""))
     digest = hash_secret(secret)
-    key = await books.call(_key_with_digest, digest)
+    key = None if fresh else known_keys.get(digest)
+    if key is None:
+        key = await books.call(_key_with_digest, digest)
     # The lookup is by digest; comparing again in constant time costs nothing and keeps
     # the check correct even if the lookup ever becomes approximate (e.g. by prefix).
     if key is None or not secrets.compare_digest(key.hashed_secret, digest):
-        raise _invalid(f"Incorrect API key provided: {_masked(secret)}.")
-    if not key.is_active:
-        raise _invalid(f"The API key {key.prefix}… has been revoked.")
-    if key.is_expired:
-        raise _invalid(f"The API key {key.prefix}… has expired.")
+        known_keys.forget(digest)
+        raise invalid_key(f"Incorrect API key provided: {_masked(secret)}.")
+    refusal = key_refusal(key)
+    if refusal is not None:
+        known_keys.forget(digest)
+        raise refusal
+    known_keys.remember(key)
     return key
 
 
@@ -63,13 +103,3 @@ _KEY_BY_DIGEST = f"SELECT * FROM {APIKey._meta.db_table} WHERE hashed_secret = %
 def _key_with_digest(digest: str) -> APIKey | None:
     # A raw query: a third of the CPU of .filter().first(), on every request.
     return next(iter(APIKey.objects.raw(_KEY_BY_DIGEST, [digest])), None)
-
-
-def check_model_access(key: APIKey, model_id: str) -> None:
-    if not key.may_use(model_id):
-        raise APIError(
-            403,
-            f"This API key may not use the model '{model_id}'.",
-            code="model_not_allowed",
-            param="model",
-        )

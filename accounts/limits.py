@@ -25,8 +25,8 @@ wanting that counter) would wait on each other.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import math
 import os
 import socket
 import uuid
@@ -37,7 +37,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import APIKey, Lease, LimitScope, UsageCounter, period_end, period_start
-from llmserver.errors import APIError
+from accounts.refusals import check_model_access, invalid_key, key_refusal, too_many
 
 log = logging.getLogger("llmserver.limits")
 
@@ -47,10 +47,6 @@ PROCESS_ID = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 # Leases of this process's requests still in flight: the ones to renew. Only the
 # accounting thread touches it (admit, release_leases, renew_leases all run there).
 _held: set[int] = set()
-
-
-def _too_many(message: str, code: str, retry_after: float) -> APIError:
-    return APIError(429, message, code=code, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
 def minute_of(now):
@@ -89,22 +85,34 @@ def add_to_counter(cursor, key_id: int, kind: str, starts_at, *, requests: int =
          [key_id, kind, _at(starts_at), requests, tokens])
 
 
-def admit(key: APIKey | None, request_id: str) -> int:
-    """Check every limit and take a lease; return the lease id, or raise APIError 429.
-    ``key`` is None when API keys are not required (only the deployment limit applies)."""
+# The key's row as admission reads it: what may have changed since the key was looked up.
+_KEY_STATE = ["hashed_secret", "is_active", "expires_at", "allowed_models", "max_concurrency",
+              "requests_per_minute", "tokens_per_minute", "token_budget", "budget_period"]
+
+
+def admit(key: APIKey | None, request_id: str, model_id: str | None = None) -> int:
+    """Check the key and every limit and take a lease; return the lease id, or raise
+    APIError (401 for a key no longer usable, 403 for a model it may not use, 429).
+    ``key`` is None when API keys are not required (only the deployment limit applies).
+
+    The key's row is read here, in the admission's transaction, whatever the caller
+    knew of it: a revocation, a new secret or a limit changed in any process counts from
+    the next request on. The fresh values are written into ``key``."""
     now = timezone.now()
     postgres = connection.vendor == "postgresql"
     with transaction.atomic(), connection.cursor() as cursor:
         if key is not None:
-            lock = " FOR NO KEY UPDATE" if postgres else ""
-            rows = _sql(cursor, f"SELECT max_concurrency, requests_per_minute, tokens_per_minute, token_budget, "
-                                f"budget_period FROM {_KEY} WHERE id = %s{lock}", [key.pk])
-            if not rows:
-                raise APIError(401, "The API key no longer exists.", code="invalid_api_key")
-            _check_key_limits(cursor, key.pk, *rows[0], now)
+            # One statement locks the row (PostgreSQL: FOR NO KEY UPDATE), marks the key
+            # used and returns its current state; a refusal below rolls it back.
+            rows = _sql(cursor, f"UPDATE {_KEY} SET last_used_at = %s WHERE id = %s RETURNING {', '.join(_KEY_STATE)}",
+                        [_at(now), key.pk])
+            _refresh_key(key, rows)
+            if model_id is not None:
+                check_model_access(key, model_id)
+            _check_key_limits(cursor, key.pk, key.max_concurrency, key.requests_per_minute, key.tokens_per_minute,
+                              key.token_budget, key.budget_period, now)
         _check_deployment_limit(cursor, now, postgres)
         if key is not None:
-            _sql(cursor, f"UPDATE {_KEY} SET last_used_at = %s WHERE id = %s", [_at(now), key.pk])
             add_to_counter(cursor, key.pk, UsageCounter.Kind.MINUTE, minute_of(now), requests=1)
         expires = now + timedelta(seconds=settings.LEASE_TTL_SECONDS)
         lease_id = _sql(cursor, f"INSERT INTO {_LEASE} (api_key_id, request_id, holder, acquired_at, expires_at) "
@@ -114,11 +122,31 @@ def admit(key: APIKey | None, request_id: str) -> int:
     return lease_id
 
 
+def _refresh_key(key: APIKey, rows: list) -> None:
+    """Write the row's current state into ``key``; raise 401 if the key is gone, has a
+    new secret, or is revoked or expired."""
+    if not rows:
+        raise invalid_key(f"The API key {key.prefix}… no longer exists.")
+    state = dict(zip(_KEY_STATE, rows[0]))
+    if state.pop("hashed_secret") != key.hashed_secret:
+        raise invalid_key(f"The API key {key.prefix}… has been replaced by a new secret.")
+    if isinstance(state["expires_at"], str):  # SQLite
+        state["expires_at"] = connection.ops.convert_datetimefield_value(state["expires_at"], None, connection)
+    if isinstance(state["allowed_models"], str):
+        state["allowed_models"] = json.loads(state["allowed_models"])
+    state["is_active"] = bool(state["is_active"])
+    for name, value in state.items():
+        setattr(key, name, value)
+    refusal = key_refusal(key)
+    if refusal is not None:
+        raise refusal
+
+
 def _check_key_limits(cursor, key_id, max_concurrency, rpm, tpm, budget, budget_period, now) -> None:
     if budget is not None:
         _, used = _counter_values(cursor, key_id, UsageCounter.Kind.PERIOD, period_start(budget_period, now))
         if used >= budget:
-            raise _too_many(
+            raise too_many(
                 f"This API key has used its budget of {budget} tokens per {budget_period}.",
                 "token_budget_exceeded", (period_end(budget_period, now) - now).total_seconds(),
             )
@@ -127,16 +155,16 @@ def _check_key_limits(cursor, key_id, max_concurrency, rpm, tpm, budget, budget_
     if tpm is not None or rpm is not None:
         requests, tokens = _counter_values(cursor, key_id, UsageCounter.Kind.MINUTE, minute_start)
         if tpm is not None and tokens >= tpm:
-            raise _too_many(f"This API key has reached its limit of {tpm} tokens per minute.",
+            raise too_many(f"This API key has reached its limit of {tpm} tokens per minute.",
                             "tokens_per_minute_limit", to_next_minute)
         if rpm is not None and requests >= rpm:
-            raise _too_many(f"This API key has reached its limit of {rpm} requests per minute.",
+            raise too_many(f"This API key has reached its limit of {rpm} requests per minute.",
                             "requests_per_minute_limit", to_next_minute)
     if max_concurrency is not None:
         in_flight = _sql(cursor, f"SELECT COUNT(*) FROM {_LEASE} WHERE api_key_id = %s AND expires_at > %s",
                          [key_id, _at(now)])[0][0]
         if in_flight >= max_concurrency:
-            raise _too_many(f"This API key already has {in_flight} requests in flight, its limit.",
+            raise too_many(f"This API key already has {in_flight} requests in flight, its limit.",
                             "key_concurrency_limit", 1)
 
 
@@ -155,7 +183,7 @@ def _check_deployment_limit(cursor, now, postgres: bool) -> None:
         _sql(cursor, f"SELECT id FROM {_SCOPE} WHERE name = 'global' FOR UPDATE")
     in_flight = _sql(cursor, f"SELECT COUNT(*) FROM {_LEASE} WHERE expires_at > %s", [_at(now)])[0][0]
     if in_flight >= settings.MAX_CONCURRENT_REQUESTS:
-        raise _too_many(
+        raise too_many(
             f"The server is at its limit of {settings.MAX_CONCURRENT_REQUESTS} concurrent requests; retry shortly.",
             "server_concurrency_limit", 1,
         )

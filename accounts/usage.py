@@ -13,14 +13,19 @@ import time
 
 from django.utils import timezone
 
+from accounts.auth import known_keys
 from accounts.books import books
 from accounts.limits import admit, ensure_heartbeat
 from accounts.models import APIKey, UsageRecord
+from llmserver.errors import APIError
 
 
 class RequestAccount:
-    def __init__(self, key: APIKey, request_id: str, endpoint: str):
+    def __init__(self, key: APIKey, request_id: str, endpoint: str, *, key_checked: bool):
         self.key = key
+        # Whether the key was read from the database for this request (else it came from
+        # accounts.auth.known_keys, and admission reads it).
+        self.key_checked = key_checked
         self.request_id = request_id
         self.endpoint = endpoint
         self.started_at = timezone.now()
@@ -35,8 +40,16 @@ class RequestAccount:
         self._finished = False
 
     async def admit(self) -> None:
-        """Check the key's and the deployment's limits and take a lease (or raise 429)."""
-        self._lease_id = await books.call(admit, self.key, self.request_id)
+        """Check the key afresh, its limits and the deployment's, and take a lease (or
+        raise 401, 403 or 429)."""
+        try:
+            self._lease_id = await books.call(admit, self.key, self.request_id, self.model)
+            self.key_checked = True
+        except APIError as exc:
+            self.key_checked = True
+            if exc.status == 401:
+                known_keys.forget(self.key.hashed_secret)
+            raise
         ensure_heartbeat()
 
     def finish(self, status_code: int, response=None) -> None:

@@ -21,14 +21,15 @@ from django.conf import settings
 from django.http import JsonResponse, StreamingHttpResponse
 
 import llmserver
-from accounts.auth import authenticate, check_model_access
+from accounts.auth import authenticate
 from accounts.models import APIKey
+from accounts.refusals import check_model_access
 from accounts.usage import RequestAccount
 from inference.admission import ConcurrencyLimit
 from inference.protocol import ChatCompletionRequest, CompletionRequest
 from inference.registry import registry
 from inference.serving import ChatServing, CompletionServing
-from llmserver.errors import model_not_found
+from llmserver.errors import APIError, model_not_found
 
 log = logging.getLogger("llmserver.views")
 
@@ -71,12 +72,24 @@ class AsyncAPIView(APIView):
             self._close(CLIENT_CLOSED_REQUEST)
             raise
         except Exception as exc:
-            response = self.handle_exception(exc)
+            response = self.handle_exception(await self._key_refusal_first(exc))
         self.response = self.finalize_response(request, response, *args, **kwargs)
         if self.account is not None or self.slot is not None:
             # Django calls a response's closers once it is done with it, on every path.
             self.response._resource_closers.append(partial(self._close, self.response.status_code, self.response))
         return self.response
+
+    async def _key_refusal_first(self, exc: Exception) -> Exception:
+        """A request refused before its key was read from the database (it came from
+        this process's known keys) is refused for its key if the key is no longer
+        usable: a revoked key always gets its 401, whatever else is wrong."""
+        if self.account is None or self.account.key_checked:
+            return exc
+        try:
+            await authenticate(self.request, fresh=True)
+        except APIError as refusal:
+            return refusal
+        return exc
 
     def _close(self, status_code: int, response=None) -> None:
         """Give back what the request holds and have its record written (the database
@@ -91,13 +104,25 @@ class AsyncAPIView(APIView):
             if self.slot is not None:
                 self.slot.release()
 
-    async def authenticate_key(self, request) -> APIKey | None:
+    async def authenticate_key(self, request, *, fresh: bool = True) -> APIKey | None:
         """The request's API key (401 if missing or bad), and its account opened; None
-        when keys are not required."""
+        when keys are not required. ``fresh=False``: a key this process knows may be
+        taken without reading it, for requests that go on to admission, which does."""
         if not settings.REQUIRE_API_KEY:
             return None
-        key = await authenticate(request)
-        self.account = RequestAccount(key, request.id, self.endpoint)
+        key = await authenticate(request, fresh=fresh)
+        self.account = RequestAccount(key, request.id, self.endpoint, key_checked=fresh)
+        return key
+
+    async def check_model_access(self, key: APIKey | None, model_id: str) -> APIKey | None:
+        """403 if ``key`` may not use the model, judged by the key as the database has
+        it now; returns that key."""
+        if key is None or key.may_use(model_id):
+            return key
+        if not self.account.key_checked:  # the model may have been allowed since
+            key = self.account.key = await authenticate(self.request)
+            self.account.key_checked = True
+        check_model_access(key, model_id)
         return key
 
     async def admit(self) -> None:
@@ -153,18 +178,17 @@ class _GenerationView(AsyncAPIView):
     serving_class = None
 
     async def post(self, request):
-        key = await self.authenticate_key(request)
-        account = self.account
-        if account is not None:
-            account.model = _model_name(request.data)  # recorded even if the body is invalid
+        key = await self.authenticate_key(request, fresh=False)
+        if key is not None:
+            self.account.model = _model_name(request.data)  # recorded even if the body is invalid
         body = self.request_serializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
+        key = await self.check_model_access(key, data["model"])
+        account = self.account
         if account is not None:
             account.streamed = data["stream"]
             account.user = data.get("user", "")
-        if key is not None:
-            check_model_access(key, data["model"])
         worker = registry.get(data["model"])
         serving = self.serving_class(worker, data["model"])
         # Tokenize and check the prompt before admission: a 400 consumes no limit.

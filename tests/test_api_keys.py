@@ -66,6 +66,46 @@ def test_a_revoked_key_is_refused_on_its_next_request(server, live_db):
         assert client.post("/v1/chat/completions", json=HELLO).status_code == 200
 
 
+def test_a_key_revoked_after_use_gets_401_before_any_other_error(server, live_db):
+    """The server knows the key from its first request; once revoked, every later request
+    is a 401, whether its body is valid, invalid or names an unknown model."""
+    key, secret = issue_key(name="revoked-after-use")
+    revoked = f"The API key {key.prefix}… has been revoked."
+    with httpx.Client(base_url=server.base_url, timeout=60, headers=bearer(secret)) as client:
+        assert client.post("/v1/chat/completions", json=HELLO).status_code == 200
+        key.revoke()
+        unauthorized(client.post("/v1/chat/completions", json={"model": MODEL_ID}), revoked)
+        unauthorized(client.post("/v1/chat/completions", json={**HELLO, "model": "no-such-model"}), revoked)
+        unauthorized(client.post("/v1/completions", json={"model": MODEL_ID, "prompt": "Hi", "stream": True}), revoked)
+        unauthorized(client.get("/v1/models"), revoked)
+
+
+def test_a_new_secret_retires_the_old_one_at_once(server, live_db):
+    key, old = issue_key(name="rotated")
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        assert client.post("/v1/chat/completions", json=HELLO, headers=bearer(old)).status_code == 200
+        old_prefix = key.prefix
+        new = key.set_new_secret()
+        key.save()
+        unauthorized(client.post("/v1/chat/completions", json=HELLO, headers=bearer(old)),
+                     f"The API key {old_prefix}… has been replaced by a new secret.")
+        unauthorized(client.post("/v1/chat/completions", json=HELLO, headers=bearer(old)),
+                     f"Incorrect API key provided: {old[:6]}***{old[-4:]}.")
+        assert client.post("/v1/chat/completions", json=HELLO, headers=bearer(new)).status_code == 200
+
+
+def test_allowed_models_changed_after_use_count_from_the_next_request(server, live_db):
+    key, secret = issue_key(name="models-changed")
+    with httpx.Client(base_url=server.base_url, timeout=60, headers=bearer(secret)) as client:
+        assert client.post("/v1/chat/completions", json=HELLO).status_code == 200
+        key.allowed_models = ["some-other-model"]
+        key.save()
+        assert client.post("/v1/chat/completions", json=HELLO).json()["error"]["code"] == "model_not_allowed"
+        key.allowed_models = [MODEL_ID]
+        key.save()
+        assert client.post("/v1/chat/completions", json=HELLO).status_code == 200
+
+
 def test_an_expired_key_is_refused(server, live_db):
     key, secret = issue_key(name="expired", expires_at=timezone.now() - timedelta(seconds=1))
     response = httpx.post(f"{server.base_url}/v1/chat/completions", json=HELLO, headers=bearer(secret))
