@@ -23,7 +23,7 @@ from collections import defaultdict
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from accounts.limits import add_to_counter, minute_of, release_leases
+from accounts.limits import add_to_counter, minute_of, per_minute_limited, release_leases
 from accounts.models import UsageCounter, UsageRecord, period_start
 
 log = logging.getLogger("llmserver.books")
@@ -115,7 +115,8 @@ def settle_batch(settlements: list) -> None:
     for _, record, tokens in settlements:
         key = record.api_key if record is not None else None
         if key is not None and tokens:
-            tokens_by_bucket[(key.pk, UsageCounter.Kind.MINUTE, minute_of(now))] += tokens
+            if per_minute_limited(key):
+                tokens_by_bucket[(key.pk, UsageCounter.Kind.MINUTE, minute_of(now))] += tokens
             tokens_by_bucket[(key.pk, UsageCounter.Kind.PERIOD, period_start(key.budget_period, now))] += tokens
     with transaction.atomic(), connection.cursor() as cursor:
         # In one order everywhere, so that two processes settling never deadlock.

@@ -112,7 +112,7 @@ def admit(key: APIKey | None, request_id: str, model_id: str | None = None) -> i
             _check_key_limits(cursor, key.pk, key.max_concurrency, key.requests_per_minute, key.tokens_per_minute,
                               key.token_budget, key.budget_period, now)
         _check_deployment_limit(cursor, now, postgres)
-        if key is not None:
+        if key is not None and per_minute_limited(key):
             add_to_counter(cursor, key.pk, UsageCounter.Kind.MINUTE, minute_of(now), requests=1)
         expires = now + timedelta(seconds=settings.LEASE_TTL_SECONDS)
         lease_id = _sql(cursor, f"INSERT INTO {_LEASE} (api_key_id, request_id, holder, acquired_at, expires_at) "
@@ -120,6 +120,13 @@ def admit(key: APIKey | None, request_id: str, model_id: str | None = None) -> i
                         [key.pk if key else None, request_id, PROCESS_ID, _at(now), _at(expires)])[0][0]
     _held.add(lease_id)
     return lease_id
+
+
+def per_minute_limited(key: APIKey) -> bool:
+    """Whether the key's requests and tokens are counted per minute: only while it has a
+    per-minute limit (the counters serve nothing else), so a limit set in the middle of
+    a minute counts from that moment."""
+    return key.requests_per_minute is not None or key.tokens_per_minute is not None
 
 
 def _refresh_key(key: APIKey, rows: list) -> None:

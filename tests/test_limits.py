@@ -87,6 +87,18 @@ def test_requests_per_minute(slow):
     assert minute_counter(key).requests == 2  # the refused one was not counted
 
 
+def test_a_per_minute_limit_set_on_a_key_in_use_counts_from_the_next_request(slow):
+    early_in_a_minute()
+    key, secret = issue_key(name="rpm-later")
+    assert httpx.post(f"{slow.base_url}/v1/chat/completions", json=HELLO, headers=bearer(secret)).status_code == 200
+    assert not UsageCounter.objects.filter(api_key=key, kind="minute").exists()  # nothing to count against
+    key.requests_per_minute = 1
+    key.save()
+    assert httpx.post(f"{slow.base_url}/v1/chat/completions", json=HELLO, headers=bearer(secret)).status_code == 200
+    refused = httpx.post(f"{slow.base_url}/v1/chat/completions", json=HELLO, headers=bearer(secret))
+    too_many(refused, "requests_per_minute_limit", "This API key has reached its limit of 1 requests per minute.")
+
+
 def test_tokens_per_minute(slow):
     early_in_a_minute()
     key, secret = issue_key(name="tpm", tokens_per_minute=10)
