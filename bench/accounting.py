@@ -8,7 +8,7 @@ each sending ``--requests`` streamed chat completions back to back ("Count from 
 50.": 50 tokens each). Tokens are the engine's own counts from the usage chunk
 (``stream_options.include_usage``); TTFT is the time to the first chunk with content.
 
-The client (asyncio, one httpx.AsyncClient) shares the 2 cores with the server under
+The client (asyncio, bench.client: raw HTTP/1.1, one keep-alive connection per client) shares the 2 cores with the server under
 test, so its CPU time and both servers' CPU time are measured for every run and
 reported: if the client used a large share, the numbers say so.
 
@@ -34,6 +34,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
+from bench.client import StreamClient
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -105,43 +107,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _one_request(client: httpx.AsyncClient, server: Server, max_tokens: int) -> dict:
+async def _workload(server: Server, concurrency: int, requests: int, max_tokens: int) -> tuple[list, float]:
     body = {"model": MODEL_ID, "messages": [{"role": "user", "content": PROMPT}], "stream": True,
             "max_tokens": max_tokens, "stream_options": {"include_usage": True}}
     headers = {"Authorization": f"Bearer {server.key}"} if server.key else {}
+
+    async def client():
+        connection = StreamClient("127.0.0.1", server.port, headers)
+        try:
+            return [await connection.stream("/v1/chat/completions", body) for _ in range(requests)]
+        finally:
+            await connection.close()
+
     t0 = time.perf_counter()
-    ttft, chunks, usage, done = None, 0, None, False
-    async with client.stream("POST", server.url + "/v1/chat/completions", json=body, headers=headers) as r:
-        if r.status_code != 200:
-            return {"ok": False, "status": r.status_code, "error": (await r.aread())[:200].decode()}
-        async for line in r.aiter_lines():
-            if not line.startswith("data: "):
-                continue
-            data = line[6:]
-            if data == "[DONE]":
-                done = True
-                break
-            chunk = json.loads(data)
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            for choice in chunk.get("choices", []):
-                if choice.get("delta", {}).get("content"):
-                    chunks += 1
-                    if ttft is None:
-                        ttft = time.perf_counter() - t0
-    ok = done and usage is not None and ttft is not None
-    return {"ok": ok, "ttft": ttft, "chunks": chunks, "seconds": time.perf_counter() - t0,
-            "completion_tokens": usage["completion_tokens"] if usage else 0}
-
-
-async def _workload(server: Server, concurrency: int, requests: int, max_tokens: int) -> tuple[list, float]:
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120)) as client:
-        async def worker():
-            return [await _one_request(client, server, max_tokens) for _ in range(requests)]
-        t0 = time.perf_counter()
-        per_client = await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return [r for rs in per_client for r in rs], time.perf_counter() - t0
+    per_client = await asyncio.gather(*(client() for _ in range(concurrency)))
+    return [r for rs in per_client for r in rs], time.perf_counter() - t0
 
 
 def _client_cpu() -> float:
