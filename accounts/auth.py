@@ -23,7 +23,7 @@ from collections import OrderedDict
 
 from accounts.books import books
 from accounts.models import APIKey, hash_secret
-from accounts.refusals import invalid_key, key_refusal
+from accounts.refusals import UnknownKey, invalid_key, key_refusal
 
 MAX_KEY_LENGTH = 256
 
@@ -88,7 +88,7 @@ async def authenticate(request, *, fresh: bool = True) -> APIKey:
     # the check correct even if the lookup ever becomes approximate (e.g. by prefix).
     if key is None or not secrets.compare_digest(key.hashed_secret, digest):
         known_keys.forget(digest)
-        raise invalid_key(f"Incorrect API key provided: {_masked(secret)}.")
+        raise UnknownKey(f"Incorrect API key provided: {_masked(secret)}.")
     refusal = key_refusal(key)
     if refusal is not None:
         known_keys.forget(digest)

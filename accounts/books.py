@@ -20,11 +20,11 @@ import queue
 import threading
 from collections import defaultdict
 
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts.limits import add_to_counter, minute_of, per_minute_limited, release_leases
-from accounts.models import UsageCounter, UsageRecord, period_start
+from accounts.models import APIKey, UsageCounter, UsageRecord, period_start
 
 log = logging.getLogger("llmserver.books")
 
@@ -110,6 +110,23 @@ def settle_batch(settlements: list) -> None:
     records = [record for _, record, _ in settlements if record is not None]
     if not records:
         return
+    try:
+        _write_usage(settlements)
+    except IntegrityError:
+        # A key deleted while its requests were in flight (its counters went with it):
+        # keep those requests' records, without the key, rather than lose the batch.
+        keys = {record.api_key_id for record in records if record.api_key_id is not None}
+        gone = keys - set(APIKey.objects.filter(pk__in=keys).values_list("pk", flat=True))
+        if not gone:
+            raise
+        for record in records:
+            if record.api_key_id in gone:
+                record.api_key = None
+        _write_usage(settlements)
+
+
+def _write_usage(settlements: list) -> None:
+    records = [record for _, record, _ in settlements if record is not None]
     now = timezone.now()
     tokens_by_bucket: dict[tuple, int] = defaultdict(int)
     for _, record, tokens in settlements:

@@ -37,7 +37,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import APIKey, Lease, LimitScope, UsageCounter, period_end, period_start
-from accounts.refusals import check_model_access, invalid_key, key_refusal, too_many
+from accounts.refusals import UnknownKey, check_model_access, invalid_key, key_refusal, too_many
 
 log = logging.getLogger("llmserver.limits")
 
@@ -133,7 +133,7 @@ def _refresh_key(key: APIKey, rows: list) -> None:
     """Write the row's current state into ``key``; raise 401 if the key is gone, has a
     new secret, or is revoked or expired."""
     if not rows:
-        raise invalid_key(f"The API key {key.prefix}… no longer exists.")
+        raise UnknownKey(f"The API key {key.prefix}… no longer exists.")
     state = dict(zip(_KEY_STATE, rows[0]))
     if state.pop("hashed_secret") != key.hashed_secret:
         raise invalid_key(f"The API key {key.prefix}… has been replaced by a new secret.")

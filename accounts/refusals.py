@@ -14,6 +14,14 @@ def invalid_key(message: str) -> APIError:
     return APIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
+class UnknownKey(APIError):
+    """The 401 for a key that does not exist (or no longer does): its request is not an
+    authenticated one and leaves no usage record."""
+
+    def __init__(self, message: str):
+        super().__init__(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+
 def key_refusal(key: APIKey) -> APIError | None:
     """The 401 for a key that is revoked or expired; None for a usable one."""
     if not key.is_active:

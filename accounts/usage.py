@@ -17,6 +17,7 @@ from accounts.auth import known_keys
 from accounts.books import books
 from accounts.limits import admit, ensure_heartbeat
 from accounts.models import APIKey, UsageRecord
+from accounts.refusals import UnknownKey
 from llmserver.errors import APIError
 
 
@@ -49,8 +50,14 @@ class RequestAccount:
             self.key_checked = True
             if exc.status == 401:
                 known_keys.forget(self.key.hashed_secret)
+            if isinstance(exc, UnknownKey):
+                self.discard()
             raise
         ensure_heartbeat()
+
+    def discard(self) -> None:
+        """The key turned out not to exist: no record (and no lease was taken)."""
+        self._finished = True
 
     def finish(self, status_code: int, response=None) -> None:
         """Hand the usage record and the lease to the accounting thread (no waiting, no

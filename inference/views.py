@@ -23,7 +23,7 @@ from django.http import JsonResponse, StreamingHttpResponse
 import llmserver
 from accounts.auth import authenticate
 from accounts.models import APIKey
-from accounts.refusals import check_model_access
+from accounts.refusals import UnknownKey, check_model_access
 from accounts.usage import RequestAccount
 from inference.admission import ConcurrencyLimit
 from inference.protocol import ChatCompletionRequest, CompletionRequest
@@ -88,6 +88,8 @@ class AsyncAPIView(APIView):
         try:
             await authenticate(self.request, fresh=True)
         except APIError as refusal:
+            if isinstance(refusal, UnknownKey):
+                self.account.discard()
             return refusal
         return exc
 

@@ -1,6 +1,7 @@
 """Exactly one usage record per authenticated request, with the counts the client saw:
 non-streamed, streamed, disconnected, refused and failed."""
 
+import json
 import time
 import uuid
 
@@ -117,3 +118,44 @@ def test_an_unauthenticated_request_is_not_recorded(server, live_db):
     assert response.status_code == 401
     time.sleep(0.3)
     assert not UsageRecord.objects.filter(request_id="usage-anonymous-1").exists()
+
+
+def test_a_key_deleted_after_use_is_401_and_its_requests_leave_no_record(keyed):
+    """The server knows the key from an earlier request; once it is deleted, its next
+    requests (valid body or not) are refused as unknown and, like any request without a
+    key, are not recorded; the records of other requests are unaffected."""
+    httpx.post(f"{keyed.server.base_url}/v1/chat/completions", timeout=60, headers=bearer(keyed.secret),
+               json={"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]}).raise_for_status()
+    prefix = keyed.key.prefix
+    keyed.key.delete()
+    valid, valid_rid = keyed("/v1/chat/completions", {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]})
+    invalid, invalid_rid = keyed("/v1/chat/completions", {"model": MODEL_ID})
+    assert (valid.status_code, valid.json()["error"]["message"]) == (401, f"The API key {prefix}… no longer exists.")
+    assert (invalid.status_code, invalid.json()["error"]["code"]) == (401, "invalid_api_key")
+    _, other_secret = issue_key(name="other-after-delete")
+    other = httpx.get(f"{keyed.server.base_url}/v1/models", headers={**bearer(other_secret), "X-Request-ID": invalid_rid + "-other"})
+    assert other.status_code == 200
+    assert record_for(invalid_rid + "-other").status_code == 200
+    assert not UsageRecord.objects.filter(request_id__in=[valid_rid, invalid_rid]).exists()
+
+
+def test_a_key_deleted_mid_stream_keeps_the_record_without_the_key(tmp_path, live_db):
+    key, secret = issue_key(name="deleted-mid-stream")
+    slow = start_server(tmp_path, ENGINE_STEP_DELAY_MS=5)
+    rid = f"usage-{uuid.uuid4().hex}"
+    try:
+        with httpx.Client(base_url=slow.base_url, timeout=60, headers=bearer(secret)) as client:
+            with client.stream("POST", "/v1/chat/completions", headers={"X-Request-ID": rid}, json={
+                "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(30)}], "stream": True,
+                "stream_options": {"include_usage": True},
+            }) as response:
+                lines = response.iter_lines()
+                assert next(lines).startswith("data: ")
+                prefix = key.prefix
+                key.delete()
+                events = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+        record = record_for(rid)
+    finally:
+        slow.stop()
+    assert (record.api_key, record.key_prefix, record.status_code, record.finish_reason) == (None, prefix, 200, "stop")
+    assert record.completion_tokens == events[-1]["usage"]["completion_tokens"] == 30
