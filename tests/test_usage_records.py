@@ -4,6 +4,7 @@ non-streamed, streamed, disconnected, refused and failed."""
 import json
 import time
 import uuid
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -74,20 +75,29 @@ def test_a_streamed_answer_records_what_the_client_received(keyed):
     assert record.completion_tokens == 30  # one token per number
 
 
-def test_a_disconnected_stream_records_the_tokens_generated_so_far(tmp_path, live_db):
-    _, secret = issue_key(name="leaver")
-    slow = start_server(tmp_path, ENGINE_STEP_DELAY_MS=5)
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory, live_db):
+    """A server whose engine takes 5 ms a step, so that a test can act mid-stream."""
+    server = start_server(tmp_path_factory.mktemp("slow"), ENGINE_STEP_DELAY_MS=5)
+    yield server
+    server.stop()
+
+
+@contextmanager
+def open_stream(server, secret, body):
+    """A streamed chat completion: yields its request id and its lines, still open."""
     rid = f"usage-{uuid.uuid4().hex}"
-    try:
-        with httpx.Client(base_url=slow.base_url, timeout=60, headers=bearer(secret)) as client:
-            with client.stream("POST", "/v1/chat/completions", headers={"X-Request-ID": rid}, json={
-                "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "stream": True,
-            }) as response:
-                lines = response.iter_lines()
-                received = [next(lines) for _ in range(4)]
-        record = record_for(rid)
-    finally:
-        slow.stop()
+    with httpx.Client(base_url=server.base_url, timeout=60, headers=bearer(secret)) as client:
+        with client.stream("POST", "/v1/chat/completions", headers={"X-Request-ID": rid},
+                           json={"model": MODEL_ID, "stream": True, **body}) as response:
+            yield rid, response.iter_lines()
+
+
+def test_a_disconnected_stream_records_the_tokens_generated_so_far(slow):
+    _, secret = issue_key(name="leaver")
+    with open_stream(slow, secret, {"messages": [{"role": "user", "content": count_prompt(200)}]}) as (rid, lines):
+        received = [next(lines) for _ in range(4)]
+    record = record_for(rid)
     assert len(received) == 4
     assert (record.client_disconnected, record.status_code, record.streamed, record.finish_reason) == (True, 200, True, "")
     assert 1 <= record.completion_tokens < 190
@@ -139,23 +149,14 @@ def test_a_key_deleted_after_use_is_401_and_its_requests_leave_no_record(keyed):
     assert not UsageRecord.objects.filter(request_id__in=[valid_rid, invalid_rid]).exists()
 
 
-def test_a_key_deleted_mid_stream_keeps_the_record_without_the_key(tmp_path, live_db):
+def test_a_key_deleted_mid_stream_keeps_the_record_without_the_key(slow):
     key, secret = issue_key(name="deleted-mid-stream")
-    slow = start_server(tmp_path, ENGINE_STEP_DELAY_MS=5)
-    rid = f"usage-{uuid.uuid4().hex}"
-    try:
-        with httpx.Client(base_url=slow.base_url, timeout=60, headers=bearer(secret)) as client:
-            with client.stream("POST", "/v1/chat/completions", headers={"X-Request-ID": rid}, json={
-                "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(30)}], "stream": True,
-                "stream_options": {"include_usage": True},
-            }) as response:
-                lines = response.iter_lines()
-                assert next(lines).startswith("data: ")
-                prefix = key.prefix
-                key.delete()
-                events = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
-        record = record_for(rid)
-    finally:
-        slow.stop()
+    body = {"messages": [{"role": "user", "content": count_prompt(30)}], "stream_options": {"include_usage": True}}
+    with open_stream(slow, secret, body) as (rid, lines):
+        assert next(lines).startswith("data: ")
+        prefix = key.prefix
+        key.delete()
+        events = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    record = record_for(rid)
     assert (record.api_key, record.key_prefix, record.status_code, record.finish_reason) == (None, prefix, 200, "stop")
     assert record.completion_tokens == events[-1]["usage"]["completion_tokens"] == 30
