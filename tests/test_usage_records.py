@@ -134,8 +134,9 @@ def test_a_key_deleted_after_use_is_401_and_its_requests_leave_no_record(keyed):
     """The server knows the key from an earlier request; once it is deleted, its next
     requests (valid body or not) are refused as unknown and, like any request without a
     key, are not recorded; the records of other requests are unaffected."""
-    httpx.post(f"{keyed.server.base_url}/v1/chat/completions", timeout=60, headers=bearer(keyed.secret),
-               json={"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]}).raise_for_status()
+    first, first_rid = keyed("/v1/chat/completions", {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]})
+    assert first.status_code == 200
+    record_for(first_rid)  # settled: deleting the key now races with nothing
     prefix = keyed.key.prefix
     keyed.key.delete()
     valid, valid_rid = keyed("/v1/chat/completions", {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]})
