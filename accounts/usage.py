@@ -8,6 +8,7 @@ lease and the record to the accounting thread; nothing is written per token.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -43,9 +44,16 @@ class RequestAccount:
     async def admit(self) -> None:
         """Check the key afresh, its limits and the deployment's, and take a lease (or
         raise 401, 403 or 429)."""
+        admission = asyncio.ensure_future(books.call(admit, self.key, self.request_id, self.model))
         try:
-            self._lease_id = await books.call(admit, self.key, self.request_id, self.model)
+            # Shielded: the accounting thread admits even if this request is cancelled
+            # meanwhile (its client left, its chat turn was stopped), and the lease it
+            # took must then be given back, not renewed for ever.
+            self._lease_id = await asyncio.shield(admission)
             self.key_checked = True
+        except asyncio.CancelledError:
+            admission.add_done_callback(_give_back_lease)
+            raise
         except APIError as exc:
             self.key_checked = True
             if exc.status == 401:
@@ -97,6 +105,11 @@ class RequestAccount:
             user=self.user[:256],
         )
         books.settle_later(self._lease_id, record, prompt + completion)
+
+
+def _give_back_lease(admission: asyncio.Future) -> None:
+    if not admission.cancelled() and admission.exception() is None:
+        books.settle_later(admission.result(), None, 0)
 
 
 def _error_code(content: bytes) -> str:

@@ -155,3 +155,33 @@ def test_a_crashed_process_leases_expire_within_the_lease_ttl(tmp_path, live_db)
         assert time.monotonic() - started <= 6 + 1  # ...for at most LEASE_TTL_SECONDS
     finally:
         survivor.stop()
+
+
+def test_a_request_cancelled_while_being_admitted_gives_back_the_lease_admission_took(live_db):
+    """The client leaves (or Stop is pressed) while the accounting thread admits: the
+    lease it takes then must be given back, not held (and renewed) by this process."""
+    import asyncio
+
+    from accounts.books import books
+    from accounts.usage import RequestAccount
+
+    key, _ = issue_key(name="cancelled-in-admission")
+    seen = []
+
+    async def scenario():
+        account = RequestAccount(key, "cancelled-in-admission", "chat.completions", key_checked=True)
+        admission = asyncio.ensure_future(account.admit())
+        await asyncio.sleep(0)  # queued on the accounting thread, not yet done
+        admission.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await admission
+        account.finish(499)
+        # The accounting thread admits anyway: a lease appears, then goes.
+        for _ in range(500):
+            seen.append(await books.call(live_leases, key))
+            if seen[-1] == 0 and 1 in seen:
+                return
+            await asyncio.sleep(0.002)
+
+    asyncio.run(scenario())
+    assert seen[-1] == 0
