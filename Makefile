@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test migrate
+.PHONY: run test migrate browser
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,20 @@ migrate: $(VENV)/.installed
 run: migrate
 	$(PY) manage.py serve
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test browser
 	$(PY) -m pytest
+
+# The chat page's tests drive Debian's Chromium through its ChromeDriver (never a browser
+# download). Installed here when missing and apt-get can; else those tests skip, saying so.
+browser:
+	@if ! { test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; }; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing Debian's chromium and chromium-driver for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "note: no /usr/bin/chromium or /usr/bin/chromedriver: the browser tests will skip (apt-get install chromium chromium-driver)"; \
+	  fi; \
+	fi
 
 include Makefile.build
 include Makefile.bench

@@ -84,10 +84,10 @@ def unlimited_if_none(value):
 class APIKeyAdmin(admin.ModelAdmin):
     form = APIKeyForm
     list_display = [
-        "name", "prefix", "owner", "is_active", "models", "concurrency", "rpm", "tpm", "budget",
+        "name", "prefix", "kind", "owner", "is_active", "models", "concurrency", "rpm", "tpm", "budget",
         "tokens_this_period", "in_flight_now", "last_used_at", "expires_at",
     ]
-    list_filter = ["is_active", ("owner", admin.RelatedOnlyFieldListFilter), "budget_period"]
+    list_filter = ["is_active", "kind", ("owner", admin.RelatedOnlyFieldListFilter), "budget_period"]
     search_fields = ["name", "prefix", "owner__username"]
     list_select_related = ["owner"]
     actions = ["revoke_keys", "reactivate_keys"]
@@ -96,7 +96,7 @@ class APIKeyAdmin(admin.ModelAdmin):
         "token_budget", "budget_period",
     ]})
     # hashed_secret is never listed here: it is not editable and not shown anywhere.
-    readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at", "tokens_this_period", "in_flight_now"]
+    readonly_fields = ["prefix", "kind", "created_at", "last_used_at", "revoked_at", "tokens_this_period", "in_flight_now"]
 
     def get_queryset(self, request):
         return with_usage_now(super().get_queryset(request))
@@ -106,7 +106,7 @@ class APIKeyAdmin(admin.ModelAdmin):
             # No secret field: it is generated on save and shown once.
             return [(None, {"fields": ["name", "owner", "expires_at"]}), self.limits_fieldset]
         return [
-            (None, {"fields": ["name", "prefix", "owner", "is_active", "created_at", "last_used_at",
+            (None, {"fields": ["name", "prefix", "kind", "owner", "is_active", "created_at", "last_used_at",
                                "expires_at", "revoked_at"]}),
             self.limits_fieldset,
             ("Usage now", {"fields": ["tokens_this_period", "in_flight_now"]}),

@@ -11,7 +11,7 @@ import secrets
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import models
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 SECRET_PREFIX = "sk-"
@@ -49,10 +49,35 @@ def period_end(period: str, now) -> timezone.datetime:
     return (start + timedelta(days=32)).replace(day=1)
 
 
+class KeyKind(models.TextChoices):
+    API = "api", "API"
+    # A user's key for the chat page: created for them on first use, its secret never
+    # shown to anyone (the page authenticates with the user's session), limited and
+    # accounted like any other key.
+    CHAT = "chat", "Chat page"
+
+
 class APIKeyQuerySet(models.QuerySet):
     def usable(self):
         now = timezone.now()
         return self.filter(is_active=True).filter(models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now))
+
+    def chat_key_for(self, user) -> APIKey:
+        """``user``'s chat-page key, created with the default chat limits on first use.
+        Whatever state an admin left it in (revoked, limited) is returned as it is."""
+        try:
+            return self.get(owner=user, kind=KeyKind.CHAT)
+        except APIKey.DoesNotExist:
+            pass
+        key = APIKey(name=f"Chat: {user.get_username()}"[:100], owner=user, kind=KeyKind.CHAT,
+                     max_concurrency=settings.CHAT_KEY_MAX_CONCURRENCY)
+        key.set_new_secret()  # never shown: only the session of its owner uses this key
+        try:
+            with transaction.atomic():
+                key.save(force_insert=True)
+        except IntegrityError:  # created meanwhile by another request of the same user
+            return self.get(owner=user, kind=KeyKind.CHAT)
+        return key
 
 
 class APIKey(models.Model):
@@ -61,6 +86,8 @@ class APIKey(models.Model):
     name = models.CharField(max_length=100)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                               related_name="api_keys")
+    kind = models.CharField(max_length=8, choices=KeyKind.choices, default=KeyKind.API, editable=False,
+                            help_text="Chat-page keys are created for each user by the chat page.")
     prefix = models.CharField(max_length=VISIBLE_PREFIX_LENGTH, editable=False,
                               help_text="The first characters of the key, to recognise it.")
     hashed_secret = models.CharField(max_length=64, unique=True, editable=False)
@@ -85,6 +112,9 @@ class APIKey(models.Model):
     class Meta:
         verbose_name = "API key"
         ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner"], condition=models.Q(kind="chat"), name="one_chat_key_per_user"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"

@@ -15,8 +15,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmserver.settings")
 
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up)
+from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up)
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
+
+from chat.routing import websocket_urlpatterns  # noqa: E402
 
 from inference.engine import ModelLoadError  # noqa: E402
 from inference.registry import load_configured_models  # noqa: E402
@@ -33,4 +37,9 @@ if settings.LOAD_MODELS_ON_START:
         print(exc, file=sys.stderr, flush=True)
         raise SystemExit(1) from None
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+application = ProtocolTypeRouter({
+    "http": django_asgi_app,
+    # The chat page's socket: the Origin must be one of ALLOWED_HOSTS (no cross-site
+    # page can open it with the user's cookie), then the session says who it is.
+    "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+})

@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "channels",
     "inference",
     "accounts",
+    "chat",
 ]
 
 MIDDLEWARE = [
@@ -164,6 +165,15 @@ REQUIRE_API_KEY = env.bool("REQUIRE_API_KEY", default=True)
 # counting after at most LEASE_TTL_SECONDS.
 LEASE_TTL_SECONDS = _positive_int("LEASE_TTL_SECONDS", 30)
 LEASE_RENEW_SECONDS = max(1, LEASE_TTL_SECONDS // 3)
+# The concurrency limit a user's chat-page key starts with (an admin may change it on the
+# key); 0 = none.
+CHAT_KEY_MAX_CONCURRENCY = env.int("CHAT_KEY_MAX_CONCURRENCY", default=2) or None
+
+# --- Chat page -----------------------------------------------------------------------
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "chat"
+LOGOUT_REDIRECT_URL = "login"
 
 # --- Inference -----------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from django.urls import include, path, re_path
 
 urlpatterns = [
     path("", include("inference.urls")),
+    path("", include("chat.urls")),
     path("admin/", admin.site.urls),
     # Static files (the admin's CSS and JS) straight from the apps, with DEBUG off too.
     # Django's view is sync, but only these requests use it; WhiteNoise's middleware is

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -211,3 +212,72 @@ def sse_events(response: httpx.Response) -> list:
         payload = line[len("data: "):]
         events.append(payload if payload == "[DONE]" else json.loads(payload))
     return events
+
+
+# --- the chat page: users, sessions, sockets -------------------------------------------
+
+PASSWORD = "correct horse battery staple"
+
+
+def make_user(prefix: str = "user", **fields):
+    """A new user (unique name) with :data:`PASSWORD`."""
+    import uuid
+
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user(f"{prefix}-{uuid.uuid4().hex[:8]}", password=PASSWORD, **fields)
+
+
+@contextmanager
+def log_in(server: LiveServer, username: str, password: str = PASSWORD):
+    """An HTTP client logged in through the login form, as a browser would be."""
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        client.get("/login/")
+        response = client.post("/login/", data={
+            "username": username, "password": password, "csrfmiddlewaretoken": client.cookies["csrftoken"],
+        }, headers={"Referer": f"{server.base_url}/login/"})
+        assert response.status_code == 302, response.text
+        yield client
+
+
+def chat_socket(server: LiveServer, client: httpx.Client | None = None, *, origin: str | None = "same",
+                cookies: dict | None = None):
+    """A WebSocket to the chat consumer, with the session of ``client`` (or ``cookies``)
+    and an Origin header (the server's own by default; None: none)."""
+    from websockets.sync.client import connect
+
+    cookies = dict(client.cookies) if client is not None else (cookies or {})
+    headers = {"Cookie": "; ".join(f"{name}={value}" for name, value in cookies.items())} if cookies else {}
+    url = server.base_url.replace("http://", "ws://") + "/ws/chat"
+    return connect(url, origin=server.base_url if origin == "same" else origin, additional_headers=headers,
+                   open_timeout=10, close_timeout=5)
+
+
+# --- a real browser -------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's headless Chromium driven through its ChromeDriver (Selenium is given both
+    paths, so it never downloads a browser or a driver). Skipped where they are not
+    installed, except in CI (.ci/run), which installs them and fails without them."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        message = f"{CHROMIUM} and {CHROMEDRIVER} are needed: apt-get install chromium chromium-driver"
+        if os.environ.get("LLMSERVER_REQUIRE_BROWSER"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900",
+                     "--disable-gpu", "--no-first-run", "--disable-extensions"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()

@@ -1,0 +1,216 @@
+"""The chat page's WebSocket: a logged-in user's chat turns, streamed from the same
+serving layer and engine as ``/v1/chat/completions``, limited and recorded against the
+user's chat key.
+
+The socket is authenticated by the Django session (``AuthMiddlewareStack``), and
+``AllowedHostsOriginValidator`` (in ``llmserver.asgi``) refuses a handshake whose
+``Origin`` is not one of ``ALLOWED_HOSTS``: a session cookie alone, sent by another
+site's page, opens nothing.
+
+Protocol (JSON text frames; ``id`` is the client's name for one generation):
+
+- client → server: ``{"type": "chat", "id", "model", "messages", "temperature",
+  "max_tokens"}`` starts a generation; ``{"type": "stop", "id"}`` cancels it.
+- server → client: ``{"type": "start", "id", "request_id"}`` once admitted,
+  ``{"type": "delta", "id", "text"}`` per piece of text, then either
+  ``{"type": "done", "id", "finish_reason", "usage"}`` (``finish_reason`` is
+  ``"cancelled"`` after a stop) or ``{"type": "error", "id", "status", "error"}`` with
+  OpenAI's error object, the HTTP status the API would have answered and, when the
+  turn has a usage record, its ``request_id``.
+
+Each chat turn is one request in the books, recorded as the same request streamed over
+HTTP would be: refused turns with their status, started ones with 200, a stopped one (or
+one whose page was closed) with ``client_disconnected``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import uuid
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from rest_framework.exceptions import ValidationError
+
+from accounts.books import books
+from accounts.models import APIKey
+from accounts.refusals import check_model_access, key_refusal
+from accounts.usage import RequestAccount
+from inference.engine import EngineUnavailable
+from inference.protocol import ChatCompletionRequest
+from inference.registry import registry
+from inference.serving import ChatServing, GenerationFailed
+from llmserver.errors import APIError, validation_error
+
+log = logging.getLogger("llmserver.chat")
+
+WS_PATH = "/ws/chat"
+# Close code for a socket whose session is not (or no longer) logged in.
+NOT_AUTHENTICATED = 4401
+ENDPOINT = "chat.page"  # the usage records' endpoint for chat-page turns
+
+_CHAT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    async def connect(self):
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            # Closing before accepting refuses the handshake (HTTP 403).
+            await self.close(code=NOT_AUTHENTICATED)
+            return
+        self.user = user
+        self.generations: dict[str, asyncio.Task] = {}
+        self.stopping: set[str] = set()
+        self.connected = True
+        await self.accept()
+
+    async def disconnect(self, code):
+        self.connected = False
+        # The page is gone: cancel its generations (freeing their batch and concurrency
+        # slots) and wait until each has handed its record to the books.
+        tasks = list(getattr(self, "generations", {}).values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        try:
+            message = self._parse(text_data)
+        except APIError as exc:
+            await self._send_error(None, exc)
+            return
+        chat_id = message["id"]
+        if message["type"] == "stop":
+            task = self.generations.get(chat_id)
+            if task is not None:
+                self.stopping.add(chat_id)
+                task.cancel()
+            return
+        if chat_id in self.generations:
+            await self._send_error(chat_id, APIError(400, f"A generation with id '{chat_id}' is running.",
+                                                     code="duplicate_id", param="id"))
+            return
+        task = asyncio.create_task(self._generate(chat_id, message))
+        self.generations[chat_id] = task
+        task.add_done_callback(lambda _: self.generations.pop(chat_id, None))
+
+    def _parse(self, text_data) -> dict:
+        if text_data is None:
+            raise APIError(400, "Send JSON text frames.", code="invalid_json")
+        if len(text_data) > settings.MAX_REQUEST_SIZE_BYTES:
+            raise APIError(413, f"Message too large: the limit is {settings.MAX_REQUEST_SIZE_MB:g} MB.",
+                           code="request_too_large")
+        try:
+            message = json.loads(text_data)
+        except ValueError as exc:
+            raise APIError(400, f"We could not parse the JSON of your message: {exc}", code="invalid_json") from None
+        if not isinstance(message, dict) or message.get("type") not in ("chat", "stop"):
+            raise APIError(400, "A message needs a 'type' of 'chat' or 'stop'.", code="invalid_value", param="type")
+        chat_id = message.get("id")
+        if not isinstance(chat_id, str) or not _CHAT_ID.match(chat_id):
+            raise APIError(400, "A message needs an 'id' of 1 to 64 letters, digits, '_' or '-'.",
+                           code="invalid_value", param="id")
+        return message
+
+    async def _generate(self, chat_id: str, message: dict) -> None:
+        """One chat turn, from admission to its usage record."""
+        request_id = uuid.uuid4().hex
+        account: RequestAccount | None = None
+        status = 200
+        try:
+            # Read afresh for every turn: a revoked key or changed limits apply at once.
+            key = await books.call(APIKey.objects.chat_key_for, self.user)
+            refusal = key_refusal(key)
+            if refusal is not None:
+                raise refusal  # like a revoked key over HTTP: a 401 and no record
+            account = RequestAccount(key, request_id, ENDPOINT, key_checked=True)
+            account.model = message.get("model") if isinstance(message.get("model"), str) else ""
+            account.streamed = True
+            account.user = self.user.get_username()
+            data = _validated(message)
+            check_model_access(key, data["model"])
+            worker = registry.get(data["model"])
+            serving = ChatServing(worker, data["model"])
+            generation = serving.generation(data)  # a prompt too long is a 400 before admission
+            await account.admit()
+            account.generation = generation
+            await self._send(type="start", id=chat_id, request_id=request_id)
+            finish_reason = None
+            async for update in generation.updates():
+                if update.text:
+                    await self._send(type="delta", id=chat_id, text=update.text)
+                if update.finish_reason:
+                    finish_reason = update.finish_reason
+            await self._send(type="done", id=chat_id, finish_reason=finish_reason,
+                             usage=_usage(generation.usage()))
+        except asyncio.CancelledError:
+            if account is not None:
+                account.client_disconnected = True
+            if chat_id in self.stopping and self.connected:
+                usage = _usage(account.generation.usage()) if account and account.generation else None
+                await self._send(type="done", id=chat_id, finish_reason="cancelled", usage=usage)
+            if account is None or account.generation is None:
+                status = 499  # stopped before it began, as nginx records a client that left
+            if not self.connected:
+                raise
+        except APIError as exc:
+            status = exc.status
+            if account is not None:
+                account.error_code = exc.code or ""
+            await self._send_error(chat_id, _for_chat_user(exc), account)
+        except (GenerationFailed, EngineUnavailable) as exc:
+            # After "start", as a streamed HTTP request would: 200, with the error's code.
+            api_error = exc.api_error if isinstance(exc, GenerationFailed) else APIError(
+                503, str(exc), code="engine_unavailable", type="server_error")
+            account.error_code = api_error.code or ""
+            await self._send_error(chat_id, api_error, account)
+        except Exception:
+            log.exception("chat turn %s of %s failed", request_id, self.user.get_username())
+            status = 500
+            await self._send_error(chat_id, APIError(500, "The server had an error while processing your message.",
+                                                     code="internal_error"), account)
+        finally:
+            self.stopping.discard(chat_id)
+            if account is not None:
+                try:
+                    account.finish(status)
+                except Exception:
+                    log.exception("could not record usage of chat turn %s", request_id)
+
+    async def _send(self, **message) -> None:
+        if self.connected:
+            await self.send(text_data=json.dumps(message, separators=(",", ":")))
+
+    async def _send_error(self, chat_id: str | None, exc: APIError, account: RequestAccount | None = None) -> None:
+        """The error of one turn (or of a message that named none); with the request id
+        of its usage record when it has one."""
+        request_id = {"request_id": account.request_id} if account is not None else {}
+        await self._send(type="error", id=chat_id, status=exc.status, **request_id, **exc.body())
+
+
+def _validated(message: dict) -> dict:
+    """The turn as a streamed chat completion request, validated like one."""
+    body = {name: message[name] for name in ("model", "messages", "temperature", "max_tokens") if name in message}
+    serializer = ChatCompletionRequest(data={**body, "stream": True})
+    try:
+        serializer.is_valid(raise_exception=True)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    return serializer.validated_data
+
+
+def _usage(usage: dict) -> dict:
+    return {name: usage[name] for name in ("prompt_tokens", "completion_tokens", "total_tokens")}
+
+
+def _for_chat_user(exc: APIError) -> APIError:
+    """The API's 401s speak of "the API key sk-…", which a chat user never saw."""
+    if exc.status == 401:
+        return APIError(401, "Your chat access has been revoked or has expired. Ask an administrator to restore it.",
+                        code=exc.code)
+    return exc
+

@@ -1,0 +1,709 @@
+/*
+ * llmserver chat page: conversations kept in localStorage, answers streamed over a
+ * WebSocket (protocol in chat/consumers.py).
+ *
+ * Everything that comes from the user or a model is put on the page with textContent or
+ * text nodes, never parsed as HTML: a model answering "<script>…" shows that text.
+ */
+(function () {
+  "use strict";
+
+  const MIN_RETRY_MS = 500;
+  const MAX_RETRY_MS = 5000;
+  const TITLE_LENGTH = 48;
+  const MAX_CONVERSATIONS = 200;
+  const STATES = ["streaming", "done", "stopped", "error"];
+
+  const config = readConfig();
+  const STORAGE_KEY = "llmserver.chat." + config.user;
+  const SETTINGS_KEY = "llmserver.chat.settings." + config.user;
+  // "/login/?next=/": slashes stay readable, anything else in the path is escaped.
+  const LOGIN_URL = (config.login_url || "/login/") + "?next=" +
+    encodeURIComponent(location.pathname + location.search).replace(/%2F/g, "/");
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    app: $("app"), thread: $("thread"), messages: $("messages"), empty: $("empty-state"),
+    prompt: $("prompt"), send: $("send"), stop: $("stop"), status: $("status"),
+    model: $("model"), system: $("system-prompt"), temperature: $("temperature"),
+    temperatureRange: $("temperature-range"), maxTokens: $("max-tokens"), limits: $("limits"),
+    conversations: $("conversations"), newChat: $("new-chat"), sidebar: $("sidebar"),
+    settings: $("settings"), backdrop: $("backdrop"), toggleSidebar: $("toggle-sidebar"),
+    toggleSettings: $("toggle-settings"), closeSettings: $("close-settings"),
+  };
+
+  const state = {
+    conversations: [], // newest first; a new chat joins the list with its first message
+    current: null,     // the conversation on screen
+    gen: null,         // the one running generation: {id, conv, msg, sent, stopping, startedAt}
+    ws: null,
+    connected: false,
+    everConnected: false,
+    retryMs: MIN_RETRY_MS,
+    retryTimer: null,
+    stickToBottom: true, // follow the stream unless the user scrolled up to read
+    saveTimer: null,
+    statusTimer: null,
+  };
+  const settings = loadSettings();
+
+  // ---------------------------------------------------------------- helpers
+
+  function readConfig() {
+    let c = {};
+    try {
+      c = JSON.parse(document.getElementById("chat-config").textContent) || {};
+    } catch (e) { /* fall through to defaults: the page still renders */ }
+    return {
+      models: Array.isArray(c.models) ? c.models.map(String) : [],
+      default_model: typeof c.default_model === "string" ? c.default_model : "",
+      max_tokens: Number.isInteger(c.max_tokens) && c.max_tokens > 0 ? c.max_tokens : 256,
+      temperature: typeof c.temperature === "number" ? c.temperature : 0,
+      user: typeof c.user === "string" ? c.user : "",
+      ws_path: typeof c.ws_path === "string" ? c.ws_path : "/ws/chat",
+      login_url: typeof c.login_url === "string" ? c.login_url : "",
+      limits: c.limits && typeof c.limits === "object" ? c.limits : {},
+    };
+  }
+
+  // Ids match the server's [A-Za-z0-9_-]{1,64}; crypto.randomUUID needs a secure context.
+  function newId() {
+    if (window.crypto && typeof crypto.randomUUID === "function") return crypto.randomUUID();
+    return Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 12);
+  }
+  function isId(v) { return typeof v === "string" && /^[A-Za-z0-9_-]{1,64}$/.test(v); }
+  function str(v) { return typeof v === "string" ? v : ""; }
+  function num(v) { return typeof v === "number" && isFinite(v) ? v : 0; }
+
+  function makeButton(className, text, label) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = className;
+    b.textContent = text;
+    if (label) { b.setAttribute("aria-label", label); b.title = label; }
+    return b;
+  }
+
+  function makeText(tag, className, text) {
+    const e = document.createElement(tag);
+    e.className = className;
+    e.textContent = text;
+    return e;
+  }
+
+  function titleFrom(messages) {
+    const first = messages.find((m) => m.role === "user");
+    const text = first ? first.content.replace(/\s+/g, " ").trim() : "";
+    return text.length > TITLE_LENGTH ? text.slice(0, TITLE_LENGTH - 1) + "…" : text;
+  }
+
+  function validModel(id) {
+    if (config.models.includes(id)) return id;
+    if (config.models.includes(config.default_model)) return config.default_model;
+    return config.models[0] || "";
+  }
+
+  function setStatus(text, kind, clearAfterMs) {
+    clearTimeout(state.statusTimer);
+    ui.status.textContent = text || "";
+    ui.status.dataset.kind = kind || "";
+    if (clearAfterMs) state.statusTimer = setTimeout(() => setStatus(""), clearAfterMs);
+  }
+
+  // ---------------------------------------------------------------- storage
+
+  function loadConversations() {
+    let raw = null;
+    try { raw = localStorage.getItem(STORAGE_KEY); } catch (e) { return []; } // storage disabled
+    if (!raw) return [];
+    try {
+      const list = JSON.parse(raw);
+      if (!Array.isArray(list)) throw new Error("not a list");
+      return list.map(cleanConversation).filter(Boolean).sort((a, b) => b.updatedAt - a.updatedAt);
+    } catch (e) {
+      // Corrupt or foreign data: start afresh rather than leave a broken page.
+      try { localStorage.removeItem(STORAGE_KEY); } catch (_) { /* nothing more to do */ }
+      setStatus("Saved conversations could not be read and were reset.", "error");
+      return [];
+    }
+  }
+
+  function cleanUsage(u) {
+    if (!u || typeof u !== "object") return null;
+    return { prompt_tokens: num(u.prompt_tokens), completion_tokens: num(u.completion_tokens), total_tokens: num(u.total_tokens) };
+  }
+
+  function cleanMessage(m) {
+    if (!m || (m.role !== "user" && m.role !== "assistant") || typeof m.content !== "string") return null;
+    const msg = {
+      id: isId(m.id) ? m.id : newId(), role: m.role, content: m.content,
+      state: STATES.includes(m.state) ? m.state : "done",
+      finishReason: str(m.finishReason) || null, usage: cleanUsage(m.usage), model: str(m.model),
+      durationMs: num(m.durationMs), requestId: str(m.requestId), error: null,
+    };
+    if (m.error && typeof m.error === "object") {
+      msg.error = { status: num(m.error.status), message: str(m.error.message), code: str(m.error.code) };
+    }
+    if (msg.state === "streaming") { // the page was closed while this answer streamed
+      msg.state = "error";
+      msg.error = { status: 0, message: "Interrupted: the page was closed.", code: "" };
+    }
+    if (msg.role === "user") msg.state = "done";
+    return msg;
+  }
+
+  function cleanConversation(c) {
+    if (!c || typeof c !== "object" || !Array.isArray(c.messages)) return null;
+    const messages = c.messages.map(cleanMessage).filter(Boolean);
+    if (!messages.length) return null;
+    return {
+      id: isId(c.id) ? c.id : newId(), title: str(c.title) || titleFrom(messages),
+      model: str(c.model), system: str(c.system),
+      createdAt: num(c.createdAt) || Date.now(), updatedAt: num(c.updatedAt) || Date.now(), messages,
+    };
+  }
+
+  function saveNow() {
+    clearTimeout(state.saveTimer);
+    state.saveTimer = null;
+    state.conversations = state.conversations.slice(0, MAX_CONVERSATIONS);
+    try {
+      localStorage.setItem(STORAGE_KEY, JSON.stringify(state.conversations));
+    } catch (e) {
+      setStatus("Could not save conversations in this browser (storage full or disabled).", "error");
+    }
+  }
+
+  // While tokens stream, save at most once a second instead of on every delta.
+  function saveSoon() {
+    if (!state.saveTimer) state.saveTimer = setTimeout(saveNow, 1000);
+  }
+
+  function loadSettings() {
+    let s = {};
+    try { s = JSON.parse(localStorage.getItem(SETTINGS_KEY) || "{}") || {}; } catch (e) { s = {}; }
+    return {
+      temperature: clampTemperature(s.temperature),
+      maxTokens: cleanMaxTokens(s.maxTokens),
+      model: str(s.model),
+      system: str(s.system),
+    };
+  }
+
+  function saveSettings() {
+    try { localStorage.setItem(SETTINGS_KEY, JSON.stringify(settings)); } catch (e) { /* not fatal */ }
+  }
+
+  function clampTemperature(v) {
+    const t = parseFloat(v);
+    if (!isFinite(t)) return Math.min(2, Math.max(0, config.temperature));
+    return Math.round(Math.min(2, Math.max(0, t)) * 100) / 100;
+  }
+
+  function cleanMaxTokens(v) {
+    const n = parseInt(v, 10);
+    return isFinite(n) && n >= 1 ? n : config.max_tokens;
+  }
+
+  // ---------------------------------------------------------------- conversations
+
+  function makeConversation() {
+    const now = Date.now();
+    return {
+      id: newId(), title: "", model: validModel(settings.model), system: settings.system,
+      createdAt: now, updatedAt: now, messages: [],
+    };
+  }
+
+  function isSaved(conv) { return state.conversations.includes(conv); }
+
+  function touch(conv) {
+    conv.updatedAt = Date.now();
+    if (!isSaved(conv)) state.conversations.unshift(conv);
+    else if (state.conversations[0] !== conv) { // keep the list newest first
+      state.conversations.splice(state.conversations.indexOf(conv), 1);
+      state.conversations.unshift(conv);
+    }
+  }
+
+  function openConversation(conv) {
+    state.current = conv;
+    closeDrawers();
+    renderAll();
+  }
+
+  function newChat() {
+    if (isSaved(state.current) || state.current.messages.length) openConversation(makeConversation());
+    else closeDrawers();
+    ui.prompt.focus();
+  }
+
+  function deleteConversation(conv) {
+    if (state.gen && state.gen.conv === conv) stopGeneration();
+    state.conversations = state.conversations.filter((c) => c !== conv);
+    saveNow();
+    if (state.current === conv) state.current = state.conversations[0] || makeConversation();
+    renderAll();
+  }
+
+  // ---------------------------------------------------------------- rendering
+
+  function renderAll() {
+    renderConversationList();
+    const conv = state.current;
+    conv.model = validModel(conv.model);
+    ui.model.value = conv.model;
+    ui.system.value = conv.system;
+    renderMessages();
+  }
+
+  function renderConversationList() {
+    const items = state.conversations.map((conv) => {
+      const li = document.createElement("li");
+      li.className = "conversation";
+      li.dataset.id = conv.id;
+      if (conv === state.current) {
+        li.classList.add("active");
+        li.setAttribute("aria-current", "true");
+      }
+      const title = conv.title || "Untitled";
+      const open = makeButton("conversation-open", title);
+      open.title = title;
+      open.addEventListener("click", () => openConversation(conv));
+      const del = makeButton("delete", "×", "Delete conversation: " + title);
+      del.addEventListener("click", () => deleteConversation(conv));
+      li.append(open, del);
+      return li;
+    });
+    ui.conversations.replaceChildren(...items);
+  }
+
+  function renderMessages() {
+    const msgs = state.current.messages;
+    ui.messages.replaceChildren(...msgs.map((m, i) => buildMessage(m, i === msgs.length - 1)));
+    ui.empty.hidden = msgs.length > 0;
+    state.stickToBottom = true;
+    scrollToBottom();
+  }
+
+  function buildMessage(msg, isLast) {
+    const div = document.createElement("div");
+    div.className = "message " + msg.role;
+    div.dataset.state = msg.state;
+    div.dataset.mid = msg.id;
+    div.append(makeText("div", "content", msg.content));
+    if (msg.role !== "assistant") return div;
+
+    if (msg.state === "error") div.append(buildError(msg.error));
+    const foot = document.createElement("div");
+    foot.className = "message-foot";
+    const meta = makeText("span", "meta", metaText(msg));
+    if (msg.requestId) meta.title = "Request " + msg.requestId; // what an administrator finds in the usage records
+    foot.append(meta);
+    if (msg.content || msg.state === "streaming") { // nothing to copy from an empty answer
+      const copy = makeButton("copy", "Copy", "Copy answer");
+      copy.addEventListener("click", () => copyMessage(div, copy));
+      foot.append(copy);
+    }
+    // A refused or failed last answer can be asked for again without retyping.
+    if (msg.state === "error" && isLast && !state.gen) {
+      const retry = makeButton("retry", "Retry", "Ask again");
+      retry.addEventListener("click", retryLast);
+      foot.append(retry);
+    }
+    div.append(foot);
+    return div;
+  }
+
+  function buildError(error) {
+    const err = error || { status: 0, message: "Something went wrong.", code: "" };
+    const box = document.createElement("div");
+    box.className = "error";
+    box.setAttribute("role", "alert");
+    let headline = "The answer failed.";
+    if (err.status === 429) headline = "You have reached your chat limit.";
+    else if (err.status === 401 || err.status === 403) headline = "You may not chat right now.";
+    else if (err.status === 0) headline = "The answer was interrupted.";
+    box.append(makeText("strong", "error-title", headline));
+    if (err.message && err.message !== headline) box.append(makeText("span", "error-detail", err.message));
+    return box;
+  }
+
+  function metaText(msg) {
+    const parts = [];
+    if (msg.model) parts.push(msg.model);
+    const tokens = msg.usage ? msg.usage.completion_tokens : null;
+    if (msg.state === "streaming") parts.push("generating…");
+    if (msg.state === "stopped") parts.push("stopped");
+    if (tokens !== null && msg.state !== "streaming") {
+      parts.push(tokens + (tokens === 1 ? " token" : " tokens"));
+      if (msg.durationMs > 0 && tokens > 0) parts.push((tokens / (msg.durationMs / 1000)).toFixed(1) + " tokens/s");
+    }
+    if (msg.state === "done" && msg.finishReason === "length") parts.push("reached max tokens");
+    if (msg.state === "error" && msg.error && msg.error.code) parts.push(msg.error.code);
+    return parts.join(" · ");
+  }
+
+  function findMessageEl(msg) {
+    for (const child of ui.messages.children) if (child.dataset.mid === msg.id) return child;
+    return null; // its conversation is not on screen
+  }
+
+  function rerenderMessage(msg) {
+    const old = findMessageEl(msg);
+    if (!old) return;
+    const msgs = state.current.messages;
+    old.replaceWith(buildMessage(msg, msgs[msgs.length - 1] === msg));
+    scrollToBottom();
+  }
+
+  function scrollToBottom() {
+    if (state.stickToBottom) ui.thread.scrollTop = ui.thread.scrollHeight;
+  }
+
+  // ---------------------------------------------------------------- copy
+
+  function copyMessage(messageEl, button) {
+    const content = messageEl.querySelector(".content");
+    const text = content.textContent;
+    const done = (ok) => {
+      button.textContent = ok ? "Copied" : "Copy failed";
+      setTimeout(() => { button.textContent = "Copy"; }, 1500);
+    };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(() => done(true), () => done(legacyCopy(content)));
+    } else {
+      done(legacyCopy(content)); // plain http on another host: no Clipboard API
+    }
+  }
+
+  function legacyCopy(node) {
+    const selection = window.getSelection();
+    const range = document.createRange();
+    range.selectNodeContents(node);
+    selection.removeAllRanges();
+    selection.addRange(range);
+    let ok = false;
+    try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+    selection.removeAllRanges();
+    return ok;
+  }
+
+  // ---------------------------------------------------------------- generations
+
+  // The history the model sees: the system prompt, then each earlier question with its
+  // answer, except those whose answer failed (the pair is dropped so turns alternate),
+  // then the new question, which is last in conv.messages.
+  function requestMessages(conv) {
+    const out = [];
+    if (conv.system.trim()) out.push({ role: "system", content: conv.system });
+    const msgs = conv.messages;
+    for (let i = 0; i < msgs.length; i++) {
+      const m = msgs[i];
+      if (m.role !== "user") continue;
+      const answer = msgs[i + 1];
+      if (!answer) { out.push({ role: "user", content: m.content }); break; }
+      const usable = answer.role === "assistant" && (answer.state === "done" || answer.state === "stopped") && answer.content;
+      if (usable) {
+        out.push({ role: "user", content: m.content }, { role: "assistant", content: answer.content });
+        i++;
+      }
+    }
+    return out;
+  }
+
+  function sendPrompt() {
+    const text = ui.prompt.value;
+    if (!text.trim() || state.gen) return;
+    if (!config.models.length) { setStatus("No models are available to you.", "error"); return; }
+    const conv = state.current;
+    conv.messages.push({ id: newId(), role: "user", content: text, state: "done" });
+    if (!conv.title) conv.title = titleFrom(conv.messages);
+    ui.prompt.value = "";
+    autoGrow();
+    startGeneration(conv);
+  }
+
+  function retryLast() {
+    const conv = state.current;
+    const last = conv.messages[conv.messages.length - 1];
+    if (state.gen || !last || last.state !== "error") return;
+    conv.messages.pop();
+    startGeneration(conv);
+  }
+
+  function startGeneration(conv) {
+    const history = requestMessages(conv);
+    const msg = {
+      id: newId(), role: "assistant", content: "", state: "streaming", finishReason: null,
+      usage: null, model: validModel(conv.model), durationMs: 0, error: null,
+    };
+    conv.messages.push(msg);
+    touch(conv);
+    state.gen = { id: msg.id, conv, msg, history, sent: false, stopping: false, startedAt: 0 };
+    setGenerating(true);
+    renderConversationList();
+    renderMessages();
+    saveNow();
+    sendPending(); // or, if the socket is down, as soon as it is back
+  }
+
+  function sendPending() {
+    const gen = state.gen;
+    if (!gen || gen.sent || !state.connected) return;
+    gen.sent = true;
+    gen.startedAt = performance.now();
+    state.ws.send(JSON.stringify({
+      type: "chat", id: gen.id, model: gen.msg.model, messages: gen.history,
+      temperature: settings.temperature, max_tokens: settings.maxTokens,
+    }));
+  }
+
+  function stopGeneration() {
+    const gen = state.gen;
+    if (!gen || gen.stopping) return;
+    gen.stopping = true;
+    ui.stop.disabled = true;
+    if (gen.sent && state.connected) {
+      state.ws.send(JSON.stringify({ type: "stop", id: gen.id })); // "done" (cancelled) follows
+    } else {
+      finishGeneration("stopped", { finishReason: "cancelled" }); // never reached the server
+    }
+  }
+
+  function finishGeneration(newState, fields) {
+    const gen = state.gen;
+    if (!gen) return;
+    Object.assign(gen.msg, fields, { state: newState });
+    if (gen.startedAt) gen.msg.durationMs = performance.now() - gen.startedAt;
+    state.gen = null;
+    setGenerating(false);
+    rerenderMessage(gen.msg);
+    if (isSaved(gen.conv)) saveNow();
+  }
+
+  function setGenerating(on) {
+    ui.app.dataset.generating = on ? "true" : "false";
+    ui.send.hidden = on;
+    ui.send.disabled = on;
+    ui.stop.hidden = !on;
+    ui.stop.disabled = !on;
+    if (on && document.activeElement === ui.send) ui.prompt.focus(); // focus must not vanish with the button
+  }
+
+  // ---------------------------------------------------------------- server messages
+
+  function onServerMessage(data) {
+    let m;
+    try { m = JSON.parse(data); } catch (e) { return; }
+    if (!m || typeof m !== "object") return;
+    const gen = state.gen;
+    // An error that names no generation (a frame the server could not read) belongs to
+    // ours if it has not started yet; otherwise it is only a notice.
+    const mine = gen && (m.id === gen.id || (m.type === "error" && m.id == null && !gen.started));
+    if (!mine) {
+      if (m.type === "error" && m.error) setStatus(str(m.error.message) || "The server reported an error.", "error");
+      return;
+    }
+    if (m.type === "start") {
+      gen.started = true;
+      gen.startedAt = performance.now(); // tokens/s from admission, not from a wait in a queue
+      gen.msg.requestId = str(m.request_id);
+    } else if (m.type === "delta") {
+      const text = str(m.text);
+      if (!text) return;
+      gen.started = true;
+      gen.msg.content += text;
+      const el = findMessageEl(gen.msg);
+      if (el) {
+        el.querySelector(".content").appendChild(document.createTextNode(text));
+        scrollToBottom();
+      }
+      if (isSaved(gen.conv)) saveSoon();
+    } else if (m.type === "done") {
+      const reason = str(m.finish_reason) || "stop";
+      finishGeneration(reason === "cancelled" ? "stopped" : "done", { finishReason: reason, usage: cleanUsage(m.usage) });
+    } else if (m.type === "error") {
+      const e = m.error && typeof m.error === "object" ? m.error : {};
+      if (m.request_id) gen.msg.requestId = str(m.request_id);
+      finishGeneration("error", {
+        error: { status: num(m.status), message: str(e.message) || "The answer failed.", code: str(e.code) },
+      });
+    }
+  }
+
+  // ---------------------------------------------------------------- WebSocket
+
+  function connect() {
+    clearTimeout(state.retryTimer);
+    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + config.ws_path;
+    let ws;
+    try { ws = new WebSocket(url); } catch (e) { scheduleReconnect(); return; }
+    state.ws = ws;
+    let opened = false;
+    ws.addEventListener("open", () => {
+      opened = true;
+      state.connected = true;
+      state.retryMs = MIN_RETRY_MS;
+      ui.app.dataset.connection = "open";
+      // Clear only our own connection notice, not e.g. "No models are available".
+      if (ui.status.dataset.kind === "warning") setStatus(state.everConnected ? "Reconnected." : "", "info", 2000);
+      state.everConnected = true;
+      sendPending();
+    });
+    ws.addEventListener("message", (ev) => onServerMessage(ev.data));
+    ws.addEventListener("close", (ev) => {
+      if (state.ws !== ws) return;
+      state.ws = null;
+      state.connected = false;
+      // An answer that was on its way is lost with the socket; one not yet sent waits.
+      if (state.gen && state.gen.sent && state.gen.stopping) {
+        finishGeneration("stopped", { finishReason: "cancelled" });
+      } else if (state.gen && state.gen.sent) {
+        finishGeneration("error", { error: { status: 0, message: "Connection lost.", code: "" } });
+      }
+      if (ev.code === 4401) { location.assign(LOGIN_URL); return; }
+      ui.app.dataset.connection = "reconnecting";
+      setStatus(state.everConnected ? "Connection lost — reconnecting…" : "Cannot reach the server — retrying…", "warning");
+      // A refused handshake looks like any other failure to the browser; ask the page
+      // itself whether the session is still logged in.
+      if (opened) scheduleReconnect(); else checkLoginThenReconnect();
+    });
+  }
+
+  function scheduleReconnect() {
+    clearTimeout(state.retryTimer);
+    state.retryTimer = setTimeout(connect, state.retryMs);
+    state.retryMs = Math.min(MAX_RETRY_MS, state.retryMs * 2);
+  }
+
+  function checkLoginThenReconnect() {
+    fetch(location.pathname, { redirect: "manual", credentials: "same-origin", cache: "no-store" })
+      .then((res) => {
+        if (res.type === "opaqueredirect" || res.status === 401 || res.status === 403) location.assign(LOGIN_URL);
+        else scheduleReconnect();
+      })
+      .catch(scheduleReconnect); // server unreachable: keep trying
+  }
+
+  // ---------------------------------------------------------------- drawers (narrow screens)
+
+  function setDrawer(name, open) {
+    document.body.classList.toggle(name + "-open", open);
+    const toggle = name === "sidebar" ? ui.toggleSidebar : ui.toggleSettings;
+    toggle.setAttribute("aria-expanded", open ? "true" : "false");
+    ui.backdrop.hidden = !document.body.matches(".sidebar-open, .settings-open");
+  }
+
+  function closeDrawers() {
+    setDrawer("sidebar", false);
+    setDrawer("settings", false);
+  }
+
+  // ---------------------------------------------------------------- controls
+
+  function autoGrow() {
+    const p = ui.prompt;
+    p.style.height = "auto";
+    p.style.height = Math.min(p.scrollHeight + (p.offsetHeight - p.clientHeight), 200) + "px";
+  }
+
+  function showSettings() {
+    ui.temperature.value = String(settings.temperature);
+    ui.temperatureRange.value = String(settings.temperature);
+    ui.maxTokens.value = String(settings.maxTokens);
+  }
+
+  function renderLimits() {
+    const l = config.limits;
+    const parts = [];
+    if (Number.isInteger(l.max_concurrency)) parts.push("up to " + l.max_concurrency + " answer" + (l.max_concurrency === 1 ? "" : "s") + " at a time");
+    if (Number.isInteger(l.token_budget)) {
+      parts.push(l.token_budget.toLocaleString() + " tokens" + (l.budget_period ? " per " + str(l.budget_period) : ""));
+    }
+    ui.limits.textContent = parts.length ? "Your limits: " + parts.join(", ") + "." : "No usage limits on your account.";
+  }
+
+  function bindEvents() {
+    ui.send.addEventListener("click", sendPrompt);
+    ui.stop.addEventListener("click", stopGeneration);
+    ui.newChat.addEventListener("click", newChat);
+    ui.prompt.addEventListener("input", autoGrow);
+    ui.prompt.addEventListener("keydown", (e) => {
+      // Enter sends, Shift+Enter is a newline; never while an IME is composing a character.
+      if (e.key !== "Enter" || e.shiftKey || e.isComposing || e.keyCode === 229) return;
+      e.preventDefault();
+      sendPrompt();
+    });
+    document.addEventListener("keydown", (e) => {
+      if (e.key !== "Escape" || e.isComposing) return; // Escape may just cancel an IME composition
+      if (state.gen) { e.preventDefault(); stopGeneration(); }
+      else if (document.body.matches(".sidebar-open, .settings-open")) { closeDrawers(); ui.prompt.focus(); }
+    });
+    ui.thread.addEventListener("scroll", () => {
+      const t = ui.thread;
+      state.stickToBottom = t.scrollHeight - t.scrollTop - t.clientHeight < 48;
+    });
+
+    ui.model.addEventListener("change", () => {
+      state.current.model = ui.model.value;
+      settings.model = ui.model.value; // new chats start with the last model picked
+      saveSettings();
+      if (isSaved(state.current)) saveNow();
+    });
+    ui.system.addEventListener("input", () => {
+      state.current.system = ui.system.value;
+      settings.system = ui.system.value; // new chats start with the last system prompt
+      saveSettings();
+      if (isSaved(state.current)) saveSoon();
+    });
+    const onTemperature = (source) => () => {
+      settings.temperature = clampTemperature(source.value);
+      (source === ui.temperature ? ui.temperatureRange : ui.temperature).value = String(settings.temperature);
+      saveSettings();
+    };
+    ui.temperature.addEventListener("input", onTemperature(ui.temperature));
+    ui.temperatureRange.addEventListener("input", onTemperature(ui.temperatureRange));
+    ui.temperature.addEventListener("change", showSettings); // show the clamped value once typing is done
+    ui.maxTokens.addEventListener("input", () => { settings.maxTokens = cleanMaxTokens(ui.maxTokens.value); saveSettings(); });
+    ui.maxTokens.addEventListener("change", showSettings);
+
+    ui.toggleSidebar.addEventListener("click", () => setDrawer("sidebar", !document.body.classList.contains("sidebar-open")));
+    ui.toggleSettings.addEventListener("click", () => setDrawer("settings", !document.body.classList.contains("settings-open")));
+    ui.closeSettings.addEventListener("click", () => { setDrawer("settings", false); ui.toggleSettings.focus(); });
+    ui.backdrop.addEventListener("click", closeDrawers);
+    window.addEventListener("pagehide", () => { if (state.saveTimer) saveNow(); });
+    window.addEventListener("storage", onOtherTab);
+  }
+
+  // Another tab of this user saved its conversations: show them, so that our next save
+  // does not overwrite them with an older list. Not while we stream (ours would be lost).
+  function onOtherTab(e) {
+    if (e.key !== STORAGE_KEY || state.gen) return;
+    const draft = !isSaved(state.current);
+    state.conversations = loadConversations();
+    const same = state.conversations.find((c) => c.id === state.current.id);
+    if (same) state.current = same;
+    else if (!draft) state.current = state.conversations[0] || makeConversation();
+    renderAll();
+  }
+
+  function init() {
+    for (const id of config.models) ui.model.append(new Option(id, id));
+    if (!config.models.length) {
+      ui.model.append(new Option("No models available", ""));
+      ui.model.disabled = true;
+      setStatus("No models are available to you. Ask an administrator.", "error");
+    }
+    state.conversations = loadConversations();
+    state.current = state.conversations[0] || makeConversation(); // reopen the latest
+    showSettings();
+    renderLimits();
+    renderAll();
+    bindEvents();
+    autoGrow();
+    connect();
+  }
+
+  init();
+})();

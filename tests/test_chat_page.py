@@ -1,0 +1,252 @@
+"""The chat page in a real browser (Debian's headless Chromium, through Selenium): log in,
+ask the demo model, watch the answer stream in, stop a long one, and find every turn in
+the usage records; model output shown as text, never run; anonymous visitors sent to
+log in."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
+
+from demomodel.corpus import count_answer, count_prompt, repeat_prompt
+from tests.conftest import MODEL_ID, PASSWORD, chat_socket, make_user, start_server, wait_for
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, live_db):
+    """A server whose engine takes 20 ms a step: a long answer lasts seconds, long enough
+    for a person (or a test) to press Stop."""
+    server = start_server(tmp_path_factory.mktemp("chat-page"), ENGINE_STEP_DELAY_MS=20)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def page(browser, site):
+    """The browser, logged out, at its usual size."""
+    browser.delete_all_cookies()
+    browser.set_window_size(1280, 900)
+    return browser
+
+
+def until(browser, predicate, timeout: float = 30):
+    return WebDriverWait(browser, timeout, poll_frequency=0.02,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(lambda _: predicate())
+
+
+def log_in(browser, site, user, password: str = PASSWORD) -> None:
+    """Through the login page, as a person would."""
+    browser.get(f"{site.base_url}/")
+    until(browser, lambda: browser.current_url == f"{site.base_url}/login/?next=/")
+    browser.find_element(By.NAME, "username").send_keys(user.username)
+    browser.find_element(By.NAME, "password").send_keys(password)
+    browser.find_element(By.CSS_SELECTOR, "form [type=submit]").click()
+    until(browser, lambda: browser.current_url == f"{site.base_url}/")
+    until(browser, lambda: browser.find_element(By.ID, "app").get_attribute("data-connection") == "open")
+
+
+def ask(browser, text: str) -> None:
+    prompt = browser.find_element(By.ID, "prompt")
+    prompt.clear()
+    prompt.send_keys(text)
+    prompt.send_keys(Keys.ENTER)
+
+
+@dataclass
+class Shown:
+    """One message as the page shows it, read in one go (the page may redraw it)."""
+
+    state: str
+    text: str  # its .content's textContent: exactly what the page holds
+    meta: str
+    whole: str  # everything in it, error lines included
+
+
+_READ_MESSAGES = """
+    return [...document.querySelectorAll("#messages .message." + arguments[0])].map(m => ({
+        state: m.dataset.state,
+        text: m.querySelector(".content").textContent,
+        meta: (m.querySelector(".meta") || {}).textContent || "",
+        whole: m.textContent,
+    }));
+"""
+
+
+def shown(browser, role: str) -> list[Shown]:
+    return [Shown(**message) for message in browser.execute_script(_READ_MESSAGES, role)]
+
+
+def texts(browser, role: str) -> list[str]:
+    return [message.text for message in shown(browser, role)]
+
+
+def last_answer(browser, *states: str) -> Shown:
+    """The last assistant message, once it is in one of ``states``."""
+    def ready():
+        answers = shown(browser, "assistant")
+        return answers and answers[-1].state in states and answers[-1]
+    return until(browser, ready)
+
+
+def set_field(browser, element_id: str, value) -> None:
+    browser.execute_script(
+        "const e = document.getElementById(arguments[0]); e.value = arguments[1];"
+        "e.dispatchEvent(new Event('input', {bubbles: true})); e.dispatchEvent(new Event('change', {bubbles: true}));",
+        element_id, str(value))
+
+
+def chat_records(user) -> list:
+    from accounts.models import UsageRecord
+
+    return list(UsageRecord.objects.filter(api_key__owner=user, api_key__kind="chat").order_by("started_at"))
+
+
+def test_a_user_logs_in_gets_the_exact_answer_stops_a_long_one_and_both_are_recorded(page, site, live_db):
+    from accounts.models import Lease
+
+    user = make_user("page")
+    log_in(page, site, user)
+
+    ask(page, repeat_prompt("tiger lemon"))
+    answer = last_answer(page, "done")
+    assert answer.text == "tiger lemon"
+    assert texts(page, "user") == ["Repeat after me: tiger lemon"]
+
+    set_field(page, "max-tokens", 400)
+    ask(page, count_prompt(200))
+    until(page, lambda: len(last_answer(page, "streaming").text) >= 5)  # tokens are arriving
+    page.find_element(By.ID, "stop").click()
+    stopped = last_answer(page, "stopped")
+    assert count_answer(200).startswith(stopped.text) and 0 < len(stopped.text) < len(count_answer(200))
+    # The engine and the key's concurrency slot are free at once, the page still open.
+    wait_for(lambda: site.engine()["running"] == 0, timeout=2)
+    wait_for(lambda: not Lease.objects.filter(api_key__owner=user).exists(), timeout=2)
+
+    repeated, counted = wait_for(lambda: len(chat_records(user)) == 2 and chat_records(user))
+    assert (repeated.endpoint, repeated.model, repeated.status_code, repeated.finish_reason,
+            repeated.client_disconnected) == ("chat.page", MODEL_ID, 200, "stop", False)
+    assert repeated.completion_tokens == 2  # "tiger", " lemon" (the end of turn is not counted)
+    assert (counted.status_code, counted.finish_reason, counted.client_disconnected) == (200, "", True)
+    assert len(stopped.text.split()) <= counted.completion_tokens < 200  # one token per number
+    # The page shows how many tokens each answer took, as recorded.
+    assert f"{repeated.completion_tokens} tokens" in answer.meta
+    assert f"{counted.completion_tokens} tokens" in stopped.meta
+
+
+def test_an_anonymous_visitor_is_sent_to_log_in_and_cannot_open_the_socket(page, site):
+    page.get(f"{site.base_url}/")
+    assert page.current_url == f"{site.base_url}/login/?next=/"
+    assert page.find_element(By.NAME, "username").is_displayed()
+    # The same origin as the page, but no session: the handshake is refused.
+    outcome = page.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const socket = new WebSocket("ws://" + location.host + "/ws/chat");
+        socket.onopen = () => done("opened");
+        socket.onclose = (event) => done("closed " + event.code);
+    """)
+    assert outcome == "closed 1006"
+
+
+def test_conversations_survive_a_reload_and_new_chat_starts_another(page, site, live_db):
+    log_in(page, site, make_user("reload"))
+    ask(page, repeat_prompt("red boat"))
+    assert last_answer(page, "done").text == "red boat"
+    page.refresh()
+    until(page, lambda: page.find_element(By.ID, "app").get_attribute("data-connection") == "open")
+    assert texts(page, "user") == ["Repeat after me: red boat"]
+    assert texts(page, "assistant") == ["red boat"]
+
+    page.find_element(By.ID, "new-chat").click()
+    assert texts(page, "user") == []
+    ask(page, "What is 2 plus 3?")
+    assert last_answer(page, "done").text == "2 plus 3 is 5."
+    titles = [item.get_attribute("textContent") for item in page.find_elements(By.CSS_SELECTOR, "#conversations .conversation")]
+    assert len(titles) == 2
+    page.find_element(By.CSS_SELECTOR, "#conversations .conversation:not(.active) .conversation-open").click()
+    until(page, lambda: texts(page, "assistant") == ["red boat"])
+
+
+def test_shift_enter_adds_a_line_and_enter_sends(page, site, live_db):
+    log_in(page, site, make_user("keys"))
+    prompt = page.find_element(By.ID, "prompt")
+    prompt.send_keys("Repeat after me:")
+    prompt.send_keys(Keys.SHIFT, Keys.ENTER)
+    assert prompt.get_attribute("value") == "Repeat after me:\n"
+    assert texts(page, "user") == []
+    prompt.send_keys("cat", Keys.ENTER)
+    answer = last_answer(page, "done", "error")
+    assert texts(page, "user") == ["Repeat after me:\ncat"]
+    assert answer.state == "done"
+
+
+def test_the_system_prompt_temperature_and_model_are_sent_with_the_turn(page, site, live_db):
+    from accounts.models import UsageRecord
+
+    user = make_user("settings")
+    log_in(page, site, user)
+    assert page.find_element(By.ID, "model").get_attribute("value") == MODEL_ID
+    set_field(page, "system-prompt", "You are a concise assistant.")
+    set_field(page, "temperature", 0)
+    ask(page, repeat_prompt("blue bird"))
+    assert last_answer(page, "done").text == "blue bird"
+    record = wait_for(lambda: chat_records(user))[0]
+    # A system prompt makes the prompt longer than the user's message alone.
+    without_system = UsageRecord.objects.filter(api_key__kind="chat", status_code=200, finish_reason="stop")
+    assert record.prompt_tokens > min(r.prompt_tokens for r in without_system)
+
+
+def test_copy_puts_the_answer_on_the_clipboard(page, site, live_db):
+    page.execute_cdp_cmd("Browser.grantPermissions", {
+        "origin": site.base_url, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
+    log_in(page, site, make_user("copy"))
+    ask(page, repeat_prompt("green apple"))
+    assert last_answer(page, "done").text == "green apple"
+    copy = "#messages .message.assistant:last-child button.copy"
+    page.find_element(By.CSS_SELECTOR, copy).click()
+    until(page, lambda: page.find_element(By.CSS_SELECTOR, copy).text == "Copied")
+    clipboard = page.execute_async_script(
+        "const done = arguments[arguments.length - 1]; navigator.clipboard.readText().then(done, e => done('error ' + e));")
+    assert clipboard == "green apple"
+
+
+def test_a_user_over_their_concurrency_limit_sees_a_clear_message(page, site, live_db):
+    from accounts.models import APIKey
+
+    user = make_user("limited")
+    log_in(page, site, user)
+    APIKey.objects.filter(owner=user, kind="chat").update(max_concurrency=1)
+
+    # Another tab of the same user (a socket with the browser's session) holds the one slot.
+    session = {cookie["name"]: cookie["value"] for cookie in page.get_cookies()}
+    with chat_socket(site, cookies=session) as other_tab:
+        other_tab.send(json.dumps({"type": "chat", "id": "other", "model": MODEL_ID, "max_tokens": 400,
+                                   "messages": [{"role": "user", "content": count_prompt(200)}]}))
+        assert json.loads(other_tab.recv(timeout=30))["type"] == "start"
+        ask(page, repeat_prompt("cat"))
+        refused = last_answer(page, "error", "done")
+        other_tab.send(json.dumps({"type": "stop", "id": "other"}))
+    assert refused.state == "error"
+    assert "This API key already has 1 requests in flight, its limit." in refused.whole
+    assert "limit" in refused.whole.split("This API key")[0].lower()  # a plain-words line first
+    # The page is usable again once the other tab's answer is stopped.
+    wait_for(lambda: site.engine()["running"] == 0, timeout=5)
+    ask(page, repeat_prompt("dog"))
+    assert last_answer(page, "done").text == "dog"
+
+
+def test_the_page_fits_a_phone_and_works_there(page, site, live_db):
+    page.set_window_size(390, 844)
+    log_in(page, site, make_user("phone"))
+    width = page.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+    assert width[0] <= width[1]
+    for element_id in ("prompt", "send", "model"):
+        assert page.find_element(By.ID, element_id).is_displayed(), element_id
+    ask(page, repeat_prompt("small fish"))
+    assert last_answer(page, "done").text == "small fish"
+    assert page.execute_script("return document.documentElement.scrollWidth") <= width[1]
