@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test migrate browser
+.PHONY: run test migrate browser screenshot
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ browser:
 	    echo "note: no /usr/bin/chromium or /usr/bin/chromedriver: the browser tests will skip (apt-get install chromium chromium-driver)"; \
 	  fi; \
 	fi
+
+# The chat page's pictures in docs/, from a real conversation with the demo model.
+screenshot: $(VENV)/.installed-test browser
+	$(PY) docs/screenshot.py
 
 include Makefile.build
 include Makefile.bench

@@ -5,6 +5,6 @@ from chat import views
 
 urlpatterns = [
     path("", views.chat_page, name="chat"),
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("login/", views.login_page, name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

@@ -141,7 +141,7 @@ def test_the_key_list_shows_the_keys_limits_and_usage_now(admin_client, django_u
     html = admin_client.get(KEYS_URL).content.decode()
 
     assert row_cells(html, daily) == {
-        "name": "daily", "prefix": daily.prefix, "owner": "alice", "is_active": "True",
+        "name": "daily", "prefix": daily.prefix, "kind": "API", "owner": "alice", "is_active": "True",
         "models": "llmserver-demo", "concurrency": "4", "rpm": "60", "tpm": "9000", "budget": "5000 / day",
         "tokens_this_period": "1234", "in_flight_now": "2", "last_used_at": "-", "expires_at": "-",
     }
@@ -152,6 +152,31 @@ def test_the_key_list_shows_the_keys_limits_and_usage_now(admin_client, django_u
     assert row_cells(html, idle)["in_flight_now"] == "0"
     assert row_cells(html, idle)["models"] == "all"
     assert row_cells(html, idle)["concurrency"] == "unlimited"
+
+
+def test_a_users_chat_key_is_listed_as_one_and_its_limits_can_be_changed(admin_client, django_user_model):
+    bob = django_user_model.objects.create_user("bob")
+    chat_key = APIKey.objects.chat_key_for(bob)
+    assert APIKey.objects.chat_key_for(bob) == chat_key  # one per user
+    api_key = issue("bob's script", owner=bob)
+
+    html = admin_client.get(KEYS_URL + "?kind__exact=chat").content.decode()
+    assert row_cells(html, chat_key) | {"prefix": ""} == {
+        "name": "Chat: bob", "prefix": "", "kind": "Chat page", "owner": "bob", "is_active": "True",
+        "models": "all", "concurrency": "2", "rpm": "unlimited", "tpm": "unlimited",
+        "budget": "unlimited / month", "tokens_this_period": "0", "in_flight_now": "0", "last_used_at": "-",
+        "expires_at": "-",
+    }
+    assert reverse("admin:accounts_apikey_change", args=[api_key.pk]) not in html
+
+    form = admin_client.get(reverse("admin:accounts_apikey_change", args=[chat_key.pk])).content.decode()
+    assert "Chat page" in form and 'name="max_concurrency"' in form
+    admin_client.post(reverse("admin:accounts_apikey_change", args=[chat_key.pk]), {
+        "name": "Chat: bob", "owner": bob.pk, "is_active": "on", "max_concurrency": "1", "allowed_models": "",
+        "budget_period": "day", "token_budget": "1000",
+    })
+    chat_key.refresh_from_db()
+    assert (chat_key.kind, chat_key.max_concurrency, chat_key.token_budget) == ("chat", 1, 1000)
 
 
 def test_the_key_list_takes_the_same_queries_for_one_key_or_many(admin_client):

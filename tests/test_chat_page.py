@@ -32,6 +32,7 @@ def page(browser, site):
     """The browser, logged out, at its usual size."""
     browser.delete_all_cookies()
     browser.set_window_size(1280, 900)
+    browser.get_log("browser")  # drop what earlier tests left in the console
     return browser
 
 
@@ -137,6 +138,8 @@ def test_a_user_logs_in_gets_the_exact_answer_stops_a_long_one_and_both_are_reco
     # The page shows how many tokens each answer took, as recorded.
     assert f"{repeated.completion_tokens} tokens" in answer.meta
     assert f"{counted.completion_tokens} tokens" in stopped.meta
+    # All of it under the page's Content-Security-Policy, which blocked nothing.
+    assert [entry["message"] for entry in page.get_log("browser") if entry["level"] == "SEVERE"] == []
 
 
 def test_an_anonymous_visitor_is_sent_to_log_in_and_cannot_open_the_socket(page, site):

@@ -226,5 +226,6 @@ def test_the_page_needs_a_login_and_creates_the_chat_key_on_the_first_visit(serv
     with log_in(server, user.username) as client:
         page = client.get("/")
     assert page.status_code == 200
+    assert page.headers["Content-Security-Policy"].startswith("default-src 'self';")
     assert chat_key(user).kind == "chat"
     assert f'"user": "{user.username}"' in page.text

@@ -1,0 +1,95 @@
+"""Take the chat page's screenshots for the README (``make screenshot``).
+
+Serves the demo model from a throwaway SQLite database with one user, has a short
+conversation in Debian's headless Chromium, and writes docs/chat-page.png (desktop) and
+docs/chat-page-phone.png. Real answers from the real model: nothing is staged but the
+questions.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
+
+ROOT = Path(__file__).resolve().parent.parent
+PORT = 8765
+USER, PASSWORD = "ada", "a long demo password"
+QUESTIONS = ["Hello", "Repeat after me: tiger lemon", "What is 7 plus 5?", "Count from 1 to 12."]
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        env = {**os.environ, "DATABASE_URL": f"sqlite:///{scratch}/db.sqlite3", "REDIS_URL": "",
+               "DJANGO_SUPERUSER_PASSWORD": PASSWORD, "LOG_LEVEL": "WARNING"}
+        manage = [sys.executable, "manage.py"]
+        subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+        subprocess.run([*manage, "createsuperuser", "--noinput", "--username", USER, "--email", "ada@example.com"],
+                       cwd=ROOT, env=env, check=True)
+        server = subprocess.Popen([*manage, "serve", "--port", str(PORT)], cwd=ROOT, env=env)
+        try:
+            _wait_healthy()
+            _shoot()
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+def _wait_healthy() -> None:
+    for _ in range(300):
+        try:
+            if httpx.get(f"http://127.0.0.1:{PORT}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("the server did not start")
+
+
+def _shoot() -> None:
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--hide-scrollbars",
+                     "--force-device-scale-factor=1"):
+        options.add_argument(argument)
+    browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    wait = WebDriverWait(browser, 30, poll_frequency=0.05)
+    try:
+        browser.set_window_size(1280, 800)
+        base = f"http://127.0.0.1:{PORT}"
+        browser.get(f"{base}/")
+        browser.find_element(By.NAME, "username").send_keys(USER)
+        browser.find_element(By.NAME, "password").send_keys(PASSWORD, Keys.ENTER)
+        wait.until(lambda b: b.find_element(By.ID, "app").get_attribute("data-connection") == "open")
+        system = browser.find_element(By.ID, "system-prompt")
+        system.clear()
+        system.send_keys("You are a helpful assistant.")
+        for question in QUESTIONS:
+            answers = len(browser.find_elements(By.CSS_SELECTOR, "#messages .message.assistant[data-state=done]"))
+            prompt = browser.find_element(By.ID, "prompt")
+            prompt.send_keys(question, Keys.ENTER)
+            wait.until(lambda b: len(b.find_elements(
+                By.CSS_SELECTOR, "#messages .message.assistant[data-state=done]")) == answers + 1)
+        time.sleep(0.5)  # let the "Copied"-style transitions settle
+        browser.save_screenshot(str(ROOT / "docs" / "chat-page.png"))
+        browser.set_window_size(390, 844)
+        browser.refresh()
+        wait.until(lambda b: b.find_element(By.ID, "app").get_attribute("data-connection") == "open")
+        time.sleep(0.5)
+        browser.save_screenshot(str(ROOT / "docs" / "chat-page-phone.png"))
+    finally:
+        browser.quit()
+
+
+if __name__ == "__main__":
+    main()
