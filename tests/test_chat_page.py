@@ -142,6 +142,16 @@ def test_a_user_logs_in_gets_the_exact_answer_stops_a_long_one_and_both_are_reco
     assert [entry["message"] for entry in page.get_log("browser") if entry["level"] == "SEVERE"] == []
 
 
+def test_a_wrong_password_is_told_on_the_login_page(page, site, live_db):
+    user = make_user("typo")
+    page.get(f"{site.base_url}/login/")
+    page.find_element(By.NAME, "username").send_keys(user.username)
+    page.find_element(By.NAME, "password").send_keys("not the password", Keys.ENTER)
+    error = until(page, lambda: page.find_element(By.CSS_SELECTOR, ".form-error"))
+    assert error.text.startswith("Please enter a correct username and password.")
+    assert page.current_url == f"{site.base_url}/login/"
+
+
 def test_an_anonymous_visitor_is_sent_to_log_in_and_cannot_open_the_socket(page, site):
     page.get(f"{site.base_url}/")
     assert page.current_url == f"{site.base_url}/login/?next=/"
@@ -186,6 +196,12 @@ def test_shift_enter_adds_a_line_and_enter_sends(page, site, live_db):
     answer = last_answer(page, "done", "error")
     assert texts(page, "user") == ["Repeat after me:\ncat"]
     assert answer.state == "done"
+    # Escape stops an answer, as the Stop button does.
+    set_field(page, "max-tokens", 400)
+    ask(page, count_prompt(200))
+    until(page, lambda: last_answer(page, "streaming").text)
+    page.find_element(By.ID, "prompt").send_keys(Keys.ESCAPE)
+    assert count_answer(200).startswith(last_answer(page, "stopped").text)
 
 
 def test_the_system_prompt_temperature_and_model_are_sent_with_the_turn(page, site, live_db):
