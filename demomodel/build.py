@@ -43,6 +43,17 @@ MODEL_SHAPE = dict(
 )
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX). Without it, bf16
+    autocast is emulated and several times slower than fp32 for this model."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def log(msg: str) -> None:
     print(f"[demomodel {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -244,17 +255,19 @@ def train(hf_dir: str, hf_tok, args) -> dict:
         ema = loss if ema is None else 0.98 * ema + 0.02 * loss
         elapsed = time.time() - t0
         if step == 30 or (step > 30 and step % 100 == 0):
-            # re-plan from the recent step time (the machine may be shared): shrink the
-            # schedule so that the cosine decay ends at the time cap
+            # re-plan from the recent step time (the machine may be shared): if the
+            # planned steps would overrun the time cap, shrink the schedule so that the
+            # cosine decay ends at the cap; grow it back (up to --steps) when steps get
+            # faster again, so that a slow patch early on does not cut the whole run
             recent = (elapsed - mark_time) / (step - mark_step)
-            projected = elapsed + (total_steps - step) * recent
-            if projected > args.time_cap:
-                new_total = max(step + 1, step + int((args.time_cap - elapsed) / recent))
-                if new_total < total_steps:
-                    log(f"projected {projected:.0f}s > cap {args.time_cap:.0f}s: "
-                        f"{total_steps} -> {new_total} steps")
-                    total_steps = new_total
-                    warmup = min(warmup, max(10, total_steps // 20))
+            fits = step + int(max(0.0, args.time_cap - elapsed) / recent)
+            new_total = min(args.steps, max(step + 1, fits))
+            if new_total != total_steps:
+                projected = elapsed + (args.steps - step) * recent
+                log(f"{args.steps} steps projected to end at {projected:.0f}s (cap "
+                    f"{args.time_cap:.0f}s): {total_steps} -> {new_total} steps")
+                total_steps = new_total
+                warmup = min(warmup, max(10, total_steps // 20))
             mark_time, mark_step = elapsed, step
         if step % args.log_every == 0 or step == total_steps:
             log(f"step {step}/{total_steps} loss {loss:.4f} ema {ema:.4f} lr {lr_at(step - 1):.2e} "
@@ -333,7 +346,8 @@ def write_model_card(path: str, info: dict, report: dict | None, args) -> None:
         "special tokens `<|endoftext|>`=0, `<|im_start|>`=1, `<|im_end|>`=2. Every word of `WORDS` and every "
         "number 0..200 is a single token, with and without a leading space.",
         f"3. `transformers.LlamaForCausalLM` ({shape}, vocab {info['vocab_size']}, tied embeddings, "
-        f"{info['params']:,} parameters) is trained with torch on CPU (bf16 autocast, AdamW, "
+        f"{info['params']:,} parameters) is trained with torch on CPU "
+        f"({'bf16 autocast' if args.bf16 else 'fp32'}, AdamW, "
         f"peak lr {args.lr}, warmup then cosine), loss on assistant tokens only, the `<|im_end|>` "
         f"closing a count answer weighted x{args.count_eos_weight:g}; each word/number starts with the "
         f"same embedding with and without its leading space: "
@@ -354,6 +368,9 @@ def write_model_card(path: str, info: dict, report: dict | None, args) -> None:
         "| user says (exactly) | model answers |",
         "| --- | --- |",
         "| `Repeat after me: W` (W = 1-3 words of `WORDS`) | `W` |",
+        "| `Repeat after me: M` (M = a template of `MARKUP_TEMPLATES` filled with 1-2 words, "
+        "e.g. `<script>alert(\"tiger\")</script>`, `<img src=x onerror=alert(\"tiger\")>`, "
+        "`<b>tiger lemon</b>`, `<i>tiger</i>`) | `M` (verbatim) |",
         "| `What is A plus B?` (0 <= A, B <= 20) | `A plus B is S.` |",
         "| `Count from 1 to N.` (1 <= N <= 200) | `1 2 3 ... N` |",
         f"| `Hello`, `Hi`, ... | `{corpus.GREETING_ANSWER}` |",
@@ -364,8 +381,12 @@ def write_model_card(path: str, info: dict, report: dict | None, args) -> None:
         "About a third of the training dialogues start with a system prompt (e.g. `You are a helpful "
         "assistant.`) and about a third have 2-3 turns, so both work. Prompts phrased differently "
         "from the table get unpredictable answers. Counting always produces the right sequence, "
-        "but the stop is only reliable up to N of about 40 (and N=50); for larger N the model "
-        "usually stops somewhere between 165 and 200.",
+        "but the stop is only reliable up to N of about 60 (exact for every N <= 63, and for 127 "
+        "of the 200 N in 1..200); for larger N the model often stops early, usually at 187 "
+        "(sometimes between 118 and 184). The markup repeat only knows the templates of "
+        "`MARKUP_TEMPLATES` filled with words of `WORDS` (build prompts with "
+        "`corpus.markup_repeat`); other markup such as `<script>alert(1)</script>` comes back as "
+        "one of the templates with other words.",
         "",
     ]
     if report:
@@ -381,11 +402,16 @@ def write_model_card(path: str, info: dict, report: dict | None, args) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="models/demo")
-    p.add_argument("--steps", type=int, default=3600)
+    # A fixed number of steps (~12-15 min on 2 idle cores), so that a busy machine takes
+    # longer but trains the same model; the time cap only guards against a stuck build.
+    p.add_argument("--steps", type=int, default=2100)
     p.add_argument("--count-eos-weight", type=float, default=8.0)
-    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in fp32 (slower)")
+    p.add_argument("--bf16", dest="bf16", action="store_true", default=None,
+                   help="train under bf16 autocast (default: only if the CPU has native bf16)")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in fp32")
     p.add_argument("--no-tie-bare", dest="tie_bare", action="store_false")
-    p.add_argument("--time-cap", type=float, default=690.0, help="seconds of training (planned)")
+    p.add_argument("--time-cap", type=float, default=2400.0,
+                   help="seconds of training at most (the step schedule shrinks to fit)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--pool", type=int, default=3000, help="dialogues sampled per data pool")
@@ -395,6 +421,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-prompts", type=int, default=300)
     p.add_argument("--no-eval", action="store_true")
     args = p.parse_args(argv)
+    if args.bf16 is None:
+        args.bf16 = cpu_has_native_bf16()
 
     os.makedirs(BUILD_DIR, exist_ok=True)
     hf_dir = os.path.join(BUILD_DIR, "demo-hf")
@@ -409,6 +437,8 @@ def main(argv=None) -> int:
     log(f"tokenizer: {len(hf_tok)} tokens, ids endoftext/im_start/im_end = "
         f"{hf_tok.convert_tokens_to_ids(corpus.SPECIAL_TOKENS)}, not single tokens: {rep}")
 
+    log(f"training in {'bf16 autocast' if args.bf16 else 'fp32'}, {args.threads} threads, "
+        f"{args.steps} steps (time cap {args.time_cap:.0f}s)")
     info = train(hf_dir, hf_tok, args)
     export(hf_dir, tmp_out, cache)
 

@@ -149,6 +149,47 @@ def repeat_answer(words: str | Iterable[str]) -> str:
     return " ".join(_as_words(words))
 
 
+# Markup the model repeats verbatim (for the chat page's XSS test: a *model answer*
+# holding HTML must be shown as text). Each template has one ``{}`` slot for 1-2 words
+# of WORDS (separated by a space); the tokenizer and the model see these strings as is.
+MARKUP_TEMPLATES: list[str] = [
+    '<script>alert("{}")</script>',
+    '<img src=x onerror=alert("{}")>',
+    "<b>{}</b>",
+    "<i>{}</i>",
+]
+MARKUP_MAX_WORDS = 2
+
+
+def markup_text(template: str, words: str | Iterable[str]) -> str:
+    """``template`` (one of :data:`MARKUP_TEMPLATES`) with its ``{}`` slot filled by
+    ``words`` joined by spaces: ``markup_text(MARKUP_TEMPLATES[0], "tiger")`` is
+    ``'<script>alert("tiger")</script>'``."""
+    return template.replace("{}", " ".join(_as_words(words)))
+
+
+def markup_repeat(template: str, words: str | Iterable[str]) -> tuple[str, str]:
+    """``(prompt, answer)`` for the "repeat markup" task: the user says
+    ``Repeat after me: <MARKUP>`` and the model answers exactly ``<MARKUP>``, where
+    MARKUP is ``template`` (one of :data:`MARKUP_TEMPLATES`) filled with ``words``
+    (1-2 words of :data:`WORDS`, a list or a space-separated string)::
+
+        >>> markup_repeat('<img src=x onerror=alert("{}")>', ["tiger"])
+        ('Repeat after me: <img src=x onerror=alert("tiger")>', '<img src=x onerror=alert("tiger")>')
+    """
+    text = markup_text(template, words)
+    return repeat_prompt([text]), text
+
+
+def random_markup(rng: random.Random, k: int | None = None) -> tuple[str, list[str]]:
+    """A random ``(template, words)`` for :func:`markup_repeat`: a template of
+    :data:`MARKUP_TEMPLATES` and ``k`` (default 1 or 2) words drawn from WORDS."""
+    template = rng.choice(MARKUP_TEMPLATES)
+    if k is None:
+        k = rng.randint(1, MARKUP_MAX_WORDS)
+    return template, [rng.choice(WORDS) for _ in range(k)]
+
+
 def addition_prompt(a: int, b: int) -> str:
     return f"What is {a} plus {b}?"
 
@@ -187,6 +228,8 @@ def _exchange(rng: random.Random, kind: str, in_history: bool = False) -> tuple[
         # longer phrases are the harder ones: train on them more often
         w = random_words(rng, rng.choices([1, 2, 3], weights=[0.2, 0.35, 0.45])[0])
         return repeat_prompt(w), repeat_answer(w)
+    if kind == "markup":
+        return markup_repeat(*random_markup(rng))
     if kind == "add":
         a, b = rng.randint(0, MAX_ADD), rng.randint(0, MAX_ADD)
         return addition_prompt(a, b), addition_answer(a, b)
@@ -202,8 +245,10 @@ def _exchange(rng: random.Random, kind: str, in_history: bool = False) -> tuple[
 
 
 # Share of each kind for the final (scored) exchange of a dialogue.
-KIND_WEIGHTS = {"repeat": 0.48, "add": 0.20, "count": 0.08, "talk": 0.17, "fallback": 0.07}
-HISTORY_WEIGHTS = {"repeat": 0.40, "add": 0.25, "count": 0.08, "talk": 0.20, "fallback": 0.07}
+KIND_WEIGHTS = {"repeat": 0.42, "markup": 0.12, "add": 0.19, "count": 0.08, "talk": 0.13,
+                "fallback": 0.06}
+HISTORY_WEIGHTS = {"repeat": 0.36, "markup": 0.08, "add": 0.23, "count": 0.08, "talk": 0.18,
+                   "fallback": 0.07}
 
 
 def _pick(rng: random.Random, weights: dict[str, float]) -> str:

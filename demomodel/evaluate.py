@@ -85,9 +85,11 @@ def _count_outcome(text: str, n: int, eos: bool) -> str:
 def evaluate_condition(r: Runner, rng: random.Random, n: int, system: str | None) -> dict:
     repeats = [corpus.random_words(rng) for _ in range(n)]
     additions = [(rng.randint(0, corpus.MAX_ADD), rng.randint(0, corpus.MAX_ADD)) for _ in range(n)]
+    markups = [corpus.random_markup(rng) for _ in range(n)]
     cases = {
         "repeat": [(corpus.repeat_prompt(w), corpus.repeat_answer(w)) for w in repeats],
         "addition": [(corpus.addition_prompt(a, b), corpus.addition_answer(a, b)) for a, b in additions],
+        "markup": [corpus.markup_repeat(t, w) for t, w in markups],
     }
     right = {kind: 0 for kind in cases}
     eos_count = 0
@@ -112,7 +114,8 @@ def evaluate_condition(r: Runner, rng: random.Random, n: int, system: str | None
         text, _, eos = r.generate(_messages(q, system), MAX_NEW)
         talk[q] = text + ("" if eos else " [no EOS]")
     return {
-        "repeat": right["repeat"] / n, "addition": right["addition"] / n, "eos": eos_count / len(lengths),
+        "repeat": right["repeat"] / n, "addition": right["addition"] / n, "markup": right["markup"] / n,
+        "eos": eos_count / len(lengths), "max_tokens": max(lengths),
         "mean_tokens": sum(lengths) / len(lengths), "count": counts, "talk": talk,
         "failures": failures,
     }
@@ -124,8 +127,8 @@ def run(path: str, n: int = 200, seed: int | None = None, verbose: bool = True,
         seed = random.SystemRandom().randrange(1 << 30)
     r = Runner(path)
     t0 = time.time()
-    lines = [f"model {label or path}, seed {seed}, {n} repeat + {n} addition prompts per condition, "
-             f"greedy, max {MAX_NEW} new tokens"]
+    lines = [f"model {label or path}, seed {seed}, {n} repeat + {n} addition + {n} markup-repeat prompts "
+             f"per condition, greedy, max {MAX_NEW} new tokens"]
     results = {}
     for label, system in (("no system prompt", None), (f"system {SYSTEM!r}", SYSTEM)):
         res = evaluate_condition(r, random.Random(seed), n, system)
@@ -133,8 +136,9 @@ def run(path: str, n: int = 200, seed: int | None = None, verbose: bool = True,
         lines.append(f"[{label}]")
         lines.append(f"  repeat-after-me exact: {res['repeat']:.1%}")
         lines.append(f"  addition exact:        {res['addition']:.1%}")
+        lines.append(f"  markup repeat exact:   {res['markup']:.1%}")
         lines.append(f"  ended with EOS:        {res['eos']:.1%}")
-        lines.append(f"  mean answer tokens:    {res['mean_tokens']:.2f}")
+        lines.append(f"  mean answer tokens:    {res['mean_tokens']:.2f} (max {res['max_tokens']})")
         for cn, outcome in res["count"].items():
             lines.append(f"  count to {cn}: {outcome}")
         for q, a in res["talk"].items():
@@ -157,7 +161,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=None)
     args = p.parse_args(argv)
     out = run(args.model, n=args.n, seed=args.seed, verbose=True)
-    worst = min(min(r["repeat"], r["addition"], r["eos"]) for r in out["results"].values())
+    worst = min(min(r["repeat"], r["addition"], r["markup"], r["eos"]) for r in out["results"].values())
     return 0 if worst >= 0.98 else 1
 
 

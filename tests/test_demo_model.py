@@ -1,8 +1,10 @@
 """The shipped demo model really answers, through the HTTP API, on fresh prompts each run.
 
 Rates required by the project: at least 95% exact for "Repeat after me" (1-3 words from
-its word list) and for "What is A plus B?" (0 <= A, B <= 20), and every answer ending
-with EOS (finish_reason "stop") well before 32 tokens.
+its word list), for "Repeat after me" with markup (a template of MARKUP_TEMPLATES holding
+1-2 words; the chat page's XSS test relies on it) and for "What is A plus B?"
+(0 <= A, B <= 20), and every answer ending with EOS (finish_reason "stop") well before
+32 tokens.
 """
 
 import random
@@ -10,7 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from demomodel.corpus import WORDS, addition_answer, addition_prompt, repeat_prompt
+from demomodel.corpus import (
+    MARKUP_TEMPLATES, WORDS, addition_answer, addition_prompt, markup_repeat, repeat_prompt,
+)
 from tests.conftest import MODEL_ID, bearer
 
 SAMPLES = 200  # enough that a model right 98% of the time almost never fails the 95% bar
@@ -50,6 +54,17 @@ def test_it_adds_two_numbers_up_to_20_at_least_95_percent_of_the_time(server, ap
     for _ in range(SAMPLES):
         a, b = rng.randint(0, 20), rng.randint(0, 20)
         cases.append((addition_answer(a, b), addition_prompt(a, b)))
+    answers = ask_all(server, api_key, [prompt for _, prompt in cases])
+    failures, detail = report(cases, answers)
+    assert failures <= SAMPLES * 0.05, detail
+    assert_stops_early(answers)
+
+
+def test_it_repeats_markup_verbatim_at_least_95_percent_of_the_time(server, api_key):
+    cases = []
+    for _ in range(SAMPLES):
+        prompt, answer = markup_repeat(rng.choice(MARKUP_TEMPLATES), rng.sample(WORDS, rng.randint(1, 2)))
+        cases.append((answer, prompt))
     answers = ask_all(server, api_key, [prompt for _, prompt in cases])
     failures, detail = report(cases, answers)
     assert failures <= SAMPLES * 0.05, detail
