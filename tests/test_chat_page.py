@@ -14,7 +14,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from demomodel.corpus import count_answer, count_prompt, repeat_prompt
+from demomodel.corpus import count_answer, count_prompt, markup_repeat, repeat_prompt
 from tests.conftest import MODEL_ID, PASSWORD, chat_socket, make_user, start_server, wait_for
 
 
@@ -140,6 +140,22 @@ def test_a_user_logs_in_gets_the_exact_answer_stops_a_long_one_and_both_are_reco
     assert f"{counted.completion_tokens} tokens" in stopped.meta
     # All of it under the page's Content-Security-Policy, which blocked nothing.
     assert [entry["message"] for entry in page.get_log("browser") if entry["level"] == "SEVERE"] == []
+
+
+@pytest.mark.parametrize("template", ['<script>alert("{}")</script>', '<img src=x onerror=alert("{}")>'])
+def test_markup_in_a_model_answer_is_shown_as_text(page, site, live_db, template):
+    prompt, markup = markup_repeat(template, ["tiger"])  # the demo model repeats these verbatim
+    log_in(page, site, make_user("xss"))
+    page.execute_script("document.title = 'unchanged'")
+    ask(page, prompt)
+    answer = last_answer(page, "done")
+    assert answer.text == markup  # the model really answered with the markup...
+    assert texts(page, "user")[-1] == prompt
+    # ...and it is text: no element was made of it, nothing ran.
+    assert page.find_elements(By.CSS_SELECTOR, "#messages script, #messages img") == []
+    with pytest.raises(NoAlertPresentException):
+        page.switch_to.alert.text
+    assert page.title == "unchanged"
 
 
 def test_a_wrong_password_is_told_on_the_login_page(page, site, live_db):
