@@ -2,6 +2,9 @@
 
     .venv-build/bin/python -m demomodel.benchmodel --out models/bench [--force]
 
+``--shape tiny`` builds the same kind of model at 0.2M parameters (fp32): the small
+second model the multi-model tests serve beside the demo model (models/tiny, shipped).
+
 It talks nonsense; it exists to measure throughput with a realistic amount of
 compute per token. It reuses models/demo's tokenizer so the server can tokenize
 and detokenize. The LM head rows of the special tokens (and of byte tokens that
@@ -24,21 +27,32 @@ from .build import BUILD_DIR, export, folder_size, swap_into_place
 from .tokenizer import write_tokenizer_config
 
 
-SHAPE = dict(
-    hidden_size=1024,
-    intermediate_size=2816,
-    num_hidden_layers=32,
-    num_attention_heads=16,
-    num_key_value_heads=4,
-    max_position_embeddings=2048,
-)
+SHAPES = {
+    "bench": dict(
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=32,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    ),
+}
+PRECISION = {"bench": "int4", "tiny": "fp32"}
 
 
 def log(msg: str) -> None:
     print(f"[benchmodel {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def make_hf(hf_dir: str, tokenizer_dir: str, seed: int) -> int:
+def make_hf(hf_dir: str, tokenizer_dir: str, seed: int, shape: dict) -> int:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -57,7 +71,7 @@ def make_hf(hf_dir: str, tokenizer_dir: str, seed: int) -> int:
         bos_token_id=eot,
         eos_token_id=[eos, eot],
         pad_token_id=eot,
-        **SHAPE,
+        **shape,
     )
     model = LlamaForCausalLM(config)
     from tokenizers import Tokenizer
@@ -75,13 +89,13 @@ def make_hf(hf_dir: str, tokenizer_dir: str, seed: int) -> int:
             model.lm_head.weight[t].zero_()
     log(f"{len(banned)} tokens never generated (EOS, special tokens, stray UTF-8 bytes)")
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"shape {SHAPE} vocab={vocab}: {n_params:,} parameters ({n_params / 1e6:.1f}M)")
+    log(f"shape {shape} vocab={vocab}: {n_params:,} parameters ({n_params / 1e6:.1f}M)")
     os.makedirs(hf_dir, exist_ok=True)
     model.save_pretrained(hf_dir, safe_serialization=True)
     GenerationConfig(bos_token_id=eot, eos_token_id=[eos, eot], pad_token_id=eot,
                      do_sample=False).save_pretrained(hf_dir)
     shutil.copyfile(os.path.join(tokenizer_dir, "tokenizer.json"), os.path.join(hf_dir, "tokenizer.json"))
-    write_tokenizer_config(hf_dir, SHAPE["max_position_embeddings"])
+    write_tokenizer_config(hf_dir, shape["max_position_embeddings"])
     return n_params
 
 
@@ -114,6 +128,7 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="rebuild even if --out already holds a model")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--keep-hf", action="store_true", help="keep the HF checkpoint under build/")
+    p.add_argument("--shape", choices=SHAPES, default="bench")
     args = p.parse_args(argv)
 
     out = os.path.abspath(args.out)
@@ -128,9 +143,10 @@ def main(argv=None) -> int:
     for d in (hf_dir, tmp_out):
         if os.path.exists(d):
             shutil.rmtree(d)
-    make_hf(hf_dir, args.tokenizer, args.seed)
+    shape = SHAPES[args.shape]
+    make_hf(hf_dir, args.tokenizer, args.seed, shape)
 
-    export(hf_dir, tmp_out, cache, precision="int4", context_length=SHAPE["max_position_embeddings"])
+    export(hf_dir, tmp_out, cache, precision=PRECISION[args.shape], context_length=shape["max_position_embeddings"])
     check(tmp_out)
     swap_into_place(tmp_out, out)
     if not args.keep_hf:
