@@ -104,10 +104,10 @@ class APIKeyAdmin(admin.ModelAdmin):
     def get_fieldsets(self, request, obj=None):
         if obj is None:
             # No secret field: it is generated on save and shown once.
-            return [(None, {"fields": ["name", "owner", "expires_at"]}), self.limits_fieldset]
+            return [(None, {"fields": ["name", "owner", "expires_at", "is_admin"]}), self.limits_fieldset]
         return [
-            (None, {"fields": ["name", "prefix", "kind", "owner", "is_active", "created_at", "last_used_at",
-                               "expires_at", "revoked_at"]}),
+            (None, {"fields": ["name", "prefix", "kind", "owner", "is_active", "is_admin", "created_at",
+                               "last_used_at", "expires_at", "revoked_at"]}),
             self.limits_fieldset,
             ("Usage now", {"fields": ["tokens_this_period", "in_flight_now"]}),
         ]

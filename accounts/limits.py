@@ -90,7 +90,7 @@ _KEY_STATE = ["hashed_secret", "is_active", "expires_at", "allowed_models", "max
               "requests_per_minute", "tokens_per_minute", "token_budget", "budget_period"]
 
 
-def admit(key: APIKey | None, request_id: str, model_id: str | None = None) -> int:
+def admit(key: APIKey | None, request_id: str, model_names: tuple[str, ...] = ()) -> int:
     """Check the key and every limit and take a lease; return the lease id, or raise
     APIError (401 for a key no longer usable, 403 for a model it may not use, 429).
     ``key`` is None when API keys are not required (only the deployment limit applies).
@@ -107,8 +107,8 @@ def admit(key: APIKey | None, request_id: str, model_id: str | None = None) -> i
             rows = _sql(cursor, f"UPDATE {_KEY} SET last_used_at = %s WHERE id = %s RETURNING {', '.join(_KEY_STATE)}",
                         [_at(now), key.pk])
             _refresh_key(key, rows)
-            if model_id is not None:
-                check_model_access(key, model_id)
+            if model_names:  # the model's id and aliases
+                check_model_access(key, *model_names)
             _check_key_limits(cursor, key.pk, key.max_concurrency, key.requests_per_minute, key.tokens_per_minute,
                               key.token_budget, key.budget_period, now)
         _check_deployment_limit(cursor, now, postgres)

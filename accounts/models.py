@@ -95,6 +95,8 @@ class APIKey(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     expires_at = models.DateTimeField(null=True, blank=True)
     is_active = models.BooleanField(default=True, help_text="Untick to revoke the key.")
+    is_admin = models.BooleanField(
+        "admin", default=False, help_text="May load and unload models through the API (/v1/models/{id}/load, …).")
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     max_concurrency = models.PositiveIntegerField(
@@ -133,8 +135,10 @@ class APIKey(models.Model):
         self.hashed_secret = hash_secret(secret)
         return secret
 
-    def may_use(self, model_id: str) -> bool:
-        return not self.allowed_models or model_id in self.allowed_models
+    def may_use(self, *names: str) -> bool:
+        """Whether the key may use the model known by ``names`` (its id and aliases: a
+        key allowed one of them is allowed the model)."""
+        return not self.allowed_models or any(name in self.allowed_models for name in names)
 
     @property
     def is_expired(self) -> bool:

@@ -31,8 +31,8 @@ def key_refusal(key: APIKey) -> APIError | None:
     return None
 
 
-def check_model_access(key: APIKey, model_id: str) -> None:
-    if not key.may_use(model_id):
+def check_model_access(key: APIKey, model_id: str, *aliases: str) -> None:
+    if not key.may_use(model_id, *aliases):
         raise APIError(
             403,
             f"This API key may not use the model '{model_id}'.",

@@ -32,7 +32,8 @@ class RequestAccount:
         self.endpoint = endpoint
         self.started_at = timezone.now()
         self._started = time.perf_counter()
-        self.model = ""
+        self.model = ""  # as recorded: the model's id (or the name asked for, if unknown)
+        self.model_names: tuple[str, ...] = ()  # the model's id and aliases, for admission
         self.user = ""
         self.streamed = False
         self.generation = None  # inference.serving.Generation, once generation starts
@@ -44,7 +45,7 @@ class RequestAccount:
     async def admit(self) -> None:
         """Check the key afresh, its limits and the deployment's, and take a lease (or
         raise 401, 403 or 429)."""
-        admission = asyncio.ensure_future(books.call(admit, self.key, self.request_id, self.model))
+        admission = asyncio.ensure_future(books.call(admit, self.key, self.request_id, self.model_names))
         try:
             # Shielded: the accounting thread admits even if this request is cancelled
             # meanwhile (its client left, its chat turn was stopped), and the lease it

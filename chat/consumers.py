@@ -120,6 +120,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """One chat turn, from admission to its usage record."""
         request_id = uuid.uuid4().hex
         account: RequestAccount | None = None
+        model_use = None
         status = 200
         try:
             # Read afresh for every turn: a revoked key or changed limits apply at once.
@@ -132,9 +133,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             account.streamed = True
             account.user = self.user.get_username()
             data = _validated(message)
-            check_model_access(key, data["model"])
-            worker = registry.get(data["model"])
-            serving = ChatServing(worker, data["model"])
+            spec = registry.resolve(data["model"])
+            check_model_access(key, *spec.names)
+            account.model, account.model_names = spec.id, spec.names
+            model_use = await registry.acquire(spec.id)  # loading it first if need be
+            serving = ChatServing(model_use.worker, spec.id)
             generation = serving.generation(data)  # a prompt too long is a 400 before admission
             await account.admit()
             account.generation = generation
@@ -175,6 +178,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
                                                      code="internal_error"), account)
         finally:
             self.stopping.discard(chat_id)
+            if model_use is not None:
+                model_use.release()
             if account is not None:
                 try:
                     account.finish(status)

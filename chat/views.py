@@ -51,10 +51,10 @@ async def chat_page(request):
     # Created here on the first visit, so that an admin sees the user's key (and can set
     # its limits) from then on; on the accounting thread, not Django's sync thread.
     key = await books.call(APIKey.objects.chat_key_for, user)
-    models = [worker.model_id for worker in registry.workers() if key.may_use(worker.model_id)]
+    models = [spec.id for spec in registry.specs() if key.may_use(*spec.names)]
     config = {
         "models": models,
-        "default_model": settings.MODEL_ID if settings.MODEL_ID in models else (models[0] if models else ""),
+        "default_model": registry.default if registry.default in models else (models[0] if models else ""),
         "max_tokens": settings.DEFAULT_MAX_TOKENS,
         "temperature": settings.DEFAULT_TEMPERATURE,
         "user": user.get_username(),

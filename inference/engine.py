@@ -163,10 +163,12 @@ def check_model_folder(path: str) -> None:
 class EngineWorker:
     """Owns one model's Engine on a dedicated daemon thread."""
 
-    def __init__(self, model_id: str, path: str, *, max_batch_size: int, step_delay: float = 0.0):
+    def __init__(self, model_id: str, path: str, *, max_batch_size: int, step_delay: float = 0.0,
+                 options: dict | None = None):
         self.model_id = model_id
         self.path = path
         self.max_batch_size = max_batch_size
+        self.options = options or {}  # merged into genai_config.json at load
         # Seconds of sleep before each step: lets tests see generations in flight on a
         # model as fast as the demo one. Always 0 in production.
         self.step_delay = step_delay
@@ -255,6 +257,8 @@ class EngineWorker:
         import onnxruntime_genai as og
 
         config = og.Config(self.path)
+        if self.options:
+            config.overlay(json.dumps(self.options))
         config.overlay(json.dumps({"engine": {"static_batching": {"max_batch_size": self.max_batch_size}}}))
         self._og = og
         self._model = og.Model(config)

@@ -27,9 +27,9 @@ from accounts.refusals import UnknownKey, check_model_access
 from accounts.usage import RequestAccount
 from inference.admission import ConcurrencyLimit
 from inference.protocol import ChatCompletionRequest, CompletionRequest
-from inference.registry import registry
+from inference.registry import ModelSpec, ModelUse, registry
 from inference.serving import ChatServing, CompletionServing
-from llmserver.errors import APIError, model_not_found
+from llmserver.errors import APIError
 
 log = logging.getLogger("llmserver.views")
 
@@ -59,6 +59,7 @@ class AsyncAPIView(APIView):
         self.headers = self.default_response_headers
         self.account: RequestAccount | None = None
         self.slot = None
+        self.model_use: ModelUse | None = None
         try:
             self.initial(request, *args, **kwargs)
             method = request.method.lower()
@@ -74,7 +75,7 @@ class AsyncAPIView(APIView):
         except Exception as exc:
             response = self.handle_exception(await self._key_refusal_first(exc))
         self.response = self.finalize_response(request, response, *args, **kwargs)
-        if self.account is not None or self.slot is not None:
+        if self.account is not None or self.slot is not None or self.model_use is not None:
             # Django calls a response's closers once it is done with it, on every path.
             self.response._resource_closers.append(partial(self._close, self.response.status_code, self.response))
         return self.response
@@ -105,6 +106,8 @@ class AsyncAPIView(APIView):
         finally:
             if self.slot is not None:
                 self.slot.release()
+            if self.model_use is not None:
+                self.model_use.release()
 
     async def authenticate_key(self, request, *, fresh: bool = True) -> APIKey | None:
         """The request's API key (401 if missing or bad), and its account opened; None
@@ -116,16 +119,22 @@ class AsyncAPIView(APIView):
         self.account = RequestAccount(key, request.id, self.endpoint, key_checked=fresh)
         return key
 
-    async def check_model_access(self, key: APIKey | None, model_id: str) -> APIKey | None:
-        """403 if ``key`` may not use the model, judged by the key as the database has
-        it now; returns that key."""
-        if key is None or key.may_use(model_id):
+    async def check_model_access(self, key: APIKey | None, spec: ModelSpec) -> APIKey | None:
+        """403 if ``key`` may not use the model (by its id or an alias), judged by the
+        key as the database has it now; returns that key."""
+        if key is None or key.may_use(*spec.names):
             return key
         if not self.account.key_checked:  # the model may have been allowed since
             key = self.account.key = await authenticate(self.request)
             self.account.key_checked = True
-        check_model_access(key, model_id)
+        check_model_access(key, *spec.names)
         return key
+
+    async def hold_model(self, spec: ModelSpec) -> ModelUse:
+        """The model loaded (loading it now if need be: 503 if it cannot be) and held
+        until the response ends."""
+        self.model_use = await registry.acquire(spec.id)
+        return self.model_use
 
     async def admit(self) -> None:
         """Take a place in flight: the key's and the deployment's limits, or 429."""
@@ -142,37 +151,81 @@ CLIENT_CLOSED_REQUEST = 499
 in_flight = ConcurrencyLimit(settings.MAX_CONCURRENT_REQUESTS)
 
 
-def _model_object(worker) -> dict:
-    return {
-        "id": worker.model_id,
-        "object": "model",
-        "created": int(Path(worker.path, "genai_config.json").stat().st_mtime),
-        "owned_by": "llmserver",
-    }
+def _model_object(spec: ModelSpec) -> dict:
+    try:
+        created = int(Path(spec.path, "genai_config.json").stat().st_mtime)
+    except OSError:  # a folder that is not there (yet): listed, and 503 when asked for
+        created = 0
+    return {"id": spec.id, "object": "model", "created": created, "owned_by": "llmserver"}
 
 
 class ModelListView(AsyncAPIView):
+    """Every model in the catalogue the key may use, loaded or not."""
+
     endpoint = "models"
 
     async def get(self, request):
         key = await self.authenticate_key(request)
-        workers = [w for w in registry.workers() if key is None or key.may_use(w.model_id)]
-        return JsonResponse({"object": "list", "data": [_model_object(w) for w in workers]})
+        specs = [spec for spec in registry.specs() if key is None or key.may_use(*spec.names)]
+        return JsonResponse({"object": "list", "data": [_model_object(spec) for spec in specs]})
 
 
 class ModelDetailView(AsyncAPIView):
+    """One model, by id or alias (the object names the id)."""
+
     endpoint = "models"
 
     async def get(self, request, model_id: str):
         key = await self.authenticate_key(request)
         if self.account is not None:
-            self.account.model = model_id
-        for worker in registry.workers():
-            if worker.model_id == model_id:
-                if key is not None:
-                    check_model_access(key, model_id)
-                return JsonResponse(_model_object(worker))
-        raise model_not_found(model_id)
+            self.account.model = model_id[:256]
+        spec = registry.resolve(model_id)
+        if key is not None:
+            self.account.model = spec.id
+            check_model_access(key, *spec.names)
+        return JsonResponse(_model_object(spec))
+
+
+class _ModelManagementView(AsyncAPIView):
+    """Load, unload and inspect models: for keys with the admin flag (or anyone when keys
+    are off). Acts on this server process's memory."""
+
+    async def authenticate_admin(self, request) -> None:
+        key = await self.authenticate_key(request)
+        if key is not None and not key.is_admin:
+            raise APIError(403, "Managing models needs an API key with the admin flag.", code="admin_key_required")
+
+
+class LoadedModelsView(_ModelManagementView):
+    endpoint = "models.loaded"
+
+    async def get(self, request):
+        await self.authenticate_admin(request)
+        return JsonResponse({"object": "list", "max_loaded_models": registry.max_loaded,
+                             "data": [s for s in registry.statuses() if s["state"] in _IN_MEMORY]})
+
+
+_IN_MEMORY = ("loading", "loaded", "unloading")
+
+
+class LoadModelView(_ModelManagementView):
+    endpoint = "models.load"
+
+    async def post(self, request, model_id: str):
+        await self.authenticate_admin(request)
+        if self.account is not None:
+            self.account.model = registry.resolve(model_id).id
+        return JsonResponse(await registry.load(model_id))
+
+
+class UnloadModelView(_ModelManagementView):
+    endpoint = "models.unload"
+
+    async def post(self, request, model_id: str):
+        await self.authenticate_admin(request)
+        if self.account is not None:
+            self.account.model = registry.resolve(model_id).id
+        return JsonResponse(await registry.unload(model_id))
 
 
 class _GenerationView(AsyncAPIView):
@@ -186,13 +239,15 @@ class _GenerationView(AsyncAPIView):
         body = self.request_serializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        key = await self.check_model_access(key, data["model"])
+        spec = registry.resolve(data["model"])
+        key = await self.check_model_access(key, spec)
         account = self.account
         if account is not None:
+            account.model, account.model_names = spec.id, spec.names
             account.streamed = data["stream"]
             account.user = data.get("user", "")
-        worker = registry.get(data["model"])
-        serving = self.serving_class(worker, data["model"])
+        use = await self.hold_model(spec)
+        serving = self.serving_class(use.worker, spec.id)
         # Tokenize and check the prompt before admission: a 400 consumes no limit.
         generation = serving.generation(data)
         await self.admit()
@@ -248,27 +303,24 @@ def _model_name(data) -> str:
 
 
 class HealthView(AsyncAPIView):
-    """Liveness and engine state: 200 when every model's engine runs, else 503."""
+    """Liveness and the models' state: 200 while a model is loaded and no loaded model's
+    engine has died, else 503. (A model that failed to load is reported, and answers
+    503 itself, but leaves the others serving.)"""
 
     async def get(self, request):
-        models = [
-            {
-                "id": worker.model_id,
-                "state": worker.state if worker.running or worker.state != "running" else "stopped",
-                "error": worker.error,
-                "max_batch_size": worker.max_batch_size,
-                "batch_limit": worker.batch_limit,
-                "context_length": worker.context_length,
-                **asdict(worker.stats),
-            }
-            for worker in registry.workers()
-        ]
-        healthy = bool(models) and all(m["state"] == "running" for m in models)
+        models = []
+        for slot in registry.slots():
+            status = slot.status()
+            worker = slot.worker
+            if worker is not None:
+                status.update(context_length=worker.context_length, **asdict(worker.stats))
+            models.append(status)
+        healthy = any(m["state"] == "loaded" for m in models) and not any(s.engine_died for s in registry.slots())
         return JsonResponse(
             {
                 "status": "ok" if healthy else "unavailable",
                 "version": llmserver.__version__,
-                "model": settings.MODEL_ID,
+                "model": registry.default,
                 "models": models,
             },
             status=200 if healthy else 503,

@@ -180,6 +180,13 @@ LOGOUT_REDIRECT_URL = "login"
 # A relative MODEL_PATH is relative to the project folder, wherever the server starts.
 MODEL_PATH = str(BASE_DIR / env.str("MODEL_PATH", default="models/demo"))
 MODEL_ID = env.str("MODEL_ID", default="llmserver-demo")
+# A TOML file listing several models (see inference/registry.py); when set, it is the
+# whole catalogue and MODEL_PATH/MODEL_ID are not used.
+MODELS_CONFIG = env.str("MODELS_CONFIG", default="")
+# Models held in memory at once; past it the least recently used idle one is unloaded.
+MAX_LOADED_MODELS = _positive_int("MAX_LOADED_MODELS", 2)
+# Unload a model idle this long (seconds); 0 = keep it until room is needed.
+MODEL_KEEP_ALIVE_SECONDS = env.float("MODEL_KEEP_ALIVE_SECONDS", default=0.0)
 MAX_BATCH_SIZE = _positive_int("MAX_BATCH_SIZE", 16)
 MAX_CONCURRENT_REQUESTS = _positive_int("MAX_CONCURRENT_REQUESTS", 64)
 DEFAULT_MAX_TOKENS = _positive_int("DEFAULT_MAX_TOKENS", 256)

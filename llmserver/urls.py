@@ -2,9 +2,12 @@ from django.contrib import admin
 from django.contrib.staticfiles.views import serve as serve_static
 from django.urls import include, path, re_path
 
+from inference.admin_views import models_page
+
 urlpatterns = [
     path("", include("inference.urls")),
     path("", include("chat.urls")),
+    path("admin/models/", admin.site.admin_view(models_page), name="admin-models"),
     path("admin/", admin.site.urls),
     # Static files (the admin's CSS and JS) straight from the apps, with DEBUG off too.
     # Django's view is sync, but only these requests use it; WhiteNoise's middleware is

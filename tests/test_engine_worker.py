@@ -11,7 +11,7 @@ from django.test import AsyncClient
 from accounts.models import UsageRecord
 from demomodel.corpus import count_answer, count_prompt
 from inference.engine import EngineWorker, SamplingParams, Turn
-from inference.registry import registry
+from inference.registry import ModelSpec, registry
 from tests.conftest import DEMO_MODEL, MODEL_ID, bearer
 
 
@@ -97,8 +97,10 @@ async def test_a_cancelled_turn_ends_with_cancelled_and_the_usage_so_far(worker)
 @pytest.fixture
 def in_process_model(live_db):
     # 5 ms per step, like a bigger model, so the fault lands while the stream is going.
-    registry.load(MODEL_ID, str(DEMO_MODEL), max_batch_size=4, step_delay=0.005)
-    yield registry.get(MODEL_ID)
+    registry.configure([ModelSpec(MODEL_ID, str(DEMO_MODEL), max_batch_size=4)], default=MODEL_ID, max_loaded=1,
+                       step_delay=0.005)
+    registry.preload()
+    yield registry.slots()[0].worker
     registry.stop_all()
 
 
@@ -131,17 +133,19 @@ async def test_an_engine_fault_mid_stream_sends_an_error_event_then_done_and_the
     assert json.loads(again.content)["choices"][0]["message"]["content"] == count_answer(50)
 
 
-async def test_health_is_503_when_the_engine_is_down(in_process_model, api_key):
+async def test_health_is_503_while_an_engine_is_down_and_the_next_request_starts_it_again(in_process_model, api_key):
     in_process_model.stop()
     response = await AsyncClient().get("/health")
     assert response.status_code == 503
     assert json.loads(response.content)["status"] == "unavailable"
+    assert json.loads(response.content)["models"][0]["state"] == "failed"
     chat = await AsyncClient().post("/v1/chat/completions", json.dumps(
-        {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}]}), content_type="application/json",
-        headers=bearer(api_key))
-    assert chat.status_code == 503
-    assert json.loads(chat.content)["error"]["code"] == "model_unavailable"
-    assert chat.headers["Retry-After"] == "5"
+        {"model": MODEL_ID, "messages": [{"role": "user", "content": "Repeat after me: red fox"}]}),
+        content_type="application/json", headers=bearer(api_key))
+    assert chat.status_code == 200, chat.content
+    assert json.loads(chat.content)["choices"][0]["message"]["content"] == "red fox"
+    health = json.loads((await AsyncClient().get("/health")).content)
+    assert (health["status"], health["models"][0]["state"], health["models"][0]["loads"]) == ("ok", "loaded", 2)
 
 
 async def _record(request_id):

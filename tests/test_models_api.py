@@ -29,4 +29,4 @@ def test_health_reports_the_running_engine(api):
     assert body["version"] == llmserver.__version__
     assert body["model"] == MODEL_ID
     engine = body["models"][0]
-    assert (engine["id"], engine["state"], engine["max_batch_size"], engine["context_length"]) == (MODEL_ID, "running", 16, 512)
+    assert (engine["id"], engine["state"], engine["max_batch_size"], engine["context_length"]) == (MODEL_ID, "loaded", 16, 512)

@@ -44,6 +44,8 @@ class Command(BaseCommand):
         parser.add_argument("--token-budget", type=positive_int,
                             help="Tokens (prompt + completion) per budget period.")
         parser.add_argument("--budget-period", choices=BudgetPeriod.values, default=BudgetPeriod.MONTH)
+        parser.add_argument("--admin", action="store_true",
+                            help="The key may load and unload models (/v1/models/{id}/load, /unload, /loaded).")
 
     def handle(self, *args, **options):
         name = options["name"].strip()
@@ -67,6 +69,7 @@ class Command(BaseCommand):
             tokens_per_minute=options["tokens_per_minute"],
             token_budget=options["token_budget"],
             budget_period=options["budget_period"],
+            is_admin=options["admin"],
         )
         self.stdout.write(f"Created key '{key.name}' ({key.prefix}...); the secret is shown only once:")
         self.stdout.write(secret)
