@@ -311,6 +311,7 @@ class HealthView(AsyncAPIView):
         models = []
         for slot in registry.slots():
             status = slot.status()
+            del status["path"]  # /health is public: no file system paths
             worker = slot.worker
             if worker is not None:
                 status.update(context_length=worker.context_length, **asdict(worker.stats))

@@ -89,6 +89,12 @@ def test_without_options_the_key_is_unlimited_and_never_expires(db):
     assert key.tokens_per_minute is None
     assert key.token_budget is None
     assert key.budget_period == "month"
+    assert (key.is_admin, key.kind) == (False, "api")
+
+
+def test_admin_makes_a_key_that_may_manage_models(db):
+    _, key = create_key("--name", "ops", "--admin")
+    assert key.is_admin is True
 
 
 def test_an_unknown_user_is_a_clear_error(db):

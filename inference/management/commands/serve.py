@@ -15,7 +15,14 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=settings.SERVER_PORT)
 
     def handle(self, *args, host, port, **options):
-        self.stdout.write(f"llmserver: serving {settings.MODEL_ID} on http://{host}:{port}", ending="\n")
+        from inference.registry import ModelsConfigError, specs_from_settings
+
+        try:
+            specs, default = specs_from_settings()
+            more = f" (and {len(specs) - 1} more on demand)" if len(specs) > 1 else ""
+            self.stdout.write(f"llmserver: serving {default}{more} on http://{host}:{port}", ending="\n")
+        except ModelsConfigError:
+            pass  # the application says what is wrong when it starts
         self.stdout.flush()
         CommandLineInterface().run([
             "--bind", host,
