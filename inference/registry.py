@@ -67,7 +67,7 @@ class ModelSlot:
         self.load_seconds: float | None = None
         self.memory_bytes: int | None = None  # resident memory the load added (approximate)
         self.loads = 0  # times loaded since the server started
-        self._transition: asyncio.Future | None = None  # the load or unload under way
+        self._transition: asyncio.Task | None = None  # the load or unload under way
 
     @property
     def loaded(self) -> bool:
@@ -184,7 +184,7 @@ class ModelRegistry:
     async def unload(self, name: str) -> dict:
         """Unload ``name`` (management); 409 while it has requests in flight."""
         slot = self._slots[self.resolve(name).id]
-        if slot._transition is not None:
+        while slot._transition is not None:
             await asyncio.shield(slot._transition)
         if slot.in_flight:
             raise APIError(409, f"The model '{slot.spec.id}' has {slot.in_flight} requests in flight; "
@@ -194,22 +194,27 @@ class ModelRegistry:
         return slot.status()
 
     async def _load(self, slot: ModelSlot) -> None:
-        """Bring ``slot`` to loaded, or raise 503. Returns at once if a transition of
-        this slot is under way, after it ends (the caller checks again)."""
+        """Bring ``slot`` towards loaded, or raise 503: start its load (or, for an engine
+        that died, its unload) unless a transition is under way, and wait for it. The
+        caller checks again. The transition is a task of its own: a waiter that is
+        cancelled (its client left) leaves it to finish, never half done."""
+        if slot._transition is None:
+            if slot.worker is not None:  # its engine died: clear it away before loading again
+                self._begin(slot, self._unload_now(slot))
+            else:
+                await self._make_room(slot)
+                if slot._transition is None and not slot.loaded:
+                    slot.state, slot.error = "loading", None
+                    self._begin(slot, self._load_now(slot))
         if slot._transition is not None:
             await asyncio.shield(slot._transition)
-            if not slot.loaded and slot.state == "failed":
-                raise _load_failed(slot)
-            return
-        if slot.worker is not None:  # its engine died: clear it away before loading again
-            await self._unload(slot)
-            return
-        await self._make_room(slot)
-        if slot._transition is not None or slot.loaded:
-            return  # someone else began loading it while we made room
-        future = asyncio.get_running_loop().create_future()
-        slot._transition = future
-        slot.state, slot.error = "loading", None
+        if slot.state == "failed" and not slot.loaded:
+            raise _load_failed(slot)
+
+    def _begin(self, slot: ModelSlot, transition) -> None:
+        slot._transition = asyncio.get_running_loop().create_task(transition)
+
+    async def _load_now(self, slot: ModelSlot) -> None:
         worker = self._new_worker(slot)
         started, rss_before = time.perf_counter(), _resident_bytes()
         try:
@@ -223,9 +228,24 @@ class ModelRegistry:
             self._ensure_reaper()
         finally:
             slot._transition = None
-            future.set_result(None)
-        if slot.state == "failed":
-            raise _load_failed(slot)
+
+    async def _unload(self, slot: ModelSlot) -> None:
+        if slot._transition is None:
+            slot.state = "unloading"
+            self._begin(slot, self._unload_now(slot))
+        await asyncio.shield(slot._transition)
+
+    async def _unload_now(self, slot: ModelSlot) -> None:
+        worker = slot.worker
+        try:
+            if worker is not None:
+                await asyncio.to_thread(worker.stop)
+        finally:
+            slot.worker = None
+            slot.state = "unloaded"
+            slot.loaded_at = slot.memory_bytes = None
+            slot._transition = None
+        log.info("model %s unloaded", slot.spec.id)
 
     async def _make_room(self, slot: ModelSlot) -> None:
         """Unload least recently used idle models until ``slot`` fits under the limit;
@@ -245,22 +265,6 @@ class ModelRegistry:
             victim = min(idle, key=lambda s: s.last_used)
             log.info("unloading model %s (least recently used) to load %s", victim.spec.id, slot.spec.id)
             await self._unload(victim)
-
-    async def _unload(self, slot: ModelSlot) -> None:
-        worker = slot.worker
-        future = asyncio.get_running_loop().create_future()
-        slot._transition = future
-        slot.state = "unloading"
-        try:
-            if worker is not None:
-                await asyncio.to_thread(worker.stop)
-        finally:
-            slot.worker = None
-            slot.state = "unloaded" if slot.state == "unloading" else slot.state
-            slot.loaded_at = slot.memory_bytes = None
-            slot._transition = None
-            future.set_result(None)
-        log.info("model %s unloaded", slot.spec.id)
 
     # --- keep-alive ----------------------------------------------------------------------
 
