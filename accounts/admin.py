@@ -87,7 +87,7 @@ class APIKeyAdmin(admin.ModelAdmin):
         "name", "prefix", "kind", "owner", "is_active", "models", "concurrency", "rpm", "tpm", "budget",
         "tokens_this_period", "in_flight_now", "last_used_at", "expires_at",
     ]
-    list_filter = ["is_active", "kind", ("owner", admin.RelatedOnlyFieldListFilter), "budget_period"]
+    list_filter = ["is_active", "kind", "is_admin", ("owner", admin.RelatedOnlyFieldListFilter), "budget_period"]
     search_fields = ["name", "prefix", "owner__username"]
     list_select_related = ["owner"]
     actions = ["revoke_keys", "reactivate_keys"]
