@@ -250,6 +250,27 @@ class ChatCompletionRequest(OpenAIRequestSerializer, _SamplingFields):
         return attrs
 
 
+class TokenizeRequest(OpenAIRequestSerializer):
+    """``/tokenize``: a ``prompt`` as is, or chat ``messages`` rendered by the model's
+    chat template (with the assistant's opening by default, as a chat completion
+    renders them: the count is then its ``usage.prompt_tokens``)."""
+
+    model = StrictCharField(allow_blank=False, max_length=256)
+    prompt = StrictCharField(required=False)
+    messages = ChatMessageSerializer(many=True, required=False, allow_empty=False)
+    add_generation_prompt = StrictBooleanField(required=False, default=True)
+
+    def validate(self, attrs):
+        if ("prompt" in attrs) == ("messages" in attrs):
+            _refuse("prompt", "Give either 'prompt' or 'messages'.")
+        return attrs
+
+
+class DetokenizeRequest(OpenAIRequestSerializer):
+    model = StrictCharField(allow_blank=False, max_length=256)
+    tokens = serializers.ListField(child=StrictIntegerField(min_value=0, max_value=2**31 - 1), max_length=1_000_000)
+
+
 class CompletionRequest(OpenAIRequestSerializer, _SamplingFields):
     NEUTRAL_VALUES = {
         **_SAMPLING_NEUTRAL,

@@ -237,10 +237,8 @@ class ChatServing(_Serving):
     prompt_param = "messages"
 
     def generation(self, data: dict) -> Generation:
-        messages = [_template_message(message) for message in data["messages"]]
         tokenizer = self.worker.tokenizer
-        prompt = tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
-        tokens = self.check_prompt(tokenizer.encode(prompt))
+        tokens = self.check_prompt(tokenizer.encode(chat_prompt(tokenizer, data["messages"])))
         max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
         return Generation(self.worker, [tokens], self.sampling(data, max_tokens), n=data["n"], stop=data.get("stop"))
 
@@ -285,6 +283,36 @@ class CompletionServing(_Serving):
 
     def chunk_choice(self, update):
         return {"text": update.text, "index": update.index, "logprobs": None, "finish_reason": update.finish_reason}
+
+
+def chat_prompt(tokenizer, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
+    """The prompt text of validated chat messages, rendered by the model's own chat
+    template: what /v1/chat/completions generates from and /tokenize counts."""
+    rendered = [_template_message(message) for message in messages]
+    return tokenizer.apply_chat_template(json.dumps(rendered), add_generation_prompt=add_generation_prompt)
+
+
+class TokenizeServing:
+    """``/tokenize`` and ``/detokenize`` (vLLM's shapes), with the model's tokenizer."""
+
+    def __init__(self, worker: EngineWorker):
+        self.worker = worker
+
+    def tokenize(self, data: dict) -> dict:
+        tokenizer = self.worker.tokenizer
+        if "messages" in data:
+            text = chat_prompt(tokenizer, data["messages"], add_generation_prompt=data["add_generation_prompt"])
+        else:
+            text = data["prompt"]
+        tokens = [int(token) for token in tokenizer.encode(text)]
+        return {"count": len(tokens), "max_model_len": self.worker.context_length, "tokens": tokens}
+
+    def detokenize(self, data: dict) -> dict:
+        tokens = data["tokens"]
+        if tokens and max(tokens) >= self.worker.vocab_size:
+            raise APIError(400, f"Token id {max(tokens)} is out of the model's vocabulary.",
+                           code="invalid_value", param="tokens")
+        return {"prompt": self.worker.tokenizer.decode(np.asarray(tokens, dtype=np.int32))}
 
 
 def _template_message(message: dict) -> dict:

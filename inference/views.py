@@ -26,9 +26,9 @@ from accounts.models import APIKey
 from accounts.refusals import UnknownKey, check_model_access
 from accounts.usage import RequestAccount
 from inference.admission import ConcurrencyLimit
-from inference.protocol import ChatCompletionRequest, CompletionRequest
+from inference.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from inference.registry import ModelSpec, ModelUse, registry
-from inference.serving import ChatServing, CompletionServing
+from inference.serving import ChatServing, CompletionServing, TokenizeServing
 from llmserver.errors import APIError
 
 log = logging.getLogger("llmserver.views")
@@ -269,6 +269,40 @@ class CompletionsView(_GenerationView):
     endpoint = "completions"
     request_serializer = CompletionRequest
     serving_class = CompletionServing
+
+
+class _TokenizerView(AsyncAPIView):
+    """``/tokenize`` and ``/detokenize``: the model's tokenizer, for clients counting
+    tokens before they send. Any key that may use the model; no generation, so no
+    admission (recorded, with no tokens)."""
+
+    request_serializer = None
+    action = ""
+
+    async def post(self, request):
+        key = await self.authenticate_key(request)
+        if key is not None:
+            self.account.model = _model_name(request.data)
+        body = self.request_serializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        spec = registry.resolve(body.validated_data["model"])
+        await self.check_model_access(key, spec)
+        if self.account is not None:
+            self.account.model = spec.id
+        use = await self.hold_model(spec)
+        return JsonResponse(getattr(TokenizeServing(use.worker), self.action)(body.validated_data))
+
+
+class TokenizeView(_TokenizerView):
+    endpoint = "tokenize"
+    request_serializer = TokenizeRequest
+    action = "tokenize"
+
+
+class DetokenizeView(_TokenizerView):
+    endpoint = "detokenize"
+    request_serializer = DetokenizeRequest
+    action = "detokenize"
 
 
 class EventStreamResponse(StreamingHttpResponse):
