@@ -59,6 +59,9 @@ class SamplingParams:
     temperature: float = 0.0
     top_p: float | None = None
     top_k: int | None = None
+    # Constrained decoding: (kind, grammar) for og's set_guidance, kind one of
+    # "json_schema", "regex", "lark_grammar". The output is valid by construction.
+    guidance: tuple[str, str] | None = None
 
 
 @dataclass
@@ -356,6 +359,10 @@ class EngineWorker:
             self._reform()
 
     def _reform_pays_off(self) -> bool:
+        # A constrained turn cannot begin again mid-way: its grammar would start over
+        # after the tokens it already generated. Newcomers wait for it to end instead.
+        if any(turn.params.guidance is not None for turn in self._running.values()):
+            return False
         waited = time.monotonic() - self._waiting[0]._queued_at
         to_prefill = sum(len(t.prompt_tokens) + len(t._generated) for t in self._running.values())
         return waited >= to_prefill * self._prefill_seconds_per_token
@@ -391,6 +398,8 @@ class EngineWorker:
             if params.top_k is not None:
                 turn_options.set_top_k(params.top_k)
         try:
+            if params.guidance is not None:
+                turn_options.set_guidance(*params.guidance)
             turn._turn_id = request.begin_turn(tokens, turn_options)
         except RuntimeError as exc:
             request.close()

@@ -223,6 +223,27 @@ class ChatMessageSerializer(serializers.Serializer):
         return attrs
 
 
+class JSONSchemaFormatSerializer(serializers.Serializer):
+    name = StrictCharField(allow_blank=False, max_length=64)
+    description = StrictCharField(required=False)
+    schema = serializers.DictField(required=False)
+    strict = StrictBooleanField(required=False, allow_null=True)
+
+
+class ResponseFormatSerializer(serializers.Serializer):
+    """``{"type": "text"}``, ``{"type": "json_object"}`` or ``{"type": "json_schema",
+    "json_schema": {"name", "schema", ...}}``: the output is then JSON (valid against the
+    schema) by construction, with or without ``strict``."""
+
+    type = serializers.ChoiceField(choices=["text", "json_object", "json_schema"])
+    json_schema = JSONSchemaFormatSerializer(required=False)
+
+    def validate(self, attrs):
+        if attrs["type"] == "json_schema" and "json_schema" not in attrs:
+            _refuse("json_schema", "This field is required.", code="required")
+        return attrs
+
+
 class ChatCompletionRequest(OpenAIRequestSerializer, _SamplingFields):
     NEUTRAL_VALUES = {
         **_SAMPLING_NEUTRAL,
@@ -231,7 +252,6 @@ class ChatCompletionRequest(OpenAIRequestSerializer, _SamplingFields):
         "parallel_tool_calls": (True, False),
         "functions": ([],),
         "function_call": ("none",),
-        "response_format": ({"type": "text"},),
         "store": (False,),
         "metadata": ({},),
         "service_tier": ("auto", "default"),
@@ -240,6 +260,7 @@ class ChatCompletionRequest(OpenAIRequestSerializer, _SamplingFields):
 
     model = StrictCharField(allow_blank=False, max_length=256)
     messages = ChatMessageSerializer(many=True, allow_empty=False)
+    response_format = ResponseFormatSerializer(required=False)
     max_tokens = StrictIntegerField(required=False, min_value=1, max_value=2**31 - 1)
     max_completion_tokens = StrictIntegerField(required=False, min_value=1, max_value=2**31 - 1)
 

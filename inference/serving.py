@@ -129,6 +129,10 @@ class Generation:
 def _engine_error(message: str, worker: EngineWorker) -> APIError:
     if "max_session_tokens" in message:
         return _context_length_exceeded(worker, None, "messages")
+    if message.startswith("Error creating grammar"):
+        detail = message.splitlines()[0].removeprefix("Error creating grammar:").strip()
+        return APIError(400, f"The engine cannot follow this 'response_format' schema: {detail}",
+                        code="invalid_value", param="response_format")
     return APIError(500, f"The model failed while generating: {message}", code="engine_error", type="server_error")
 
 
@@ -163,6 +167,7 @@ class _Serving:
             temperature=data.get("temperature", settings.DEFAULT_TEMPERATURE),
             top_p=data.get("top_p"),
             top_k=top_k,
+            guidance=response_format_guidance(data.get("response_format")),
         )
 
     def check_prompt(self, tokens: np.ndarray) -> np.ndarray:
@@ -283,6 +288,23 @@ class CompletionServing(_Serving):
 
     def chunk_choice(self, update):
         return {"text": update.text, "index": update.index, "logprobs": None, "finish_reason": update.finish_reason}
+
+
+# JSON without free whitespace between tokens: a small model given the choice wanders in
+# newlines and runs out of tokens before the value closes.
+_COMPACT_JSON = {"whitespace_flexible": False}
+
+
+def response_format_guidance(response_format: dict | None) -> tuple[str, str] | None:
+    """The engine's guidance for OpenAI's ``response_format``: JSON (any object, or
+    valid against the given schema) by construction; None for plain text."""
+    if not response_format or response_format["type"] == "text":
+        return None
+    if response_format["type"] == "json_object":
+        schema = {"type": "object"}
+    else:
+        schema = response_format["json_schema"].get("schema") or {}
+    return "json_schema", json.dumps({"x-guidance": _COMPACT_JSON, **schema})
 
 
 def chat_prompt(tokenizer, messages: list[dict], *, add_generation_prompt: bool = True) -> str:

@@ -42,7 +42,6 @@ def test_an_unknown_model_is_404_model_not_found(api):
     ("frequency_penalty", 1, "unsupported_parameter", "Invalid value for 'frequency_penalty': 'frequency_penalty' is not supported by this server."),
     ("logit_bias", {"12": 5}, "unsupported_parameter", "Invalid value for 'logit_bias': 'logit_bias' is not supported by this server."),
     ("tools", [{"type": "function", "function": {"name": "f"}}], "unsupported_parameter", "Invalid value for 'tools': 'tools' is not supported by this server."),
-    ("response_format", {"type": "json_object"}, "unsupported_parameter", "Invalid value for 'response_format': 'response_format' is not supported by this server."),
     ("stream_options", {"include_usage": True}, "invalid_value", "Invalid value for 'stream_options': The 'stream_options' parameter is only allowed when 'stream' is enabled."),
     ("bogus", 1, "unknown_parameter", "Invalid value for 'bogus': Unrecognized request argument supplied: bogus"),
 ])
