@@ -12,12 +12,15 @@ DRF's lenient defaults, because an OpenAI client that sends them has a bug to le
 from __future__ import annotations
 
 import math
+import re
 
 from rest_framework import serializers
 
 MAX_N = 16
 MAX_STOP_SEQUENCES = 4
 MAX_CHOICES = 128  # prompts x n in one completions request
+MAX_TOOLS = 128
+_FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def _refuse(field: str, message: str, *, code: str = "invalid_value"):
@@ -199,10 +202,24 @@ class MessageContentField(serializers.Field):
         return "".join(part["text"] for part in parts.validated_data)
 
 
+class FunctionCallSerializer(serializers.Serializer):
+    name = StrictCharField(allow_blank=False, max_length=64)
+    arguments = StrictCharField()  # a JSON string, as the model wrote it
+
+
+class ToolCallSerializer(serializers.Serializer):
+    """An assistant message's earlier tool call, sent back in the history."""
+
+    id = StrictCharField(allow_blank=False, max_length=256)
+    type = serializers.ChoiceField(choices=["function"])
+    function = FunctionCallSerializer()
+
+
 class ChatMessageSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant", "tool"])
-    content = MessageContentField()
+    content = MessageContentField(required=False, allow_null=True)
     name = StrictCharField(required=False, max_length=256)
+    tool_calls = ToolCallSerializer(many=True, required=False, allow_empty=False)
     tool_call_id = StrictCharField(required=False, max_length=256)
 
     def to_internal_value(self, data):
@@ -210,7 +227,7 @@ class ChatMessageSerializer(serializers.Serializer):
             unknown = set(data) - set(self.fields)
             if unknown:
                 name = sorted(unknown)[0]
-                if name in ("tool_calls", "function_call", "audio", "refusal"):
+                if name in ("function_call", "audio", "refusal"):
                     _refuse(name, f"'{name}' in a message is not supported by this server.", code="unsupported_parameter")
                 _refuse(name, f"Unrecognized message field: {name}", code="unknown_parameter")
         return super().to_internal_value(data)
@@ -220,7 +237,49 @@ class ChatMessageSerializer(serializers.Serializer):
         # "developer" role means the same as "system" for a model without the distinction.
         if attrs["role"] == "developer":
             attrs["role"] = "system"
+        if "tool_calls" in attrs and attrs["role"] != "assistant":
+            _refuse("tool_calls", "Only assistant messages have 'tool_calls'.")
+        if attrs["role"] == "tool" and "tool_call_id" not in attrs:
+            _refuse("tool_call_id", "This field is required.", code="required")
+        if attrs.get("content") is None:
+            if "tool_calls" not in attrs:
+                _refuse("content", "This field is required.", code="required")
+            attrs["content"] = ""
         return attrs
+
+
+class FunctionSerializer(serializers.Serializer):
+    name = StrictCharField(allow_blank=False, max_length=64)
+    description = StrictCharField(required=False)
+    parameters = serializers.DictField(required=False)
+    strict = StrictBooleanField(required=False, allow_null=True)
+
+    def validate_name(self, value):
+        if not _FUNCTION_NAME.match(value):
+            raise serializers.ValidationError("A function name is 1 to 64 letters, digits, '_' or '-'.")
+        return value
+
+
+class ToolSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=["function"])
+    function = FunctionSerializer()
+
+
+class ToolChoiceField(serializers.Field):
+    """``"none"``, ``"auto"``, ``"required"``, or ``{"type": "function", "function":
+    {"name": ...}}`` (returned as the name's dict ``{"name": ...}``)."""
+
+    default_error_messages = {
+        "invalid": "Expected 'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}.",
+    }
+
+    def to_internal_value(self, data):
+        if data in ("none", "auto", "required"):
+            return data
+        if (isinstance(data, dict) and data.get("type") == "function" and isinstance(data.get("function"), dict)
+                and isinstance(data["function"].get("name"), str) and set(data) == {"type", "function"}):
+            return {"name": data["function"]["name"]}
+        self.fail("invalid")
 
 
 class JSONSchemaFormatSerializer(serializers.Serializer):
@@ -247,9 +306,6 @@ class ResponseFormatSerializer(serializers.Serializer):
 class ChatCompletionRequest(OpenAIRequestSerializer, _SamplingFields):
     NEUTRAL_VALUES = {
         **_SAMPLING_NEUTRAL,
-        "tools": ([],),
-        "tool_choice": ("none",),
-        "parallel_tool_calls": (True, False),
         "functions": ([],),
         "function_call": ("none",),
         "store": (False,),
@@ -261,6 +317,9 @@ class ChatCompletionRequest(OpenAIRequestSerializer, _SamplingFields):
     model = StrictCharField(allow_blank=False, max_length=256)
     messages = ChatMessageSerializer(many=True, allow_empty=False)
     response_format = ResponseFormatSerializer(required=False)
+    tools = ToolSerializer(many=True, required=False, max_length=MAX_TOOLS)
+    tool_choice = ToolChoiceField(required=False)
+    parallel_tool_calls = StrictBooleanField(required=False, default=True)
     max_tokens = StrictIntegerField(required=False, min_value=1, max_value=2**31 - 1)
     max_completion_tokens = StrictIntegerField(required=False, min_value=1, max_value=2**31 - 1)
 
@@ -268,6 +327,17 @@ class ChatCompletionRequest(OpenAIRequestSerializer, _SamplingFields):
         attrs = super().validate(attrs)
         if "max_tokens" in attrs and "max_completion_tokens" in attrs:
             _refuse("max_tokens", "Give either 'max_tokens' or 'max_completion_tokens', not both.")
+        tools = attrs.get("tools") or []
+        choice = attrs.setdefault("tool_choice", "auto" if tools else "none")
+        names = [tool["function"]["name"] for tool in tools]
+        if choice in ("auto", "required") and not tools:
+            _refuse("tool_choice", f"tool_choice '{choice}' needs 'tools'.")
+        if isinstance(choice, dict) and choice["name"] not in names:
+            _refuse("tool_choice", f"No tool named '{choice['name']}' in 'tools'.")
+        if len(set(names)) != len(names):
+            _refuse("tools", "Each tool needs a name of its own.")
+        if choice != "none" and attrs.get("response_format", {}).get("type", "text") != "text":
+            _refuse("response_format", "Give either tools or a JSON 'response_format', not both.")
         return attrs
 
 
@@ -280,6 +350,7 @@ class TokenizeRequest(OpenAIRequestSerializer):
     prompt = StrictCharField(required=False)
     messages = ChatMessageSerializer(many=True, required=False, allow_empty=False)
     add_generation_prompt = StrictBooleanField(required=False, default=True)
+    tools = ToolSerializer(many=True, required=False, max_length=MAX_TOOLS)  # as the template shows them
 
     def validate(self, attrs):
         if ("prompt" in attrs) == ("messages" in attrs):

@@ -9,6 +9,7 @@ yielded as a value (``{"error": ...}``) because the 200 has already been sent.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -20,6 +21,7 @@ from django.conf import settings
 
 from inference.engine import EngineUnavailable, EngineWorker, SamplingParams, Turn, Usage
 from inference.stop import StopMatcher
+from inference.tools import ToolCallParser, parse_tool_calls, template_messages, tool_call_grammar
 from llmserver.errors import APIError, error_body
 
 # The engine's FinishReason names, as OpenAI's finish_reason.
@@ -193,6 +195,8 @@ class _Serving:
         except GenerationFailed as failed:
             raise failed.api_error from None
         choices = [self.choice("".join(parts), index, reason) for index, (parts, reason) in enumerate(zip(texts, reasons))]
+        for index, choice in enumerate(choices):
+            generation.finish_reasons[index] = choice["finish_reason"]  # e.g. "tool_calls", for the record
         return {
             "id": self.new_id(),
             "object": self.object_name,
@@ -214,7 +218,10 @@ class _Serving:
                 yield {**base, "choices": [opening]}
         try:
             async for update in generation.updates():
-                yield {**base, "choices": [self.chunk_choice(update)]}
+                for choice in self.chunk_choices(update):
+                    if choice["finish_reason"]:
+                        generation.finish_reasons[update.index] = choice["finish_reason"]
+                    yield {**base, "choices": [choice]}
         except GenerationFailed as failed:
             yield failed.api_error.body()
             return
@@ -234,6 +241,9 @@ class _Serving:
     def chunk_choice(self, update: ChoiceUpdate) -> dict:
         raise NotImplementedError
 
+    def chunk_choices(self, update: ChoiceUpdate) -> list[dict]:
+        return [self.chunk_choice(update)]
+
 
 class ChatServing(_Serving):
     object_name = "chat.completion"
@@ -241,19 +251,39 @@ class ChatServing(_Serving):
     id_prefix = "chatcmpl-"
     prompt_param = "messages"
 
+    def __init__(self, worker: EngineWorker, model_name: str):
+        super().__init__(worker, model_name)
+        self.tools: list[dict] = []  # offered to the model (none with tool_choice "none")
+        self.parallel_tool_calls = True
+        self._parsers: dict[int, ToolCallParser] = {}
+
     def generation(self, data: dict) -> Generation:
         tokenizer = self.worker.tokenizer
-        tokens = self.check_prompt(tokenizer.encode(chat_prompt(tokenizer, data["messages"])))
+        choice = data.get("tool_choice", "none")
+        self.tools = data.get("tools", []) if choice != "none" else []
+        self.parallel_tool_calls = data.get("parallel_tool_calls", True)
+        prompt = chat_prompt(tokenizer, data["messages"], tools=self.tools)
+        tokens = self.check_prompt(tokenizer.encode(prompt))
         max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
-        return Generation(self.worker, [tokens], self.sampling(data, max_tokens), n=data["n"], stop=data.get("stop"))
+        params = self.sampling(data, max_tokens)
+        if self.tools and choice != "auto":  # "required" or a named function: a call it will be
+            grammar = tool_call_grammar(self.tools, choice, parallel=self.parallel_tool_calls)
+            params = dataclasses.replace(params, guidance=("lark_grammar", grammar))
+        return Generation(self.worker, [tokens], params, n=data["n"], stop=data.get("stop"))
+
+    @property
+    def tool_names(self) -> set[str]:
+        return {tool["function"]["name"] for tool in self.tools}
 
     def choice(self, text, index, finish_reason):
-        return {
-            "index": index,
-            "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": None,
-            "finish_reason": finish_reason,
-        }
+        message = {"role": "assistant", "content": text, "refusal": None}
+        if self.tools:
+            content, calls = parse_tool_calls(text, self.tool_names, parallel=self.parallel_tool_calls)
+            if calls:
+                message = {"role": "assistant", "content": content, "refusal": None,
+                           "tool_calls": [call.as_message_part() for call in calls]}
+                finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
+        return {"index": index, "message": message, "logprobs": None, "finish_reason": finish_reason}
 
     def opening_chunk(self, index):
         return {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
@@ -261,6 +291,34 @@ class ChatServing(_Serving):
     def chunk_choice(self, update):
         delta = {"content": update.text} if update.text else {}
         return {"index": update.index, "delta": delta, "logprobs": None, "finish_reason": update.finish_reason}
+
+    def chunk_choices(self, update):
+        """With tools, a call streams as OpenAI's: its id and name first, then its
+        arguments; text that may begin a call is held back until it is known."""
+        if not self.tools:
+            return [self.chunk_choice(update)]
+        parser = self._parsers.get(update.index)
+        if parser is None:
+            parser = self._parsers[update.index] = ToolCallParser(self.tool_names, parallel=self.parallel_tool_calls)
+        index, chunks = update.index, []
+        content, calls = parser.feed(update.text) if update.text else ("", [])
+        if update.finish_reason:
+            content += parser.finish()
+        if content:
+            chunks.append(self._delta(index, {"content": content}))
+        for call in calls:
+            position = parser.calls.index(call)
+            chunks.append(self._delta(index, {"tool_calls": [{
+                "index": position, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}]}))
+            chunks.append(self._delta(index, {"tool_calls": [{"index": position, "function": {"arguments": call.arguments}}]}))
+        if update.finish_reason:
+            reason = "tool_calls" if parser.calls and update.finish_reason == "stop" else update.finish_reason
+            chunks.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": reason})
+        return chunks
+
+    @staticmethod
+    def _delta(index: int, delta: dict) -> dict:
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
 
 
 class CompletionServing(_Serving):
@@ -307,11 +365,13 @@ def response_format_guidance(response_format: dict | None) -> tuple[str, str] | 
     return "json_schema", json.dumps({"x-guidance": _COMPACT_JSON, **schema})
 
 
-def chat_prompt(tokenizer, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
-    """The prompt text of validated chat messages, rendered by the model's own chat
-    template: what /v1/chat/completions generates from and /tokenize counts."""
-    rendered = [_template_message(message) for message in messages]
-    return tokenizer.apply_chat_template(json.dumps(rendered), add_generation_prompt=add_generation_prompt)
+def chat_prompt(tokenizer, messages: list[dict], *, add_generation_prompt: bool = True,
+                tools: list[dict] | None = None) -> str:
+    """The prompt text of validated chat messages (and the tools offered), rendered by
+    the model's own chat template: what /v1/chat/completions generates from and
+    /tokenize counts."""
+    return tokenizer.apply_chat_template(json.dumps(template_messages(messages)), add_generation_prompt=add_generation_prompt,
+                                         tools=json.dumps(tools) if tools else None)
 
 
 class TokenizeServing:
@@ -323,7 +383,8 @@ class TokenizeServing:
     def tokenize(self, data: dict) -> dict:
         tokenizer = self.worker.tokenizer
         if "messages" in data:
-            text = chat_prompt(tokenizer, data["messages"], add_generation_prompt=data["add_generation_prompt"])
+            text = chat_prompt(tokenizer, data["messages"], add_generation_prompt=data["add_generation_prompt"],
+                               tools=data.get("tools"))
         else:
             text = data["prompt"]
         tokens = [int(token) for token in tokenizer.encode(text)]
@@ -335,12 +396,3 @@ class TokenizeServing:
             raise APIError(400, f"Token id {max(tokens)} is out of the model's vocabulary.",
                            code="invalid_value", param="tokens")
         return {"prompt": self.worker.tokenizer.decode(np.asarray(tokens, dtype=np.int32))}
-
-
-def _template_message(message: dict) -> dict:
-    """A validated message as the chat template receives it."""
-    out = {"role": message["role"], "content": message["content"]}
-    for key in ("name", "tool_call_id"):
-        if key in message:
-            out[key] = message[key]
-    return out

@@ -41,7 +41,7 @@ def test_an_unknown_model_is_404_model_not_found(api):
     ("presence_penalty", 0.5, "unsupported_parameter", "Invalid value for 'presence_penalty': 'presence_penalty' is not supported by this server."),
     ("frequency_penalty", 1, "unsupported_parameter", "Invalid value for 'frequency_penalty': 'frequency_penalty' is not supported by this server."),
     ("logit_bias", {"12": 5}, "unsupported_parameter", "Invalid value for 'logit_bias': 'logit_bias' is not supported by this server."),
-    ("tools", [{"type": "function", "function": {"name": "f"}}], "unsupported_parameter", "Invalid value for 'tools': 'tools' is not supported by this server."),
+    ("tool_choice", "required", "invalid_value", "Invalid value for 'tool_choice': tool_choice 'required' needs 'tools'."),
     ("stream_options", {"include_usage": True}, "invalid_value", "Invalid value for 'stream_options': The 'stream_options' parameter is only allowed when 'stream' is enabled."),
     ("bogus", 1, "unknown_parameter", "Invalid value for 'bogus': Unrecognized request argument supplied: bogus"),
 ])
@@ -73,7 +73,8 @@ def test_seed_with_sampling_is_refused(api):
     ([{"role": "user"}], "messages[0].content", "missing_required_parameter"),
     ([{"role": "user", "content": 5}], "messages[0].content", "invalid_type"),
     ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content[0].type", "invalid_value"),
-    ([{"role": "user", "content": "hi", "tool_calls": []}], "messages[0].tool_calls", "unsupported_parameter"),
+    ([{"role": "user", "content": "hi", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}],
+     "messages[0].tool_calls", "invalid_value"),
 ])
 def test_a_malformed_message_is_400_with_its_path(api, messages, param, code):
     error = error_of(api.post("/v1/chat/completions", json={"model": MODEL_ID, "messages": messages}), 400)
