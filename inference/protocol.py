@@ -382,3 +382,181 @@ class CompletionRequest(OpenAIRequestSerializer, _SamplingFields):
             _refuse("prompt", f"{len(attrs['prompt'])} prompts with n={attrs['n']} make {choices} choices; "
                               f"the limit is {MAX_CHOICES} per request.")
         return attrs
+
+
+# --- the Responses API -------------------------------------------------------------------
+
+
+class ResponsesFunctionToolSerializer(serializers.Serializer):
+    """A Responses tool: the function's fields at the top level, not under "function"."""
+
+    type = serializers.ChoiceField(choices=["function"], error_messages={
+        "invalid_choice": "Only function tools are supported by this server; got '{input}'.",
+    })
+    name = StrictCharField(allow_blank=False, max_length=64)
+    description = StrictCharField(required=False, allow_null=True)
+    parameters = serializers.DictField(required=False, allow_null=True)
+    strict = StrictBooleanField(required=False, allow_null=True)
+
+    def validate_name(self, value):
+        if not _FUNCTION_NAME.match(value):
+            raise serializers.ValidationError("A function name is 1 to 64 letters, digits, '_' or '-'.")
+        return value
+
+
+class ResponsesToolChoiceField(serializers.Field):
+    default_error_messages = {
+        "invalid": "Expected 'none', 'auto', 'required' or {\"type\": \"function\", \"name\": ...}.",
+    }
+
+    def to_internal_value(self, data):
+        if data in ("none", "auto", "required"):
+            return data
+        if isinstance(data, dict) and data.get("type") == "function" and isinstance(data.get("name"), str):
+            return {"name": data["name"]}
+        self.fail("invalid")
+
+
+class ResponsesTextSerializer(serializers.Serializer):
+    format = serializers.DictField(required=False)
+
+
+class ResponsesInputField(serializers.Field):
+    """``input``: a string (one user message) or a list of items: messages (``content``
+    a string or input_text/output_text parts), ``function_call`` and
+    ``function_call_output``. Returned as chat messages."""
+
+    default_error_messages = {"invalid": "Expected a string or a list of input items."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            return [{"role": "user", "content": data}]
+        if not isinstance(data, list) or not data:
+            self.fail("invalid")
+        messages = []
+        for position, item in enumerate(data):
+            if not isinstance(item, dict):
+                _refuse(f"input[{position}]", "Expected an input item (an object).", code="invalid_type")
+            kind = item.get("type", "message")
+            if kind == "message":
+                messages.append(_input_message(item, position))
+            elif kind == "function_call":
+                call = {"id": _text(item, "call_id", position), "type": "function",
+                        "function": {"name": _text(item, "name", position), "arguments": _text(item, "arguments", position)}}
+                if messages and messages[-1]["role"] == "assistant" and "tool_calls" in messages[-1]:
+                    messages[-1]["tool_calls"].append(call)  # parallel calls: one assistant turn
+                else:
+                    messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            elif kind == "function_call_output":
+                messages.append({"role": "tool", "tool_call_id": _text(item, "call_id", position),
+                                 "content": _text(item, "output", position)})
+            else:
+                _refuse(f"input[{position}].type", f"Input items of type '{kind}' are not supported by this server.",
+                        code="unsupported_parameter")
+        return messages
+
+
+def _text(item: dict, name: str, position: int) -> str:
+    value = item.get(name)
+    if not isinstance(value, str):
+        _refuse(f"input[{position}].{name}", "This field is required." if value is None else "Expected a string.",
+                code="required" if value is None else "invalid_type")
+    return value
+
+
+def _input_message(item: dict, position: int) -> dict:
+    role = item.get("role")
+    if role not in ("user", "assistant", "system", "developer"):
+        _refuse(f"input[{position}].role", "Expected 'user', 'assistant', 'system' or 'developer'.")
+    content = item.get("content")
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") not in ("input_text", "output_text") \
+                    or not isinstance(part.get("text"), str):
+                _refuse(f"input[{position}].content", "Only input_text and output_text parts are supported by this server.",
+                        code="unsupported_parameter")
+            parts.append(part["text"])
+        content = "".join(parts)
+    if not isinstance(content, str):
+        _refuse(f"input[{position}].content", "Expected a string or a list of text parts.", code="invalid_type")
+    return {"role": "system" if role == "developer" else role, "content": content}
+
+
+class ResponsesRequest(OpenAIRequestSerializer):
+    """``POST /v1/responses``, stateless: nothing is stored (``store`` may be true or false;
+    a response cannot be fetched or continued later, so ``previous_response_id`` is
+    refused). Validated into the shape of a chat completion request, which the same
+    serving layer runs."""
+
+    NEUTRAL_VALUES = {
+        "previous_response_id": (),
+        "reasoning": ({},),
+        "truncation": ("disabled",),
+        "include": ([],),
+        "background": (False,),
+        "service_tier": ("auto", "default"),
+        "top_logprobs": (0,),
+        "max_tool_calls": (),
+        "prompt": (),
+        "conversation": (),
+    }
+
+    model = StrictCharField(allow_blank=False, max_length=256)
+    input = ResponsesInputField()
+    instructions = StrictCharField(required=False)
+    max_output_tokens = StrictIntegerField(required=False, min_value=1, max_value=2**31 - 1)
+    temperature = StrictFloatField(required=False, min_value=0.0, max_value=2.0)
+    top_p = StrictFloatField(required=False, min_value=0.0, max_value=1.0)
+    tools = ResponsesFunctionToolSerializer(many=True, required=False, max_length=MAX_TOOLS)
+    tool_choice = ResponsesToolChoiceField(required=False)
+    parallel_tool_calls = StrictBooleanField(required=False, default=True)
+    text = ResponsesTextSerializer(required=False)
+    stream = StrictBooleanField(required=False, default=False)
+    store = StrictBooleanField(required=False, default=False)
+    metadata = serializers.DictField(child=StrictCharField(max_length=512), required=False)
+    user = StrictCharField(required=False, max_length=256)
+
+    def validate(self, attrs):
+        messages = attrs["input"]
+        if "instructions" in attrs:
+            messages = [{"role": "system", "content": attrs["instructions"]}, *messages]
+        tools = [{"type": "function", "function": {k: v for k, v in tool.items() if k != "type" and v is not None}}
+                 for tool in attrs.get("tools", [])]
+        chat = {"model": attrs["model"], "messages": messages, "stream": attrs["stream"], "n": 1,
+                "tools": tools, "parallel_tool_calls": attrs["parallel_tool_calls"]}
+        for name in ("temperature", "top_p", "user"):
+            if name in attrs:
+                chat[name] = attrs[name]
+        if "max_output_tokens" in attrs:
+            chat["max_tokens"] = attrs["max_output_tokens"]
+        if "tool_choice" in attrs:
+            chat["tool_choice"] = attrs["tool_choice"]
+        response_format = _response_format(attrs.get("text", {}).get("format"))
+        if response_format is not None:
+            chat["response_format"] = response_format
+        # The chat completion rules (tool_choice against tools, messages well formed, ...).
+        checked = ChatCompletionRequest(data=_chat_body(chat))
+        checked.is_valid(raise_exception=True)
+        return {**checked.validated_data, "responses": attrs}
+
+
+def _response_format(text_format: dict | None) -> dict | None:
+    """Responses' ``text.format`` as chat's ``response_format``."""
+    if not text_format:
+        return None
+    kind = text_format.get("type")
+    if kind == "json_schema":
+        return {"type": "json_schema", "json_schema": {k: v for k, v in text_format.items() if k != "type"}}
+    return {"type": kind}
+
+
+def _chat_body(chat: dict) -> dict:
+    """The converted request as a chat completion body (tool_choice back in its wire form)."""
+    body = dict(chat)
+    if isinstance(body.get("tool_choice"), dict):
+        body["tool_choice"] = {"type": "function", "function": body["tool_choice"]}
+    if not body.get("tools"):
+        body.pop("tools", None)
+        body.pop("parallel_tool_calls", None)
+    return body

@@ -21,7 +21,7 @@ from django.conf import settings
 
 from inference.engine import EngineUnavailable, EngineWorker, SamplingParams, Turn, Usage
 from inference.stop import StopMatcher
-from inference.tools import ToolCallParser, parse_tool_calls, template_messages, tool_call_grammar
+from inference.tools import ToolCall, ToolCallParser, parse_tool_calls, template_messages, tool_call_grammar
 from llmserver.errors import APIError, error_body
 
 # The engine's FinishReason names, as OpenAI's finish_reason.
@@ -396,3 +396,186 @@ class TokenizeServing:
             raise APIError(400, f"Token id {max(tokens)} is out of the model's vocabulary.",
                            code="invalid_value", param="tokens")
         return {"prompt": self.worker.tokenizer.decode(np.asarray(tokens, dtype=np.int32))}
+
+
+class ResponsesServing(ChatServing):
+    """``/v1/responses``: the same turns as a chat completion, shaped as a Response
+    (output items: a message with output_text, and function calls) and, streamed, as
+    its typed events (response.created, response.output_text.delta, ...,
+    response.completed)."""
+
+    def __init__(self, worker: EngineWorker, model_name: str):
+        super().__init__(worker, model_name)
+        self.request: dict = {}
+
+    def generation(self, data: dict) -> Generation:
+        self.request = data["responses"]
+        return super().generation(data)
+
+    def new_id(self) -> str:
+        return f"resp_{uuid.uuid4().hex}"
+
+    def response(self, response_id: str, created: int, status: str, output: list, generation: Generation | None,
+                 finish_reason: str | None = None) -> dict:
+        request = self.request
+        usage = None
+        if generation is not None and status != "in_progress":
+            counts = generation.usage()
+            usage = {
+                "input_tokens": counts["prompt_tokens"],
+                "input_tokens_details": {"cached_tokens": counts["prompt_tokens_details"]["cached_tokens"]},
+                "output_tokens": counts["completion_tokens"],
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": counts["total_tokens"],
+            }
+        choice = request.get("tool_choice", "auto" if self.tools else "none")
+        return {
+            "id": response_id,
+            "object": "response",
+            "created_at": created,
+            "status": status,
+            "error": None,
+            "incomplete_details": {"reason": "max_output_tokens"} if finish_reason == "length" else None,
+            "instructions": request.get("instructions"),
+            "max_output_tokens": request.get("max_output_tokens"),
+            "model": self.model_name,
+            "output": output,
+            "parallel_tool_calls": request.get("parallel_tool_calls", True),
+            "previous_response_id": None,
+            "reasoning": {"effort": None, "summary": None},
+            "store": False,  # stateless: nothing is kept, whatever the request said
+            "temperature": request.get("temperature", settings.DEFAULT_TEMPERATURE),
+            "text": {"format": request.get("text", {}).get("format") or {"type": "text"}},
+            "tool_choice": {"type": "function", **choice} if isinstance(choice, dict) else choice,
+            "tools": request.get("tools", []),
+            "top_p": request.get("top_p", 1.0),
+            "truncation": "disabled",
+            "usage": usage,
+            "user": request.get("user"),
+            "metadata": request.get("metadata", {}),
+        }
+
+    async def create(self, generation: Generation) -> dict:
+        parts, reason = [], None
+        try:
+            async for update in generation.updates():
+                if update.text:
+                    parts.append(update.text)
+                if update.finish_reason:
+                    reason = update.finish_reason
+        except GenerationFailed as failed:
+            raise failed.api_error from None
+        text = "".join(parts)
+        content, calls = (parse_tool_calls(text, self.tool_names, parallel=self.parallel_tool_calls)
+                          if self.tools else (text, []))
+        output = []
+        if content or not calls:
+            output.append(_message_item(f"msg_{uuid.uuid4().hex}", content or "", "completed"))
+        output += [_function_call_item(call, "completed") for call in calls]
+        generation.finish_reasons[0] = "tool_calls" if calls and reason == "stop" else reason
+        status = "incomplete" if reason == "length" else "completed"
+        return self.response(self.new_id(), int(time.time()), status, output, generation, reason)
+
+    async def stream(self, generation: Generation, *, include_usage: bool = False) -> AsyncIterator[dict]:
+        response_id, created = self.new_id(), int(time.time())
+        events = _EventCounter()
+        yield events.next("response.created", response=self.response(response_id, created, "in_progress", [], None))
+        yield events.next("response.in_progress", response=self.response(response_id, created, "in_progress", [], None))
+        output: list[dict] = []
+        message = None  # the output message item while its text streams
+        parser = ToolCallParser(self.tool_names, parallel=self.parallel_tool_calls) if self.tools else None
+        text, reason = [], None
+
+        def open_message():
+            nonlocal message
+            message = _message_item(f"msg_{uuid.uuid4().hex}", "", "in_progress")
+            output.append(message)
+            index = len(output) - 1
+            return [events.next("response.output_item.added", output_index=index, item={**message, "content": []}),
+                    events.next("response.content_part.added", item_id=message["id"], output_index=index,
+                                content_index=0, part={"type": "output_text", "text": "", "annotations": []})]
+
+        def close_message():
+            nonlocal message
+            index, done_text = output.index(message), "".join(text)
+            message["content"][0]["text"] = done_text
+            message["status"] = "completed"
+            closing = [
+                events.next("response.output_text.done", item_id=message["id"], output_index=index, content_index=0,
+                            text=done_text),
+                events.next("response.content_part.done", item_id=message["id"], output_index=index, content_index=0,
+                            part=message["content"][0]),
+                events.next("response.output_item.done", output_index=index, item=message),
+            ]
+            message = None
+            return closing
+
+        try:
+            async for update in generation.updates():
+                content, calls = (parser.feed(update.text) if parser else (update.text, [])) if update.text else ("", [])
+                if update.finish_reason:
+                    reason = update.finish_reason
+                    if parser:
+                        content += parser.finish()
+                if content:
+                    if message is None:
+                        for event in open_message():
+                            yield event
+                    text.append(content)
+                    yield events.next("response.output_text.delta", item_id=message["id"], output_index=output.index(message),
+                                      content_index=0, delta=content)
+                for call in calls:
+                    if message is not None:
+                        for event in close_message():
+                            yield event
+                    item = _function_call_item(call, "in_progress")
+                    output.append(item)
+                    index = len(output) - 1
+                    yield events.next("response.output_item.added", output_index=index, item={**item, "arguments": ""})
+                    yield events.next("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
+                                      delta=call.arguments)
+                    yield events.next("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                                      arguments=call.arguments)
+                    item["status"] = "completed"
+                    yield events.next("response.output_item.done", output_index=index, item=item)
+        except (GenerationFailed, EngineUnavailable) as exc:
+            error = exc.api_error if isinstance(exc, GenerationFailed) else APIError(
+                503, str(exc), code="engine_unavailable", type="server_error")
+            yield events.next("error", code=error.code, message=error.message, param=error.param)
+            failed = self.response(response_id, created, "failed", output, generation, reason)
+            failed["error"] = {"code": error.code, "message": error.message}
+            yield events.next("response.failed", response=failed)
+            return
+        if message is None and not output:  # an empty answer is still a message
+            for event in open_message():
+                yield event
+        if message is not None:
+            for event in close_message():
+                yield event
+        has_calls = any(item["type"] == "function_call" for item in output)
+        generation.finish_reasons[0] = "tool_calls" if has_calls and reason == "stop" else reason
+        status = "incomplete" if reason == "length" else "completed"
+        yield events.next("response.incomplete" if status == "incomplete" else "response.completed",
+                          response=self.response(response_id, created, status, output, generation, reason))
+
+
+class _EventCounter:
+    """Responses stream events, numbered in order (``sequence_number``)."""
+
+    def __init__(self):
+        self.sequence = 0
+
+    def next(self, kind: str, **fields) -> dict:
+        event = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return event
+
+
+def _message_item(item_id: str, text: str, status: str) -> dict:
+    return {"type": "message", "id": item_id, "status": status, "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]}
+
+
+def _function_call_item(call: ToolCall, status: str) -> dict:
+    return {"type": "function_call", "id": f"fc_{uuid.uuid4().hex}", "call_id": call.id, "name": call.name,
+            "arguments": call.arguments, "status": status}

@@ -11,6 +11,7 @@ urlpatterns = [
     path("v1/models/<path:model_id>", views.ModelDetailView.as_view(), name="model-detail"),
     path("v1/chat/completions", views.ChatCompletionsView.as_view(), name="chat-completions"),
     path("v1/completions", views.CompletionsView.as_view(), name="completions"),
+    path("v1/responses", views.ResponsesView.as_view(), name="responses"),
     path("tokenize", views.TokenizeView.as_view(), name="tokenize"),
     path("detokenize", views.DetokenizeView.as_view(), name="detokenize"),
     path("health", views.HealthView.as_view(), name="health"),

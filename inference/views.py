@@ -26,9 +26,10 @@ from accounts.models import APIKey
 from accounts.refusals import UnknownKey, check_model_access
 from accounts.usage import RequestAccount
 from inference.admission import ConcurrencyLimit
-from inference.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from inference.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ResponsesRequest,
+                                TokenizeRequest)
 from inference.registry import ModelSpec, ModelUse, registry
-from inference.serving import ChatServing, CompletionServing, TokenizeServing
+from inference.serving import ChatServing, CompletionServing, ResponsesServing, TokenizeServing
 from llmserver.errors import APIError
 
 log = logging.getLogger("llmserver.views")
@@ -231,6 +232,7 @@ class UnloadModelView(_ModelManagementView):
 class _GenerationView(AsyncAPIView):
     request_serializer = None
     serving_class = None
+    named_events = False  # SSE framing: "event: <type>" lines and no [DONE] (the Responses API)
 
     async def post(self, request):
         key = await self.authenticate_key(request, fresh=False)
@@ -255,7 +257,8 @@ class _GenerationView(AsyncAPIView):
             account.generation = generation
         if data["stream"]:
             include_usage = data.get("stream_options", {}).get("include_usage", False)
-            return EventStreamResponse(serving.stream(generation, include_usage=include_usage), account)
+            return EventStreamResponse(serving.stream(generation, include_usage=include_usage), account,
+                                       named_events=self.named_events)
         return JsonResponse(await serving.create(generation))
 
 
@@ -269,6 +272,15 @@ class CompletionsView(_GenerationView):
     endpoint = "completions"
     request_serializer = CompletionRequest
     serving_class = CompletionServing
+
+
+class ResponsesView(_GenerationView):
+    """``POST /v1/responses``, stateless (see ResponsesRequest)."""
+
+    endpoint = "responses"
+    request_serializer = ResponsesRequest
+    serving_class = ResponsesServing
+    named_events = True
 
 
 class _TokenizerView(AsyncAPIView):
@@ -308,21 +320,28 @@ class DetokenizeView(_TokenizerView):
 class EventStreamResponse(StreamingHttpResponse):
     """Server-sent events from an async iterator of chunk dicts."""
 
-    def __init__(self, chunks: AsyncIterator[dict], account: RequestAccount | None):
-        super().__init__(_sse(chunks, account), content_type="text/event-stream")
+    def __init__(self, chunks: AsyncIterator[dict], account: RequestAccount | None, *, named_events: bool = False):
+        super().__init__(_sse(chunks, account, named_events), content_type="text/event-stream")
         self["Cache-Control"] = "no-cache"
         self["X-Accel-Buffering"] = "no"  # tell nginx not to buffer the stream
 
 
-async def _sse(chunks: AsyncIterator[dict], account: RequestAccount | None) -> AsyncIterator[bytes]:
-    """``data: {json}\n\n`` per chunk, then ``data: [DONE]\n\n``. Closing ``chunks`` in
-    ``finally`` cancels the generation when the client leaves."""
+async def _sse(chunks: AsyncIterator[dict], account: RequestAccount | None,
+               named_events: bool = False) -> AsyncIterator[bytes]:
+    """``data: {json}\n\n`` per chunk, then ``data: [DONE]\n\n``; with ``named_events``,
+    ``event: {type}`` before each and no [DONE], as the Responses API streams. Closing
+    ``chunks`` in ``finally`` cancels the generation when the client leaves."""
     try:
         async for chunk in chunks:
-            if account is not None and "error" in chunk:
-                account.error_code = chunk["error"]["code"] or ""
-            yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
-        yield b"data: [DONE]\n\n"
+            if account is not None:
+                if "error" in chunk and isinstance(chunk["error"], dict):
+                    account.error_code = chunk["error"]["code"] or ""
+                elif chunk.get("type") == "error":
+                    account.error_code = chunk["code"] or ""
+            data = b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+            yield b"event: " + chunk["type"].encode() + b"\n" + data if named_events else data
+        if not named_events:
+            yield b"data: [DONE]\n\n"
     except BaseException:
         if account is not None:
             account.client_disconnected = True
