@@ -426,17 +426,20 @@ class ResponsesInputField(serializers.Field):
     a string or input_text/output_text parts), ``function_call`` and
     ``function_call_output``. Returned as chat messages."""
 
-    default_error_messages = {"invalid": "Expected a string or a list of input items."}
+    default_error_messages = {"invalid": "Expected a string or a list of input items.",
+                              "empty": "The input must not be empty."}
 
     def to_internal_value(self, data):
         if isinstance(data, str):
+            if not data:
+                self.fail("empty")
             return [{"role": "user", "content": data}]
         if not isinstance(data, list) or not data:
             self.fail("invalid")
         messages = []
         for position, item in enumerate(data):
             if not isinstance(item, dict):
-                _refuse(f"input[{position}]", "Expected an input item (an object).", code="invalid_type")
+                _refuse_item(position, None, "Expected an input item (an object).", "invalid_type")
             kind = item.get("type", "message")
             if kind == "message":
                 messages.append(_input_message(item, position))
@@ -451,35 +454,41 @@ class ResponsesInputField(serializers.Field):
                 messages.append({"role": "tool", "tool_call_id": _text(item, "call_id", position),
                                  "content": _text(item, "output", position)})
             else:
-                _refuse(f"input[{position}].type", f"Input items of type '{kind}' are not supported by this server.",
-                        code="unsupported_parameter")
+                _refuse_item(position, "type", f"Input items of type '{kind}' are not supported by this server.",
+                             "unsupported_parameter")
         return messages
+
+
+def _refuse_item(position: int, name: str | None, message: str, code: str):
+    """An error in ``input[position]`` (``.name``), relative to the input field."""
+    detail = serializers.ErrorDetail(message, code=code)
+    raise serializers.ValidationError({position: {name: detail} if name else [detail]})
 
 
 def _text(item: dict, name: str, position: int) -> str:
     value = item.get(name)
     if not isinstance(value, str):
-        _refuse(f"input[{position}].{name}", "This field is required." if value is None else "Expected a string.",
-                code="required" if value is None else "invalid_type")
+        _refuse_item(position, name, "This field is required." if value is None else "Expected a string.",
+                     "required" if value is None else "invalid_type")
     return value
 
 
 def _input_message(item: dict, position: int) -> dict:
     role = item.get("role")
     if role not in ("user", "assistant", "system", "developer"):
-        _refuse(f"input[{position}].role", "Expected 'user', 'assistant', 'system' or 'developer'.")
+        _refuse_item(position, "role", "Expected 'user', 'assistant', 'system' or 'developer'.", "invalid_value")
     content = item.get("content")
     if isinstance(content, list):
         parts = []
         for part in content:
             if not isinstance(part, dict) or part.get("type") not in ("input_text", "output_text") \
                     or not isinstance(part.get("text"), str):
-                _refuse(f"input[{position}].content", "Only input_text and output_text parts are supported by this server.",
-                        code="unsupported_parameter")
+                _refuse_item(position, "content", "Only input_text and output_text parts are supported by this server.",
+                             "unsupported_parameter")
             parts.append(part["text"])
         content = "".join(parts)
     if not isinstance(content, str):
-        _refuse(f"input[{position}].content", "Expected a string or a list of text parts.", code="invalid_type")
+        _refuse_item(position, "content", "Expected a string or a list of text parts.", "invalid_type")
     return {"role": "system" if role == "developer" else role, "content": content}
 
 
