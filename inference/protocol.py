@@ -493,9 +493,8 @@ def _input_message(item: dict, position: int) -> dict:
 
 
 class ResponsesRequest(OpenAIRequestSerializer):
-    """``POST /v1/responses``, stateless: nothing is stored (``store`` may be true or false;
-    a response cannot be fetched or continued later, so ``previous_response_id`` is
-    refused). Validated into the shape of a chat completion request, which the same
+    """``POST /v1/responses``, stateless: nothing is stored, so ``store`` must be false (or
+    absent) and ``previous_response_id`` is refused. Validated into the shape of a chat completion request, which the same
     serving layer runs."""
 
     NEUTRAL_VALUES = {
@@ -509,6 +508,7 @@ class ResponsesRequest(OpenAIRequestSerializer):
         "max_tool_calls": (),
         "prompt": (),
         "conversation": (),
+        "store": (False,),  # nothing is stored: a response cannot be fetched or continued later
     }
 
     model = StrictCharField(allow_blank=False, max_length=256)
@@ -522,7 +522,6 @@ class ResponsesRequest(OpenAIRequestSerializer):
     parallel_tool_calls = StrictBooleanField(required=False, default=True)
     text = ResponsesTextSerializer(required=False)
     stream = StrictBooleanField(required=False, default=False)
-    store = StrictBooleanField(required=False, default=False)
     metadata = serializers.DictField(child=StrictCharField(max_length=512), required=False)
     user = StrictCharField(required=False, max_length=256)
 

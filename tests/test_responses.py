@@ -81,6 +81,7 @@ def test_input_items_carry_the_conversation(client):
     ({"input": "hi", "model": "gpt-9"}, 404, "model", "model_not_found"),
     ({"input": "hi", "tool_choice": "required"}, 400, "tool_choice", "invalid_value"),
     ({"input": "hi", "bogus": 1}, 400, "bogus", "unknown_parameter"),
+    ({"input": "hi", "store": True}, 400, "store", "unsupported_parameter"),
 ])
 def test_what_cannot_be_honoured_is_refused_in_openais_shape(api, body, status, param, code):
     response = api.post("/v1/responses", json={"model": MODEL_ID, **body})
