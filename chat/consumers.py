@@ -29,6 +29,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 import uuid
 
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -39,6 +40,7 @@ from accounts.books import books
 from accounts.models import APIKey
 from accounts.refusals import check_model_access, key_refusal
 from accounts.usage import RequestAccount
+from inference import metrics
 from inference.engine import EngineUnavailable
 from inference.protocol import ChatCompletionRequest
 from inference.registry import registry
@@ -119,6 +121,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _generate(self, chat_id: str, message: dict) -> None:
         """One chat turn, from admission to its usage record."""
         request_id = uuid.uuid4().hex
+        started = time.perf_counter()
         account: RequestAccount | None = None
         model_use = None
         status = 200
@@ -180,6 +183,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.stopping.discard(chat_id)
             if model_use is not None:
                 model_use.release()
+            metrics.observe(ENDPOINT, model_use.model_id if model_use else "unknown", status, started,
+                            account.generation if account else None)
             if account is not None:
                 try:
                     account.finish(status)

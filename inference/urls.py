@@ -15,4 +15,5 @@ urlpatterns = [
     path("tokenize", views.TokenizeView.as_view(), name="tokenize"),
     path("detokenize", views.DetokenizeView.as_view(), name="detokenize"),
     path("health", views.HealthView.as_view(), name="health"),
+    path("metrics", views.MetricsView.as_view(), name="metrics"),
 ]

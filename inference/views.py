@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from functools import partial
@@ -18,13 +19,14 @@ from pathlib import Path
 
 from adrf.views import APIView
 from django.conf import settings
-from django.http import JsonResponse, StreamingHttpResponse
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
 import llmserver
 from accounts.auth import authenticate
 from accounts.models import APIKey
 from accounts.refusals import UnknownKey, check_model_access
 from accounts.usage import RequestAccount
+from inference import metrics
 from inference.admission import ConcurrencyLimit
 from inference.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ResponsesRequest,
                                 TokenizeRequest)
@@ -61,6 +63,9 @@ class AsyncAPIView(APIView):
         self.account: RequestAccount | None = None
         self.slot = None
         self.model_use: ModelUse | None = None
+        self.started = time.perf_counter()
+        self.generation = None  # for the metrics, once generation starts
+        self.model_label = "unknown"  # the catalogue id, once the model is known (bounded labels)
         try:
             self.initial(request, *args, **kwargs)
             method = request.method.lower()
@@ -76,7 +81,7 @@ class AsyncAPIView(APIView):
         except Exception as exc:
             response = self.handle_exception(await self._key_refusal_first(exc))
         self.response = self.finalize_response(request, response, *args, **kwargs)
-        if self.account is not None or self.slot is not None or self.model_use is not None:
+        if self.endpoint or self.account is not None or self.slot is not None or self.model_use is not None:
             # Django calls a response's closers once it is done with it, on every path.
             self.response._resource_closers.append(partial(self._close, self.response.status_code, self.response))
         return self.response
@@ -109,6 +114,8 @@ class AsyncAPIView(APIView):
                 self.slot.release()
             if self.model_use is not None:
                 self.model_use.release()
+            if self.endpoint:
+                metrics.observe(self.endpoint, self.model_label, status_code, self.started, self.generation)
 
     async def authenticate_key(self, request, *, fresh: bool = True) -> APIKey | None:
         """The request's API key (401 if missing or bad), and its account opened; None
@@ -135,6 +142,7 @@ class AsyncAPIView(APIView):
         """The model loaded (loading it now if need be: 503 if it cannot be) and held
         until the response ends."""
         self.model_use = await registry.acquire(spec.id)
+        self.model_label = spec.id
         return self.model_use
 
     async def admit(self) -> None:
@@ -166,6 +174,7 @@ class ModelListView(AsyncAPIView):
     endpoint = "models"
 
     async def get(self, request):
+        self.model_label = "none"
         key = await self.authenticate_key(request)
         specs = [spec for spec in registry.specs() if key is None or key.may_use(*spec.names)]
         return JsonResponse({"object": "list", "data": [_model_object(spec) for spec in specs]})
@@ -181,6 +190,7 @@ class ModelDetailView(AsyncAPIView):
         if self.account is not None:
             self.account.model = model_id[:256]
         spec = registry.resolve(model_id)
+        self.model_label = spec.id
         if key is not None:
             self.account.model = spec.id
             check_model_access(key, *spec.names)
@@ -201,6 +211,7 @@ class LoadedModelsView(_ModelManagementView):
     endpoint = "models.loaded"
 
     async def get(self, request):
+        self.model_label = "none"
         await self.authenticate_admin(request)
         return JsonResponse({"object": "list", "max_loaded_models": registry.max_loaded,
                              "data": [s for s in registry.statuses() if s["state"] in _IN_MEMORY]})
@@ -251,7 +262,7 @@ class _GenerationView(AsyncAPIView):
         use = await self.hold_model(spec)
         serving = self.serving_class(use.worker, spec.id)
         # Tokenize and check the prompt before admission: a 400 consumes no limit.
-        generation = serving.generation(data)
+        generation = self.generation = serving.generation(data)
         await self.admit()
         if account is not None:
             account.generation = generation
@@ -353,6 +364,20 @@ async def _sse(chunks: AsyncIterator[dict], account: RequestAccount | None,
 def _model_name(data) -> str:
     model = data.get("model") if isinstance(data, dict) else None
     return model if isinstance(model, str) else ""
+
+
+class MetricsView(AsyncAPIView):
+    """Prometheus metrics (inference.metrics): for admin keys, or clients whose address
+    is in METRICS_ALLOWED_IPS. Not a usage-recorded request: scrapes are frequent."""
+
+    async def get(self, request):
+        if settings.REQUIRE_API_KEY and request.META.get("REMOTE_ADDR") not in settings.METRICS_ALLOWED_IPS:
+            key = await authenticate(request)
+            if not key.is_admin:
+                raise APIError(403, "The metrics need an API key with the admin flag, or a client address in "
+                                    "METRICS_ALLOWED_IPS.", code="admin_key_required")
+        body, content_type = metrics.exposition()
+        return HttpResponse(body, content_type=content_type)
 
 
 class HealthView(AsyncAPIView):

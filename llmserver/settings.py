@@ -168,6 +168,8 @@ LEASE_RENEW_SECONDS = max(1, LEASE_TTL_SECONDS // 3)
 # The concurrency limit a user's chat-page key starts with (an admin may change it on the
 # key); 0 = none.
 CHAT_KEY_MAX_CONCURRENCY = env.int("CHAT_KEY_MAX_CONCURRENCY", default=2) or None
+# Client addresses that may read /metrics without a key (else: an admin key).
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=[])
 
 # --- Chat page -----------------------------------------------------------------------
 
