@@ -250,8 +250,8 @@ class ChatMessageSerializer(serializers.Serializer):
 
 class FunctionSerializer(serializers.Serializer):
     name = StrictCharField(allow_blank=False, max_length=64)
-    description = StrictCharField(required=False)
-    parameters = serializers.DictField(required=False)
+    description = StrictCharField(required=False, allow_null=True)
+    parameters = serializers.DictField(required=False, allow_null=True)
     strict = StrictBooleanField(required=False, allow_null=True)
 
     def validate_name(self, value):
@@ -387,21 +387,12 @@ class CompletionRequest(OpenAIRequestSerializer, _SamplingFields):
 # --- the Responses API -------------------------------------------------------------------
 
 
-class ResponsesFunctionToolSerializer(serializers.Serializer):
+class ResponsesFunctionToolSerializer(FunctionSerializer):
     """A Responses tool: the function's fields at the top level, not under "function"."""
 
     type = serializers.ChoiceField(choices=["function"], error_messages={
         "invalid_choice": "Only function tools are supported by this server; got '{input}'.",
     })
-    name = StrictCharField(allow_blank=False, max_length=64)
-    description = StrictCharField(required=False, allow_null=True)
-    parameters = serializers.DictField(required=False, allow_null=True)
-    strict = StrictBooleanField(required=False, allow_null=True)
-
-    def validate_name(self, value):
-        if not _FUNCTION_NAME.match(value):
-            raise serializers.ValidationError("A function name is 1 to 64 letters, digits, '_' or '-'.")
-        return value
 
 
 class ResponsesToolChoiceField(serializers.Field):

@@ -220,24 +220,25 @@ class LoadedModelsView(_ModelManagementView):
 _IN_MEMORY = ("loading", "loaded", "unloading")
 
 
-class LoadModelView(_ModelManagementView):
+class _ModelActionView(_ModelManagementView):
+    action = ""  # the registry's method: "load" or "unload"
+
+    async def post(self, request, model_id: str):
+        await self.authenticate_admin(request)
+        self.model_label = registry.resolve(model_id).id
+        if self.account is not None:
+            self.account.model = self.model_label
+        return JsonResponse(await getattr(registry, self.action)(model_id))
+
+
+class LoadModelView(_ModelActionView):
     endpoint = "models.load"
-
-    async def post(self, request, model_id: str):
-        await self.authenticate_admin(request)
-        if self.account is not None:
-            self.account.model = registry.resolve(model_id).id
-        return JsonResponse(await registry.load(model_id))
+    action = "load"
 
 
-class UnloadModelView(_ModelManagementView):
+class UnloadModelView(_ModelActionView):
     endpoint = "models.unload"
-
-    async def post(self, request, model_id: str):
-        await self.authenticate_admin(request)
-        if self.account is not None:
-            self.account.model = registry.resolve(model_id).id
-        return JsonResponse(await registry.unload(model_id))
+    action = "unload"
 
 
 class _GenerationView(AsyncAPIView):
