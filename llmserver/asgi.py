@@ -23,6 +23,7 @@ from django.conf import settings  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 
 from inference.engine import ModelLoadError  # noqa: E402
+from llmserver.handlers import APIHandler, HTTPRouter  # noqa: E402
 from inference.registry import load_configured_models  # noqa: E402
 
 # The engine threads give up the GIL for each scheduler step and need it back at once
@@ -38,7 +39,9 @@ if settings.LOAD_MODELS_ON_START:
         raise SystemExit(1) from None
 
 application = ProtocolTypeRouter({
-    "http": django_asgi_app,
+    # The API paths skip the web site's session/CSRF/messages middleware and their
+    # thread hops (llmserver/handlers.py); the rest is Django's handler as usual.
+    "http": HTTPRouter(api=APIHandler(), web=django_asgi_app),
     # The chat page's socket: the Origin must be one of ALLOWED_HOSTS (no cross-site
     # page can open it with the user's cookie), then the session says who it is.
     "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),

@@ -60,6 +60,16 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
+# The API paths (/v1/, /tokenize, /detokenize, /health, /metrics) are served by
+# llmserver.handlers.APIHandler with this chain instead: every one async, none needing a
+# session (see that module for why).
+API_MIDDLEWARE = [
+    "llmserver.middleware.RequestContextMiddleware",
+    "llmserver.middleware.RequestSizeLimitMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "llmserver.handlers.APISecurityMiddleware",
+]
+
 ROOT_URLCONF = "llmserver.urls"
 ASGI_APPLICATION = "llmserver.asgi.application"
 APPEND_SLASH = False

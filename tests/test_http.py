@@ -1,5 +1,7 @@
 """The HTTP front: request ids, timing, CORS, access log."""
 
+import pytest
+
 from tests.conftest import MODEL_ID
 
 
@@ -56,3 +58,55 @@ def test_the_admins_static_files_are_served(api):
 
 def test_a_missing_static_file_is_404_json(api):
     assert api.get("/static/admin/css/nope.css").json()["error"]["code"] == "not_found"
+
+
+def test_api_paths_get_the_security_headers_and_no_session_or_csrf_cookie(api):
+    """The API paths run the slim async chain (llmserver/handlers.py): security headers
+    still, but no session, CSRF or clickjacking middleware."""
+    for response in (api.get("/v1/models"), api.get("/health"), api.post("/v1/completions", json={})):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "same-origin"
+        assert response.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+        assert "set-cookie" not in response.headers
+        assert "x-frame-options" not in response.headers
+
+
+def test_web_paths_keep_the_full_middleware(api):
+    page = api.get("/login/")
+    assert page.status_code == 200
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert "csrftoken=" in page.headers["set-cookie"]
+    # CSRF is enforced there: a login POST without the token is refused.
+    refused = api.post("/login/", data={"username": "a", "password": "b"})
+    assert refused.status_code == 403
+
+
+def test_the_api_chain_refuses_a_middleware_that_is_not_async(settings):
+    from llmserver.handlers import APIHandler
+
+    settings.API_MIDDLEWARE = ["corsheaders.middleware.CorsMiddleware", "llmserver.handlers.APISecurityMiddleware"]
+    APIHandler()
+    settings.API_MIDDLEWARE = ["django.middleware.common.CommonMiddleware"]
+    with pytest.raises(RuntimeError, match="through sync_to_async"):
+        APIHandler()
+    settings.API_MIDDLEWARE = ["tests.test_http.inline_view_hook"]
+    with pytest.raises(RuntimeError, match="process_view hook"):
+        APIHandler()
+    settings.API_MIDDLEWARE = ["tests.test_http.sync_only_middleware"]
+    with pytest.raises(RuntimeError, match="not async-capable"):
+        APIHandler()
+
+
+def sync_only_middleware(get_response):
+    return get_response
+
+
+class inline_view_hook:
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def process_view(self, request, view, args, kwargs):
+        return None
