@@ -47,12 +47,14 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class Server:
-    def __init__(self, name: str, workdir: Path, model_path: str, accounting: bool):
+    def __init__(self, name: str, workdir: Path, model_path: str, accounting: bool, model_id: str = MODEL_ID,
+                 extra_env: dict[str, str] | None = None):
         self.name, self.port, self.key = name, _free_port(), None
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = dict(os.environ, MODEL_PATH=model_path, MODEL_ID=MODEL_ID, MAX_CONCURRENT_REQUESTS="256",
+        self.env = dict(os.environ, MODEL_PATH=model_path, MODEL_ID=model_id, MAX_CONCURRENT_REQUESTS="256",
                         DATABASE_URL=f"sqlite:///{workdir / f'db-{name}.sqlite3'}", LOG_LEVEL="WARNING",
-                        REQUIRE_API_KEY="true" if accounting else "false")
+                        REQUIRE_API_KEY="true" if accounting else "false", **(extra_env or {}))
+        self.env.pop("MODELS_CONFIG", None)
         self._manage("migrate", "--noinput")
         if accounting:
             self.key = self._create_key()
@@ -88,9 +90,7 @@ class Server:
         return httpx.get(self.url + "/health", timeout=10).json()["models"][0]
 
     def cpu_seconds(self) -> float:
-        """utime + stime of the server process (all its threads), from /proc."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return process_cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -99,6 +99,12 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def _free_port() -> int:

@@ -17,6 +17,7 @@ import time
 
 _CONTENT = b'"delta":{"content":"'
 _EMPTY_CONTENT = b'"delta":{"content":""'
+_FINISHED = b'"finish_reason":"'
 
 
 class StreamClient:
@@ -37,7 +38,9 @@ class StreamClient:
     async def stream(self, path: str, body: dict) -> dict:
         """POST ``body`` (a streamed request with ``include_usage``) and read its stream.
         Returns ok, status, ttft (seconds to the first content), content chunks,
-        completion_tokens (from the usage chunk) and seconds."""
+        completion_tokens (from the usage chunk), itl (seconds per token after the first:
+        from the first content to the chunk that finishes the choice, over the tokens
+        after the first) and seconds."""
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         payload = json.dumps(body).encode()
@@ -60,7 +63,7 @@ class StreamClient:
             error = await reader.readexactly(length) if length else b""
             await self.close()
             return {"ok": False, "status": status, "error": error[:200].decode(errors="replace")}
-        ttft, chunks, usage, done = None, 0, None, False
+        ttft, chunks, usage, done, finished = None, 0, None, False, None
         while True:
             size = int((await reader.readline()).strip(), 16)
             data = await reader.readexactly(size + 2)
@@ -77,9 +80,38 @@ class StreamClient:
                     ttft = time.perf_counter() - t0
             elif b'"usage":{' in data:
                 usage = json.loads(data[6:])["usage"]
+            if finished is None and _FINISHED in data:
+                finished = time.perf_counter() - t0
         ok = done and usage is not None and ttft is not None
         if not ok:
             await self.close()
+        tokens = usage["completion_tokens"] if usage else 0
+        itl = (finished - ttft) / (tokens - 1) if ok and finished is not None and tokens > 1 else None
         return {"ok": ok, "status": status, "ttft": ttft, "chunks": chunks, "seconds": time.perf_counter() - t0,
-                "completion_tokens": usage["completion_tokens"] if usage else 0,
+                "completion_tokens": tokens, "prompt_tokens": usage["prompt_tokens"] if usage else 0, "itl": itl,
                 **({} if ok else {"error": "incomplete stream"})}
+
+    async def complete(self, path: str, body: dict) -> dict:
+        """POST a non-streamed ``body``; returns ok, status, seconds, completion_tokens."""
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        payload = json.dumps(body).encode()
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\n{self._headers}\r\n").encode()
+        t0 = time.perf_counter()
+        self._writer.write(head + payload)
+        reader = self._reader
+        status = int((await reader.readline()).split(b" ", 2)[1])
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        data = await reader.readexactly(length) if length else b""
+        seconds = time.perf_counter() - t0
+        if status != 200:
+            await self.close()
+            return {"ok": False, "status": status, "error": data[:200].decode(errors="replace"), "seconds": seconds}
+        usage = json.loads(data)["usage"]
+        return {"ok": True, "status": status, "seconds": seconds, "latency": seconds,
+                "completion_tokens": usage["completion_tokens"], "prompt_tokens": usage["prompt_tokens"]}

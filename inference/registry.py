@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
+from django.utils.module_loading import import_string
 
 from inference.engine import EngineWorker, ModelLoadError
 from llmserver.errors import APIError, model_not_found
@@ -299,7 +300,8 @@ class ModelRegistry:
 
     def _new_worker(self, slot: ModelSlot) -> EngineWorker:
         spec = slot.spec
-        return EngineWorker(spec.id, spec.path, max_batch_size=spec.max_batch_size, step_delay=self.step_delay,
+        worker_class = import_string(settings.ENGINE_WORKER_CLASS)
+        return worker_class(spec.id, spec.path, max_batch_size=spec.max_batch_size, step_delay=self.step_delay,
                             options=spec.engine_options)
 
     @staticmethod

@@ -207,6 +207,9 @@ if DEFAULT_TEMPERATURE < 0 or DEFAULT_TEMPERATURE > 2:
     raise environ.ImproperlyConfigured("DEFAULT_TEMPERATURE must be between 0 and 2")
 # How soon a thread waiting for the GIL (an engine thread after its step) gets it.
 GIL_SWITCH_INTERVAL_MS = env.float("GIL_SWITCH_INTERVAL_MS", default=0.5)
+# Benchmarks only: the class that owns each model (bench.naive.GeneratorWorker is the
+# one-Generator-per-request baseline `make bench` compares against).
+ENGINE_WORKER_CLASS = env.str("ENGINE_WORKER_CLASS", default="inference.engine.EngineWorker")
 # Testing only: sleep this long before each engine step, to simulate a slower model.
 ENGINE_STEP_DELAY_MS = env.float("ENGINE_STEP_DELAY_MS", default=0.0)
 # Load the model when the ASGI application starts. Off only for tests that import the
