@@ -54,7 +54,10 @@ class Server:
         self.env = dict(os.environ, MODEL_PATH=model_path, MODEL_ID=model_id, MAX_CONCURRENT_REQUESTS="256",
                         DATABASE_URL=f"sqlite:///{workdir / f'db-{name}.sqlite3'}", LOG_LEVEL="WARNING",
                         REQUIRE_API_KEY="true" if accounting else "false", **(extra_env or {}))
-        self.env.pop("MODELS_CONFIG", None)
+        # Each server has its own SQLite database and in-memory limits: a REDIS_URL shared
+        # by several of them would mix their keys' counters.
+        for name in ("MODELS_CONFIG", "REDIS_URL"):
+            self.env.pop(name, None)
         self._manage("migrate", "--noinput")
         if accounting:
             self.key = self._create_key()

@@ -121,8 +121,7 @@ class GeneratorWorker(EngineWorker):
                 token = int(generator.get_next_tokens()[0])
                 stats.steps += 1
                 stats.peak_batch = max(stats.peak_batch, 1)
-                if token in eos:
-                    turn._generated.append(token)  # in the usage, as the Engine counts EOS
+                if token in eos:  # not in the usage: the Engine does not count EOS either
                     reason = "EOS"
                     break
                 turn._generated.append(token)

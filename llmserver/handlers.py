@@ -14,6 +14,8 @@ and response objects, URL resolver, views and error handlers as the rest of the 
 with
 
 - its own middleware chain, ``settings.API_MIDDLEWARE``, every one of them async;
+- ``Content-Length`` on every response that is not a stream (CommonMiddleware's job
+  elsewhere);
 - the signals' receivers and ``response.close()`` called inline: the receivers Django
   connects (``reset_queries``, ``close_old_connections``, cache closing) only act on this
   thread's connections, and the event loop opens none.
@@ -97,6 +99,8 @@ class APIHandler(ASGIHandler):
 
         async def process_request(request, send):
             response = await self.run_get_response(request)
+            if not response.streaming and not response.has_header("Content-Length"):
+                response.headers["Content-Length"] = str(len(response.content))  # as CommonMiddleware does
             try:
                 await self.send_response(response, send)
             except asyncio.CancelledError:

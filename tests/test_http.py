@@ -69,6 +69,7 @@ def test_api_paths_get_the_security_headers_and_no_session_or_csrf_cookie(api):
         assert response.headers["Cross-Origin-Opener-Policy"] == "same-origin"
         assert "set-cookie" not in response.headers
         assert "x-frame-options" not in response.headers
+        assert int(response.headers["Content-Length"]) == len(response.content)
 
 
 def test_web_paths_keep_the_full_middleware(api):

@@ -1,0 +1,49 @@
+"""``make bench`` end to end on the demo model, shortened: every system starts, serves
+the same requests with the same answers, and the report (JSON, Markdown, PNG) is written
+with the targets' verdicts. The figures themselves are the benchmark's business, not a
+test's (a timed assertion on a shared 2-core machine would be noise)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_make_bench_runs_every_system_on_the_same_requests(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--models", "demo", "--concurrency", "1,8", "--rounds", "1",
+         "--out", str(tmp_path), "--quiet-patience", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    [report_path] = tmp_path.glob("*.json")
+    report = json.loads(report_path.read_text())
+    demo = report["models"]["demo"]
+    cells = demo["cells"]
+    systems = {"raw", "server", "server-json", "no-keys", "naive"}
+    assert {(c["system"], c["clients"], c["one_token"]) for c in cells} == (
+        {(s, n, False) for s in systems for n in (1, 8)} | {(s, n, True) for s in systems - {"server-json"} for n in (1, 8)})
+    assert all(c["failed"] == 0 for c in cells), [c["errors"] for c in cells if c["failed"]]
+    # The same prompt, the same greedy answer everywhere: "Count from 1 to 50." is the 50
+    # tokens "1 2 ... 50" (and an EOS, which the engine does not count), whichever system served it.
+    generated = [c for c in cells if not c["one_token"]]
+    assert {c["completion_tokens"] / c["requests"] for c in generated} == {50}
+    assert len({tuple(c["prompt_tokens"]) for c in cells}) == 1
+    assert {c["completion_tokens"] / c["requests"] for c in cells if c["one_token"]} == {1}
+    # Streamed cells have a time to first token and inter-token latency; non-streamed do not.
+    for c in generated:
+        streamed = c["system"] != "server-json"
+        assert (c["ttft_ms_p50"] is not None, c["itl_ms_p50"] is not None) == (streamed, streamed), c
+        assert c["cpu_s_per_1000_tokens"] > 0
+    assert demo["server_batch_limit"] >= 1
+    assert set(demo["peak_rss_mb"]) == systems and all(v > 0 for v in demo["peak_rss_mb"].values())
+    # The targets are all computed (verdicts on the demo model: the accounting cost only).
+    assert len(report["targets"]) == 5
+    assert all(t["value"]["median"] == t["value"]["median"] for t in report["targets"])  # no NaN
+    assert [type(t["pass"]) for t in report["targets"]] == [type(None)] * 4 + [bool]
+    table = (tmp_path / report_path.name.replace(".json", ".md")).read_text()
+    assert "| 8 | naive |" in table and "## Targets" in table, table
+    assert (tmp_path / report_path.name.replace(".json", ".png")).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "PASS" in run.stdout or "FAIL" in run.stdout
