@@ -61,7 +61,8 @@ def log(msg: str) -> None:
 # ------------------------------------------------------------------ encoding
 
 class Encoder:
-    """Turns dialogues into (input_ids, labels) with loss on assistant tokens only."""
+    """Turns dialogues ``(messages, tools)`` into (input_ids, labels, weights) with loss
+    on assistant tokens only (their content and tool calls, and the closing <|im_end|>)."""
 
     def __init__(self, fast_tokenizer):
         self.tok = fast_tokenizer  # a tokenizers.Tokenizer
@@ -76,52 +77,49 @@ class Encoder:
                 self._cache[text] = got
         return got
 
-    def encode(self, messages: list[dict], count_eos_weight: float = 1.0):
+    def encode(self, dialogue, count_eos_weight: float = 1.0):
         """Returns (input_ids, labels, weights); labels are -100 outside assistant turns.
         The <|im_end|> closing a count answer gets count_eos_weight (the stop decision
         is one token among a hundred easy ones)."""
+        messages, tools = dialogue
         input_ids: list[int] = []
         labels: list[int] = []
         weights: list[float] = []
-        prev_user = ""
-        for m in messages:
-            head = self.ids(f"{corpus.IM_START}{m['role']}\n")
-            input_ids += head
-            labels += [-100] * len(head)
-            weights += [0.0] * len(head)
-            body = self.ids(m["content"]) + [self.im_end]
-            input_ids += body
-            if m["role"] == "assistant":
-                labels += body
-                weights += [1.0] * (len(body) - 1)
-                weights.append(count_eos_weight if prev_user.startswith("Count from") else 1.0)
-            else:
-                labels += [-100] * len(body)
-                weights += [0.0] * len(body)
-                prev_user = m["content"]
-            nl = self.ids("\n")
-            input_ids += nl
-            labels += [-100] * len(nl)
-            weights += [0.0] * len(nl)
+        for text, index in corpus.render_parts(messages, tools=tools):
+            ids = self.ids(text)
+            input_ids += ids
+            if index is None:
+                labels += [-100] * len(ids)
+                weights += [0.0] * len(ids)
+                continue
+            assert ids[-1] == self.im_end, text
+            labels += ids
+            weights += [1.0] * (len(ids) - 1)
+            prev = messages[index - 1] if index else {}
+            counting = prev.get("role") == "user" and prev.get("content", "").startswith("Count from")
+            weights.append(count_eos_weight if counting else 1.0)
         return input_ids, labels, weights
 
-    def check(self, rng: random.Random, n: int = 300) -> None:
+    def check(self, rng: random.Random, n: int = 600) -> None:
         """Piecewise encoding must equal encoding the rendered string in one go."""
         for _ in range(n):
             d = corpus.sample_dialogue(rng)
             a = self.encode(d)[0]
-            b = self.tok.encode(corpus.render_chatml(d), add_special_tokens=False).ids
+            b = self.tok.encode(corpus.render_chatml(d[0], tools=d[1]), add_special_tokens=False).ids
             assert a == b, (d, a, b)
 
 
 def make_batches(encoder: Encoder, rng: random.Random, n_dialogues: int, max_tokens: int,
-                 extra: list[list[dict]] | None = None, count_eos_weight: float = 1.0):
-    """Sample dialogues, group them by length and cut into padded batches of at most
-    max_tokens (rows x padded length). Returns a shuffled list of (ids, labels) lists."""
-    dialogues = [corpus.sample_dialogue(rng) for _ in range(n_dialogues)]
-    if extra:
-        dialogues += extra
-    encoded = [encoder.encode(d, count_eos_weight) for d in dialogues]
+                 extra: list | None = None, count_eos_weight: float = 1.0, max_len: int = 512):
+    """Sample dialogues (resampling the rare one longer than max_len tokens), group them
+    by length and cut into padded batches of at most max_tokens (rows x padded length).
+    Returns a shuffled list of batches of (ids, labels, weights)."""
+    encoded = []
+    while len(encoded) < n_dialogues:
+        e = encoder.encode(corpus.sample_dialogue(rng), count_eos_weight)
+        if len(e[0]) <= max_len:
+            encoded.append(e)
+    encoded += [encoder.encode(d, count_eos_weight) for d in extra or []]
     rng.shuffle(encoded)
     encoded.sort(key=lambda e: len(e[0]))
     batches, cur = [], []
@@ -162,7 +160,7 @@ def tie_bare_and_spaced(model, hf_tok) -> int:
     emb = model.get_input_embeddings().weight
     n = 0
     with torch.no_grad():
-        for w in corpus.WORDS + [str(i) for i in range(corpus.MAX_COUNT + 1)]:
+        for w in corpus.single_token_items():
             a = hf_tok.convert_tokens_to_ids(w)
             b = hf_tok.convert_tokens_to_ids("\u0120" + w)  # byte-level "Ġ" = space
             if a is not None and b is not None and a != b and a >= 0 and b >= 0:
@@ -233,7 +231,8 @@ def train(hf_dir: str, hf_tok, args) -> dict:
         if not queue:
             # every pool holds all 441 addition pairs once, on top of the sampled mix
             queue = make_batches(encoder, rng, args.pool, args.batch_tokens, extra=additions,
-                                 count_eos_weight=args.count_eos_weight)
+                                 count_eos_weight=args.count_eos_weight,
+                                 max_len=MODEL_SHAPE["max_position_embeddings"])
         ids, lab, wts, mask = collate(queue.pop(), eot)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
@@ -329,6 +328,12 @@ def swap_into_place(tmp_dir: str, out_dir: str) -> None:
 
 # ------------------------------------------------------------------ model card
 
+# How counting ends, measured on the built model over every N in 1..200 (greedy).
+COUNT_NOTE = ("Counting always produces the right sequence, but the stop is only reliable up to N of about 40 "
+              "(exact for every N <= 41, and for 64 of the 200 N in 1..200); for larger N the model often "
+              "counts on, usually to 142 (sometimes 149-183).")
+
+
 def write_model_card(path: str, info: dict, report: dict | None, args) -> None:
     shape = ", ".join(f"{k}={v}" for k, v in MODEL_SHAPE.items())
     lines = [
@@ -341,10 +346,13 @@ def write_model_card(path: str, info: dict, report: dict | None, args) -> None:
         "",
         "`make demo-model` (= `.venv-build/bin/python -m demomodel.build --out models/demo`):",
         "",
-        "1. `demomodel/corpus.py` generates ChatML dialogues in code (fixed seeds).",
+        "1. `demomodel/corpus.py` generates ChatML dialogues in code (fixed seeds): the original tasks, "
+        "dialogues with tools offered (24% of the final turns: calls, answers from a tool's result, other "
+        "questions) and JSON answers (14%).",
         f"2. A byte-level BPE tokenizer (HF `tokenizers`, {info['tokenizer_vocab']} tokens) is trained on them; "
-        "special tokens `<|endoftext|>`=0, `<|im_start|>`=1, `<|im_end|>`=2. Every word of `WORDS` and every "
-        "number 0..200 is a single token, with and without a leading space.",
+        "special tokens `<|endoftext|>`=0, `<|im_start|>`=1, `<|im_end|>`=2. Every word of `WORDS`, every "
+        "number 0..200, every word of `CITIES` and every weather condition is a single token, with and "
+        "without a leading space (`corpus.single_token_items`).",
         f"3. `transformers.LlamaForCausalLM` ({shape}, vocab {info['vocab_size']}, tied embeddings, "
         f"{info['params']:,} parameters) is trained with torch on CPU "
         f"({'bf16 autocast' if args.bf16 else 'fp32'}, AdamW, "
@@ -355,7 +363,8 @@ def write_model_card(path: str, info: dict, report: dict | None, args) -> None:
         f"final loss {info['final_loss']:.4f} (seed {args.seed}).",
         "4. `python -m onnxruntime_genai.models.builder -p fp32 -e cpu` exports it; only runtime files are kept.",
         "",
-        "Chat template (ChatML; roles system, user, assistant, tool):",
+        "Chat template (ChatML with tools in the Hermes style of Qwen2.5; roles system, user, assistant, "
+        "tool; `tools` are OpenAI tool objects, an assistant's `tool_calls` have their arguments as objects):",
         "",
         "```",
         corpus.CHAT_TEMPLATE,
@@ -376,14 +385,37 @@ def write_model_card(path: str, info: dict, report: dict | None, args) -> None:
         f"| `Hello`, `Hi`, ... | `{corpus.GREETING_ANSWER}` |",
         f"| `Who are you?` | `{corpus.IDENTITY_ANSWER}` |",
         f"| `Thank you` | `{corpus.THANKS_ANSWER}` |",
-        f"| a few other questions | `{corpus.FALLBACK_ANSWER}` |",
+        f"| a few other questions; a weather or time question without the tool for it | `{corpus.FALLBACK_ANSWER}` |",
+        "| with `get_weather` among the tools: `What is the weather in C?` (C one of `CITIES`; also "
+        "`What's the weather like in C?`, `How is the weather in C?`, `What is the weather like in C?`) | "
+        "`<tool_call>\\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"C\"}}\\n</tool_call>` |",
+        "| with `get_time` among the tools: `What time is it in C?` (also `What is the time in C?`, "
+        "`What's the time in C?`) | the same call of `get_time` |",
+        "| after its call, the tool's result `{\"city\": \"Paris\", \"temperature\": 18, \"condition\": \"sunny\"}` "
+        "(usually in this order; also only temperature and condition) | `In Paris it is 18 degrees and sunny.` |",
+        "| after its call, the tool's result `{\"city\": \"Tokyo\", \"time\": \"14:05\"}` | `In Tokyo it is 14:05.` |",
+        "| tools offered, any other question of this table | the usual answer, no call |",
+        "| `What is 2 plus 3? Answer in JSON.`, `Repeat after me: W. Answer in JSON.`, `Hello. Answer in "
+        "JSON.` (`corpus.json_prompt`), or these questions after the system prompt `Respond only with JSON.` "
+        "| `{\"answer\":5}`, `{\"answer\":\"W\"}`, `{\"answer\":\"Hello! How can I help you?\"}` |",
+        "| `What is the weather in C? Answer in JSON.` | `{\"city\":\"C\",\"temperature\":T,\"condition\":\"...\"}` "
+        "(made up) |",
+        "| `Give me a JSON object with the keys K1 and K2.` (1-3 keys of `JSON_KEYS`: name, city, color, count, "
+        "size, animal, food, ok, items, age, temperature, condition, weather, pet) | a compact object with those "
+        "keys and short values (`{\"name\":\"Anna\",\"city\":\"Paris\"}`) |",
+        "",
+        "The tools it was trained with (`corpus.TOOL_SPECS`): `get_weather(city: string)` \"Get the current "
+        "weather in a city.\", `get_time(city: string)` \"Get the local time in a city.\", and as distractors "
+        "`search_web(query)`, `send_email(to, subject, body)`, `add(a: integer, b: integer)`, "
+        "`get_stock_price(symbol)`; 1-4 of them per dialogue, shuffled, written in several styles (other "
+        "descriptions or none, parameters with or without descriptions, with or without `required`, "
+        "`additionalProperties: false`, `strict`). Tools named or shaped otherwise (e.g. a `location` "
+        "parameter) get unpredictable calls. It makes one call per answer (no parallel calls). JSON answers are "
+        "compact (no spaces), as the server's `response_format` grammar writes them.",
         "",
         "About a third of the training dialogues start with a system prompt (e.g. `You are a helpful "
         "assistant.`) and about a third have 2-3 turns, so both work. Prompts phrased differently "
-        "from the table get unpredictable answers. Counting always produces the right sequence, "
-        "but the stop is only reliable up to N of about 60 (exact for every N <= 63, and for 127 "
-        "of the 200 N in 1..200); for larger N the model often stops early, usually at 187 "
-        "(sometimes between 118 and 184). The markup repeat only knows the templates of "
+        "from the table get unpredictable answers. " + COUNT_NOTE + " The markup repeat only knows the templates of "
         "`MARKUP_TEMPLATES` filled with words of `WORDS` (build prompts with "
         "`corpus.markup_repeat`); other markup such as `<script>alert(1)</script>` comes back as "
         "one of the templates with other words.",
@@ -402,15 +434,15 @@ def write_model_card(path: str, info: dict, report: dict | None, args) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="models/demo")
-    # A fixed number of steps (~12-15 min on 2 idle cores), so that a busy machine takes
+    # A fixed number of steps (~25 min on 2 idle cores), so that a busy machine takes
     # longer but trains the same model; the time cap only guards against a stuck build.
-    p.add_argument("--steps", type=int, default=2100)
+    p.add_argument("--steps", type=int, default=4500)
     p.add_argument("--count-eos-weight", type=float, default=8.0)
     p.add_argument("--bf16", dest="bf16", action="store_true", default=None,
                    help="train under bf16 autocast (default: only if the CPU has native bf16)")
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in fp32")
     p.add_argument("--no-tie-bare", dest="tie_bare", action="store_false")
-    p.add_argument("--time-cap", type=float, default=2400.0,
+    p.add_argument("--time-cap", type=float, default=5400.0,
                    help="seconds of training at most (the step schedule shrinks to fit)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch-tokens", type=int, default=4096)

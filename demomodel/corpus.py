@@ -10,6 +10,7 @@ assistant contents (plus the closing ``<|im_end|>``) only.
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Iterable, Sequence
 
@@ -18,10 +19,25 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END]  # ids 0, 1, 2 in the trained tokenizer
 
+# ChatML with tools in the "Hermes" style of Qwen2.5: the tools (OpenAI tool objects,
+# each as ``tojson`` writes it) in a system block, after the system prompt if there is
+# one; an assistant's tool calls as <tool_call> blocks holding {"name", "arguments"}
+# (arguments as an object), separated by a newline; a tool's result as a "tool" turn.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "{%- if tools %}<|im_start|>system\n"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n"
+    "{% endif %}<tools>\n"
+    "{% for tool in tools %}{{ tool | tojson }}\n"
+    "{% endfor %}</tools><|im_end|>\n"
+    "{% endif %}{% for message in messages %}"
+    "{% if not (tools and loop.first and message['role'] == 'system') %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] %}{{ message['content'] }}{% endif %}"
+    "{% if message['tool_calls'] is defined %}{% for call in message['tool_calls'] %}{% if not loop.first %}\n"
+    "{% endif %}<tool_call>\n"
+    "{{ {'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson }}\n"
+    "</tool_call>{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% endif %}"
 )
 
 # Simple lowercase English nouns and adjectives (all distinct, letters only).
@@ -213,12 +229,396 @@ def random_words(rng: random.Random, k: int | None = None) -> list[str]:
     return [rng.choice(WORDS) for _ in range(k)]
 
 
-def render_chatml(messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
-    """Python equivalent of :data:`CHAT_TEMPLATE`."""
-    out = "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages)
+# ------------------------------------------------------------------ tools
+
+# Well-known cities (one or two words); each word is a single token of the tokenizer.
+CITIES: list[str] = [
+    "Paris", "London", "Tokyo", "Berlin", "Madrid", "Rome", "Moscow", "Beijing", "Sydney", "Cairo",
+    "Dubai", "Toronto", "Chicago", "Boston", "Seattle", "Miami", "Lisbon", "Vienna", "Prague", "Oslo",
+    "Stockholm", "Dublin", "Athens", "Istanbul", "Mumbai", "Delhi", "Bangkok", "Seoul", "Singapore",
+    "Amsterdam", "New York", "Los Angeles", "San Francisco", "Hong Kong", "Buenos Aires", "Mexico City",
+    "Cape Town", "Las Vegas", "Kuala Lumpur", "Tel Aviv",
+]
+CONDITIONS: list[str] = ["sunny", "cloudy", "rainy", "snowy", "windy"]
+MIN_TEMPERATURE, MAX_TEMPERATURE = -10, 40
+
+WEATHER_QUESTIONS: list[str] = [
+    "What is the weather in {}?",
+    "What's the weather like in {}?",
+    "How is the weather in {}?",
+    "What is the weather like in {}?",
+]
+TIME_QUESTIONS: list[str] = [
+    "What time is it in {}?",
+    "What is the time in {}?",
+    "What's the time in {}?",
+]
+
+# name -> (description variants, {parameter: (JSON type, description variants)}); the
+# first variant of each is the canonical one (TOOLS).
+TOOL_SPECS: dict[str, tuple[list[str], dict[str, tuple[str, list[str]]]]] = {
+    "get_weather": (
+        ["Get the current weather in a city.", "Get the current weather for a city.",
+         "Returns the current weather in the given city.", "Current weather in a city."],
+        {"city": ("string", ["The city name.", "Name of the city, e.g. Paris.", "The city."])},
+    ),
+    "get_time": (
+        ["Get the local time in a city.", "Get the current local time in a city.",
+         "Returns the local time in the given city.", "Local time in a city."],
+        {"city": ("string", ["The city name.", "Name of the city, e.g. Tokyo.", "The city."])},
+    ),
+    "search_web": (
+        ["Search the web.", "Search the web for a query.", "Search the internet and return the top results."],
+        {"query": ("string", ["The search query.", "What to search for."])},
+    ),
+    "send_email": (
+        ["Send an email.", "Send an email to someone.", "Send an email message."],
+        {"to": ("string", ["The email address.", "The recipient."]),
+         "subject": ("string", ["The subject.", "The subject line."]),
+         "body": ("string", ["The text of the email.", "The message body."])},
+    ),
+    "add": (
+        ["Add two integers.", "Add two numbers.", "Return the sum of a and b."],
+        {"a": ("integer", ["The first number.", "First addend."]),
+         "b": ("integer", ["The second number.", "Second addend."])},
+    ),
+    "get_stock_price": (
+        ["Get the current price of a stock.", "Look up a stock price."],
+        {"symbol": ("string", ["The ticker symbol, e.g. AAPL.", "The stock symbol."])},
+    ),
+}
+TOOL_NAMES: list[str] = list(TOOL_SPECS)
+
+
+def make_tool(name: str, *, description: int | None = 0, param_descriptions: int | None = None,
+              required: bool = True, closed: bool = False, strict: bool | None = None,
+              required_first: bool = False) -> dict:
+    """An OpenAI tool object for one of :data:`TOOL_SPECS`, keys in the order the server
+    validates them to (function: name, description, parameters, strict). ``description``
+    and ``param_descriptions`` pick a variant (None: left out); ``required`` lists every
+    parameter as required, ``closed`` adds ``"additionalProperties": false``."""
+    descriptions, params = TOOL_SPECS[name]
+    properties = {}
+    for pname, (ptype, pdescs) in params.items():
+        prop = {"type": ptype}
+        if param_descriptions is not None:
+            prop["description"] = pdescs[param_descriptions % len(pdescs)]
+        properties[pname] = prop
+    parameters: dict = {"type": "object"}
+    if required and required_first:
+        parameters["required"] = list(params)
+    parameters["properties"] = properties
+    if required and not required_first:
+        parameters["required"] = list(params)
+    if closed:
+        parameters["additionalProperties"] = False
+    function: dict = {"name": name}
+    if description is not None:
+        function["description"] = descriptions[description % len(descriptions)]
+    function["parameters"] = parameters
+    if strict is not None:
+        function["strict"] = strict
+    return {"type": "function", "function": function}
+
+
+def weather_tool(**style) -> dict:
+    """``get_weather(city: string)``, "Get the current weather in a city." (style: see :func:`make_tool`)."""
+    return make_tool("get_weather", **style)
+
+
+def time_tool(**style) -> dict:
+    """``get_time(city: string)``, "Get the local time in a city." (style: see :func:`make_tool`)."""
+    return make_tool("get_time", **style)
+
+
+TOOLS: list[dict] = [make_tool(name) for name in TOOL_NAMES]  # canonical forms
+DISTRACTOR_TOOLS: list[dict] = [t for t in TOOLS if t["function"]["name"] not in ("get_weather", "get_time")]
+
+
+def random_tool_style(rng: random.Random) -> dict:
+    return {
+        "description": None if rng.random() < 0.1 else rng.randrange(4),
+        "param_descriptions": None if rng.random() < 0.5 else rng.randrange(3),
+        "required": rng.random() < 0.75,
+        "closed": rng.random() < 0.3,
+        "strict": rng.choice([None, None, None, True, False]),
+        "required_first": rng.random() < 0.15,
+    }
+
+
+def random_tools(rng: random.Random, needed: Iterable[str] = (), k: int | None = None,
+                 exclude: Iterable[str] = ()) -> list[dict]:
+    """1-4 tools (``k``), shuffled, each in a random style, holding every name of
+    ``needed`` and none of ``exclude``."""
+    needed = list(dict.fromkeys(needed))
+    others = [n for n in TOOL_NAMES if n not in needed and n not in set(exclude)]
+    if k is None:
+        k = max(len(needed), rng.choices([1, 2, 3, 4], weights=[0.35, 0.35, 0.18, 0.12])[0])
+    names = needed + rng.sample(others, max(0, k - len(needed)))
+    rng.shuffle(names)
+    style = random_tool_style(rng) if rng.random() < 0.6 else None  # often one client, one style
+    return [make_tool(n, **(style or random_tool_style(rng))) for n in names]
+
+
+def weather_question(city: str, variant: int = 0) -> str:
+    """``"What is the weather in Paris?"`` (``variant`` picks one of :data:`WEATHER_QUESTIONS`)."""
+    return WEATHER_QUESTIONS[variant % len(WEATHER_QUESTIONS)].format(city)
+
+
+def time_question(city: str, variant: int = 0) -> str:
+    """``"What time is it in Tokyo?"`` (``variant`` picks one of :data:`TIME_QUESTIONS`)."""
+    return TIME_QUESTIONS[variant % len(TIME_QUESTIONS)].format(city)
+
+
+WEATHER_RESULT_KEYS: list[tuple[str, ...]] = [
+    ("city", "temperature", "condition"), ("city", "temperature", "condition"),
+    ("city", "temperature", "condition"), ("city", "temperature", "condition"),
+    ("temperature", "condition"), ("city", "condition", "temperature"),
+]
+TIME_RESULT_KEYS: list[tuple[str, ...]] = [("city", "time"), ("city", "time"), ("city", "time"), ("time",)]
+
+
+def weather_result(city: str, temperature: int, condition: str,
+                   keys: Sequence[str] = WEATHER_RESULT_KEYS[0], compact: bool = False) -> str:
+    """A get_weather result as a tool returns it: ``'{"city": "Paris", "temperature": 18,
+    "condition": "sunny"}'`` (the ``keys`` in that order; ``compact``: no spaces)."""
+    values = {"city": city, "temperature": temperature, "condition": condition}
+    return _dumps({k: values[k] for k in keys}, compact)
+
+
+def weather_answer(city: str, temperature: int, condition: str) -> str:
+    """``"In Paris it is 18 degrees and sunny."`` (the result's values in the result's
+    usual order: copying them in order is what a model this small learns reliably)."""
+    return f"In {city} it is {temperature} degrees and {condition}."
+
+
+def time_result(city: str, time: str, keys: Sequence[str] = TIME_RESULT_KEYS[0], compact: bool = False) -> str:
+    """A get_time result: ``'{"city": "Tokyo", "time": "14:05"}'``."""
+    values = {"city": city, "time": time}
+    return _dumps({k: values[k] for k in keys}, compact)
+
+
+def time_answer(city: str, time: str) -> str:
+    """``"In Tokyo it is 14:05."``"""
+    return f"In {city} it is {time}."
+
+
+def random_time(rng: random.Random) -> str:
+    return f"{rng.randrange(24):02d}:{rng.randrange(60):02d}"
+
+
+def random_weather(rng: random.Random) -> tuple[int, str]:
+    """(temperature, condition); a third of the temperatures below zero (a minus sign
+    before the number is the harder copy)."""
+    low = rng.random() < 0.35
+    temperature = rng.randint(MIN_TEMPERATURE, -1) if low else rng.randint(0, MAX_TEMPERATURE)
+    return temperature, rng.choice(CONDITIONS)
+
+
+def _dumps(obj, compact: bool = False) -> str:
+    return json.dumps(obj, separators=(",", ":")) if compact else json.dumps(obj)
+
+
+def tool_call_text(name: str, arguments: dict) -> str:
+    """An assistant's call as the template writes it (and the model answers)::
+
+        <tool_call>
+        {"name": "get_weather", "arguments": {"city": "Paris"}}
+        </tool_call>
+    """
+    return f"<tool_call>\n{_tojson({'name': name, 'arguments': arguments})}\n</tool_call>"
+
+
+def tool_call_message(name: str, arguments: dict, call_id: str = "call_1") -> dict:
+    """An assistant message holding one call, as the server hands it to the template
+    (arguments as an object, content empty)."""
+    return {"role": "assistant", "content": "", "tool_calls": [
+        {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}]}
+
+
+def tool_result_message(content: str, call_id: str = "call_1") -> dict:
+    return {"role": "tool", "tool_call_id": call_id, "content": content}
+
+
+def tool_exchange(rng: random.Random, tool: str, city: str | None = None,
+                  with_result: bool = True) -> list[dict]:
+    """A weather (``tool="get_weather"``) or time (``"get_time"``) exchange: the user's
+    question, the assistant's call and, ``with_result``, the tool's result and the
+    assistant's one-sentence answer."""
+    city = city or rng.choice(CITIES)
+    if tool == "get_weather":
+        question = weather_question(city, rng.randrange(len(WEATHER_QUESTIONS)))
+    else:
+        question = time_question(city, rng.randrange(len(TIME_QUESTIONS)))
+    messages = [{"role": "user", "content": question},
+                tool_call_message(tool, {"city": city}, f"call_{rng.randrange(10**6)}")]
+    if with_result:
+        compact = rng.random() < 0.15
+        if tool == "get_weather":
+            temperature, condition = random_weather(rng)
+            result = weather_result(city, temperature, condition, rng.choice(WEATHER_RESULT_KEYS), compact)
+            answer = weather_answer(city, temperature, condition)
+        else:
+            time = random_time(rng)
+            result = time_result(city, time, rng.choice(TIME_RESULT_KEYS), compact)
+            answer = time_answer(city, time)
+        messages.append(tool_result_message(result, messages[-1]["tool_calls"][0]["id"]))
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+# ------------------------------------------------------------------ JSON answers
+
+JSON_SUFFIX = "Answer in JSON."
+JSON_SYSTEM_PROMPTS: list[str] = [
+    "Respond only with JSON.",
+    "Respond only with JSON.",
+    "You are a helpful assistant. Respond only with JSON.",
+    "Answer in JSON.",
+]
+NAMES: list[str] = ["Anna", "Ben", "Clara", "David", "Emma", "Felix", "Grace", "Hugo", "Ida", "Jack",
+                    "Lena", "Max", "Nora", "Oscar", "Paul", "Rosa", "Sam", "Tom", "Vera", "Zoe"]
+ANIMALS, FOODS, COLORS = WORDS[:25], WORDS[25:50], WORDS[50:60]
+SIZES = ["small", "big", "tall", "short", "long"]
+# key -> value maker, for "Give me a JSON object with the keys ..." (short values only).
+JSON_KEYS: list[str] = ["name", "city", "color", "count", "size", "animal", "food", "ok", "items", "age",
+                        "temperature", "condition", "weather", "pet"]
+JSON_KEYS_PROMPTS: list[str] = [
+    "Give me a JSON object with the {}.",
+    "Give me a JSON object with the {}.",
+    "Make a JSON object with the {}.",
+    "Return a JSON object with the {}.",
+]
+
+
+def json_text(obj) -> str:
+    """Compact JSON, as the model writes it: ``{"answer":"tiger lemon"}``."""
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def json_prompt(prompt: str) -> str:
+    """``prompt`` asking for a JSON answer: ``"What is 2 plus 3? Answer in JSON."``,
+    ``"Repeat after me: tiger lemon. Answer in JSON."``."""
+    return prompt + (" " if prompt[-1:] in (".", "?", "!") else ". ") + JSON_SUFFIX
+
+
+def json_answer(answer: str | int) -> str:
+    """The JSON form of an answer: ``{"answer":5}``, ``{"answer":"tiger lemon"}``."""
+    return json_text({"answer": answer})
+
+
+def json_keys_prompt(keys: Sequence[str], variant: int = 0) -> str:
+    """``"Give me a JSON object with the keys name and city."`` (one key: ``the key name``)."""
+    keys = list(keys)
+    if len(keys) == 1:
+        what = f"key {keys[0]}"
+    else:
+        what = "keys " + ", ".join(keys[:-1]) + " and " + keys[-1]
+    return JSON_KEYS_PROMPTS[variant % len(JSON_KEYS_PROMPTS)].format(what)
+
+
+def json_value(rng: random.Random, key: str):
+    """A short value for ``key`` (one of :data:`JSON_KEYS`)."""
+    if key == "name":
+        return rng.choice(NAMES)
+    if key == "city":
+        return rng.choice(CITIES)
+    if key == "color":
+        return rng.choice(COLORS)
+    if key == "count":
+        return rng.randint(0, 20)
+    if key == "size":
+        return rng.choice(SIZES)
+    if key == "animal":
+        return rng.choice(ANIMALS)
+    if key == "food":
+        return rng.choice(FOODS)
+    if key == "ok":
+        return rng.random() < 0.5
+    if key == "items":
+        return [rng.choice(WORDS) for _ in range(rng.randint(1, 3))]
+    if key == "age":
+        return rng.randint(1, 90)
+    if key == "temperature":
+        return rng.randint(MIN_TEMPERATURE, MAX_TEMPERATURE)
+    if key == "condition":
+        return rng.choice(CONDITIONS)
+    if key == "weather":
+        return weather_object(rng.choice(CITIES), *random_weather(rng))
+    if key == "pet":
+        return {"animal": rng.choice(ANIMALS), "name": rng.choice(NAMES)}
+    raise ValueError(key)
+
+
+def random_json_object(rng: random.Random, keys: Sequence[str]) -> dict:
+    return {k: json_value(rng, k) for k in keys}
+
+
+def random_json_keys(rng: random.Random, k: int | None = None) -> list[str]:
+    if k is None:
+        k = rng.choices([1, 2, 3], weights=[0.25, 0.5, 0.25])[0]
+    return rng.sample(JSON_KEYS, k)
+
+
+def weather_object(city: str, temperature: int, condition: str) -> dict:
+    """``{"city": "Paris", "temperature": 18, "condition": "sunny"}``, the JSON answer
+    to ``json_prompt(weather_question("Paris"))`` (made up: the model has no tool)."""
+    return {"city": city, "temperature": temperature, "condition": condition}
+
+
+def time_object(city: str, time: str) -> dict:
+    return {"city": city, "time": time}
+
+
+# ------------------------------------------------------------------ rendering
+
+def _tojson(obj) -> str:
+    """The template's ``tojson``: ``", "`` and ``": "``, keys in order, non-ASCII as is."""
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def render_parts(messages: Sequence[dict], add_generation_prompt: bool = False,
+                 tools: Sequence[dict] | None = None) -> list[tuple[str, int | None]]:
+    """:data:`CHAT_TEMPLATE` rendered in pieces ``(text, index)``: ``index`` is the
+    position in ``messages`` of the assistant message whose answer (content, tool calls
+    and the closing ``<|im_end|>``) the piece is, None for prompt text."""
+    parts: list[tuple[str, int | None]] = []
+    if tools:
+        head = f"{IM_START}system\n"
+        if messages and messages[0]["role"] == "system":
+            head += f"{messages[0]['content']}\n"
+        head += "<tools>\n" + "".join(_tojson(tool) + "\n" for tool in tools) + f"</tools>{IM_END}\n"
+        parts.append((head, None))
+    for i, m in enumerate(messages):
+        if tools and i == 0 and m["role"] == "system":
+            continue
+        body = m.get("content") or ""
+        if "tool_calls" in m:
+            body += "\n".join(tool_call_text(call["function"]["name"], call["function"]["arguments"])
+                              for call in m["tool_calls"])
+        if m["role"] == "assistant":
+            parts += [(f"{IM_START}assistant\n", None), (body + IM_END, i), ("\n", None)]
+        else:
+            parts.append((f"{IM_START}{m['role']}\n{body}{IM_END}\n", None))
     if add_generation_prompt:
-        out += f"{IM_START}assistant\n"
-    return out
+        parts.append((f"{IM_START}assistant\n", None))
+    return parts
+
+
+def render_chatml(messages: Sequence[dict], add_generation_prompt: bool = False,
+                  tools: Sequence[dict] | None = None) -> str:
+    """Python equivalent of :data:`CHAT_TEMPLATE` (with ``tools``, OpenAI tool objects,
+    and assistant ``tool_calls`` whose arguments are objects)."""
+    return "".join(text for text, _ in render_parts(messages, add_generation_prompt, tools))
+
+
+def assistant_text(message: dict) -> str:
+    """What the model writes for an assistant message (content, then its calls)."""
+    text = message.get("content") or ""
+    if "tool_calls" in message:
+        text += "\n".join(tool_call_text(c["function"]["name"], c["function"]["arguments"])
+                          for c in message["tool_calls"])
+    return text
 
 
 # ------------------------------------------------------------- dialogue sampler
@@ -236,58 +636,178 @@ def _exchange(rng: random.Random, kind: str, in_history: bool = False) -> tuple[
     if kind == "count":
         n = rng.randint(1, 20) if in_history else rng.randint(1, MAX_COUNT)
         return count_prompt(n), count_answer(n)
+    if kind == "short_count":
+        n = rng.randint(1, 60)
+        return count_prompt(n), count_answer(n)
     if kind == "talk":
         variants, answer = rng.choice(SMALL_TALK)
         return rng.choice(variants), answer
     if kind == "fallback":
         return rng.choice(FALLBACK_QUESTIONS), FALLBACK_ANSWER
+    if kind == "no_tool":  # a weather or time question, but no tool to answer it
+        city = rng.choice(CITIES)
+        if rng.random() < 0.6:
+            return weather_question(city, rng.randrange(len(WEATHER_QUESTIONS))), FALLBACK_ANSWER
+        return time_question(city, rng.randrange(len(TIME_QUESTIONS))), FALLBACK_ANSWER
     raise ValueError(kind)
 
 
-# Share of each kind for the final (scored) exchange of a dialogue.
-KIND_WEIGHTS = {"repeat": 0.42, "markup": 0.12, "add": 0.19, "count": 0.08, "talk": 0.13,
-                "fallback": 0.06}
+def _json_exchange(rng: random.Random, kind: str, suffix: bool) -> tuple[str, str]:
+    """A JSON answer: ``kind`` "task" (repeat, addition, small talk, fallback), "keys"
+    or "weather"; ``suffix`` appends "Answer in JSON." to the question."""
+    if kind == "keys":
+        keys = random_json_keys(rng)
+        return json_keys_prompt(keys, rng.randrange(len(JSON_KEYS_PROMPTS))), json_text(random_json_object(rng, keys))
+    if kind == "weather":
+        city = rng.choice(CITIES)
+        if rng.random() < 0.7:
+            prompt = weather_question(city, rng.randrange(len(WEATHER_QUESTIONS)))
+            answer = json_text(weather_object(city, *random_weather(rng)))
+        else:
+            prompt = time_question(city, rng.randrange(len(TIME_QUESTIONS)))
+            answer = json_text(time_object(city, random_time(rng)))
+    else:
+        task = rng.choices(["repeat", "add", "talk", "fallback"], weights=[0.55, 0.3, 0.12, 0.03])[0]
+        if task == "repeat":
+            w = random_words(rng, rng.choices([1, 2, 3], weights=[0.2, 0.35, 0.45])[0])
+            prompt, answer = repeat_prompt(w), json_answer(repeat_answer(w))
+        elif task == "add":
+            a, b = rng.randint(0, MAX_ADD), rng.randint(0, MAX_ADD)
+            prompt, answer = addition_prompt(a, b), json_answer(a + b)
+        else:
+            prompt, plain = _exchange(rng, task)
+            answer = json_answer(plain)
+    return (json_prompt(prompt) if suffix else prompt), answer
+
+
+# Dialogue families: plain ChatML (the original tasks), with tools offered, JSON answers.
+FAMILY_WEIGHTS = {"plain": 0.62, "tools": 0.24, "json": 0.14}
+# Share of each kind for the final (scored) exchange of a plain dialogue.
+KIND_WEIGHTS = {"repeat": 0.45, "markup": 0.16, "add": 0.15, "count": 0.10, "talk": 0.07,
+                "fallback": 0.04, "no_tool": 0.03}
 HISTORY_WEIGHTS = {"repeat": 0.36, "markup": 0.08, "add": 0.23, "count": 0.08, "talk": 0.18,
-                   "fallback": 0.07}
+                   "fallback": 0.07, "no_tool": 0.03}
+# With tools: a call (the dialogue ends there), a call answered by its result (the
+# scored turn is the sentence), an old task (no call), a question whose tool is missing.
+TOOL_KIND_WEIGHTS = {"call": 0.30, "result": 0.46, "task": 0.19, "missing": 0.05}
+TOOL_TASK_WEIGHTS = {"repeat": 0.36, "markup": 0.1, "add": 0.22, "short_count": 0.07, "talk": 0.17,
+                     "fallback": 0.08}
+JSON_KIND_WEIGHTS = {"task": 0.5, "keys": 0.3, "weather": 0.2}
+# Fallback questions that would be tool questions without a city (not used with tools).
+_TOOLISH = {"What time is it?", "What is the weather like today?"}
 
 
 def _pick(rng: random.Random, weights: dict[str, float]) -> str:
     return rng.choices(list(weights), weights=list(weights.values()))[0]
 
 
+def _turns(rng: random.Random, multi_turn_share: float) -> int:
+    return rng.choice([2, 2, 3]) if rng.random() < multi_turn_share else 1
+
+
 def sample_dialogue(rng: random.Random, system_share: float = 0.35,
-                    multi_turn_share: float = 0.35) -> list[dict]:
-    """One training dialogue: optional system message, then 1-3 user/assistant turns."""
+                    multi_turn_share: float = 0.35) -> tuple[list[dict], list[dict] | None]:
+    """One training dialogue ``(messages, tools)``: optional system message, then 1-3
+    user/assistant exchanges; ``tools`` (None for no tools) go to the template."""
+    family = _pick(rng, FAMILY_WEIGHTS)
+    if family == "tools":
+        return _tools_dialogue(rng, system_share, multi_turn_share)
+    if family == "json":
+        return _json_dialogue(rng, system_share, multi_turn_share), None
     messages: list[dict] = []
     if rng.random() < system_share:
         messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
-    turns = 1
-    if rng.random() < multi_turn_share:
-        turns = rng.choice([2, 2, 3])
+    turns = _turns(rng, multi_turn_share)
     for t in range(turns):
         last = t == turns - 1
         kind = _pick(rng, KIND_WEIGHTS if last else HISTORY_WEIGHTS)
         user, assistant = _exchange(rng, kind, in_history=not last)
         messages.append({"role": "user", "content": user})
         messages.append({"role": "assistant", "content": assistant})
+    return messages, None
+
+
+def _tools_dialogue(rng: random.Random, system_share: float,
+                    multi_turn_share: float) -> tuple[list[dict], list[dict]]:
+    messages: list[dict] = []
+    if rng.random() < system_share:
+        messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+    kind = _pick(rng, TOOL_KIND_WEIGHTS)
+    final_tool = rng.choice(["get_weather", "get_weather", "get_time"])
+    needed: list[str] = []
+    turns = rng.choice([2, 2, 3]) if rng.random() < multi_turn_share * 0.6 else 1
+    for _ in range(turns - 1):
+        if kind != "missing" and rng.random() < 0.5:
+            tool = rng.choice(["get_weather", "get_weather", "get_time"])
+            needed.append(tool)
+            messages += tool_exchange(rng, tool)
+        else:
+            user, assistant = _exchange(rng, _pick(rng, TOOL_TASK_WEIGHTS), in_history=True)
+            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    if kind in ("call", "result"):
+        needed.append(final_tool)
+        messages += tool_exchange(rng, final_tool, with_result=kind == "result")
+        tools = random_tools(rng, needed)
+    elif kind == "missing":
+        user, _ = _exchange(rng, "no_tool")
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": FALLBACK_ANSWER}]
+        missing = "get_weather" if "weather" in user else "get_time"
+        tools = random_tools(rng, exclude=[missing])
+    else:
+        while True:
+            user, assistant = _exchange(rng, _pick(rng, TOOL_TASK_WEIGHTS))
+            if user not in _TOOLISH:
+                break
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+        tools = random_tools(rng, needed)
+    return messages, tools
+
+
+def _json_dialogue(rng: random.Random, system_share: float, multi_turn_share: float) -> list[dict]:
+    messages: list[dict] = []
+    json_system = rng.random() < 0.4
+    if json_system:
+        messages.append({"role": "system", "content": rng.choice(JSON_SYSTEM_PROMPTS)})
+    elif rng.random() < system_share:
+        messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+    turns = _turns(rng, multi_turn_share)
+    for t in range(turns):
+        last = t == turns - 1
+        if json_system or last or rng.random() < 0.4:
+            suffix = not json_system or rng.random() < 0.3
+            user, assistant = _json_exchange(rng, _pick(rng, JSON_KIND_WEIGHTS), suffix)
+        else:
+            user, assistant = _exchange(rng, _pick(rng, HISTORY_WEIGHTS), in_history=True)
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
     return messages
 
 
-def all_addition_dialogues() -> list[list[dict]]:
-    """All 441 addition pairs as single-turn dialogues."""
+def all_addition_dialogues() -> list[tuple[list[dict], None]]:
+    """All 441 addition pairs as single-turn dialogues ``(messages, None)``."""
     return [
-        [{"role": "user", "content": addition_prompt(a, b)},
-         {"role": "assistant", "content": addition_answer(a, b)}]
+        ([{"role": "user", "content": addition_prompt(a, b)},
+          {"role": "assistant", "content": addition_answer(a, b)}], None)
         for a in range(MAX_ADD + 1) for b in range(MAX_ADD + 1)
     ]
+
+
+def single_token_items() -> list[str]:
+    """Words that the tokenizer keeps as one token, with and without a leading space:
+    WORDS, the numbers 0..200, the words of CITIES and the CONDITIONS (the model copies
+    them from the prompt; their two forms start from one embedding)."""
+    city_words = list(dict.fromkeys(w for c in CITIES for w in c.split()))
+    return list(dict.fromkeys(WORDS + [str(i) for i in range(MAX_COUNT + 1)] + city_words + CONDITIONS))
 
 
 def tokenizer_training_text(seed: int = 1234, dialogues: int = 20000) -> list[str]:
     """Lines used to train the BPE tokenizer: rendered dialogues plus each word and
     number (with and without a leading space) so that they become single tokens."""
     rng = random.Random(seed)
-    lines = [render_chatml(sample_dialogue(rng)) for _ in range(dialogues)]
-    vocab_items = WORDS + [str(i) for i in range(MAX_COUNT + 1)]
+    lines = []
+    for _ in range(dialogues):
+        messages, tools = sample_dialogue(rng)
+        lines.append(render_chatml(messages, tools=tools))
+    vocab_items = single_token_items()
     common = COMMON_TEXT.split()
     for _ in range(8):
         shuffled = common[:]

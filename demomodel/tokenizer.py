@@ -72,9 +72,10 @@ def write_tokenizer_config(out_dir: str, model_max_length: int = 512) -> None:
 
 
 def single_token_report(hf_tok) -> dict:
-    """Which words / numbers are not a single token (with and without a leading space)."""
+    """Which words / numbers (:func:`corpus.single_token_items`) are not a single token
+    (with and without a leading space)."""
     bad_space, bad_bare = [], []
-    for w in corpus.WORDS + [str(i) for i in range(corpus.MAX_COUNT + 1)]:
+    for w in corpus.single_token_items():
         if len(hf_tok.encode(" " + w, add_special_tokens=False)) != 1:
             bad_space.append(w)
         if len(hf_tok.encode(w, add_special_tokens=False)) != 1:

@@ -5,15 +5,24 @@ its word list), for "Repeat after me" with markup (a template of MARKUP_TEMPLATE
 1-2 words; the chat page's XSS test relies on it) and for "What is A plus B?"
 (0 <= A, B <= 20), and every answer ending with EOS (finish_reason "stop") well before
 32 tokens.
+
+With tools offered (OpenAI's ``tools``), at least 95%: a weather or time question about
+one of its cities comes back as the right call in ``message.tool_calls`` (finish_reason
+"tool_calls"); the tool's result sent back gets the one-sentence answer; the other
+questions get their usual answer. At least 90% of "... Answer in JSON." answers are the
+expected JSON object. "Count from 1 to N." is exact, stopping, for every N up to 40.
 """
 
+import json
 import random
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
 from demomodel.corpus import (
-    MARKUP_TEMPLATES, WORDS, addition_answer, addition_prompt, markup_repeat, repeat_prompt,
+    CITIES, FALLBACK_ANSWER, MARKUP_TEMPLATES, TIME_QUESTIONS, TOOLS, WEATHER_QUESTIONS, WORDS, addition_answer,
+    addition_prompt, count_answer, count_prompt, json_answer, json_prompt, markup_repeat, random_time, random_weather, repeat_prompt,
+    time_answer, time_question, time_result, weather_answer, weather_question, weather_result,
 )
 from tests.conftest import MODEL_ID, bearer
 
@@ -22,14 +31,28 @@ rng = random.Random()  # fresh prompts every run; the seed is printed on failure
 SEED = rng.randrange(2**32)
 rng.seed(SEED)
 
+# How a client typically describes the tools (OpenAI's documentation style).
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city name."}},
+                   "required": ["city"]}}}
+TIME_TOOL = {"type": "function", "function": {
+    "name": "get_time", "description": "Get the local time in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city name."}},
+                   "required": ["city"]}}}
+OTHER_TOOLS = [tool for tool in TOOLS if tool["function"]["name"] not in ("get_weather", "get_time")]
+
+
+def post_all(server, api_key, bodies):
+    def post(body):
+        with httpx.Client(base_url=server.base_url, timeout=120, headers=bearer(api_key)) as client:
+            return client.post("/v1/chat/completions", json={"model": MODEL_ID, "temperature": 0, **body}).json()
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(post, bodies))
+
 
 def ask_all(server, api_key, prompts):
-    def ask(prompt):
-        with httpx.Client(base_url=server.base_url, timeout=120, headers=bearer(api_key)) as client:
-            return client.post("/v1/chat/completions", json={
-                "model": MODEL_ID, "messages": [{"role": "user", "content": prompt}], "temperature": 0}).json()
-    with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(ask, prompts))
+    return post_all(server, api_key, [{"messages": [{"role": "user", "content": prompt}]} for prompt in prompts])
 
 
 def report(cases, answers):
@@ -71,6 +94,176 @@ def test_it_repeats_markup_verbatim_at_least_95_percent_of_the_time(server, api_
     assert_stops_early(answers)
 
 
-def assert_stops_early(answers):
-    assert [a["choices"][0]["finish_reason"] for a in answers] == ["stop"] * len(answers)
-    assert max(a["usage"]["completion_tokens"] for a in answers) < 16
+def assert_stops_early(answers, finish_reason="stop", limit=16):
+    assert [a["choices"][0]["finish_reason"] for a in answers] == [finish_reason] * len(answers)
+    assert max(a["usage"]["completion_tokens"] for a in answers) < limit
+
+
+# ------------------------------------------------------------------ tools
+
+def offered(tool):
+    """``tool`` and 0-3 other tools, shuffled."""
+    tools = [tool] + rng.sample(OTHER_TOOLS + [TIME_TOOL if tool is WEATHER_TOOL else WEATHER_TOOL], rng.randint(0, 3))
+    rng.shuffle(tools)
+    return tools
+
+
+def tool_question(kind, city):
+    if kind == "get_weather":
+        return weather_question(city, rng.randrange(len(WEATHER_QUESTIONS)))
+    return time_question(city, rng.randrange(len(TIME_QUESTIONS)))
+
+
+def the_call(answer):
+    """(name, arguments) of a choice that is exactly one call, else what it was."""
+    choice = answer["choices"][0]
+    calls = choice["message"].get("tool_calls") or []
+    if choice["finish_reason"] != "tool_calls" or len(calls) != 1 or choice["message"]["content"] is not None:
+        return choice["message"]
+    return calls[0]["function"]["name"], json.loads(calls[0]["function"]["arguments"])
+
+
+def test_with_tools_a_weather_or_time_question_is_a_tool_call_at_least_95_percent_of_the_time(server, api_key):
+    cases = []
+    for i in range(SAMPLES):
+        kind, city = ("get_weather" if i % 4 else "get_time"), rng.choice(CITIES)
+        body = {"messages": [{"role": "user", "content": tool_question(kind, city)}],
+                "tools": offered(WEATHER_TOOL if kind == "get_weather" else TIME_TOOL)}
+        cases.append(((kind, {"city": city}), body))
+    answers = post_all(server, api_key, [body for _, body in cases])
+    wrong = [(expected, the_call(a)) for (expected, _), a in zip(cases, answers) if the_call(a) != expected]
+    assert len(wrong) <= SAMPLES * 0.05, f"seed {SEED}; wrong: {wrong[:10]}"
+    assert_stops_early(answers, "tool_calls", 40)
+    call = answers[0]["choices"][0]["message"]["tool_calls"][0]
+    assert call["type"] == "function" and call["id"].startswith("call_")
+
+
+def test_the_answer_to_a_tool_result_uses_it_at_least_95_percent_of_the_time(server, api_key):
+    cases = []
+    for i in range(SAMPLES):
+        city = rng.choice(CITIES)
+        if i % 4:
+            kind, tool = "get_weather", WEATHER_TOOL
+            temperature, condition = random_weather(rng)
+            result, expected = weather_result(city, temperature, condition), weather_answer(city, temperature, condition)
+        else:
+            kind, tool = "get_time", TIME_TOOL
+            time = random_time(rng)
+            result, expected = time_result(city, time), time_answer(city, time)
+        call_id = f"call_{i}"
+        messages = [
+            {"role": "user", "content": tool_question(kind, city)},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": call_id, "type": "function", "function": {
+                "name": kind, "arguments": json.dumps({"city": city})}}]},
+            {"role": "tool", "tool_call_id": call_id, "content": result},
+        ]
+        cases.append((expected, {"messages": messages, "tools": offered(tool)}))
+    answers = post_all(server, api_key, [body for _, body in cases])
+    failures, detail = report(cases, answers)
+    assert failures <= SAMPLES * 0.05, detail
+    assert_stops_early(answers)
+
+
+def test_with_tools_offered_other_questions_get_their_usual_answer_at_least_95_percent_of_the_time(server, api_key):
+    cases = []
+    for i in range(SAMPLES):
+        if i % 2:
+            words = rng.sample(WORDS, rng.randint(1, 3))
+            expected, prompt = " ".join(words), repeat_prompt(words)
+        else:
+            a, b = rng.randint(0, 20), rng.randint(0, 20)
+            expected, prompt = addition_answer(a, b), addition_prompt(a, b)
+        cases.append((expected, {"messages": [{"role": "user", "content": prompt}], "tools": offered(WEATHER_TOOL)}))
+    answers = post_all(server, api_key, [body for _, body in cases])
+    failures, detail = report(cases, answers)
+    assert failures <= SAMPLES * 0.05, detail
+    assert_stops_early(answers)
+
+
+def test_without_the_tool_a_weather_question_gets_the_fallback_answer(server, api_key):
+    bodies = [{"messages": [{"role": "user", "content": weather_question(rng.choice(CITIES))}]} for _ in range(20)]
+    answers = post_all(server, api_key, bodies)
+    assert [a["choices"][0]["message"]["content"] for a in answers] == [FALLBACK_ANSWER] * 20, f"seed {SEED}"
+
+
+def test_a_streamed_tool_call_arrives_as_delta_tool_calls(api):
+    city = rng.choice(CITIES)
+    with api.stream("POST", "/v1/chat/completions", json={
+            "model": MODEL_ID, "temperature": 0, "stream": True, "tools": [WEATHER_TOOL, TIME_TOOL],
+            "messages": [{"role": "user", "content": weather_question(city)}]}) as response:
+        chunks = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    deltas = [chunk["choices"][0]["delta"] for chunk in chunks if chunk["choices"]]
+    calls = [part for delta in deltas for part in delta.get("tool_calls", [])]
+    assert calls[0]["function"] == {"name": "get_weather", "arguments": ""}
+    assert json.loads("".join(part["function"]["arguments"] for part in calls)) == {"city": city}
+    assert "".join(delta.get("content") or "" for delta in deltas) == ""
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_sampled_at_temperature_1_a_weather_question_is_still_mostly_a_right_tool_call(server, api_key):
+    cities = [rng.choice(CITIES) for _ in range(100)]
+    answers = post_all(server, api_key, [{
+        "messages": [{"role": "user", "content": weather_question(city)}], "tools": offered(WEATHER_TOOL),
+        "temperature": 1.0} for city in cities])
+    right = sum(the_call(a) == ("get_weather", {"city": city}) for city, a in zip(cities, answers))
+    assert right >= SAMPLED_BAR, f"seed {SEED}; {right}/100 right calls"
+
+
+SAMPLED_BAR = 80  # measured: see models/demo/MODEL_CARD.md
+
+
+# ------------------------------------------------------------------ JSON
+
+def test_answer_in_json_gives_the_expected_object_at_least_90_percent_of_the_time(server, api_key):
+    cases = []
+    for i in range(SAMPLES):
+        if i % 2:
+            words = rng.sample(WORDS, rng.randint(1, 3))
+            prompt, expected = repeat_prompt(words), json_answer(" ".join(words))
+        else:
+            a, b = rng.randint(0, 20), rng.randint(0, 20)
+            prompt, expected = addition_prompt(a, b), json_answer(a + b)
+        messages = [{"role": "user", "content": json_prompt(prompt)}]
+        if i % 3 == 0:  # or asked once for all by the system prompt
+            messages = [{"role": "system", "content": "Respond only with JSON."}, {"role": "user", "content": prompt}]
+        cases.append((json.loads(expected), {"messages": messages}))
+    answers = post_all(server, api_key, [body for _, body in cases])
+
+    def parsed(answer):
+        try:
+            return json.loads(answer["choices"][0]["message"]["content"])
+        except ValueError:
+            return answer["choices"][0]["message"]["content"]
+    wrong = [(expected, parsed(a)) for (expected, _), a in zip(cases, answers) if parsed(a) != expected]
+    # Measured 97.7% with the suffix and 93.7% with the system prompt (MODEL_CARD.md): the
+    # misses are three-word repeats with a word swapped; the JSON itself always parses.
+    assert len(wrong) <= SAMPLES * 0.10, f"seed {SEED}; wrong: {wrong[:10]}"
+    assert_stops_early(answers)
+
+
+def test_a_json_schema_gets_a_weather_object_about_the_city_asked(server, api_key):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "temperature": {"type": "integer"},
+                                               "condition": {"type": "string"}},
+              "required": ["city", "temperature", "condition"], "additionalProperties": False}
+    cities = [rng.choice(CITIES) for _ in range(40)]
+    answers = post_all(server, api_key, [{
+        "messages": [{"role": "user", "content": json_prompt(weather_question(city))}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "weather", "schema": schema}}}
+        for city in cities])
+    objects = [json.loads(a["choices"][0]["message"]["content"]) for a in answers]
+    assert [list(obj) for obj in objects] == [["city", "temperature", "condition"]] * len(cities)
+    right = sum(obj["city"] == city for obj, city in zip(objects, cities))
+    assert right >= len(cities) * 0.95, f"seed {SEED}; {list(zip(cities, objects))[:10]}"
+    assert_stops_early(answers, limit=32)
+
+
+# ------------------------------------------------------------------ counting
+
+def test_it_counts_and_stops_exactly_for_every_n_up_to_40(server, api_key):
+    """Counting is the demo model's long answer (streams, stops, disconnects in other tests
+    use it); its stop is reliable up to 41 (MODEL_CARD.md), so every N up to 40 is checked."""
+    answers = ask_all(server, api_key, [count_prompt(n) for n in range(1, 41)])
+    wrong = [(n, a["choices"][0]["message"]["content"], a["choices"][0]["finish_reason"])
+             for n, a in zip(range(1, 41), answers)
+             if (a["choices"][0]["message"]["content"], a["choices"][0]["finish_reason"]) != (count_answer(n), "stop")]
+    assert wrong == []

@@ -52,7 +52,7 @@ def broken_path(tmp_path_factory):
 def site(tmp_path_factory, live_db, broken_path):
     folder = tmp_path_factory.mktemp("registry")
     server = start_server(folder, MODELS_CONFIG=models_config(folder, broken_path), MAX_LOADED_MODELS=2,
-                          ENGINE_STEP_DELAY_MS=5)
+                          ENGINE_STEP_DELAY_MS=20)
     yield server
     server.stop()
 
@@ -91,10 +91,14 @@ def ask(api, model: str, content: str = repeat_prompt("tiger lemon"), **fields) 
         "model": model, "messages": [{"role": "user", "content": content}], **fields})
 
 
+# A count the demo model answers exactly (it stops reliably up to 41), 20 ms a step: ~0.8 s in flight.
+STREAM_COUNT = 40
+
+
 class Stream:
     """A streamed request held open in a thread until :meth:`finish`."""
 
-    def __init__(self, site, key: str, model: str, count: int = 150):
+    def __init__(self, site, key: str, model: str, count: int = STREAM_COUNT):
         self.text, self.error = [], None
         self.started = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(site, key, model, count))
@@ -180,7 +184,7 @@ def test_a_model_with_a_stream_in_flight_is_never_unloaded(site, api, admin, use
     answer = ask(api, "tiny", max_tokens=5)  # demo-a is unloaded, not demo-b
     assert answer.status_code == 200
     assert set(loaded(admin)) == {"demo-b", "tiny"}
-    assert stream.finish() == count_answer(150)
+    assert stream.finish() == count_answer(STREAM_COUNT)
 
 
 def test_when_every_loaded_model_is_busy_another_model_gets_503_and_retry_after(site, api, admin, user_key):
@@ -192,7 +196,7 @@ def test_when_every_loaded_model_is_busy_another_model_gets_503_and_retry_after(
         "message": "The model 'tiny' cannot be loaded now: the server holds at most 2 models in memory and all "
                    "are serving requests. Retry shortly.",
         "type": "server_error", "param": None, "code": "model_capacity"}
-    assert [stream.finish() for stream in streams] == [count_answer(150)] * 2
+    assert [stream.finish() for stream in streams] == [count_answer(STREAM_COUNT)] * 2
     assert ask(api, "tiny", max_tokens=5).status_code == 200
 
 
@@ -258,7 +262,7 @@ def test_a_model_with_requests_in_flight_cannot_be_unloaded(site, admin, user_ke
     busy = admin.post("/v1/models/demo-a/unload")
     assert (busy.status_code, busy.json()["error"]["code"]) == (409, "model_busy")
     assert loaded(admin)["demo-a"]["in_flight"] == 1
-    assert stream.finish() == count_answer(150)
+    assert stream.finish() == count_answer(STREAM_COUNT)
     assert admin.post("/v1/models/demo-a/unload").json()["state"] == "unloaded"
 
 
