@@ -5,7 +5,7 @@ A with keys, limits and usage accounting on (one key, no limits set) and B with
 ``REQUIRE_API_KEY=false``. Both stay up for the whole run; measurements alternate
 A, B, A, B, ... so drift hits both alike. One measurement is ``--concurrency`` clients,
 each sending ``--requests`` streamed chat completions back to back ("Count from 1 to
-50.": 50 tokens each). Tokens are the engine's own counts from the usage chunk
+40.": 40 tokens each). Tokens are the engine's own counts from the usage chunk
 (``stream_options.include_usage``); TTFT is the time to the first chunk with content.
 
 The client (asyncio, bench.client: raw HTTP/1.1, one keep-alive connection per client) shares the 2 cores with the server under
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
 MODEL_ID = "llmserver-demo"
-PROMPT = "Count from 1 to 50."
+PROMPT = "Count from 1 to 40."
 SYSTEMS = {"A": "keys + limits + accounting", "B": "REQUIRE_API_KEY=false"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -214,7 +214,7 @@ def markdown(summary: dict, concurrencies: list[int], rounds: int, requests: int
     def cell(s, fmt="{:.0f}"):
         return f"{fmt.format(s['median'])} ({fmt.format(s['min'])}–{fmt.format(s['max'])})"
     lines = [f"Median (min–max) of {rounds} interleaved runs; each run: N clients × {requests} streamed requests "
-             f"of ~50 tokens. A = {SYSTEMS['A']}, B = {SYSTEMS['B']}. Run took {elapsed / 60:.1f} min.", "",
+             f"of ~40 tokens. A = {SYSTEMS['A']}, B = {SYSTEMS['B']}. Run took {elapsed / 60:.1f} min.", "",
              "| streams | system | tokens/s | requests/s | TTFT p50 ms | TTFT p95 ms | server CPU %¹ | "
              "client CPU %¹ | others' CPU %¹ | server CPU ms/req | tokens/step² |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -35,12 +35,9 @@ class StreamClient:
             await self._writer.wait_closed()
             self._reader = self._writer = None
 
-    async def stream(self, path: str, body: dict) -> dict:
-        """POST ``body`` (a streamed request with ``include_usage``) and read its stream.
-        Returns ok, status, ttft (seconds to the first content), content chunks,
-        completion_tokens (from the usage chunk), itl (seconds per token after the first:
-        from the first content to the chunk that finishes the choice, over the tokens
-        after the first) and seconds."""
+    async def _post(self, path: str, body: dict) -> tuple[float, int]:
+        """Send the request (connecting first if needed); return its start time and the
+        response's status (the headers are left to read)."""
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         payload = json.dumps(body).encode()
@@ -48,8 +45,16 @@ class StreamClient:
                 f"Content-Length: {len(payload)}\r\n{self._headers}\r\n").encode()
         t0 = time.perf_counter()
         self._writer.write(head + payload)
+        return t0, int((await self._reader.readline()).split(b" ", 2)[1])
+
+    async def stream(self, path: str, body: dict) -> dict:
+        """POST ``body`` (a streamed request with ``include_usage``) and read its stream.
+        Returns ok, status, ttft (seconds to the first content), content chunks,
+        completion_tokens (from the usage chunk), itl (seconds per token after the first:
+        from the first content to the chunk that finishes the choice, over the tokens
+        after the first) and seconds."""
+        t0, status = await self._post(path, body)
         reader = self._reader
-        status = int((await reader.readline()).split(b" ", 2)[1])
         chunked = False
         length = 0
         while (line := await reader.readline()) not in (b"\r\n", b""):
@@ -93,15 +98,8 @@ class StreamClient:
 
     async def complete(self, path: str, body: dict) -> dict:
         """POST a non-streamed ``body``; returns ok, status, seconds, completion_tokens."""
-        if self._writer is None:
-            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
-        payload = json.dumps(body).encode()
-        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(payload)}\r\n{self._headers}\r\n").encode()
-        t0 = time.perf_counter()
-        self._writer.write(head + payload)
+        t0, status = await self._post(path, body)
         reader = self._reader
-        status = int((await reader.readline()).split(b" ", 2)[1])
         length = 0
         while (line := await reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.partition(b":")

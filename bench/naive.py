@@ -14,7 +14,6 @@ Generator's params too, so every request the server accepts still works.
 from __future__ import annotations
 
 import queue
-import time
 
 import numpy as np
 
@@ -52,20 +51,6 @@ class GeneratorWorker(EngineWorker):
                     command = None
             if self._waiting:
                 self._generate(self._waiting.popleft())
-
-    def _handle(self, command) -> None:
-        kind, turn = command
-        if kind == "begin":
-            turn._queued_at = time.monotonic()
-            self._waiting.append(turn)
-        elif kind == "cancel":
-            turn._cancelled = True
-            if turn in self._waiting:
-                self._waiting.remove(turn)
-                self._post([(turn, "", 0, Finish("CANCELLED", self._usage(turn)))])
-        elif kind == "fault":
-            self._fault = True
-        self.stats.waiting = len(self._waiting)
 
     def _cancel_requested(self, turn) -> bool:
         """Drain the inbox between tokens: new requests queue up, a cancel of ``turn`` stops it."""
