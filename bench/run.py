@@ -139,6 +139,7 @@ def measure(system: str, target, model: dict, clients: int, *, one_token: bool =
     requests = (max(1, math.ceil(model["one_token_requests"] / clients)) if one_token else
                 max(1, round(model["tokens_per_cell"] / (clients * max_tokens))))
     cpu0, client0, busy0 = target.cpu_seconds(), _client_cpu(), _machine_busy_seconds()
+    engine0 = target.health() if system != "raw" else None
     if system == "raw":
         out = target.cell(concurrency=clients, requests=requests, max_tokens=max_tokens,
                           messages=[{"role": "user", "content": model["prompt"]}])
@@ -147,6 +148,13 @@ def measure(system: str, target, model: dict, clients: int, *, one_token: bool =
         stream = system != "server-json" and not one_token
         results, wall = asyncio.run(_http_cell(target, model, clients, requests, max_tokens, stream))
     cpu1, client1, busy1 = target.cpu_seconds(), _client_cpu(), _machine_busy_seconds()
+    engine = {}
+    if engine0 is not None:  # the server's engine counters (/health): how its batches formed
+        engine1 = target.health()
+        steps = engine1["steps"] - engine0["steps"]
+        engine = {"engine_steps": steps, "engine_reforms": engine1["reforms"] - engine0["reforms"],
+                  "engine_reprefilled_tokens": engine1["reprefilled_tokens"] - engine0["reprefilled_tokens"],
+                  "tokens_per_step": (engine1["tokens_generated"] - engine0["tokens_generated"]) / steps if steps else None}
     good = [r for r in results if r["ok"]]
     tokens = sum(r["completion_tokens"] for r in good)
     ttfts = [r["ttft"] for r in good if r.get("ttft") is not None]
@@ -162,7 +170,7 @@ def measure(system: str, target, model: dict, clients: int, *, one_token: bool =
         "itl_ms_p50": _pct(itls, 50), "itl_ms_p95": _pct(itls, 95),
         "cpu_s_per_1000_tokens": 1000 * server_cpu / tokens if tokens else None,
         "process_cpu_pct": 100 * server_cpu / wall, "client_cpu_pct": 100 * (client1 - client0) / wall,
-        "machine_busy_pct": 100 * (busy1 - busy0) / wall,
+        "machine_busy_pct": 100 * (busy1 - busy0) / wall, **engine,
     }
 
 

@@ -47,7 +47,7 @@ async def collect(turn, on_text=None, finished=None):
 
 
 async def test_a_newcomer_joins_a_running_batch_and_both_answers_stay_exact(worker):
-    first = new_turn(worker, count_prompt(50))
+    first = new_turn(worker, count_prompt(40))
     second = new_turn(worker, count_prompt(20))
     reforms = worker.stats.reforms
     joined = asyncio.Event()
@@ -63,7 +63,7 @@ async def test_a_newcomer_joins_a_running_batch_and_both_answers_stay_exact(work
         collect(first, submit_second_once_first_is_going, finished),
         _after(joined, collect(second, finished=finished)),
     )
-    assert first_text == count_answer(50)
+    assert first_text == count_answer(40)
     assert second_text == count_answer(20)
     # The newcomer did not wait for the long answer to end: the batch was re-formed.
     assert finished == [second, first]
@@ -79,7 +79,7 @@ async def _after(event, coroutine):
 
 
 async def test_a_cancelled_turn_ends_with_cancelled_and_the_usage_so_far(worker):
-    turn = new_turn(worker, count_prompt(50))
+    turn = new_turn(worker, count_prompt(40))
     worker.submit(turn)
 
     def cancel_after_five_numbers(text):
@@ -106,7 +106,7 @@ def in_process_model(live_db):
 
 async def test_an_engine_fault_mid_stream_sends_an_error_event_then_done_and_the_engine_recovers(in_process_model, api_key):
     client = AsyncClient()
-    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(50)}], "stream": True}
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(40)}], "stream": True}
     response = await client.post("/v1/chat/completions", json.dumps(body), content_type="application/json",
                                  headers={**bearer(api_key), "X-Request-ID": "engine-fault-1"})
     assert response.status_code == 200, response.content
@@ -130,7 +130,7 @@ async def test_an_engine_fault_mid_stream_sends_an_error_event_then_done_and_the
     again = await client.post("/v1/chat/completions", json.dumps({**body, "stream": False}),
                               content_type="application/json", headers=bearer(api_key))
     assert again.status_code == 200, again.content
-    assert json.loads(again.content)["choices"][0]["message"]["content"] == count_answer(50)
+    assert json.loads(again.content)["choices"][0]["message"]["content"] == count_answer(40)
 
 
 async def test_health_is_503_while_an_engine_is_down_and_the_next_request_starts_it_again(in_process_model, api_key):
