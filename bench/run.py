@@ -61,7 +61,7 @@ MODELS = {
     "bench": {"path": "models/bench", "id": "bench", "prompt": "Tell me a long story about the sea.",
               "max_tokens": 32, "tokens_per_cell": 384, "one_token_requests": 24},
     "demo": {"path": "models/demo", "id": "llmserver-demo", "prompt": "Count from 1 to 40.",
-             "max_tokens": 64, "tokens_per_cell": 3000, "one_token_requests": 60},
+             "max_tokens": 64, "tokens_per_cell": 8000, "one_token_requests": 120},
 }
 SYSTEMS = {
     "raw": "og.Engine driven directly from Python",
