@@ -493,7 +493,7 @@ class EngineWorker:
         if not tokens:
             old = self._step_seconds
             self._step_seconds = seconds if old == 0 else 0.9 * old + 0.1 * seconds
-        if tokens:
+        else:
             sample = seconds / tokens
             old = self._prefill_seconds_per_token
             self._prefill_seconds_per_token = sample if old == 0 else 0.7 * old + 0.3 * sample
