@@ -70,7 +70,7 @@ class GeneratorWorker(EngineWorker):
         prompt = turn.prompt_tokens
         stats = self.stats
         stats.turns_started += 1
-        stats.running = 1
+        stats.running = stats.peak_batch = 1
         stats.waiting = len(self._waiting)
         gp = og.GeneratorParams(self._model)
         options = {"max_length": min(self.context_length, len(prompt) + params.max_tokens)}
@@ -105,7 +105,6 @@ class GeneratorWorker(EngineWorker):
                 generator.generate_next_token()
                 token = int(generator.get_next_tokens()[0])
                 stats.steps += 1
-                stats.peak_batch = max(stats.peak_batch, 1)
                 if token in eos:  # not in the usage: the Engine does not count EOS either
                     reason = "EOS"
                     break

@@ -23,8 +23,8 @@ from django.conf import settings  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 
 from inference.engine import ModelLoadError  # noqa: E402
-from llmserver.handlers import APIHandler, HTTPRouter  # noqa: E402
 from inference.registry import load_configured_models  # noqa: E402
+from llmserver.handlers import APIHandler, HTTPRouter  # noqa: E402
 
 # The engine threads give up the GIL for each scheduler step and need it back at once
 # when the step ends; with CPython's default 5 ms switch interval a step could wait that

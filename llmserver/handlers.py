@@ -4,8 +4,8 @@ Django's ``ASGIHandler`` runs, for every request, each ``MiddlewareMixin`` hook
 (security, sessions, common, CSRF, authentication, messages, clickjacking) and the sync
 receivers of ``request_started`` / ``request_finished`` through ``sync_to_async``; inside
 the request's ``ThreadSensitiveContext`` that means a thread created per request and a
-dozen hops to it. Measured on the demo model (``make bench``): that was most of the
-server's cost for a short request.
+dozen hops to it. Sampled with py-spy on a server answering 1-token requests one after
+another, those hooks were most of the event loop's time (bench/README.md).
 
 The API needs none of it: it authenticates with API keys (no session, no CSRF, no
 messages) and never touches the ORM on the event loop (the accounting thread has its own
