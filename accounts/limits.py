@@ -30,14 +30,20 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 
+from accounts import hotsql
 from accounts.models import APIKey, Lease, LimitScope, UsageCounter, period_end, period_start
 from accounts.refusals import UnknownKey, check_model_access, invalid_key, key_refusal, too_many
+
+if TYPE_CHECKING:
+    from accounts.books import Settlement
 
 log = logging.getLogger("llmserver.limits")
 
@@ -53,22 +59,20 @@ def minute_of(now):
     return now.replace(second=0, microsecond=0)
 
 
-# The hot path is plain SQL: through the ORM, an admission and a settlement cost ~4 ms
-# of CPU per request in query building alone (measured), 20 times the queries' own cost.
-# The statements are portable between SQLite (3.35+) and PostgreSQL.
+# The hot path is plain SQL on the driver's cursor (accounts.hotsql): through the ORM,
+# an admission and a settlement cost ~4 ms of CPU per request in query building alone
+# (measured), 20 times the queries' own cost. The statements are portable between
+# SQLite (3.35+) and PostgreSQL.
 _KEY = APIKey._meta.db_table
 _LEASE = Lease._meta.db_table
 _COUNTER = UsageCounter._meta.db_table
 _SCOPE = LimitScope._meta.db_table
 
 
-def _sql(cursor, statement: str, params=()) -> list:
-    cursor.execute(statement, params)
-    return cursor.fetchall() if cursor.description else []
+_sql = hotsql.run
 
 
-def _at(moment):
-    return connection.ops.adapt_datetimefield_value(moment)
+_at = hotsql.at
 
 
 def _counter_values(cursor, key_id: int, kind: str, starts_at) -> tuple[int, int]:
@@ -90,17 +94,27 @@ _KEY_STATE = ["hashed_secret", "is_active", "expires_at", "allowed_models", "max
               "requests_per_minute", "tokens_per_minute", "token_budget", "budget_period"]
 
 
-def admit(key: APIKey | None, request_id: str, model_names: tuple[str, ...] = ()) -> int:
+def admit(key: APIKey | None, request_id: str, model_names: tuple[str, ...] = (), *,
+          settling: Sequence[Settlement] = ()) -> int:
     """Check the key and every limit and take a lease; return the lease id, or raise
     APIError (401 for a key no longer usable, 403 for a model it may not use, 429).
     ``key`` is None when API keys are not required (only the deployment limit applies).
 
     The key's row is read here, in the admission's transaction, whatever the caller
     knew of it: a revocation, a new secret or a limit changed in any process counts from
-    the next request on. The fresh values are written into ``key``."""
+    the next request on. The fresh values are written into ``key``.
+
+    ``settling``: this process's finished requests not yet settled (accounts.books).
+    Their leases are given back first, in this transaction (and set to None in them once
+    it commits), and their tokens count against the key's limits as if already settled.
+    """
     now = timezone.now()
     postgres = connection.vendor == "postgresql"
-    with transaction.atomic(), connection.cursor() as cursor:
+    _ensure_global_scope()
+    releasing = [s.lease_id for s in settling if s.lease_id is not None]
+    with hotsql.transaction() as cursor:
+        if releasing:
+            _sql(cursor, _delete_leases(len(releasing)), releasing)
         if key is not None:
             # One statement locks the row (PostgreSQL: FOR NO KEY UPDATE), marks the key
             # used and returns its current state; a refusal below rolls it back.
@@ -110,7 +124,7 @@ def admit(key: APIKey | None, request_id: str, model_names: tuple[str, ...] = ()
             if model_names:  # the model's id and aliases
                 check_model_access(key, *model_names)
             _check_key_limits(cursor, key.pk, key.max_concurrency, key.requests_per_minute, key.tokens_per_minute,
-                              key.token_budget, key.budget_period, now)
+                              key.token_budget, key.budget_period, now, settling)
         _check_deployment_limit(cursor, now, postgres)
         if key is not None and per_minute_limited(key):
             add_to_counter(cursor, key.pk, UsageCounter.Kind.MINUTE, minute_of(now), requests=1)
@@ -118,6 +132,9 @@ def admit(key: APIKey | None, request_id: str, model_names: tuple[str, ...] = ()
         lease_id = _sql(cursor, f"INSERT INTO {_LEASE} (api_key_id, request_id, holder, acquired_at, expires_at) "
                                 f"VALUES (%s, %s, %s, %s, %s) RETURNING id",
                         [key.pk if key else None, request_id, PROCESS_ID, _at(now), _at(expires)])[0][0]
+    _held.difference_update(releasing)
+    for s in settling:
+        s.lease_id = None
     _held.add(lease_id)
     return lease_id
 
@@ -149,9 +166,18 @@ def _refresh_key(key: APIKey, rows: list) -> None:
         raise refusal
 
 
-def _check_key_limits(cursor, key_id, max_concurrency, rpm, tpm, budget, budget_period, now) -> None:
+def _unsettled_tokens(settling: Sequence[Settlement], key_id: int, bucket, now) -> int:
+    """Tokens of ``key_id``'s finished requests not yet on its counters, in the bucket
+    (a function of a moment: its minute, its budget period) that ``now`` is in."""
+    current = bucket(now)
+    return sum(s.tokens for s in settling if s.key is not None and s.key.pk == key_id and bucket(s.finished_at) == current)
+
+
+def _check_key_limits(cursor, key_id, max_concurrency, rpm, tpm, budget, budget_period, now, settling) -> None:
     if budget is not None:
         _, used = _counter_values(cursor, key_id, UsageCounter.Kind.PERIOD, period_start(budget_period, now))
+        if settling:
+            used += _unsettled_tokens(settling, key_id, lambda moment: period_start(budget_period, moment), now)
         if used >= budget:
             raise too_many(
                 f"This API key has used its budget of {budget} tokens per {budget_period}.",
@@ -161,6 +187,8 @@ def _check_key_limits(cursor, key_id, max_concurrency, rpm, tpm, budget, budget_
     to_next_minute = 60 - (now - minute_start).total_seconds()
     if tpm is not None or rpm is not None:
         requests, tokens = _counter_values(cursor, key_id, UsageCounter.Kind.MINUTE, minute_start)
+        if settling and tpm is not None:
+            tokens += _unsettled_tokens(settling, key_id, minute_of, now)
         if tpm is not None and tokens >= tpm:
             raise too_many(f"This API key has reached its limit of {tpm} tokens per minute.",
                             "tokens_per_minute_limit", to_next_minute)
@@ -178,11 +206,14 @@ def _check_key_limits(cursor, key_id, max_concurrency, rpm, tpm, budget, budget_
 _global_scope_exists = False
 
 
-def _check_deployment_limit(cursor, now, postgres: bool) -> None:
+def _ensure_global_scope() -> None:
     global _global_scope_exists
     if not _global_scope_exists:
         LimitScope.objects.get_or_create(name="global")
         _global_scope_exists = True
+
+
+def _check_deployment_limit(cursor, now, postgres: bool) -> None:
     if postgres:
         # Lock the one "global" row: admissions across the deployment take turns here,
         # for the time of a count and an insert. (SQLite's IMMEDIATE transactions
@@ -196,14 +227,15 @@ def _check_deployment_limit(cursor, now, postgres: bool) -> None:
         )
 
 
-def release_leases(lease_ids: list[int]) -> None:
-    """Give back places in flight: on their own, so that they are given back even if
-    writing the usage records that follow fails."""
-    if not lease_ids:
-        return
-    _held.difference_update(lease_ids)
-    with connection.cursor() as cursor:
-        _sql(cursor, f"DELETE FROM {_LEASE} WHERE id IN ({', '.join(['%s'] * len(lease_ids))})", lease_ids)
+def release_leases(cursor, lease_ids: list[int]) -> None:
+    """Give back places in flight, in the caller's transaction."""
+    if lease_ids:
+        _sql(cursor, _delete_leases(len(lease_ids)), lease_ids)
+        _held.difference_update(lease_ids)
+
+
+def _delete_leases(count: int) -> str:
+    return f"DELETE FROM {_LEASE} WHERE id IN ({', '.join(['%s'] * count)})"
 
 
 # --- lease renewal ---------------------------------------------------------------------

@@ -211,6 +211,19 @@ def run_model(name: str, model: dict, concurrency: list[int], rounds: int, workd
                         print(f"{name} round {rnd + 1} {system:11s} x{clients:<2d}: {what}"
                               f"{'  FAILED ' + str(cell['failed']) + ' ' + str(cell['errors']) if cell['failed'] else ''}",
                               flush=True)
+        # The cost of keys and accounting, a few percent at most, is smaller than the drift of
+        # a shared machine between cells a few seconds apart: measured again as pairs of
+        # back-to-back cells (server, no-keys; the order alternating), judged on the
+        # median of the pairs' ratios.
+        key_pairs = []
+        if name == "demo" and 8 in concurrency:
+            for i in range(args.key_pairs):
+                pair = {}
+                for system in (("server", "no-keys") if i % 2 == 0 else ("no-keys", "server")):
+                    wait_for_quiet(everything, args.quiet_threshold, args.quiet_patience)
+                    pair[system] = measure(system, targets[system], model, 8)["tokens_per_s"]
+                key_pairs.append(pair["server"] / pair["no-keys"])
+                print(f"{name} keys on/off pair {i + 1}: {key_pairs[-1]:.3f}", flush=True)
         peaks = {"raw": peak_rss_mb(raw.proc.pid), **{s: peak_rss_mb(servers[s].proc.pid) for s in servers}}
         peaks["server-json"] = peaks["server"]
         batch_limit = servers["server"].health().get("batch_limit")
@@ -219,7 +232,7 @@ def run_model(name: str, model: dict, concurrency: list[int], rounds: int, workd
         for server in servers.values():
             server.stop()
     return {"model": name, "path": model["path"], "prompt": model["prompt"], "max_tokens": model["max_tokens"],
-            "peak_rss_mb": peaks, "server_batch_limit": batch_limit, "cells": cells,
+            "peak_rss_mb": peaks, "server_batch_limit": batch_limit, "cells": cells, "key_pairs": key_pairs,
             "summary": summarize(cells, concurrency)}
 
 
@@ -284,8 +297,9 @@ def targets(models: dict) -> list[dict]:
         add("8 streams: server >= 1.5 x naive baseline", name, n8, n8["median"] >= 1.5 if judged else None)
         t1 = ratio(cells, "server", "raw", 1, "ttft_ms_p50", difference=True)
         add("TTFT p50 at 1 stream: server - raw <= 10 ms", name, t1, t1["median"] <= 10 if judged else None, "ms")
-        k8 = ratio(cells, "server", "no-keys", 8)
-        add("8 streams: keys + limits + accounting cost <= 5% (server >= 0.95 x no-keys)", name, k8,
+        k8 = _stat(result.get("key_pairs") or []) or ratio(cells, "server", "no-keys", 8)
+        pairs = f"{len(result['key_pairs'])} back-to-back pairs" if result.get("key_pairs") else "rounds"
+        add(f"8 streams: keys + limits + accounting cost <= 5% (server >= 0.95 x no-keys; over {pairs})", name, k8,
             k8["median"] >= 0.95 if name == "demo" else None)
     return out
 
@@ -305,7 +319,7 @@ def markdown(report: dict) -> str:
              f"{report['rounds']} interleaved rounds; each figure is the median (min–max) over the rounds. "
              f"Run took {report['elapsed_s'] / 60:.1f} min.", "", "Systems:", ""]
     lines += [f"- **{k}**: {v}" for k, v in SYSTEMS.items()]
-    lines += ["", "## Targets", "", "| target | model | measured (median, min–max over rounds) | verdict |",
+    lines += ["", "## Targets", "", "| target | model | measured (median, min–max) | verdict |",
               "|---|---|---|---|"]
     for t in report["targets"]:
         v = t["value"]
@@ -365,7 +379,7 @@ def plot(report: dict, path: Path) -> None:
 
 
 def print_targets(report: dict) -> None:
-    print("\nTargets (median over %d rounds, min–max in brackets):" % report["rounds"])
+    print("\nTargets (median over %d rounds or the pairs named, min–max in brackets):" % report["rounds"])
     for t in report["targets"]:
         v = t["value"]
         spec = "{:+.1f} ms" if t["unit"] == "ms" else "{:.3f}"
@@ -379,6 +393,8 @@ def main() -> None:
     parser.add_argument("--models", default="bench,demo", help="comma-separated: bench, demo")
     parser.add_argument("--concurrency", default="1,4,8,16")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--key-pairs", type=int, default=12,
+                        help="demo model: back-to-back (server, no-keys) pairs at 8 clients for the accounting cost")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--quiet-threshold", type=float, default=25,
                         help="before each cell, wait until other processes use less than this %% of one core")

@@ -175,6 +175,10 @@ REQUIRE_API_KEY = env.bool("REQUIRE_API_KEY", default=True)
 # counting after at most LEASE_TTL_SECONDS.
 LEASE_TTL_SECONDS = _positive_int("LEASE_TTL_SECONDS", 30)
 LEASE_RENEW_SECONDS = max(1, LEASE_TTL_SECONDS // 3)
+# Finished requests are settled (lease given back, tokens counted, usage record written)
+# in batches, each waiting at most this long; this process's own admissions count them
+# at once, other processes see them within it (accounts/books.py).
+USAGE_WRITE_DELAY_MS = env.float("USAGE_WRITE_DELAY_MS", default=100.0)
 # The concurrency limit a user's chat-page key starts with (an admin may change it on the
 # key); 0 = none.
 CHAT_KEY_MAX_CONCURRENCY = env.int("CHAT_KEY_MAX_CONCURRENCY", default=2) or None

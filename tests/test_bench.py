@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 def test_make_bench_runs_every_system_on_the_same_requests(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "bench.run", "--models", "demo", "--concurrency", "1,8", "--rounds", "1",
-         "--out", str(tmp_path), "--quiet-patience", "0"],
+         "--key-pairs", "2", "--out", str(tmp_path), "--quiet-patience", "0"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     [report_path] = tmp_path.glob("*.json")
@@ -37,6 +37,9 @@ def test_make_bench_runs_every_system_on_the_same_requests(tmp_path):
         streamed = c["system"] != "server-json"
         assert (c["ttft_ms_p50"] is not None, c["itl_ms_p50"] is not None) == (streamed, streamed), c
         assert c["cpu_s_per_1000_tokens"] > 0
+    # The accounting cost's back-to-back pairs, on top of the rounds.
+    assert len(demo["key_pairs"]) == 2 and all(r > 0 for r in demo["key_pairs"])
+    assert "over 2 back-to-back pairs" in report["targets"][4]["target"]
     assert demo["server_batch_limit"] >= 1
     assert set(demo["peak_rss_mb"]) == systems and all(v > 0 for v in demo["peak_rss_mb"].values())
     # The targets are all computed (verdicts on the demo model: the accounting cost only).

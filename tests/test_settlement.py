@@ -1,0 +1,67 @@
+"""Finished requests are settled in batches (accounts.books): their usage records,
+counters and leases are written together within USAGE_WRITE_DELAY_MS. Until then the
+same process's next admission gives back their leases and counts their tokens, and a
+server stopping writes everything still waiting.
+
+The server here waits ten minutes before writing, so anything written during the test
+was written by an admission or by the server stopping, not by the timer."""
+
+import time
+import uuid
+
+import httpx
+
+from accounts.models import Lease, UsageCounter, UsageRecord
+from tests.conftest import MODEL_ID, bearer, issue_key, start_server
+
+HELLO = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]}
+
+
+def post(server, secret):
+    rid = f"settle-{uuid.uuid4().hex}"
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", json=HELLO, timeout=60,
+                          headers={**bearer(secret), "X-Request-ID": rid})
+    return response, rid
+
+
+def test_waiting_settlements_count_for_the_next_admission_and_are_written_when_the_server_stops(tmp_path, live_db):
+    server = start_server(tmp_path, USAGE_WRITE_DELAY_MS=600_000)
+    one_at_a_time, one_secret = issue_key(name="settle-concurrency", max_concurrency=1)
+    budgeted, budget_secret = issue_key(name="settle-budget", token_budget=10, budget_period="day")
+    try:
+        first, first_rid = post(server, one_secret)
+        assert first.status_code == 200
+        time.sleep(0.5)
+        # Not written yet: no record, no counter, and its lease still in the database.
+        assert not UsageRecord.objects.filter(request_id=first_rid).exists()
+        assert not UsageCounter.objects.filter(api_key=one_at_a_time).exists()
+        assert Lease.objects.filter(api_key=one_at_a_time).count() == 1
+
+        # A key limited to one request in flight: the next one is admitted (its
+        # admission gives the waiting lease back)...
+        second, second_rid = post(server, one_secret)
+        assert second.status_code == 200
+        assert list(Lease.objects.filter(api_key=one_at_a_time).values_list("request_id", flat=True)) == [second_rid]
+
+        # ...and a key with a budget of 10 tokens is refused once a request used more,
+        # before any of it is on the key's counters.
+        spent, spent_rid = post(server, budget_secret)
+        used = spent.json()["usage"]["total_tokens"]
+        assert spent.status_code == 200 and used > 10
+        refused, refused_rid = post(server, budget_secret)
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "token_budget_exceeded"
+        assert not UsageCounter.objects.filter(api_key=budgeted).exists()
+        assert not UsageRecord.objects.filter(request_id__in=[first_rid, second_rid, spent_rid, refused_rid]).exists()
+    finally:
+        server.stop()  # SIGTERM: the server writes what waits, then exits
+
+    records = {r.request_id: r for r in UsageRecord.objects.filter(
+        request_id__in=[first_rid, second_rid, spent_rid, refused_rid])}
+    assert {rid: records[rid].status_code for rid in records} == {
+        first_rid: 200, second_rid: 200, spent_rid: 200, refused_rid: 429}
+    assert records[spent_rid].prompt_tokens + records[spent_rid].completion_tokens == used
+    counted = UsageCounter.objects.get(api_key=one_at_a_time, kind="period").tokens
+    assert counted == sum(response.json()["usage"]["total_tokens"] for response in (first, second))
+    assert UsageCounter.objects.get(api_key=budgeted, kind="period").tokens == used
+    assert not Lease.objects.filter(api_key__in=[one_at_a_time, budgeted]).exists()
