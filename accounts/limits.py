@@ -6,7 +6,8 @@ process sharing it enforces one limit. Everything here runs on the accounting th
 ``global`` row): it checks the token budget, tokens and requests per minute, the key's
 concurrency and the deployment's concurrency, in that order, and only if all pass does
 it consume anything (a request counted this minute, a lease). A request refused by one
-limit therefore consumes no other.
+limit therefore consumes no other. It first gives back the leases of this process's
+finished requests still waiting to be settled, and counts their tokens (accounts.books).
 
 A lease is a request in flight. Its process renews the leases of its requests still in
 flight every ``LEASE_RENEW_SECONDS``; if the process dies (or loses track of a lease),
@@ -14,12 +15,13 @@ they expire after at most ``LEASE_TTL_SECONDS`` and stop counting, so nothing ca
 key out for longer than that.
 
 Lock order, the same everywhere so that PostgreSQL never sees a deadlock: the key's row,
-then the ``global`` row, then counter rows. Settling (accounts.books.settle_batch) takes
-no key or global lock. The key row is locked FOR NO KEY UPDATE: a plain FOR UPDATE would
-also block the KEY SHARE
-lock that inserting a usage record or counter takes on it through its foreign key, and a
-request settling (holding a counter row) and one being admitted (holding the key row,
-wanting that counter) would wait on each other.
+then the ``global`` row, then counter rows. (Before them, admission and settling delete
+this process's own leases, rows no other process locks.) Settling
+(accounts.books.settle_batch) takes no key or global lock. The key row is locked FOR NO
+KEY UPDATE: a plain FOR UPDATE would also block the KEY SHARE lock that inserting a
+usage record or counter takes on it through its foreign key, and a request settling
+(holding a counter row) and one being admitted (holding the key row, wanting that
+counter) would wait on each other.
 """
 
 from __future__ import annotations

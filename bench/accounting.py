@@ -146,14 +146,14 @@ def _machine_busy_seconds() -> float:
 
 def wait_for_quiet(servers: list[Server], threshold_pct: float, patience_s: float) -> float:
     """Wait (up to ``patience_s``) until the rest of the machine stays under ``threshold_pct``
-    of one core for a second: other people's test suites on a 2-core box swamp the signal.
-    Returns the foreign CPU % of the last one-second sample."""
+    of one core for half a second: other people's test suites on a 2-core box swamp the
+    signal. Returns the foreign CPU % of the last sample."""
     deadline = time.monotonic() + patience_s
     while True:
         ours0, busy0 = sum(s.cpu_seconds() for s in servers) + _client_cpu(), _machine_busy_seconds()
-        time.sleep(1)
+        time.sleep(0.5)
         ours1, busy1 = sum(s.cpu_seconds() for s in servers) + _client_cpu(), _machine_busy_seconds()
-        foreign = 100 * max(0.0, (busy1 - busy0) - (ours1 - ours0))
+        foreign = 200 * max(0.0, (busy1 - busy0) - (ours1 - ours0))
         if foreign < threshold_pct or time.monotonic() > deadline:
             return foreign
 

@@ -59,10 +59,12 @@ BATCH = 16
 # tokens_per_cell / (clients x max_tokens), at least 1).
 MODELS = {
     "bench": {"path": "models/bench", "id": "bench", "prompt": "Tell me a long story about the sea.",
-              "max_tokens": 32, "tokens_per_cell": 384, "one_token_requests": 24},
+              "max_tokens": 32, "tokens_per_cell": 384, "one_token_requests": 24, "min_scale": 0.34},
     "demo": {"path": "models/demo", "id": "llmserver-demo", "prompt": "Count from 1 to 40.",
-             "max_tokens": 64, "tokens_per_cell": 8000, "one_token_requests": 120},
+             "max_tokens": 64, "tokens_per_cell": 8000, "one_token_requests": 120, "min_scale": 0.25},
 }
+# Of the time budget, the part each model's cells get (the benchmark model's are slower).
+SHARE = {"bench": 0.6, "demo": 0.4}
 SYSTEMS = {
     "raw": "og.Engine driven directly from Python",
     "server": "llmserver, streamed, keys + limits + accounting",
@@ -133,11 +135,18 @@ def _pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) * 1000 if values else None
 
 
-def measure(system: str, target, model: dict, clients: int, *, one_token: bool = False) -> dict:
+def requests_per_client(model: dict, clients: int, one_token: bool, scale: float) -> int:
+    """A cell's size: ``tokens_per_cell`` (or ``one_token_requests``) times ``scale``,
+    spread over the clients, at least one request each."""
+    if one_token:
+        return max(1, math.ceil(model["one_token_requests"] * scale / clients))
+    return max(1, round(model["tokens_per_cell"] * scale / (clients * model["max_tokens"])))
+
+
+def measure(system: str, target, model: dict, clients: int, *, one_token: bool = False, scale: float = 1.0) -> dict:
     """One cell: ``clients`` closed-loop clients on ``target`` (a Server or the RawEngine)."""
     max_tokens = 1 if one_token else model["max_tokens"]
-    requests = (max(1, math.ceil(model["one_token_requests"] / clients)) if one_token else
-                max(1, round(model["tokens_per_cell"] / (clients * max_tokens))))
+    requests = requests_per_client(model, clients, one_token, scale)
     cpu0, client0, busy0 = target.cpu_seconds(), _client_cpu(), _machine_busy_seconds()
     engine0 = target.health() if system != "raw" else None
     if system == "raw":
@@ -174,8 +183,45 @@ def measure(system: str, target, model: dict, clients: int, *, one_token: bool =
     }
 
 
+CELL_OVERHEAD_S = 1.0  # waiting for quiet (at least half a second) and reading /health, per cell
+
+
+def plan(model: dict, warm: dict, concurrency: list[int], rounds: int, pairs: int,
+         budget_s: float) -> tuple[float, int, float]:
+    """(cell scale, rounds, estimated seconds): the largest cells (at most full size) and
+    then the most rounds (at most ``rounds``, at least 2) whose estimated run fits
+    ``budget_s``. Cells shrink only to ``min_scale`` (below it a cell is too few requests
+    to say anything); past that, rounds go. ``warm``: per system, the warm-up's seconds
+    per output token and per 1-token request at 4 clients; one client is taken as half
+    as fast (no batching)."""
+
+    def estimate(scale: float, rounds: int) -> float:
+        total = 0.0
+        for clients in concurrency:
+            slower = 2.0 if clients < 4 else 1.0
+            for system, (per_token, per_request) in warm.items():
+                tokens = requests_per_client(model, clients, False, scale) * clients * model["tokens_per_request"]
+                total += tokens * per_token * slower + CELL_OVERHEAD_S
+                if system != "server-json":
+                    one = requests_per_client(model, clients, True, scale) * clients
+                    total += one * per_request * slower + CELL_OVERHEAD_S
+        total *= rounds
+        if pairs and 8 in concurrency:
+            for system in ("server", "no-keys"):
+                tokens = requests_per_client(model, 8, False, scale) * 8 * model["tokens_per_request"]
+                total += pairs * (tokens * warm[system][0] + CELL_OVERHEAD_S)
+        return total
+
+    scale = 1.0
+    while estimate(scale, rounds) > budget_s and scale * 0.9 >= model["min_scale"]:
+        scale *= 0.9
+    while estimate(scale, rounds) > budget_s and rounds > 2:
+        rounds -= 1
+    return scale, rounds, estimate(scale, rounds)
+
+
 def run_model(name: str, model: dict, concurrency: list[int], rounds: int, workdir: Path,
-              args: argparse.Namespace) -> dict:
+              args: argparse.Namespace, budget_s: float) -> dict:
     path = str(ROOT / model["path"])
     if not (Path(path) / "genai_config.json").is_file():
         raise SystemExit(f"{model['path']} is missing: run make {'bench-model' if name == 'bench' else 'demo-model'}")
@@ -195,14 +241,24 @@ def run_model(name: str, model: dict, concurrency: list[int], rounds: int, workd
     try:
         for server in servers.values():
             server.wait_ready()
-        for system, target in targets.items():  # warm-up: connections, first batches, database pages
-            measure(system, target, model, 4)
+        # Warm-up (connections, first batches, database pages), which also times each
+        # system to size the cells so that the whole run keeps to its time budget.
+        warm = {}
+        for system, target in targets.items():
+            gen = measure(system, target, model, 4, scale=0.5)
+            one = measure(system, target, model, 4, one_token=True, scale=0.5) if system != "server-json" else gen
+            warm[system] = (gen["wall_s"] / max(1, gen["completion_tokens"]), one["wall_s"] / max(1, one["requests"]))
+        model = dict(model, tokens_per_request=gen["completion_tokens"] / max(1, gen["requests"]))  # any system's
+        pairs = args.key_pairs if name == "demo" else 0
+        scale, rounds, estimate = plan(model, warm, concurrency, rounds, pairs, budget_s)
+        print(f"{name}: {rounds} rounds, cells at {scale:.2f} x their full size (estimated {estimate / 60:.1f} min, "
+              f"budget {budget_s / 60:.1f} min)", flush=True)
         for rnd in range(rounds):
             for clients in concurrency:
                 for system, target in targets.items():
                     for one_token in ((False, True) if system != "server-json" else (False,)):
                         wait_for_quiet(everything, args.quiet_threshold, args.quiet_patience)
-                        cell = measure(system, target, model, clients, one_token=one_token)
+                        cell = measure(system, target, model, clients, one_token=one_token, scale=scale)
                         cell["round"] = rnd
                         cells.append(cell)
                         what = (f"{cell['requests_per_s']:.1f} req/s (1-token)" if one_token else
@@ -216,12 +272,12 @@ def run_model(name: str, model: dict, concurrency: list[int], rounds: int, workd
         # back-to-back cells (server, no-keys; the order alternating), judged on the
         # median of the pairs' ratios.
         key_pairs = []
-        if name == "demo" and 8 in concurrency:
-            for i in range(args.key_pairs):
+        if pairs and 8 in concurrency:
+            for i in range(pairs):
                 pair = {}
                 for system in (("server", "no-keys") if i % 2 == 0 else ("no-keys", "server")):
                     wait_for_quiet(everything, args.quiet_threshold, args.quiet_patience)
-                    pair[system] = measure(system, targets[system], model, 8)["tokens_per_s"]
+                    pair[system] = measure(system, targets[system], model, 8, scale=scale)["tokens_per_s"]
                 key_pairs.append(pair["server"] / pair["no-keys"])
                 print(f"{name} keys on/off pair {i + 1}: {key_pairs[-1]:.3f}", flush=True)
         peaks = {"raw": peak_rss_mb(raw.proc.pid), **{s: peak_rss_mb(servers[s].proc.pid) for s in servers}}
@@ -233,6 +289,9 @@ def run_model(name: str, model: dict, concurrency: list[int], rounds: int, workd
             server.stop()
     return {"model": name, "path": model["path"], "prompt": model["prompt"], "max_tokens": model["max_tokens"],
             "peak_rss_mb": peaks, "server_batch_limit": batch_limit, "cells": cells, "key_pairs": key_pairs,
+            "cell_scale": scale, "rounds": rounds, "estimated_s": estimate,
+            "tokens_per_cell": round(model["tokens_per_cell"] * scale),
+            "one_token_requests": math.ceil(model["one_token_requests"] * scale),
             "summary": summarize(cells, concurrency)}
 
 
@@ -316,7 +375,7 @@ def markdown(report: dict) -> str:
              f"Python {report['machine']['python']}, onnxruntime-genai "
              f"{report['machine']['packages'].get('onnxruntime-genai')}, commit {report['machine']['git_commit'][:10]}"
              f"{' (dirty)' if report['machine']['git_dirty'] else ''}. Engine batch size {BATCH}. "
-             f"{report['rounds']} interleaved rounds; each figure is the median (min–max) over the rounds. "
+             f"Interleaved rounds: {_rounds(report)}; each figure is the median (min–max) over the rounds. "
              f"Run took {report['elapsed_s'] / 60:.1f} min.", "", "Systems:", ""]
     lines += [f"- **{k}**: {v}" for k, v in SYSTEMS.items()]
     lines += ["", "## Targets", "", "| target | model | measured (median, min–max) | verdict |",
@@ -329,7 +388,9 @@ def markdown(report: dict) -> str:
     for name, result in report["models"].items():
         s = result["summary"]
         lines += ["", f"## {name} model (`{result['path']}`): \"{result['prompt']}\", max_tokens {result['max_tokens']}",
-                  "", "| clients | system | tokens/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms | "
+                  "", f"Cells of ~{result['tokens_per_cell']} output tokens and {result['one_token_requests']} 1-token "
+                  f"requests ({result['cell_scale']:.2f} x full size, to keep the run within its time budget; at least "
+                  f"one request per client).", "", "| clients | system | tokens/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms | "
                   "1-token req/s | CPU s / 1000 tok | peak RSS MB |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for clients in report["concurrency"]:
             for system in SYSTEMS:
@@ -378,8 +439,12 @@ def plot(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+def _rounds(report: dict) -> str:
+    return ", ".join(f"{name} model {result['rounds']}" for name, result in report["models"].items())
+
+
 def print_targets(report: dict) -> None:
-    print("\nTargets (median over %d rounds or the pairs named, min–max in brackets):" % report["rounds"])
+    print(f"\nTargets (median over the rounds ({_rounds(report)}) or the pairs named, min–max in brackets):")
     for t in report["targets"]:
         v = t["value"]
         spec = "{:+.1f} ms" if t["unit"] == "ms" else "{:.3f}"
@@ -393,6 +458,8 @@ def main() -> None:
     parser.add_argument("--models", default="bench,demo", help="comma-separated: bench, demo")
     parser.add_argument("--concurrency", default="1,4,8,16")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--minutes", type=float, default=14,
+                        help="time budget for the whole run: cells shrink (never grow) to keep to it")
     parser.add_argument("--key-pairs", type=int, default=12,
                         help="demo model: back-to-back (server, no-keys) pairs at 8 clients for the accounting cost")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -403,12 +470,16 @@ def main() -> None:
     concurrency = [int(c) for c in args.concurrency.split(",")]
     started = time.monotonic()
     models = {}
+    names = args.models.split(",")
     with tempfile.TemporaryDirectory(prefix="llmserver-bench-") as tmp:
-        for name in args.models.split(","):
-            models[name] = run_model(name, MODELS[name], concurrency, args.rounds, Path(tmp), args)
+        for i, name in enumerate(names):
+            # Each model's share of what is left, after ~40 s per model for starting up.
+            left = args.minutes * 60 - (time.monotonic() - started) - 40 * (len(names) - i)
+            share = SHARE[name] / sum(SHARE[n] for n in names[i:])
+            models[name] = run_model(name, MODELS[name], concurrency, args.rounds, Path(tmp), args, left * share)
     date = datetime.date.today().isoformat()
     report = {"date": date, "elapsed_s": time.monotonic() - started, "machine": machine(), "systems": SYSTEMS,
-              "rounds": args.rounds, "concurrency": concurrency, "batch_size": BATCH, "models": models}
+              "rounds_asked": args.rounds, "concurrency": concurrency, "batch_size": BATCH, "models": models}
     report["targets"] = targets(models)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{date}.json").write_text(json.dumps(report, indent=2) + "\n")
