@@ -339,6 +339,8 @@ def targets(models: dict) -> list[dict]:
     out = []
 
     def add(label, model, value, passed, unit="x"):
+        if value["median"] != value["median"]:  # NaN: a cell it needs was not measured
+            passed = None
         out.append({"target": label, "model": model, "value": value, "pass": passed, "unit": unit})
 
     for name, result in models.items():
