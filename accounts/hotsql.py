@@ -3,11 +3,11 @@
 Admission and settlement are a handful of short statements per request. Through Django's
 cursor and ``atomic()`` (placeholder rewriting, execute wrappers, error wrapping per
 statement, autocommit switched off and on around each transaction) an admission cost
-0.50 ms of CPU and a settlement 0.55 ms on SQLite; here, on the driver's cursor of the
-same Django connection in an explicit transaction, 0.30 ms each (``python -m
-bench.accounting_micro``, this 2-core machine). Driver errors still become Django's
-(``IntegrityError``, ``OperationalError``, ...), once per transaction rather than per
-statement.
+0.37–0.50 ms of CPU and a settlement 0.37–0.55 ms on SQLite; here, on the driver's
+cursor of the same Django connection in an explicit transaction, 0.22–0.30 ms each
+(three runs of ``python -m bench.accounting_micro`` on this 2-core machine). Driver
+errors still become Django's (``IntegrityError``, ``OperationalError``, ...), once per
+transaction rather than per statement.
 
 Only the accounting thread (accounts.books) uses this; its connection is its own and is
 otherwise in autocommit mode, so ``transaction()`` never nests inside an ``atomic()``.
@@ -17,7 +17,7 @@ Statements are written with ``%s`` placeholders, as for Django's cursors.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from functools import cache
+from functools import cache, lru_cache
 
 from django.db import DEFAULT_DB_ALIAS, connections
 
@@ -27,7 +27,7 @@ def _sqlite() -> bool:
     return connections[DEFAULT_DB_ALIAS].vendor == "sqlite"
 
 
-@cache
+@lru_cache(maxsize=512)  # statements with IN lists come in many lengths
 def _driver_style(statement: str) -> str:
     # sqlite3 takes "?"; psycopg takes "%s" as written. No statement here holds a literal %.
     return statement.replace("%s", "?") if _sqlite() else statement
