@@ -10,7 +10,7 @@ connection and runs the calls it is given in order.
 Finished requests are settled in batches. A settlement waits at most
 ``USAGE_WRITE_DELAY_MS`` (or until ``SETTLE_BATCH`` are waiting) and then goes, with
 every other one waiting, into one transaction: lease back, counters, usage records
-(16 at once cost 0.04 ms a request, one by one 0.30 ms; ``python -m
+(16 at once cost ~0.04 ms a request, one by one 0.19–0.30 ms; ``python -m
 bench.accounting_micro``). A settlement does not wake the thread (it is taken when the
 thread next wakes), unless the thread sleeps with none waiting. Waiting changes nothing this process decides: the next admission gives back the leases
 of the waiting settlements in its own transaction and counts their tokens against the
