@@ -12,11 +12,12 @@ Finished requests are settled in batches. A settlement waits at most
 every other one waiting, into one transaction: lease back, counters, usage records
 (16 at once cost ~0.04 ms a request, one by one 0.19–0.30 ms; ``python -m
 bench.accounting_micro``). A settlement does not wake the thread (it is taken when the
-thread next wakes), unless the thread sleeps with none waiting. Waiting changes nothing this process decides: the next admission gives back the leases
-of the waiting settlements in its own transaction and counts their tokens against the
-key's limits (``accounts.limits.admit``). Other processes see a finished request's
-lease gone and its tokens counted at most ``USAGE_WRITE_DELAY_MS`` later; at exit, what
-waits is written (``flush``).
+thread next wakes), unless the thread sleeps with none waiting. Waiting changes nothing
+this process decides: the next admission gives back the leases of the waiting
+settlements in its own transaction and counts their tokens against the key's limits
+(``accounts.limits.admit``). Other processes see a finished request's lease gone and its
+tokens counted at most ``USAGE_WRITE_DELAY_MS`` later; at exit, what waits is written
+(``flush``).
 
 Callers on the event loop ``await books.admit(...)`` or ``await books.call(fn, *args)``;
 a response closing hands its settlement over with ``books.settle_later(...)`` and does
