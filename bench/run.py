@@ -195,21 +195,18 @@ def plan(model: dict, warm: dict, concurrency: list[int], rounds: int, pairs: in
     per output token and per 1-token request at 4 clients; one client is taken as half
     as fast (no batching)."""
 
+    def cell_s(system: str, clients: int, one_token: bool, scale: float) -> float:
+        per_token, per_request = warm[system]
+        requests = requests_per_client(model, clients, one_token, scale) * clients
+        work = requests * per_request if one_token else requests * model["tokens_per_request"] * per_token
+        return work * (2.0 if clients < 4 else 1.0) + CELL_OVERHEAD_S
+
     def estimate(scale: float, rounds: int) -> float:
-        total = 0.0
-        for clients in concurrency:
-            slower = 2.0 if clients < 4 else 1.0
-            for system, (per_token, per_request) in warm.items():
-                tokens = requests_per_client(model, clients, False, scale) * clients * model["tokens_per_request"]
-                total += tokens * per_token * slower + CELL_OVERHEAD_S
-                if system != "server-json":
-                    one = requests_per_client(model, clients, True, scale) * clients
-                    total += one * per_request * slower + CELL_OVERHEAD_S
-        total *= rounds
+        total = rounds * sum(cell_s(system, clients, one_token, scale)
+                             for clients in concurrency for system in warm
+                             for one_token in ((False, True) if system != "server-json" else (False,)))
         if pairs and 8 in concurrency:
-            for system in ("server", "no-keys"):
-                tokens = requests_per_client(model, 8, False, scale) * 8 * model["tokens_per_request"]
-                total += pairs * (tokens * warm[system][0] + CELL_OVERHEAD_S)
+            total += pairs * sum(cell_s(system, 8, False, scale) for system in ("server", "no-keys"))
         return total
 
     scale = 1.0
