@@ -53,7 +53,8 @@ async def test_a_newcomer_joins_a_running_batch_and_both_answers_stay_exact(work
     joined = asyncio.Event()
 
     def submit_second_once_first_is_going(text):
-        if len(text.split()) == 10 and not joined.is_set():
+        # ">=": on a loaded machine several tokens arrive in one piece, skipping past 10.
+        if len(text.split()) >= 10 and not joined.is_set():
             joined.set()
             worker.submit(second)
 
