@@ -22,6 +22,7 @@ from django.conf import settings  # noqa: E402
 
 from chat.routing import websocket_urlpatterns  # noqa: E402
 
+from inference import faults  # noqa: E402
 from inference.engine import ModelLoadError  # noqa: E402
 from inference.registry import load_configured_models  # noqa: E402
 from llmserver.handlers import APIHandler, HTTPRouter  # noqa: E402
@@ -37,6 +38,7 @@ if settings.LOAD_MODELS_ON_START:
     except ModelLoadError as exc:
         print(exc, file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+faults.install()  # testing only: off unless ENGINE_FAULT_INJECTION
 
 application = ProtocolTypeRouter({
     # The API paths skip the web site's session/CSRF/messages middleware and their

@@ -216,6 +216,8 @@ GIL_SWITCH_INTERVAL_MS = env.float("GIL_SWITCH_INTERVAL_MS", default=0.5)
 ENGINE_WORKER_CLASS = env.str("ENGINE_WORKER_CLASS", default="inference.engine.EngineWorker")
 # Testing only: sleep this long before each engine step, to simulate a slower model.
 ENGINE_STEP_DELAY_MS = env.float("ENGINE_STEP_DELAY_MS", default=0.0)
+# Testing only: SIGUSR1 makes every loaded engine's next step fail (inference/faults.py).
+ENGINE_FAULT_INJECTION = env.bool("ENGINE_FAULT_INJECTION", default=False)
 # Load the model when the ASGI application starts. Off only for tests that import the
 # ASGI app without an engine.
 LOAD_MODELS_ON_START = env.bool("LOAD_MODELS_ON_START", default=True)

@@ -1,0 +1,65 @@
+"""`kill -9` of a server with streams in flight: what it held is freed within the lease
+TTL, nothing it had written is lost or damaged, and a restarted process serves.
+
+What a crash does lose, by design: the usage records of the requests it had in flight
+(they never finished) and of those finished in its last USAGE_WRITE_DELAY_MS, not yet
+written (a SIGTERM writes them)."""
+
+import signal
+import time
+import uuid
+
+import httpx
+from django.db import connection
+
+from accounts.models import APIKey, Lease, UsageRecord
+from tests.conftest import bearer, issue_key, start_server, wait_for
+from tests.test_limits import HELLO, Stream
+from tests.test_usage_records import record_for
+
+TTL = 6
+
+
+def test_a_killed_process_leases_expire_within_the_ttl_and_a_restarted_one_serves(tmp_path, live_db):
+    key, secret = issue_key(name="crash", max_concurrency=3)
+    crashing = start_server(tmp_path, ENGINE_STEP_DELAY_MS=5, LEASE_TTL_SECONDS=TTL)
+    done_id = f"crash-before-{uuid.uuid4().hex}"
+    answered = httpx.post(f"{crashing.base_url}/v1/chat/completions", json=HELLO, timeout=60,
+                          headers={**bearer(secret), "X-Request-ID": done_id})
+    assert answered.status_code == 200
+    before = record_for(done_id)  # written before the crash
+    streams = [Stream(crashing.base_url, secret) for _ in range(3)]
+    assert Lease.objects.filter(api_key=key).count() == 3
+
+    crashing.process.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    crashing.process.wait()
+    for stream in streams:
+        stream.client.close()
+    survivor = start_server(tmp_path, LEASE_TTL_SECONDS=TTL)
+    try:
+        refused = httpx.post(f"{survivor.base_url}/v1/chat/completions", json=HELLO, headers=bearer(secret))
+        assert refused.status_code == 429  # the dead process's leases still count...
+        assert refused.json()["error"]["code"] == "key_concurrency_limit"
+        admitted = wait_for(lambda: (r := httpx.post(f"{survivor.base_url}/v1/chat/completions", json=HELLO,
+                                                     headers=bearer(secret))).status_code == 200 and r, timeout=TTL + 5)
+        assert time.monotonic() - killed_at <= TTL + 1  # ...for at most LEASE_TTL_SECONDS
+        assert admitted.json()["choices"][0]["message"]["content"] == "Hello! How can I help you?"
+        # All three places are free again, in this process, at once.
+        three = [Stream(survivor.base_url, secret) for _ in range(3)]
+        for stream in three:
+            stream.leave()
+    finally:
+        survivor.stop()
+
+    # Nothing written before the crash was lost or changed, and the database is sound.
+    assert _columns(UsageRecord.objects.get(request_id=done_id)) == _columns(before)
+    assert APIKey.objects.get(pk=key.pk).hashed_secret == key.hashed_secret
+    if connection.vendor == "sqlite":  # the file the killed process was writing to
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA integrity_check")
+            assert cursor.fetchall() == [("ok",)]
+
+
+def _columns(record) -> dict:
+    return {field.attname: getattr(record, field.attname) for field in record._meta.concrete_fields}
