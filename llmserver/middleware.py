@@ -21,6 +21,9 @@ access_log = logging.getLogger("llmserver.access")
 
 # A client may bring its own id; accept only a sane one so it cannot inject into logs.
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# An API key sent where it does not belong (``?api_key=sk-...``, as some clients do for
+# other services) must not reach the log with the path.
+_SECRET_IN_PATH = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{16,}")
 
 
 def _request_id(request) -> str:
@@ -38,7 +41,7 @@ def RequestContextMiddleware(get_response):
         access_log.info(
             "%s %s %s %.1fms rid=%s%s",
             request.method,
-            request.get_full_path(),
+            _SECRET_IN_PATH.sub("sk-***", request.get_full_path()),
             status,
             (time.perf_counter() - started) * 1000,
             request.id,
