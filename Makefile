@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test migrate browser screenshot
+.PHONY: run test migrate browser screenshot soak
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ browser:
 	    echo "note: no /usr/bin/chromium or /usr/bin/chromedriver: the browser tests will skip (apt-get install chromium chromium-driver)"; \
 	  fi; \
 	fi
+
+# 64 clients for 2 minutes against a server and database of its own, then a check that no
+# usage record was lost and nothing leaked (drills/soak.py; SOAK_ARGS="--seconds 600").
+soak: $(VENV)/.installed-test
+	$(PY) -m drills.soak $(SOAK_ARGS)
 
 # The chat page's pictures in docs/, from a real conversation with the demo model.
 screenshot: $(VENV)/.installed-test browser

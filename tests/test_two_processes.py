@@ -3,11 +3,14 @@
 With PostgreSQL (DATABASE_URL, as CI provides) this is the multi-machine shape; without
 it the processes share the SQLite file, which shows the same on one machine."""
 
+import threading
+import time
+
 import httpx
 
 from accounts.models import Lease
 from demomodel.corpus import count_prompt
-from tests.conftest import MODEL_ID, bearer, issue_key, start_server, wait_for
+from tests.conftest import MODEL_ID, bearer, issue_key, log_in, make_user, start_server, wait_for
 
 HELLO = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]}
 
@@ -48,14 +51,85 @@ def test_a_key_limited_to_two_never_has_more_than_two_in_flight_across_two_proce
 
 def test_a_key_revoked_through_one_process_is_refused_by_the_other(tmp_path, live_db):
     key, secret = issue_key(name="revoked-across")
+    admin = make_user("admin", is_staff=True, is_superuser=True)
     first = start_server(tmp_path)
     second = start_server(tmp_path)
     try:
         for server in (first, second):
             assert httpx.post(f"{server.base_url}/v1/chat/completions", json=HELLO, headers=bearer(secret)).status_code == 200
-        key.revoke()  # as the admin, in any process, would
-        for server in (first, second):
-            assert httpx.post(f"{server.base_url}/v1/chat/completions", json=HELLO, headers=bearer(secret)).status_code == 401
+        # An admin revokes it on the first process's admin site...
+        with log_in(first, admin.username) as browser:
+            browser.get("/admin/accounts/apikey/")
+            revoked = browser.post("/admin/accounts/apikey/", data={
+                "action": "revoke_keys", "_selected_action": [key.pk],
+                "csrfmiddlewaretoken": browser.cookies["csrftoken"]}, headers={"Referer": f"{first.base_url}/admin/"})
+            assert revoked.status_code == 302
+        # ...and the second refuses it on its next request, as does the first.
+        for server in (second, first):
+            refused = httpx.post(f"{server.base_url}/v1/chat/completions", json=HELLO, headers=bearer(secret))
+            assert refused.status_code == 401
+            assert refused.json()["error"]["code"] == "invalid_api_key"
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_probe_of_many_clients_on_both_processes_never_sees_more_than_the_limit_in_flight(tmp_path, live_db):
+    """Eight clients, four on each process, stream for a few seconds with a key limited to
+    three. In flight is counted two ways: leases in the database (sampled), and streams the
+    clients are reading (from the 200 to the last event; a request is admitted before its
+    200 and released after its last byte, so this can only undercount)."""
+    limit = 3
+    key, secret = issue_key(name="probe", max_concurrency=limit)
+    servers = [start_server(tmp_path, ENGINE_STEP_DELAY_MS=2), start_server(tmp_path, ENGINE_STEP_DELAY_MS=2)]
+    deadline = time.monotonic() + 8
+    reading, lock = [0], threading.Lock()
+    seen = {"reading": 0, "leases": 0, 200: 0, 429: 0, "other": []}
+
+    def client(server):
+        body = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(20)}], "stream": True}
+        with httpx.Client(base_url=server.base_url, timeout=60, headers=bearer(secret)) as http:
+            while time.monotonic() < deadline:
+                with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        with lock:
+                            if response.status_code == 429:
+                                seen[429] += 1
+                            else:
+                                seen["other"].append(response.status_code)
+                        time.sleep(0.01)
+                        continue
+                    with lock:
+                        reading[0] += 1
+                        seen["reading"] = max(seen["reading"], reading[0])
+                    events = [line for line in response.iter_lines() if line]
+                    with lock:
+                        reading[0] -= 1
+                        seen[200] += 1
+                    if events[-1] != "data: [DONE]" or "error" in events[-2]:
+                        seen["other"].append(events[-2:])
+
+    def sample_leases():
+        from django.db import connection
+
+        while time.monotonic() < deadline:
+            seen["leases"] = max(seen["leases"], Lease.objects.filter(api_key=key).count())
+            time.sleep(0.01)
+        connection.close()  # this thread's own
+
+    threads = [threading.Thread(target=client, args=(servers[i % 2],)) for i in range(8)]
+    threads.append(threading.Thread(target=sample_leases))
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(90)
+    finally:
+        for server in servers:
+            server.stop()
+    assert seen["other"] == []
+    assert seen["reading"] <= limit and seen["leases"] <= limit, seen
+    # The probe did push: the limit was reached and requests past it were refused.
+    assert seen["reading"] == limit or seen["leases"] == limit, seen
+    assert seen[200] >= 10 and seen[429] >= 10, seen
