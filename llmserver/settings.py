@@ -7,6 +7,7 @@ A ``.env`` file in the project root is read if present; real environment variabl
 
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import environ
 
@@ -24,12 +25,73 @@ def _positive_int(name: str, default: int) -> int:
     return value
 
 
+def _switch(name: str, default: bool) -> bool:
+    """Read an on/off switch; unlike env.bool, a value that is neither (a typo such as
+    PRODUCTION=ture) stops the start instead of reading as off."""
+    value = env.str(name, default=str(default)).strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off", ""):
+        return False
+    raise environ.ImproperlyConfigured(f"{name} must be true or false, got {value!r}")
+
+
+def _refuse(message: str) -> NoReturn:
+    """Stop at start with one line saying what is wrong (no traceback to read through)."""
+    raise SystemExit(f"llmserver: {message}")
+
+
 # --- Django core ----------------------------------------------------------------------
 
+# The one switch between a laptop (the default: plain HTTP on loopback, a built-in key)
+# and a deployment facing the internet (README, "Running in production").
+PRODUCTION = _switch("PRODUCTION", False)
 DEBUG = env.bool("DEBUG", default=False)
-# The default key is for a laptop only; production settings (issue 9) will require one.
-SECRET_KEY = env.str("SECRET_KEY", default="llmserver-insecure-development-key-change-me")
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
+SECRET_KEY = env.str("SECRET_KEY", default="")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]", "testserver"])
+# Behind a proxy that terminates TLS, requests arrive as plain HTTP; only a proxy that
+# always sets (or strips) X-Forwarded-Proto may be trusted to say they were HTTPS.
+if _switch("TRUST_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Django's defaults, spelled out: they are what the tests assert on every page.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+if not PRODUCTION:
+    SECRET_KEY = SECRET_KEY or "llmserver-insecure-development-key-change-me"
+else:
+    # What `check --deploy` would warn about, refused before anything starts.
+    if not SECRET_KEY:
+        _refuse("PRODUCTION=true needs a SECRET_KEY: set one of 50 or more random characters, e.g. "
+                "from python -c 'import secrets; print(secrets.token_urlsafe(50))'")
+    # The same bar as check --deploy's security.W009.
+    _weak = (f"it has {len(SECRET_KEY)} characters" if len(SECRET_KEY) < 50
+             else "it has fewer than 5 different characters" if len(set(SECRET_KEY)) < 5
+             else "it is a django-insecure- development key" if SECRET_KEY.startswith("django-insecure-")
+             else "")
+    if _weak:
+        _refuse(f"PRODUCTION=true needs a SECRET_KEY of 50 or more random characters; {_weak}")
+    if DEBUG:
+        _refuse("PRODUCTION=true refuses DEBUG=true (it would show settings and tracebacks to visitors)")
+    if not ALLOWED_HOSTS:
+        _refuse("PRODUCTION=true needs ALLOWED_HOSTS: the host names this server answers to, "
+                "e.g. ALLOWED_HOSTS=llm.example.com")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    # Plain HTTP is redirected to HTTPS (API paths included: APISecurityMiddleware reads
+    # the same settings), except /health, which a load balancer probes over HTTP.
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^health$"]
+    SECURE_HSTS_SECONDS = _positive_int("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    # Preloading is a commitment only the domain's owner can make (hstspreload.org):
+    # off unless asked for, and then check --deploy's reminder of it is not a finding.
+    SECURE_HSTS_PRELOAD = _switch("SECURE_HSTS_PRELOAD", False)
+    if not SECURE_HSTS_PRELOAD:
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
 INSTALLED_APPS = [
     "daphne",
