@@ -124,6 +124,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         started = time.perf_counter()
         account: RequestAccount | None = None
         model_use = None
+        generation = None
         status = 200
         try:
             # Read afresh for every turn: a revoked key or changed limits apply at once.
@@ -142,6 +143,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             model_use = await registry.acquire(spec.id)  # loading it first if need be
             serving = ChatServing(model_use.worker, spec.id)
             generation = serving.generation(data)  # a prompt too long is a 400 before admission
+            generation.hold_places()  # or 503: the model's queue is full
             await account.admit()
             account.generation = generation
             await self._send(type="start", id=chat_id, request_id=request_id)
@@ -159,7 +161,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if chat_id in self.stopping and self.connected:
                 usage = _usage(account.generation.usage()) if account and account.generation else None
                 await self._send(type="done", id=chat_id, finish_reason="cancelled", usage=usage)
-            if account is None or account.generation is None:
+            if generation is None or not generation.began:
                 status = 499  # stopped before it began, as nginx records a client that left
             if not self.connected:
                 raise
@@ -181,6 +183,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
                                                      code="internal_error"), account)
         finally:
             self.stopping.discard(chat_id)
+            if generation is not None:
+                generation.release_places()
             if model_use is not None:
                 model_use.release()
             metrics.observe(ENDPOINT, model_use.model_id if model_use else "unknown", status, started,

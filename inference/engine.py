@@ -21,6 +21,13 @@ small model the re-prefill is nearly free and newcomers join within a step or tw
 On the asyncio side a :class:`Turn` accumulates text until its consumer wakes up, so a
 consumer slower than the engine receives several tokens in one piece and the first token
 is never held back.
+
+How many turns wait is counted on the event loop too (:attr:`EngineWorker.queued`): the
+engine thread's own figures lag by up to a step, and a bound on the queue checked against
+them would let a burst of requests all pass. A request takes its places when it is
+accepted, before it is admitted; each place is given back when the engine reports the
+turn begun (one notice per batch formed) or finished, or by the request if it never
+submits the turn.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import asyncio
 import collections
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -43,6 +51,9 @@ log = logging.getLogger("llmserver.engine")
 _TOKEN = 1
 _TURN_FINISHED = 2
 _FAILED = 8
+
+# The error of turns ended because the server stops (inference.serving maps it to 503).
+SHUTTING_DOWN = "the server is shutting down"
 
 
 class ModelLoadError(Exception):
@@ -97,7 +108,11 @@ class Turn:
     wake: asyncio.Event
     finish: Finish | None = None
     tokens: int = 0  # tokens delivered so far (the usage of a turn cut short)
+    began: bool = False  # the engine has begun it (set on the event loop)
     _pieces: list[str] = field(default_factory=list)
+    # Event-loop state: holds a place in its worker's queue count; handed to the engine.
+    _queued: bool = False
+    _submitted: bool = False
     # Engine-thread state, never touched from asyncio:
     _request: object = None
     _turn_id: int = -1
@@ -118,6 +133,8 @@ class Turn:
         return text
 
     def _deliver(self, text: str, tokens: int, finish: Finish | None) -> None:
+        if tokens:
+            self.began = True
         self.tokens += tokens
         if text:
             self._pieces.append(text)
@@ -182,6 +199,9 @@ class EngineWorker:
         self.vocab_size = 0
         self.batch_limit = max_batch_size  # measured at load: sequences one step serves
         self.tokenizer = None  # og.Tokenizer; its encode/decode may be called from any thread
+        # Turns taken in and not yet begun nor finished, counted on the event loop (see
+        # the module docstring): what a bound on waiting requests is checked against.
+        self.queued = 0
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -215,10 +235,43 @@ class EngineWorker:
     def running(self) -> bool:
         return self.state == "running" and self._thread is not None and self._thread.is_alive()
 
+    def reserve(self, turns: list[Turn]) -> None:
+        """Count ``turns`` as waiting from now on (on the event loop), before they are
+        submitted: a request's places are taken when it is accepted."""
+        for turn in turns:
+            if not turn._queued:
+                turn._queued = True
+                self.queued += 1
+
+    def give_back(self, turn: Turn) -> None:
+        """The place of a reserved turn that will never be submitted (its request was
+        refused or its client left first); nothing for a submitted one."""
+        if not turn._submitted:
+            self._unqueue(turn)
+
+    def _unqueue(self, turn: Turn) -> None:
+        if turn._queued:
+            turn._queued = False
+            self.queued -= 1
+
     def submit(self, turn: Turn) -> None:
+        self.reserve([turn])
         if not self.running:
+            self._unqueue(turn)
             raise EngineUnavailable(f"the engine for model '{self.model_id}' is {self.state}")
+        turn._submitted = True
         self._inbox.put(("begin", turn))
+
+    def seconds_to_begin(self, turns: int) -> float:
+        """Roughly how long until ``turns`` waiting turns have all begun, from the pace
+        measured so far: a batch of ``batch_limit`` turns at a time, each batch lasting as
+        many steps as an average turn generates tokens. 0 before anything finished."""
+        stats = self.stats
+        if not stats.turns_finished:
+            return 0.0
+        steps_per_turn = stats.tokens_generated / stats.turns_finished
+        batches = math.ceil(turns / self.batch_limit)
+        return batches * steps_per_turn * (self._step_seconds + self.step_delay)
 
     def cancel(self, turn: Turn) -> None:
         """End a turn now (client gone, stop sequence seen). Its finish arrives as usual,
@@ -319,8 +372,9 @@ class EngineWorker:
                 command = inbox.get() if idle else inbox.get_nowait()
                 while True:
                     if command[0] == "stop":
-                        self._fail_all("the server is shutting down")
-                        self.state = "stopped"
+                        self.state = "stopped"  # submit() refuses from now on
+                        self._take_late_arrivals()
+                        self._fail_all(SHUTTING_DOWN)
                         return
                     self._handle(command)
                     command = inbox.get_nowait()
@@ -329,6 +383,17 @@ class EngineWorker:
             self._admit()
             if self._running:
                 self._step()
+
+    def _take_late_arrivals(self) -> None:
+        """Turns submitted just before a stop, still in the inbox: into the waiting
+        queue, so that they end with the rest instead of never."""
+        while True:
+            try:
+                kind, turn = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "begin":
+                self._waiting.append(turn)
 
     def _handle(self, command) -> None:
         kind, turn = command
@@ -341,7 +406,7 @@ class EngineWorker:
                 turn._request.cancel_turn(turn._turn_id)
             elif turn in self._waiting:
                 self._waiting.remove(turn)
-                self._post([(turn, "", 0, Finish("CANCELLED", self._usage(turn)))])
+                self._post([(turn, "", 0, Finish("CANCELLED", self._usage_so_far(turn)))])
         elif kind == "fault":
             self._fault = True
         self.stats.waiting = len(self._waiting)
@@ -353,9 +418,15 @@ class EngineWorker:
             return  # nothing to admit, or a re-form is still cancelling its turns
         if not self._running:
             self._reforming = False
+            begun = []
             while self._waiting and len(self._running) < self.batch_limit:
-                self._tokens_to_prefill += self._begin(self._waiting.popleft())
+                turn = self._waiting.popleft()
+                new = turn._stream is None
+                self._tokens_to_prefill += self._begin(turn)
+                if new and turn._request is not None:
+                    begun.append(turn)
             self.stats.waiting = len(self._waiting)
+            self._post_begun(begun)
         elif len(self._running) < self.batch_limit and self._reform_pays_off():
             self._reform()
 
@@ -544,7 +615,7 @@ class EngineWorker:
             failed.append((turn, "", 0, Finish("FAILED", self._usage(turn), message)))
         if waiting_too:
             for turn in self._waiting:
-                failed.append((turn, "", 0, Finish("FAILED", self._usage(turn), message)))
+                failed.append((turn, "", 0, Finish("FAILED", self._usage_so_far(turn), message)))
             self._waiting.clear()
         self._running.clear()
         self.stats.running = len(self._running)
@@ -553,18 +624,44 @@ class EngineWorker:
         if failed:
             self._post(failed)
 
+    def _usage_so_far(self, turn: Turn) -> Usage:
+        """A turn ended by the server: what it used, nothing if it never began (the
+        engine read none of its prompt)."""
+        return self._usage(turn) if turn._stream is not None else Usage()
+
     def _post(self, items: list) -> None:
         """Hand one step's results to asyncio: one thread hop per event loop."""
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for item in items:
             by_loop.setdefault(item[0].loop, []).append(item)
         for loop, batch in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_deliver_all, batch)
-            except RuntimeError:
-                pass  # that event loop is closed; nobody is waiting
+            self._call_soon(loop, _deliver_all, self, batch)
+
+    def _post_begun(self, turns: list[Turn]) -> None:
+        """Tell asyncio these turns began (their places in the queue count are free):
+        once per batch formed, not per step."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for turn in turns:
+            by_loop.setdefault(turn.loop, []).append(turn)
+        for loop, batch in by_loop.items():
+            self._call_soon(loop, _began_all, self, batch)
+
+    @staticmethod
+    def _call_soon(loop: asyncio.AbstractEventLoop, callback, *args) -> None:
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            pass  # that event loop is closed; nobody is waiting
 
 
-def _deliver_all(batch: list) -> None:
+def _deliver_all(worker: EngineWorker, batch: list) -> None:
     for turn, text, tokens, finish in batch:
+        if turn._queued:
+            worker._unqueue(turn)
         turn._deliver(text, tokens, finish)
+
+
+def _began_all(worker: EngineWorker, turns: list[Turn]) -> None:
+    for turn in turns:
+        turn.began = True
+        worker._unqueue(turn)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -55,6 +56,10 @@ class Generation:
     Leaving :meth:`updates` early, by client disconnect (task cancelled), error or
     ``aclose()``, cancels every unfinished turn in its ``finally``, freeing its batch slot
     at the engine's next step.
+
+    :meth:`hold_places` takes the turns' places in the model's queue before admission
+    (503 past ``MAX_QUEUED_REQUESTS``); whoever accepted the request calls
+    :meth:`release_places` when it ends, for turns that were never submitted.
     """
 
     def __init__(self, worker: EngineWorker, prompts: list[np.ndarray], params: SamplingParams,
@@ -68,6 +73,34 @@ class Generation:
         self.first_text_at: float | None = None  # perf_counter() of the first text out
         self._wake = wake
         self._stop = stop or []
+
+    @property
+    def began(self) -> bool:
+        """Whether the engine has begun any of its turns (else a client that left cost
+        nothing but the wait)."""
+        return any(turn.began for turn in self.turns)
+
+    def hold_places(self) -> None:
+        """Count the turns as waiting for the model, or refuse the request at once with
+        503 if the queue is full: a request waiting longer than clients wait helps no one.
+        The ``n`` turns of a request count ``n``; a request with more turns than the bound
+        is taken only into an empty queue."""
+        worker, limit = self.worker, settings.MAX_QUEUED_REQUESTS
+        queued = worker.queued
+        if queued and queued + len(self.turns) > limit:
+            wait = worker.seconds_to_begin(queued + len(self.turns))
+            raise APIError(
+                503,
+                f"The engine is currently overloaded: the model '{worker.model_id}' has {queued} generations "
+                f"waiting for a slot, and takes at most {limit}. Please try again later.",
+                code="engine_overloaded", type="server_error",
+                headers={"Retry-After": str(min(_MAX_RETRY_AFTER, max(1, math.ceil(wait))))},
+            )
+        worker.reserve(self.turns)
+
+    def release_places(self) -> None:
+        for turn in self.turns:
+            self.worker.give_back(turn)
 
     async def updates(self) -> AsyncIterator[ChoiceUpdate]:
         worker, turns = self.worker, self.turns
@@ -112,10 +145,14 @@ class Generation:
     def usage(self) -> dict:
         """OpenAI's usage object from the engine's own counts: prompts counted once each
         (the ``n`` turns of a prompt share it), completions summed over every turn; a turn
-        cut short (the client left) counts the tokens generated so far."""
+        cut short (the client left) counts the tokens generated so far, and nothing if it
+        had not begun."""
         totals = Usage()
         for position, turn in enumerate(self.turns):
-            usage = turn.finish.usage if turn.finish else Usage(len(turn.prompt_tokens), turn.tokens)
+            if turn.finish:
+                usage = turn.finish.usage
+            else:
+                usage = Usage(len(turn.prompt_tokens), turn.tokens) if turn.began else Usage()
             if position % self.n == 0:
                 totals.prompt_tokens += usage.prompt_tokens
                 totals.cached_tokens += usage.cached_tokens
@@ -126,6 +163,10 @@ class Generation:
             "total_tokens": totals.prompt_tokens + totals.completion_tokens,
             "prompt_tokens_details": {"cached_tokens": totals.cached_tokens},
         }
+
+
+# Seconds: the most a refusal's Retry-After asks a client to wait.
+_MAX_RETRY_AFTER = 60
 
 
 def _engine_error(message: str, worker: EngineWorker) -> APIError:

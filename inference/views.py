@@ -102,7 +102,15 @@ class AsyncAPIView(APIView):
 
     def _close(self, status_code: int, response=None) -> None:
         """Give back what the request holds and have its record written (the database
-        work happens on the accounting thread; nothing here blocks)."""
+        work happens on the accounting thread; nothing here blocks).
+
+        A client that left before the engine began its generation is recorded as 499,
+        as one that left before the response began is, even if a stream's headers were
+        out: none of the answer was."""
+        if self.generation is not None:
+            self.generation.release_places()
+            if self.account is not None and self.account.client_disconnected and not self.generation.began:
+                status_code = CLIENT_CLOSED_REQUEST
         try:
             if self.account is not None:
                 self.account.finish(status_code, response)
@@ -262,8 +270,10 @@ class _GenerationView(AsyncAPIView):
             account.user = data.get("user", "")
         use = await self.hold_model(spec)
         serving = self.serving_class(use.worker, spec.id)
-        # Tokenize and check the prompt before admission: a 400 consumes no limit.
+        # Tokenize and check the prompt before admission: a 400 consumes no limit; nor does
+        # a 503 for a queue already full.
         generation = self.generation = serving.generation(data)
+        generation.hold_places()
         await self.admit()
         if account is not None:
             account.generation = generation
@@ -393,7 +403,7 @@ class HealthView(AsyncAPIView):
             del status["path"]  # /health is public: no file system paths
             worker = slot.worker
             if worker is not None:
-                status.update(context_length=worker.context_length, **asdict(worker.stats))
+                status.update(context_length=worker.context_length, queued=worker.queued, **asdict(worker.stats))
             models.append(status)
         healthy = any(m["state"] == "loaded" for m in models) and not any(s.engine_died for s in registry.slots())
         return JsonResponse(
