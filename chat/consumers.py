@@ -45,6 +45,7 @@ from inference.engine import EngineUnavailable
 from inference.protocol import ChatCompletionRequest
 from inference.registry import registry
 from inference.serving import ChatServing, GenerationFailed
+from llmserver import shutdown
 from llmserver.errors import APIError, validation_error
 
 log = logging.getLogger("llmserver.chat")
@@ -98,6 +99,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         task = asyncio.create_task(self._generate(chat_id, message))
         self.generations[chat_id] = task
+        shutdown.track_turn(task)  # a server draining lets it finish
         task.add_done_callback(lambda _: self.generations.pop(chat_id, None))
 
     def _parse(self, text_data) -> dict:
@@ -136,6 +138,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             account.model = message.get("model") if isinstance(message.get("model"), str) else ""
             account.streamed = True
             account.user = self.user.get_username()
+            if shutdown.draining():
+                raise shutdown.shutting_down()  # the turns in flight finish; no new one begins
             data = _validated(message)
             spec = registry.resolve(data["model"])
             check_model_access(key, *spec.names)

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 from django.conf import settings
 
-from inference.engine import EngineUnavailable, EngineWorker, SamplingParams, Turn, Usage
+from inference.engine import SHUTTING_DOWN, EngineUnavailable, EngineWorker, SamplingParams, Turn, Usage
 from inference.stop import StopMatcher
 from inference.tools import ToolCall, ToolCallParser, parse_tool_calls, template_messages, tool_call_grammar
 from llmserver.errors import APIError, error_body
+from llmserver.shutdown import shutting_down
 
 # The engine's FinishReason names, as OpenAI's finish_reason.
 _FINISH_REASONS = {
@@ -170,6 +171,8 @@ _MAX_RETRY_AFTER = 60
 
 
 def _engine_error(message: str, worker: EngineWorker) -> APIError:
+    if message == SHUTTING_DOWN:
+        return shutting_down("The server is shutting down: the generation was stopped before it finished.")
     if "max_session_tokens" in message:
         return _context_length_exceeded(worker, None, "messages")
     if message.startswith("Error creating grammar"):

@@ -1,8 +1,14 @@
-"""``python manage.py serve``: run Daphne on SERVER_HOST:SERVER_PORT (what `make run` does)."""
+"""``python manage.py serve``: run Daphne on SERVER_HOST:SERVER_PORT (what `make run` does).
 
-import os
+Daphne's server is run here rather than through its command line so that SIGTERM and
+SIGINT drain it (llmserver.shutdown) instead of cutting every request in flight; the
+options are those the command line was given before.
+"""
 
-from daphne.cli import CommandLineInterface
+import sys
+
+from asgiref.compatibility import guarantee_single_callable
+from daphne.endpoints import build_endpoint_description_strings
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
@@ -15,7 +21,9 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=settings.SERVER_PORT)
 
     def handle(self, *args, host, port, **options):
-        from inference.registry import ModelsConfigError, specs_from_settings
+        from accounts.books import books
+        from inference.registry import ModelsConfigError, registry, specs_from_settings
+        from llmserver.shutdown import DrainingServer
 
         try:
             specs, default = specs_from_settings()
@@ -24,12 +32,22 @@ class Command(BaseCommand):
         except ModelsConfigError:
             pass  # the application says what is wrong when it starts
         self.stdout.flush()
-        CommandLineInterface().run([
-            "--bind", host,
-            "--port", str(port),
+        from llmserver.asgi import application  # loads the configured model
+
+        server = DrainingServer(
+            guarantee_single_callable(application),
+            endpoints=build_endpoint_description_strings(host=host, port=port),
+            grace_seconds=settings.SHUTDOWN_GRACE_SECONDS,
             # Daphne's default has no HTTP timeout: a long stream is never cut off.
-            "--application-close-timeout", "10",
-            # llmserver.access logs each request with its id and duration instead.
-            "--access-log", os.devnull,
-            "llmserver.asgi:application",
-        ])
+            application_close_timeout=10,
+            websocket_connect_timeout=5,  # Daphne's command line default
+            # No Daphne access log: llmserver.access logs each request with its id and duration.
+            action_logger=None,
+        )
+        server.run()
+        # The reactor has stopped: end what the engines still hold, then write every
+        # usage record and lease still waiting before the process goes.
+        registry.stop_all()
+        books.flush()
+        if server.abort_start:  # it could not listen (the reason is logged)
+            sys.exit(1)
