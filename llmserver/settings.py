@@ -207,6 +207,11 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 
 SERVER_HOST = env.str("SERVER_HOST", default="127.0.0.1")
 SERVER_PORT = env.int("SERVER_PORT", default=8000)
+# On SIGTERM/SIGINT the server stops accepting and gives the requests in flight this long
+# to finish before it cuts them off (llmserver/shutdown.py).
+SHUTDOWN_GRACE_SECONDS = env.float("SHUTDOWN_GRACE_SECONDS", default=30.0)
+if SHUTDOWN_GRACE_SECONDS < 0:
+    raise environ.ImproperlyConfigured(f"SHUTDOWN_GRACE_SECONDS must be 0 or more, got {SHUTDOWN_GRACE_SECONDS}")
 
 MAX_REQUEST_SIZE_MB = env.float("MAX_REQUEST_SIZE_MB", default=10.0)
 MAX_REQUEST_SIZE_BYTES = int(MAX_REQUEST_SIZE_MB * 1024 * 1024)
@@ -267,6 +272,9 @@ MAX_LOADED_MODELS = _positive_int("MAX_LOADED_MODELS", 2)
 MODEL_KEEP_ALIVE_SECONDS = env.float("MODEL_KEEP_ALIVE_SECONDS", default=0.0)
 MAX_BATCH_SIZE = _positive_int("MAX_BATCH_SIZE", 16)
 MAX_CONCURRENT_REQUESTS = _positive_int("MAX_CONCURRENT_REQUESTS", 64)
+# Generations (a request's n choices count n) waiting for a batch slot of one model in one
+# process; past it a request gets 503 at once instead of waiting without end.
+MAX_QUEUED_REQUESTS = _positive_int("MAX_QUEUED_REQUESTS", 64)
 DEFAULT_MAX_TOKENS = _positive_int("DEFAULT_MAX_TOKENS", 256)
 DEFAULT_TEMPERATURE = env.float("DEFAULT_TEMPERATURE", default=0.0)
 if DEFAULT_TEMPERATURE < 0 or DEFAULT_TEMPERATURE > 2:
