@@ -76,6 +76,8 @@ def server_env(tmp_path: Path, **overrides) -> dict:
         "LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
         "DATABASE_URL": test_database_url(),
+        # LiveServer.stop() waits 10 s for the exit: a drain must end well within it.
+        "SHUTDOWN_GRACE_SECONDS": "5",
     }
     env.update({key: str(value) for key, value in overrides.items()})
     return env

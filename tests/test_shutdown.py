@@ -69,7 +69,8 @@ def text_of(events: list) -> str:
 
 def test_sigterm_lets_the_streams_in_flight_finish_records_them_and_exits_0(tmp_path, live_db):
     key, secret = issue_key(name="shutdown-drain")
-    server = start_server(tmp_path, ENGINE_STEP_DELAY_MS=150)  # counting to 40 takes 6 s
+    # Counting to 40 takes 6 s; the suite's servers get 5 s of grace (conftest), this one 30.
+    server = start_server(tmp_path, ENGINE_STEP_DELAY_MS=150, SHUTDOWN_GRACE_SECONDS=30)
     try:
         keep_alive = httpx.Client(base_url=server.base_url, timeout=10)
         assert keep_alive.get("/health").status_code == 200  # a connection kept open
@@ -85,7 +86,7 @@ def test_sigterm_lets_the_streams_in_flight_finish_records_them_and_exits_0(tmp_
             "message": "The server is shutting down and takes no new requests; retry shortly.",
             "type": "server_error", "param": None, "code": "server_shutting_down"}}
         events = [stream.rest() for stream in streams]
-        assert server.process.wait(30) == 0  # SHUTDOWN_GRACE_SECONDS is 30 by default
+        assert server.process.wait(30) == 0
     finally:
         server.stop()
 
@@ -151,7 +152,8 @@ def test_a_second_signal_cuts_the_drain_short_and_still_records(tmp_path, live_d
 
 def test_a_chat_page_turn_in_flight_finishes_and_a_new_one_is_refused(tmp_path, live_db):
     user = make_user("shutdown")
-    server = start_server(tmp_path, ENGINE_STEP_DELAY_MS=150)  # counting to 40 takes 6 s
+    # Counting to 40 takes 6 s; the suite's servers get 5 s of grace (conftest), this one 30.
+    server = start_server(tmp_path, ENGINE_STEP_DELAY_MS=150, SHUTDOWN_GRACE_SECONDS=30)
     try:
         with log_in(server, user.username) as client, chat_socket(server, client) as page:
             page.send(json.dumps({"type": "chat", "id": "first", "model": MODEL_ID,
