@@ -34,6 +34,7 @@ import uuid
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from rest_framework.exceptions import ValidationError
 
 from accounts.books import books
@@ -129,8 +130,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         generation = None
         status = 200
         try:
-            # Read afresh for every turn: a revoked key or changed limits apply at once.
-            key = await books.call(APIKey.objects.chat_key_for, self.user)
+            # Read afresh for every turn: a revoked key, changed limits or a user
+            # deactivated since the socket opened apply at once.
+            key = await books.call(_chat_key_of_active_user, self.user.pk)
+            if key is None:
+                await self._send_error(chat_id, APIError(
+                    401, "Your account has been deactivated.", code="user_inactive"))
+                await self.close(code=NOT_AUTHENTICATED)
+                return
             refusal = key_refusal(key)
             if refusal is not None:
                 raise refusal  # like a revoked key over HTTP: a 401 and no record
@@ -208,6 +215,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         of its usage record when it has one."""
         request_id = {"request_id": account.request_id} if account is not None else {}
         await self._send(type="error", id=chat_id, status=exc.status, **request_id, **exc.body())
+
+
+def _chat_key_of_active_user(user_id: int) -> APIKey | None:
+    """The user's chat key, or None if the user is no longer active (or exists)."""
+    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
+    return APIKey.objects.chat_key_for(user) if user is not None else None
 
 
 def _validated(message: dict) -> dict:

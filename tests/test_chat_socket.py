@@ -185,6 +185,26 @@ def test_a_revoked_chat_key_is_told_to_the_user_and_leaves_no_record(server, use
     assert records(user) == []
 
 
+def test_a_user_deactivated_while_the_socket_is_open_is_refused_at_the_next_turn_and_disconnected(server, user):
+    from websockets.exceptions import ConnectionClosed
+
+    with log_in(server, user.username) as client:
+        with chat_socket(server, client) as socket:
+            socket.send(turn("before", repeat_prompt("cat")))
+            assert answer(until_end(socket, "before")) == "cat"
+            user.is_active = False
+            user.save(update_fields=["is_active"])
+            socket.send(turn("after", repeat_prompt("dog")))
+            frame = receive(socket)
+            with pytest.raises(ConnectionClosed):
+                socket.recv(timeout=10)
+    assert frame == {"type": "error", "id": "after", "status": 401, "error": {
+        "message": "Your account has been deactivated.", "type": "invalid_request_error", "param": None,
+        "code": "user_inactive"}}
+    assert socket.close_code == 4401
+    wait_for(lambda: len(records(user)) == 1)  # the turn before; the refused one is not recorded
+
+
 @pytest.mark.parametrize("message, status, code, param", [
     ("not json", 400, "invalid_json", None),
     (json.dumps({"type": "dance", "id": "x"}), 400, "invalid_value", "type"),
