@@ -11,16 +11,94 @@ DRF's lenient defaults, because an OpenAI client that sends them has a bug to le
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
-from rest_framework import serializers
+from rest_framework import parsers, serializers
+from rest_framework.exceptions import ParseError
+from rest_framework.utils.json import strict_constant
+
+from llmserver.errors import APIError
 
 MAX_N = 16
 MAX_STOP_SEQUENCES = 4
 MAX_CHOICES = 128  # prompts x n in one completions request
 MAX_TOOLS = 128
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+# Deeper than any OpenAI request needs (structured outputs allow 10 levels of schema
+# nesting); deeper JSON would reach the chat template and the grammar compiler, native
+# code that recurses on it.
+MAX_JSON_DEPTH = 64
+# A \uD800-\uDFFF escape: JSON can spell a lone surrogate, which is no Unicode character.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser (which refuses NaN and Infinity, and any charset that is not a
+    text encoding), refusing also what it would let through to fail later:
+
+    - JSON nested deeper than the Python parser can go (a RecursionError, not a
+      ValueError), or than :data:`MAX_JSON_DEPTH`;
+    - lone surrogates, which no tokenizer, database or log line can encode;
+    - duplicate keys, which JSON parsers resolve differently (a proxy that checks the
+      first ``model`` must not let the server use the last);
+    - a compressed body (``Content-Encoding``), which would be parsed as it is.
+    """
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        parser_context = parser_context or {}
+        request = parser_context.get("request")
+        coding = request.headers.get("Content-Encoding", "identity").strip().lower() if request else "identity"
+        if coding not in ("", "identity"):
+            raise APIError(415, f"Content-Encoding '{coding[:32]}' is not supported; send the body uncompressed.",
+                           code="unsupported_media_type")
+        try:
+            text = stream.read().decode(parsers.get_encoding(parser_context))
+            data = json.loads(text, parse_constant=strict_constant, object_pairs_hook=_unique_keys)
+        except RecursionError:
+            raise ParseError("JSON parse error - nested too deeply") from None
+        except ValueError as exc:  # UnicodeDecodeError included
+            raise ParseError(f"JSON parse error - {exc}") from None
+        if _SURROGATE_ESCAPE.search(text):
+            _refuse_lone_surrogates(data)
+        if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _deeper_than(data, MAX_JSON_DEPTH):
+            raise ParseError(f"JSON parse error - nested deeper than {MAX_JSON_DEPTH} levels")
+        return data
+
+
+def _unique_keys(pairs: list) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {json.dumps(key)}")
+            seen.add(key)
+    return obj
+
+
+def _refuse_lone_surrogates(data) -> None:
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start:exc.end]
+        raise ParseError(f"JSON parse error - lone surrogate \\u{ord(bad[0]):04x} is not a Unicode character") from None
+
+
+def _deeper_than(data, limit: int) -> bool:
+    """Whether ``data`` nests lists and objects more than ``limit`` deep (iteratively:
+    the point is not to recurse)."""
+    level = [data]
+    for _ in range(limit):
+        level = [child for node in level if isinstance(node, (dict, list))
+                 for child in (node.values() if isinstance(node, dict) else node)
+                 if isinstance(child, (dict, list))]
+        if not level:
+            return False
+    return True
 
 
 def _refuse(field: str, message: str, *, code: str = "invalid_value"):
@@ -34,6 +112,10 @@ def _refuse(field: str, message: str, *, code: str = "invalid_value"):
 class StrictFloatField(serializers.FloatField):
     def to_internal_value(self, data):
         if isinstance(data, bool) or not isinstance(data, (int, float)):
+            self.fail("invalid")
+        try:
+            data = float(data)
+        except OverflowError:  # an integer past the largest float
             self.fail("invalid")
         if not math.isfinite(data):
             self.fail("invalid")
@@ -256,7 +338,8 @@ class FunctionSerializer(serializers.Serializer):
 
     def validate_name(self, value):
         if not _FUNCTION_NAME.match(value):
-            raise serializers.ValidationError("A function name is 1 to 64 letters, digits, '_' or '-'.")
+            raise serializers.ValidationError("A function name is 1 to 64 letters, digits, '_' or '-'.",
+                                              code="invalid_value")
         return value
 
 
@@ -270,7 +353,8 @@ class ToolChoiceField(serializers.Field):
     {"name": ...}}`` (returned as the name's dict ``{"name": ...}``)."""
 
     default_error_messages = {
-        "invalid": "Expected 'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}.",
+        # Doubled braces: DRF formats these messages with str.format.
+        "invalid": "Expected 'none', 'auto', 'required' or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}.",
     }
 
     def to_internal_value(self, data):
@@ -397,7 +481,7 @@ class ResponsesFunctionToolSerializer(FunctionSerializer):
 
 class ResponsesToolChoiceField(serializers.Field):
     default_error_messages = {
-        "invalid": "Expected 'none', 'auto', 'required' or {\"type\": \"function\", \"name\": ...}.",
+        "invalid": "Expected 'none', 'auto', 'required' or {{\"type\": \"function\", \"name\": ...}}.",
     }
 
     def to_internal_value(self, data):

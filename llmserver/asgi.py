@@ -25,6 +25,7 @@ from chat.routing import websocket_urlpatterns  # noqa: E402
 from inference import faults  # noqa: E402
 from inference.engine import ModelLoadError  # noqa: E402
 from inference.registry import load_configured_models  # noqa: E402
+from llmserver import http_framing  # noqa: E402
 from llmserver.handlers import APIHandler, HTTPRouter  # noqa: E402
 
 # The engine threads give up the GIL for each scheduler step and need it back at once
@@ -39,6 +40,7 @@ if settings.LOAD_MODELS_ON_START:
         print(exc, file=sys.stderr, flush=True)
         raise SystemExit(1) from None
 faults.install()  # testing only: off unless ENGINE_FAULT_INJECTION
+http_framing.install()  # requests Daphne itself refuses are answered in OpenAI's shape too
 
 application = ProtocolTypeRouter({
     # The API paths skip the web site's session/CSRF/messages middleware and their

@@ -87,6 +87,8 @@ _FIELD_CODES = {
     "invalid": "invalid_type",
     "not_a_list": "invalid_type",
     "not_a_dict": "invalid_type",
+    # Codes the protocol's own checks give, already in OpenAI's vocabulary.
+    "invalid_type": "invalid_type",
     "unknown_parameter": "unknown_parameter",
     "unsupported_parameter": "unsupported_parameter",
 }
