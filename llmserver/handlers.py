@@ -39,7 +39,7 @@ from django.utils.deprecation import MiddlewareMixin
 from django.utils.module_loading import import_string
 
 # Paths served by the API handler; everything else is the web site.
-API_PREFIXES = ("/v1/", "/tokenize", "/detokenize", "/health", "/metrics")
+API_PREFIXES = ("/v1/", "/tokenize", "/detokenize", "/health", "/metrics", "/openapi.json")
 
 
 def is_api_path(path: str) -> bool:

@@ -3,9 +3,11 @@ from django.contrib.staticfiles.views import serve as serve_static
 from django.urls import include, path, re_path
 
 from inference.admin_views import models_page
+from inference.openapi import OpenAPIView
 
 urlpatterns = [
     path("", include("inference.urls")),
+    path("openapi.json", OpenAPIView.as_view(), name="openapi"),
     path("", include("chat.urls")),
     path("admin/models/", admin.site.admin_view(models_page), name="admin-models"),
     path("admin/", admin.site.urls),
