@@ -41,7 +41,7 @@ from django.db import DatabaseError, IntegrityError, connection
 from django.utils import timezone
 
 from accounts import hotsql
-from accounts.limits import add_to_counter, admit, minute_of, per_minute_limited, release_leases
+from accounts.limits import add_to_counter, admit_many, minute_of, per_minute_limited, release_leases
 from accounts.models import APIKey, UsageCounter, UsageRecord, period_start
 
 log = logging.getLogger("llmserver.books")
@@ -86,9 +86,10 @@ class Books:
         return await self._ask("call", fn, args)
 
     async def admit(self, key: APIKey | None, request_id: str, model_names: tuple[str, ...] = ()) -> int:
-        """``accounts.limits.admit`` on the accounting thread, with the settlements
-        waiting: their leases given back and their tokens counted in its transaction."""
-        return await self._ask("admit", admit, (key, request_id, model_names))
+        """Admission (``accounts.limits.admit_many``) on the accounting thread, together
+        with the other admissions waiting there, and with the settlements waiting: their
+        leases given back and their tokens counted in its transaction."""
+        return await self._ask("admit", None, (key, request_id, model_names))
 
     async def _ask(self, kind: str, fn, args):
         self._ensure_thread()
@@ -142,13 +143,28 @@ class Books:
             if waiting and (flushing or len(waiting) >= SETTLE_BATCH or time.monotonic() >= deadline):
                 self._guarded(settle_batch, waiting)
                 waiting = []
+            admissions = [item for kind, item in batch if kind == "admit"]
+            if admissions:
+                self._admit(admissions, waiting)
             for kind, item in batch:
                 if kind == "call":
                     self._answer(*item)
-                elif kind == "admit":
-                    self._answer(*item, settling=waiting)
                 elif kind == "flush":
                     item.set()
+
+    def _admit(self, admissions: list, settling: list[Settlement]) -> None:
+        """Admit the requests that arrived together in one transaction; answer each."""
+        try:
+            results = admit_many([args for _, args, _, _ in admissions], settling=settling)
+        except BaseException as exc:
+            results = [exc] * len(admissions)
+        by_loop: dict = defaultdict(list)
+        for (_, _, loop, future), result in zip(admissions, results):
+            if isinstance(result, BaseException):
+                _reset_connection_if_broken(result)
+            by_loop[loop].append((future, result))
+        for loop, answers in by_loop.items():  # one wake-up of each event loop
+            loop.call_soon_threadsafe(_set_outcomes, answers)
 
     def _answer(self, fn, args, loop, future, **kwargs) -> None:
         try:
@@ -165,6 +181,14 @@ class Books:
         except Exception as exc:
             _reset_connection_if_broken(exc)
             log.exception("accounting failed for %d settlement(s)", len(args[0]))
+
+
+def _set_outcomes(answers: list) -> None:
+    for future, result in answers:
+        if isinstance(result, BaseException):
+            _set_exception(future, result)
+        else:
+            _set_result(future, result)
 
 
 def _set_result(future, result) -> None:

@@ -2,20 +2,21 @@
 process sharing it enforces one limit. Everything here runs on the accounting thread
 (accounts.books).
 
-``admit()`` runs in one transaction that locks the key's row (and the deployment's
-``global`` row): it checks the token budget, tokens and requests per minute, the key's
-concurrency and the deployment's concurrency, in that order, and only if all pass does
-it consume anything (a request counted this minute, a lease). A request refused by one
-limit therefore consumes no other. It first gives back the leases of this process's
-finished requests still waiting to be settled, and counts their tokens (accounts.books).
+``admit_many()`` admits the requests that arrived together in one transaction that
+locks their keys' rows (and the deployment's ``global`` row): for each it checks the
+token budget, tokens and requests per minute, the key's concurrency and the
+deployment's concurrency, in that order, and only if all pass does it consume anything
+(a request counted this minute, a lease). A request refused by one limit therefore
+consumes no other. It first gives back the leases of this process's finished requests
+still waiting to be settled, and counts their tokens (accounts.books).
 
 A lease is a request in flight. Its process renews the leases of its requests still in
 flight every ``LEASE_RENEW_SECONDS``; if the process dies (or loses track of a lease),
 they expire after at most ``LEASE_TTL_SECONDS`` and stop counting, so nothing can lock a
 key out for longer than that.
 
-Lock order, the same everywhere so that PostgreSQL never sees a deadlock: the key's row,
-then the ``global`` row, then counter rows. (Before them, admission and settling delete
+Lock order, the same everywhere so that PostgreSQL never sees a deadlock: the keys' rows,
+then the ``global`` row, then counter rows, keys and counters in key id order. (Before them, admission and settling delete
 this process's own leases, rows no other process locks.) Settling
 (accounts.books.settle_batch) takes no key or global lock. The key row is locked FOR NO
 KEY UPDATE: a plain FOR UPDATE would also block the KEY SHARE lock that inserting a
@@ -37,12 +38,13 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from accounts import hotsql
 from accounts.models import APIKey, Lease, LimitScope, UsageCounter, period_end, period_start
 from accounts.refusals import UnknownKey, check_model_access, invalid_key, key_refusal, too_many
+from llmserver.errors import APIError
 
 if TYPE_CHECKING:
     from accounts.books import Settlement
@@ -94,6 +96,11 @@ def add_to_counter(cursor, key_id: int, kind: str, starts_at, *, requests: int =
 # The key's row as admission reads it: what may have changed since the key was looked up.
 _KEY_STATE = ["hashed_secret", "is_active", "expires_at", "allowed_models", "max_concurrency",
               "requests_per_minute", "tokens_per_minute", "token_budget", "budget_period"]
+# A key's last_used_at is written at most once a second: under load that is one write a
+# second instead of one per request, and the admin shows it to the second anyway.
+_LAST_USED_RESOLUTION = timedelta(seconds=1)
+
+Admission = tuple  # (key or None, request_id, model_names): one request to admit
 
 
 def admit(key: APIKey | None, request_id: str, model_names: tuple[str, ...] = (), *,
@@ -101,15 +108,45 @@ def admit(key: APIKey | None, request_id: str, model_names: tuple[str, ...] = ()
     """Check the key and every limit and take a lease; return the lease id, or raise
     APIError (401 for a key no longer usable, 403 for a model it may not use, 429).
     ``key`` is None when API keys are not required (only the deployment limit applies).
+    See :func:`admit_many`."""
+    result = admit_many([(key, request_id, model_names)], settling=settling)[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
-    The key's row is read here, in the admission's transaction, whatever the caller
-    knew of it: a revocation, a new secret or a limit changed in any process counts from
-    the next request on. The fresh values are written into ``key``.
+
+def admit_many(admissions: Sequence[Admission], *, settling: Sequence[Settlement] = ()) -> list:
+    """Admit requests that arrived together, in one transaction; for each, its lease id or
+    the APIError refusing it (a refusal writes nothing, so the others are unaffected).
+
+    The keys' rows are read here, in the transaction, whatever the caller knew of them:
+    a revocation, a new secret or a limit changed in any process counts from the next
+    request on. The fresh values are written into each ``key``.
 
     ``settling``: this process's finished requests not yet settled (accounts.books).
     Their leases are given back first, in this transaction (and set to None in them once
-    it commits), and their tokens count against the key's limits as if already settled.
+    it commits), and their tokens count against the keys' limits as if already settled.
+
+    One transaction for several: its BEGIN and COMMIT were a third of an admission's
+    cost, and under load requests arrive in bursts (the turns of one engine batch finish
+    in the same step, and their clients send their next requests at once). If the
+    database fails the group (a key deleted meanwhile, say), each is admitted alone.
     """
+    try:
+        return _admit_together(admissions, settling)
+    except DatabaseError:
+        if len(admissions) == 1:
+            raise
+    results = []
+    for admission in admissions:
+        try:
+            results.append(_admit_together([admission], settling)[0])
+        except DatabaseError as exc:
+            results.append(exc)
+    return results
+
+
+def _admit_together(admissions: Sequence[Admission], settling: Sequence[Settlement]) -> list:
     now = timezone.now()
     postgres = connection.vendor == "postgresql"
     _ensure_global_scope()
@@ -117,28 +154,62 @@ def admit(key: APIKey | None, request_id: str, model_names: tuple[str, ...] = ()
     with hotsql.transaction() as cursor:
         if releasing:
             _sql(cursor, _delete_leases(len(releasing)), releasing)
-        if key is not None:
-            # One statement locks the row (PostgreSQL: FOR NO KEY UPDATE), marks the key
-            # used and returns its current state; a refusal below rolls it back.
-            rows = _sql(cursor, f"UPDATE {_KEY} SET last_used_at = %s WHERE id = %s RETURNING {', '.join(_KEY_STATE)}",
-                        [_at(now), key.pk])
-            _refresh_key(key, rows)
-            if model_names:  # the model's id and aliases
-                check_model_access(key, *model_names)
-            _check_key_limits(cursor, key.pk, key.max_concurrency, key.requests_per_minute, key.tokens_per_minute,
-                              key.token_budget, key.budget_period, now, settling)
-        _check_deployment_limit(cursor, now, postgres)
-        if key is not None and per_minute_limited(key):
-            add_to_counter(cursor, key.pk, UsageCounter.Kind.MINUTE, minute_of(now), requests=1)
-        expires = now + timedelta(seconds=settings.LEASE_TTL_SECONDS)
-        lease_id = _sql(cursor, f"INSERT INTO {_LEASE} (api_key_id, request_id, holder, acquired_at, expires_at) "
-                                f"VALUES (%s, %s, %s, %s, %s) RETURNING id",
-                        [key.pk if key else None, request_id, PROCESS_ID, _at(now), _at(expires)])[0][0]
+        # Every key's row first, in id order (PostgreSQL: locked FOR NO KEY UPDATE), then
+        # the global row: the lock order everywhere (see the module docstring).
+        keys = _read_keys(cursor, [key for key, _, _ in admissions if key is not None], now, postgres)
+        in_flight = None  # the deployment's, counted once (under the global row's lock)
+        results = [None] * len(admissions)
+        for index in sorted(range(len(admissions)), key=lambda i: _key_id(admissions[i][0])):  # counters in key order
+            key, request_id, model_names = admissions[index]
+            try:
+                if key is not None:
+                    _refresh_key(key, keys.get(key.pk))
+                    if model_names:  # the model's id and aliases
+                        check_model_access(key, *model_names)
+                    _check_key_limits(cursor, key.pk, key.max_concurrency, key.requests_per_minute,
+                                      key.tokens_per_minute, key.token_budget, key.budget_period, now, settling)
+                if in_flight is None:
+                    in_flight = _deployment_in_flight(cursor, now, postgres)
+                _check_deployment_limit(in_flight)
+            except APIError as refusal:
+                results[index] = refusal
+                continue
+            # Admitted: only now anything is written, so a refusal above wrote nothing.
+            if key is not None:
+                if keys[key.pk]["stale"]:
+                    _sql(cursor, f"UPDATE {_KEY} SET last_used_at = %s WHERE id = %s", [_at(now), key.pk])
+                    keys[key.pk]["stale"] = False
+                if per_minute_limited(key):
+                    add_to_counter(cursor, key.pk, UsageCounter.Kind.MINUTE, minute_of(now), requests=1)
+            expires = now + timedelta(seconds=settings.LEASE_TTL_SECONDS)
+            lease_id = _sql(cursor, f"INSERT INTO {_LEASE} (api_key_id, request_id, holder, acquired_at, expires_at) "
+                                    f"VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                            [key.pk if key else None, request_id, PROCESS_ID, _at(now), _at(expires)])[0][0]
+            in_flight += 1
+            results[index] = lease_id
     _held.difference_update(releasing)
     for s in settling:
         s.lease_id = None
-    _held.add(lease_id)
-    return lease_id
+    _held.update(r for r in results if not isinstance(r, BaseException))
+    return results
+
+
+def _key_id(key: APIKey | None) -> int:
+    return key.pk if key is not None else 0
+
+
+def _read_keys(cursor, keys: list[APIKey], now, postgres: bool) -> dict[int, dict]:
+    """The current state of the keys' rows by id, each with ``stale``: whether its
+    last_used_at is due to be written."""
+    if not keys:
+        return {}
+    ids = sorted({key.pk for key in keys})
+    lock = " FOR NO KEY UPDATE" if postgres else ""
+    rows = _sql(cursor, f"SELECT id, {', '.join(_KEY_STATE)}, "
+                        f"(last_used_at IS NULL OR last_used_at < %s) FROM {_KEY} "
+                        f"WHERE id IN ({', '.join(['%s'] * len(ids))}) ORDER BY id{lock}",
+                [_at(now - _LAST_USED_RESOLUTION), *ids])
+    return {row[0]: {**dict(zip(_KEY_STATE, row[1:-1])), "stale": bool(row[-1])} for row in rows}
 
 
 def per_minute_limited(key: APIKey) -> bool:
@@ -148,21 +219,23 @@ def per_minute_limited(key: APIKey) -> bool:
     return key.requests_per_minute is not None or key.tokens_per_minute is not None
 
 
-def _refresh_key(key: APIKey, rows: list) -> None:
+def _refresh_key(key: APIKey, row: dict | None) -> None:
     """Write the row's current state into ``key``; raise 401 if the key is gone, has a
     new secret, or is revoked or expired."""
-    if not rows:
+    if row is None:
         raise UnknownKey(f"The API key {key.prefix}… no longer exists.")
-    state = dict(zip(_KEY_STATE, rows[0]))
-    if state.pop("hashed_secret") != key.hashed_secret:
+    if row["hashed_secret"] != key.hashed_secret:
         raise invalid_key(f"The API key {key.prefix}… has been replaced by a new secret.")
-    if isinstance(state["expires_at"], str):  # SQLite
-        state["expires_at"] = connection.ops.convert_datetimefield_value(state["expires_at"], None, connection)
-    if isinstance(state["allowed_models"], str):
-        state["allowed_models"] = json.loads(state["allowed_models"])
-    state["is_active"] = bool(state["is_active"])
-    for name, value in state.items():
-        setattr(key, name, value)
+    expires_at, allowed_models = row["expires_at"], row["allowed_models"]
+    if isinstance(expires_at, str):  # SQLite
+        expires_at = connection.ops.convert_datetimefield_value(expires_at, None, connection)
+    if isinstance(allowed_models, str):
+        allowed_models = json.loads(allowed_models)
+    key.is_active = bool(row["is_active"])
+    key.expires_at = expires_at
+    key.allowed_models = allowed_models
+    for name in ("max_concurrency", "requests_per_minute", "tokens_per_minute", "token_budget", "budget_period"):
+        setattr(key, name, row[name])
     refusal = key_refusal(key)
     if refusal is not None:
         raise refusal
@@ -215,13 +288,16 @@ def _ensure_global_scope() -> None:
         _global_scope_exists = True
 
 
-def _check_deployment_limit(cursor, now, postgres: bool) -> None:
+def _deployment_in_flight(cursor, now, postgres: bool) -> int:
     if postgres:
         # Lock the one "global" row: admissions across the deployment take turns here,
         # for the time of a count and an insert. (SQLite's IMMEDIATE transactions
         # already take turns for the whole database.)
         _sql(cursor, f"SELECT id FROM {_SCOPE} WHERE name = 'global' FOR UPDATE")
-    in_flight = _sql(cursor, f"SELECT COUNT(*) FROM {_LEASE} WHERE expires_at > %s", [_at(now)])[0][0]
+    return _sql(cursor, f"SELECT COUNT(*) FROM {_LEASE} WHERE expires_at > %s", [_at(now)])[0][0]
+
+
+def _check_deployment_limit(in_flight: int) -> None:
     if in_flight >= settings.MAX_CONCURRENT_REQUESTS:
         raise too_many(
             f"The server is at its limit of {settings.MAX_CONCURRENT_REQUESTS} concurrent requests; retry shortly.",

@@ -136,6 +136,36 @@ def test_a_request_refused_by_one_limit_consumes_no_other(slow):
         429, "key_concurrency_limit", 0, 0)
 
 
+def test_requests_admitted_together_are_each_decided_as_if_alone(live_db):
+    """The accounting thread admits the requests waiting for it in one transaction
+    (accounts.limits.admit_many): each is still judged on its own, in arrival order, and
+    counts for the next; a refusal among them writes nothing and stops no other."""
+    from accounts.limits import admit_many
+    from accounts.models import APIKey
+
+    early_in_a_minute()
+    one, _ = issue_key(name="together-one", max_concurrency=1)
+    free, _ = issue_key(name="together-free")
+    per_minute, _ = issue_key(name="together-rpm", requests_per_minute=1)
+    revoked, _ = issue_key(name="together-revoked")
+    APIKey.objects.filter(pk=revoked.pk).update(is_active=False)
+
+    results = admit_many([(one, "t-1", ()), (one, "t-2", ()), (revoked, "t-3", ()), (free, "t-4", ()),
+                          (per_minute, "t-5", ()), (per_minute, "t-6", ())])
+    try:
+        refusals = {i: (r.status, r.code) for i, r in enumerate(results) if isinstance(r, Exception)}
+        assert refusals == {1: (429, "key_concurrency_limit"), 2: (401, "invalid_api_key"),
+                            5: (429, "requests_per_minute_limit")}
+        leases = Lease.objects.filter(pk__in=[r for r in results if isinstance(r, int)])
+        assert sorted(leases.values_list("request_id", flat=True)) == ["t-1", "t-4", "t-5"]
+        assert minute_counter(per_minute).requests == 1
+        assert (live_leases(one), live_leases(free), live_leases(per_minute), live_leases(revoked)) == (1, 1, 1, 0)
+        assert APIKey.objects.get(pk=revoked.pk).last_used_at is None  # refused: nothing written
+        assert APIKey.objects.get(pk=free.pk).last_used_at is not None
+    finally:
+        Lease.objects.filter(request_id__in=["t-1", "t-4", "t-5"]).delete()
+
+
 def test_a_request_cancelled_while_being_admitted_gives_back_the_lease_admission_took(live_db):
     """The client leaves (or Stop is pressed) while the accounting thread admits: the
     lease it takes then must be given back, not held (and renewed) by this process."""
