@@ -207,6 +207,10 @@ class _Serving:
 
     def sampling(self, data: dict, max_tokens: int | None) -> SamplingParams:
         top_k = data.get("top_k") or None
+        if top_k is not None:
+            # Past the vocabulary the engine fails the turn; the k most likely of fewer
+            # than k tokens are all of them, which is what the request asks.
+            top_k = min(top_k, self.worker.vocab_size)
         return SamplingParams(
             # The context bounds any turn; the engine ends it there with "length".
             max_tokens=min(max_tokens or settings.DEFAULT_MAX_TOKENS, self.worker.context_length),

@@ -144,3 +144,13 @@ def test_a_chunked_request_body_is_read_as_sent(hostile_server, key):
     status, _, body = _send(hostile_server.base_url, case, key)
     assert status == 200, body
     assert json.loads(body)["choices"][0]["message"]["content"] == "Hello! How can"
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_top_k_past_the_vocabulary_samples_from_all_of_it(hostile_server, key, temperature):
+    """Found by fuzzing: the engine failed such a turn (a 500 engine_error)."""
+    with httpx.Client(base_url=hostile_server.base_url, timeout=120, headers=bearer(key)) as api:
+        answer = api.post("/v1/completions", json={"model": MODEL_ID, "prompt": "Hello", "max_tokens": 4,
+                                                   "top_k": 36_666, "temperature": temperature})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["finish_reason"] in ("stop", "length")
