@@ -46,6 +46,8 @@ _SPECTACULAR = {
         "FunctionTypeEnum": ["function"],
     },
     "ENUM_GENERATE_CHOICE_DESCRIPTION": False,
+    # allow_blank=False as minLength 1 (spectacular does it only for split request components).
+    "ENFORCE_NON_BLANK_FIELDS": True,
 }
 
 
@@ -63,8 +65,9 @@ extend_schema_field({
 
 extend_schema_field({
     "description": "A string, a list of strings, a list of token ids, or a list of lists of token ids.",
-    "oneOf": [_STRING, {"type": "array", "items": _STRING, "minItems": 1}, _TOKEN_IDS,
-              {"type": "array", "items": _TOKEN_IDS, "minItems": 1}],
+    "oneOf": [{"type": "string", "minLength": 1}, {"type": "array", "items": {"type": "string", "minLength": 1},
+                                                    "minItems": 1},
+              _TOKEN_IDS, {"type": "array", "items": _TOKEN_IDS, "minItems": 1}],
 })(protocol.PromptField)
 
 extend_schema_field({
@@ -266,7 +269,47 @@ for _view, _annotation in _OPERATIONS.items():
 def openapi_schema() -> dict:
     """The schema, generated once per process (it depends on the code alone)."""
     with patched_settings(_SPECTACULAR):
-        return SchemaGenerator().get_schema(request=None, public=True)
+        schema = SchemaGenerator().get_schema(request=None, public=True)
+    _refine(schema["components"]["schemas"])
+    return schema
+
+
+# Serializers that refuse a field they do not know (OpenAIRequestSerializer, a message).
+_CLOSED = ("ChatCompletionRequest", "CompletionRequest", "ResponsesRequest", "TokenizeRequest", "DetokenizeRequest",
+           "ChatMessage")
+
+
+def _refine(components: dict) -> None:
+    """What spectacular does not read off the serializers' fields: unknown fields are
+    refused, lists that may not be empty (allow_empty=False), the function name's
+    pattern, and the rules across fields of a chat message and of /tokenize."""
+    for name in _CLOSED:
+        components[name]["additionalProperties"] = False
+    for name, field in (("ChatCompletionRequest", "messages"), ("TokenizeRequest", "messages"),
+                        ("ChatMessage", "tool_calls")):
+        components[name]["properties"][field]["minItems"] = 1
+    for name in ("Function", "ResponsesFunctionTool", "FunctionCall"):
+        components[name]["properties"]["name"]["pattern"] = protocol._FUNCTION_NAME.pattern
+    components["TokenizeRequest"]["oneOf"] = [{"required": ["prompt"]}, {"required": ["messages"]}]
+    components["ChatMessage"] = _chat_message(components["ChatMessage"]["properties"])
+
+
+def _chat_message(fields: dict) -> dict:
+    """A chat message by its role (ChatMessageSerializer.validate): content is required
+    but for an assistant message with tool_calls; a tool message names its call."""
+
+    def variant(roles, required, *names, nullable=False):
+        content = {**fields["content"], "nullable": nullable}
+        properties = {"role": {"type": "string", "enum": roles}, "content": content,
+                      **{name: fields[name] for name in names}}
+        return {"type": "object", "required": required, "properties": properties, "additionalProperties": False}
+
+    return {"oneOf": [
+        variant(["system", "developer", "user"], ["role", "content"], "name"),
+        variant(["assistant"], ["role", "content"], "name"),
+        variant(["assistant"], ["role", "tool_calls"], "name", "tool_calls", nullable=True),
+        variant(["tool"], ["role", "content", "tool_call_id"], "tool_call_id"),
+    ]}
 
 
 @extend_schema(exclude=True)
