@@ -34,7 +34,7 @@ from llmserver.errors import request_too_large
 # After answering, what the client still sends is read and dropped for this long before
 # the connection closes: closing with unread data makes the kernel send a reset, which
 # can destroy the answer before the client has read it.
-_LINGER_SECONDS = 2.0
+_LINGER_SECONDS = 5.0
 
 
 def _answer_and_close(channel, status: int, reason: bytes, body: bytes) -> None:
