@@ -37,7 +37,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, connection
+from django.db import DatabaseError, DataError, IntegrityError, connection
 from django.utils import timezone
 
 from accounts import hotsql
@@ -214,27 +214,45 @@ def settle_batch(settlements: list[Settlement]) -> None:
         with hotsql.transaction() as cursor:
             release_leases(cursor, lease_ids)
             _write_usage(cursor, settlements)
-    except IntegrityError:
-        with hotsql.autocommit() as cursor:
-            release_leases(cursor, lease_ids)
-        # A key deleted while its requests were in flight (its counters went with it):
-        # keep those requests' records, without the key, rather than lose the batch.
-        keys = {s.key.pk for s in settlements if s.key is not None}
-        gone = keys - set(APIKey.objects.filter(pk__in=keys).values_list("pk", flat=True))
-        if not gone:
-            raise
-        for s in settlements:
-            if s.key is not None and s.key.pk in gone:
-                s.key = None
-                if s.record is not None:
-                    s.record["api_key_id"] = None
+        return
+    except (IntegrityError, DataError):
+        _release(lease_ids)  # a row the database refuses: see below
+    except BaseException:
+        _release(lease_ids)  # the leases are given back even if the records fail
+        raise
+    # The usual cause: a key deleted while its requests were in flight (its counters went
+    # with it). Keep those requests' records, without the key, rather than lose the batch.
+    _forget_deleted_keys(settlements)
+    try:
         with hotsql.transaction() as cursor:
             _write_usage(cursor, settlements)
-    except BaseException:
-        # The leases are given back even if writing the records failed.
-        with hotsql.autocommit() as cursor:
-            release_leases(cursor, lease_ids)
-        raise
+        return
+    except (IntegrityError, DataError):
+        if len(settlements) == 1:
+            raise
+    # Something in one of them the database will not take: each on its own, so that only
+    # that one is lost (and logged).
+    for settlement in settlements:
+        try:
+            with hotsql.transaction() as cursor:
+                _write_usage(cursor, [settlement])
+        except (IntegrityError, DataError):
+            log.exception("could not record request %s", (settlement.record or {}).get("request_id"))
+
+
+def _release(lease_ids: list[int]) -> None:
+    with hotsql.autocommit() as cursor:
+        release_leases(cursor, lease_ids)
+
+
+def _forget_deleted_keys(settlements: list[Settlement]) -> None:
+    keys = {s.key.pk for s in settlements if s.key is not None}
+    gone = keys - set(APIKey.objects.filter(pk__in=keys).values_list("pk", flat=True))
+    for s in settlements:
+        if s.key is not None and s.key.pk in gone:
+            s.key = None
+            if s.record is not None:
+                s.record["api_key_id"] = None
 
 
 def _write_usage(cursor, settlements: list[Settlement]) -> None:

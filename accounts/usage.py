@@ -91,7 +91,7 @@ class RequestAccount:
         record = {
             "api_key_id": self.key.pk,
             "key_prefix": self.key.prefix,
-            "model": self.model[:256],
+            "model": _text(self.model, 256),
             "endpoint": self.endpoint,
             "request_id": self.request_id,
             "streamed": self.streamed,
@@ -105,9 +105,15 @@ class RequestAccount:
             "duration_ms": (time.perf_counter() - self._started) * 1000,
             "time_to_first_token_ms": first_token_ms,
             "client_disconnected": self.client_disconnected,
-            "user": self.user[:256],
+            "user": _text(self.user, 256),
         }
         books.settle_later(self._lease_id, self.key, record, prompt + completion)
+
+
+def _text(value: str, limit: int) -> str:
+    """A client's string as a column takes it: PostgreSQL's text cannot hold NUL (the
+    whole batch of records would fail with it), and the column has a length."""
+    return value.replace("\x00", "")[:limit]
 
 
 def _give_back_lease(admission: asyncio.Future) -> None:

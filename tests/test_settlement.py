@@ -65,3 +65,36 @@ def test_waiting_settlements_count_for_the_next_admission_and_are_written_when_t
     assert counted == sum(response.json()["usage"]["total_tokens"] for response in (first, second))
     assert UsageCounter.objects.get(api_key=budgeted, kind="period").tokens == used
     assert not Lease.objects.filter(api_key__in=[one_at_a_time, budgeted]).exists()
+
+
+def test_a_record_the_database_refuses_loses_only_itself_and_every_lease_is_given_back(live_db):
+    """One bad row (here a negative token count, which the column's CHECK refuses; seen in
+    the wild: a NUL in a client's model name, which PostgreSQL's text refuses) must not
+    lose the batch it was written with."""
+    from django.utils import timezone
+
+    from accounts.books import Settlement, settle_batch
+    from accounts.limits import admit
+
+    key, _ = issue_key(name="settle-bad-row", token_budget=1000, budget_period="day")
+    rids = [f"settle-bad-{i}-{uuid.uuid4().hex[:8]}" for i in range(3)]
+    leases = [admit(key, rid) for rid in rids]
+    settlements = [Settlement(lease, key, _record(key, rid, prompt_tokens=-1 if i == 1 else 5), 5, timezone.now())
+                   for i, (lease, rid) in enumerate(zip(leases, rids))]
+
+    settle_batch(settlements)
+
+    assert sorted(UsageRecord.objects.filter(request_id__in=rids).values_list("request_id", flat=True)) == [
+        rids[0], rids[2]]
+    assert UsageCounter.objects.get(api_key=key, kind="period").tokens == 10
+    assert not Lease.objects.filter(pk__in=leases).exists()
+
+
+def _record(key, request_id: str, prompt_tokens: int) -> dict:
+    from django.utils import timezone
+
+    return {"api_key_id": key.pk, "key_prefix": key.prefix, "model": MODEL_ID, "endpoint": "chat.completions",
+            "request_id": request_id, "streamed": False, "prompt_tokens": prompt_tokens, "completion_tokens": 5,
+            "cached_tokens": 0, "finish_reason": "stop", "status_code": 200, "error_code": "",
+            "started_at": timezone.now(), "duration_ms": 1.0, "time_to_first_token_ms": 1.0,
+            "client_disconnected": False, "user": ""}

@@ -116,6 +116,14 @@ def test_a_refused_request_is_recorded_with_its_status_and_no_tokens(keyed, body
         status, code, model, 0, 0)
 
 
+def test_a_model_name_with_a_nul_is_recorded_without_it(keyed):
+    """PostgreSQL's text cannot hold NUL: kept, the record (and its batch) would be lost."""
+    response, rid = keyed("/v1/chat/completions", {"model": "no\u0000such", "messages": [{"role": "user", "content": "Hi"}]})
+    assert response.status_code == 400
+    record = record_for(rid)
+    assert (record.status_code, record.error_code, record.model) == (400, "invalid_value", "nosuch")
+
+
 def test_listing_models_is_recorded_too(keyed):
     response = httpx.get(f"{keyed.server.base_url}/v1/models", headers={**bearer(keyed.secret), "X-Request-ID": "usage-models-1"})
     assert response.status_code == 200
