@@ -48,12 +48,18 @@ def is_api_path(path: str) -> bool:
 
 class APISecurityMiddleware(SecurityMiddleware):
     """Django's SecurityMiddleware (HTTPS redirect, HSTS, nosniff, Referrer-Policy, COOP)
-    with its hooks run inline on the event loop: they only read settings and headers."""
+    with its hooks run inline on the event loop: they only read settings and headers.
+    It also checks the Host header against ALLOWED_HOSTS, as CommonMiddleware does on the
+    web paths: without it a page on another site could reach a server on loopback
+    through DNS rebinding (400 otherwise). Except on /health, which is public and which
+    load balancers probe by address, whatever the host names served."""
 
     sync_capable = False
     async_capable = True
 
     async def __acall__(self, request):
+        if request.path != "/health":
+            request.get_host()  # DisallowedHost: 400 in OpenAI's shape (handler400)
         response = self.process_request(request)
         if response is None:
             response = await self.get_response(request)

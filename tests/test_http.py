@@ -72,6 +72,19 @@ def test_api_paths_get_the_security_headers_and_no_session_or_csrf_cookie(api):
         assert int(response.headers["Content-Length"]) == len(response.content)
 
 
+@pytest.mark.parametrize("path", ["/v1/models", "/metrics", "/login/"])
+def test_a_host_not_in_allowed_hosts_is_400_on_api_and_web_paths(api, path):
+    """A page elsewhere reaching a server on loopback by DNS rebinding sends its own Host."""
+    response = api.get(path, headers={"Host": "rebound.example.com"})
+    assert response.status_code == 400
+    assert response.json() == {"error": {"message": "Bad request.", "type": "invalid_request_error",
+                                         "param": None, "code": "bad_request"}}
+
+
+def test_health_answers_whatever_the_host_for_load_balancers_probing_by_address(api):
+    assert api.get("/health", headers={"Host": "10.0.0.7:8000"}).status_code == 200
+
+
 def test_web_paths_keep_the_full_middleware(api):
     page = api.get("/login/")
     assert page.status_code == 200
