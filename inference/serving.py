@@ -72,6 +72,8 @@ class Generation:
         self.turns = [Turn(prompt, params, loop, wake) for prompt in prompts for _ in range(n)]
         self.finish_reasons: list[str | None] = [None] * len(self.turns)
         self.first_text_at: float | None = None  # perf_counter() of the first text out
+        # The request field its guidance (constrained decoding) comes from, for errors.
+        self.guidance_param = "response_format"
         self._wake = wake
         self._stop = stop or []
 
@@ -130,7 +132,7 @@ class Generation:
                     pending.remove(index)
                     if finish.reason == "FAILED" and not matcher.stopped:
                         self.finish_reasons[index] = "error"
-                        raise GenerationFailed(_engine_error(finish.error or "", worker))
+                        raise GenerationFailed(_engine_error(finish.error or "", worker, self.guidance_param))
                     tail = matcher.flush()
                     if tail:
                         if self.first_text_at is None:
@@ -170,15 +172,15 @@ class Generation:
 _MAX_RETRY_AFTER = 60
 
 
-def _engine_error(message: str, worker: EngineWorker) -> APIError:
+def _engine_error(message: str, worker: EngineWorker, guidance_param: str = "response_format") -> APIError:
     if message == SHUTTING_DOWN:
         return shutting_down("The server is shutting down: the generation was stopped before it finished.")
     if "max_session_tokens" in message:
         return _context_length_exceeded(worker, None, "messages")
     if message.startswith("Error creating grammar"):
         detail = message.splitlines()[0].removeprefix("Error creating grammar:").strip()
-        return APIError(400, f"The engine cannot follow this 'response_format' schema: {detail}",
-                        code="invalid_value", param="response_format")
+        return APIError(400, f"The engine cannot follow this '{guidance_param}' schema: {detail}",
+                        code="invalid_value", param=guidance_param)
     return APIError(500, f"The model failed while generating: {message}", code="engine_error", type="server_error")
 
 
@@ -317,7 +319,10 @@ class ChatServing(_Serving):
         if self.tools and choice != "auto":  # "required" or a named function: a call it will be
             grammar = tool_call_grammar(self.tools, choice, parallel=self.parallel_tool_calls)
             params = dataclasses.replace(params, guidance=("lark_grammar", grammar))
-        return Generation(self.worker, [tokens], params, n=data["n"], stop=data.get("stop"))
+        generation = Generation(self.worker, [tokens], params, n=data["n"], stop=data.get("stop"))
+        if params.guidance is not None and self.tools and choice != "auto":
+            generation.guidance_param = "tools"  # the grammar comes from the tools' schemas
+        return generation
 
     @property
     def tool_names(self) -> set[str]:

@@ -37,3 +37,14 @@ def test_text_is_plain_output(api):
         "model": MODEL_ID, "messages": [{"role": "user", "content": "Repeat after me: tiger lemon"}],
         "response_format": {"type": "text"}})
     assert response.json()["choices"][0]["message"]["content"] == "tiger lemon"
+
+
+def test_a_tool_schema_the_engine_cannot_follow_is_a_400_naming_the_tools(api):
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "frobnicate"}}}
+    response = api.post("/v1/chat/completions", json={
+        "model": MODEL_ID, "messages": USER, "tools": [tool], "tool_choice": "required"})
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "message": "The engine cannot follow this 'tools' schema: at 3(7): failed to compile JSON schema: "
+                   "Invalid type: frobnicate",
+        "type": "invalid_request_error", "param": "tools", "code": "invalid_value"}
