@@ -159,6 +159,7 @@ def test_a_turn_over_the_users_concurrency_limit_gets_a_clear_429(slow, user):
         with chat_socket(slow, client) as socket:
             socket.send(turn("first", count_prompt(200), max_tokens=400))
             assert receive(socket)["type"] == "start"
+            assert receive(socket)["type"] == "delta"  # generating (stopped before that, it would be a 499)
             socket.send(turn("second", repeat_prompt("cat")))
             while (frame := receive(socket))["id"] != "second":
                 pass
@@ -183,6 +184,17 @@ def test_a_revoked_chat_key_is_told_to_the_user_and_leaves_no_record(server, use
     assert frame["error"]["message"] == (
         "Your chat access has been revoked or has expired. Ask an administrator to restore it.")
     assert records(user) == []
+
+
+def test_a_socket_left_idle_for_a_while_still_answers(server, user):
+    """With REDIS_URL (as in CI) the channel layer waits on Redis between messages: an
+    idle socket must outlive those waits (redis-py 8's 5 s read timeout once killed it)."""
+    import time
+
+    with log_in(server, user.username) as client, chat_socket(server, client) as socket:
+        time.sleep(7)
+        socket.send(turn("later", repeat_prompt("cat")))
+        assert answer(until_end(socket, "later")) == "cat"
 
 
 def test_a_user_deactivated_while_the_socket_is_open_is_refused_at_the_next_turn_and_disconnected(server, user):
