@@ -93,6 +93,8 @@ class DrainingServer(Server):
     def listen_success(self, port):
         super().listen_success(port)
         self._ports.append(port)  # to stop listening when the drain starts
+        address = port.getHost()
+        log.info("listening on %s:%s", address.host, address.port)
 
     def create_application(self, protocol, scope):
         if _draining and scope["type"] == "http":

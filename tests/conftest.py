@@ -101,7 +101,10 @@ def start_server(tmp_path: Path, *, wait: bool = True, **overrides) -> LiveServe
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
         try:
-            if httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200:
+            # Its own log says it listens: a port picked free can be taken meanwhile by
+            # another process (another suite on this machine), whose /health would answer.
+            if (f"listening on 127.0.0.1:{port}" in server.log()
+                    and httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200):
                 return server
         except httpx.TransportError:
             pass
