@@ -52,6 +52,9 @@ _TOKEN = 1
 _TURN_FINISHED = 2
 _FAILED = 8
 
+# At most this long a new batch waits for requests accepted but not yet at the engine.
+_GATHER_SECONDS = 0.005
+
 # The error of turns ended because the server stops (inference.serving maps it to 503).
 SHUTTING_DOWN = "the server is shutting down"
 
@@ -212,6 +215,7 @@ class EngineWorker:
         self._step_seconds = 0.0  # a decode step's seconds, measured
         self._tokens_to_prefill = 0  # begun since the last step: the next step prefills them
         self._reforming = False  # running turns are being cancelled to begin again
+        self._gather_since: float | None = None  # when the batch being gathered began to wait
 
     # --- control, from any thread ------------------------------------------------------
 
@@ -367,9 +371,16 @@ class EngineWorker:
         inbox = self._inbox
         while True:
             idle = not self._running and not self._waiting
-            # Idle: sleep until work arrives. Busy: take whatever is queued, then step.
+            gathering = self._gathering()
+            # Idle: sleep until work arrives. Gathering a batch: wait for the rest of it a
+            # moment. Busy: take whatever is queued, then step.
             try:
-                command = inbox.get() if idle else inbox.get_nowait()
+                if idle:
+                    command = inbox.get()
+                elif gathering:
+                    command = inbox.get(timeout=gathering)
+                else:
+                    command = inbox.get_nowait()
                 while True:
                     if command[0] == "stop":
                         self.state = "stopped"  # submit() refuses from now on
@@ -417,7 +428,10 @@ class EngineWorker:
         if not self._waiting or (self._reforming and self._running):
             return  # nothing to admit, or a re-form is still cancelling its turns
         if not self._running:
+            if not self._reforming and self._gathering():
+                return  # more of this batch is on its way (see _gathering)
             self._reforming = False
+            self._gather_since = None
             begun = []
             while self._waiting and len(self._running) < self.batch_limit:
                 turn = self._waiting.popleft()
@@ -429,6 +443,25 @@ class EngineWorker:
             self._post_begun(begun)
         elif len(self._running) < self.batch_limit and self._reform_pays_off():
             self._reform()
+
+    def _gathering(self) -> float:
+        """Seconds to hold a new batch back for the requests still on their way to it, or 0.
+
+        A batch forms when the engine is idle, and stays as formed until it ends (or pays
+        for a re-form). Requests that arrive together over HTTP reach the engine a few
+        milliseconds apart (parsing, admission), so the first would begin alone and the
+        others wait for it. When the event loop has accepted more turns than have reached
+        the engine (``queued``), and the batch has room, the engine waits for them, at most
+        ``_GATHER_SECONDS`` from the first; a lone request never waits."""
+        if self._running or not self._waiting or len(self._waiting) >= self.batch_limit:
+            return 0.0
+        arrived = sum(1 for turn in self._waiting if turn._stream is None)  # new, not resumed
+        if self.queued <= arrived:
+            return 0.0
+        now = time.monotonic()
+        if self._gather_since is None:
+            self._gather_since = now
+        return max(0.0, self._gather_since + _GATHER_SECONDS - now)
 
     def _reform_pays_off(self) -> bool:
         """Re-form only when both hold:
