@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import random
@@ -190,8 +191,6 @@ async def _send(client: httpx.AsyncClient, outcome: Outcome, body: dict) -> None
 
 
 async def _read_stream(response: httpx.Response, outcome: Outcome) -> None:
-    import json
-
     chunks = 0
     pieces = []
     async for line in response.aiter_lines():
@@ -218,8 +217,6 @@ async def _read_stream(response: httpx.Response, outcome: Outcome) -> None:
 
 
 def _read_error(outcome: Outcome, response: httpx.Response, content: bytes) -> None:
-    import json
-
     try:
         error = json.loads(content)["error"]
         outcome.code = error["code"] or ""
