@@ -245,7 +245,7 @@ class Check:
 
 def check(soak: Soak, tokenizer, *, settle_timeout: float = 30.0) -> list[Check]:
     """Read back what the server recorded and judge it; the caller prints or asserts."""
-    from accounts.models import Lease, UsageRecord
+    from accounts.models import Lease
 
     outcomes = soak.outcomes
     sent = {o.request_id: o for o in outcomes}

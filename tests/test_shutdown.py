@@ -14,7 +14,6 @@ import uuid
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 
 from accounts.models import Lease, UsageRecord
 from demomodel.corpus import count_answer, count_prompt, repeat_prompt
