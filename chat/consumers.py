@@ -47,7 +47,7 @@ from inference.protocol import ChatCompletionRequest
 from inference.registry import registry
 from inference.serving import ChatServing, GenerationFailed
 from llmserver import shutdown
-from llmserver.errors import APIError, validation_error
+from llmserver.errors import APIError, shutting_down, validation_error
 
 log = logging.getLogger("llmserver.chat")
 
@@ -146,7 +146,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             account.streamed = True
             account.user = self.user.get_username()
             if shutdown.draining():
-                raise shutdown.shutting_down()  # the turns in flight finish; no new one begins
+                raise shutting_down()  # the turns in flight finish; no new one begins
             data = _validated(message)
             spec = registry.resolve(data["model"])
             check_model_access(key, *spec.names)

@@ -23,8 +23,7 @@ from django.conf import settings
 from inference.engine import SHUTTING_DOWN, EngineUnavailable, EngineWorker, SamplingParams, Turn, Usage
 from inference.stop import StopMatcher
 from inference.tools import ToolCall, ToolCallParser, parse_tool_calls, template_messages, tool_call_grammar
-from llmserver.errors import APIError, error_body
-from llmserver.shutdown import shutting_down
+from llmserver.errors import APIError, error_body, shutting_down
 
 # The engine's FinishReason names, as OpenAI's finish_reason.
 _FINISH_REASONS = {
@@ -316,11 +315,12 @@ class ChatServing(_Serving):
         tokens = self.check_prompt(tokenizer.encode(prompt))
         max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
         params = self.sampling(data, max_tokens)
-        if self.tools and choice != "auto":  # "required" or a named function: a call it will be
+        calls = bool(self.tools) and choice != "auto"  # "required" or a named function: a call it will be
+        if calls:
             grammar = tool_call_grammar(self.tools, choice, parallel=self.parallel_tool_calls)
             params = dataclasses.replace(params, guidance=("lark_grammar", grammar))
         generation = Generation(self.worker, [tokens], params, n=data["n"], stop=data.get("stop"))
-        if params.guidance is not None and self.tools and choice != "auto":
+        if calls:
             generation.guidance_param = "tools"  # the grammar comes from the tools' schemas
         return generation
 

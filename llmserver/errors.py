@@ -198,3 +198,14 @@ def handler404(request, exception=None):
 
 def handler500(request):
     return error_response(500, "The server had an error while processing your request.", code="internal_error")
+
+
+# Seconds a client is asked to wait after a shutdown refusal: about a restart's time.
+SHUTDOWN_RETRY_AFTER_SECONDS = 5
+
+
+def shutting_down(message: str = "The server is shutting down and takes no new requests; retry shortly.") -> APIError:
+    """503 for work this server will not do because it is stopping (llmserver.shutdown);
+    another server (or this one, restarted) will."""
+    return APIError(503, message, code="server_shutting_down", type="server_error",
+                    headers={"Retry-After": str(SHUTDOWN_RETRY_AFTER_SECONDS)})

@@ -40,12 +40,10 @@ from daphne.http_protocol import WebRequest
 from daphne.server import Server
 from twisted.internet import reactor
 
-from llmserver.errors import APIError
+from llmserver.errors import SHUTDOWN_RETRY_AFTER_SECONDS, shutting_down
 
 log = logging.getLogger("llmserver.shutdown")
 
-# Seconds a client is asked to wait after a shutdown refusal: about a restart's time.
-RETRY_AFTER_SECONDS = 5
 # How often the drain looks at what is still in flight.
 _POLL_SECONDS = 0.05
 # After the engines stop: how long the answers they cut get to reach their clients.
@@ -65,13 +63,6 @@ def track_turn(task: asyncio.Task) -> None:
     stays open between turns, so the socket itself is not)."""
     _chat_turns.add(task)
     task.add_done_callback(_chat_turns.discard)
-
-
-def shutting_down(message: str = "The server is shutting down and takes no new requests; retry shortly.") -> APIError:
-    """503 for work this server will not do because it is stopping; another server (or
-    this one, restarted) will."""
-    return APIError(503, message, code="server_shutting_down", type="server_error",
-                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 class DrainingServer(Server):
@@ -167,7 +158,7 @@ async def _refuse(send) -> None:
     await send({"type": "http.response.start", "status": error.status, "headers": [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
-        (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
+        (b"retry-after", str(SHUTDOWN_RETRY_AFTER_SECONDS).encode()),
         (b"connection", b"close"),
     ]})
     await send({"type": "http.response.body", "body": body})
