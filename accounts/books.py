@@ -83,20 +83,27 @@ class Books:
 
     async def call(self, fn, *args):
         """Run ``fn(*args)`` on the accounting thread; return its result or raise its error."""
-        return await self._ask("call", fn, args)
+        return await self._post("call", fn, args)
 
-    async def admit(self, key: APIKey | None, request_id: str, model_names: tuple[str, ...] = ()) -> int:
+    def admit(self, key: APIKey | None, request_id: str, model_names: tuple[str, ...] = ()) -> asyncio.Future:
         """Admission (``accounts.limits.admit_many``) on the accounting thread, together
         with the other admissions waiting there, and with the settlements waiting: their
-        leases given back and their tokens counted in its transaction."""
-        return await self._ask("admit", None, (key, request_id, model_names))
+        leases given back and their tokens counted in its transaction. Returns the future
+        of the lease id, to be awaited on this event loop.
 
-    async def _ask(self, kind: str, fn, args):
+        A future, not a coroutine: its caller awaits it directly, so that the answer
+        reaches the request in the loop iteration after the accounting thread posts it
+        (a task and a shield around it would each add an iteration, milliseconds when
+        the loop is busy streaming). If the future is cancelled (the client left), a lease
+        granted after all is given back."""
+        return self._post("admit", None, (key, request_id, model_names))
+
+    def _post(self, kind: str, fn, args) -> asyncio.Future:
         self._ensure_thread()
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._inbox.put((kind, (fn, args, loop, future)))
-        return await future
+        return future
 
     def settle_later(self, lease_id: int | None, key: APIKey | None, record: dict | None, tokens: int) -> None:
         """Queue a finished request's settlement (from any thread; never waits)."""
@@ -164,7 +171,7 @@ class Books:
                 _reset_connection_if_broken(result)
             by_loop[loop].append((future, result))
         for loop, answers in by_loop.items():  # one wake-up of each event loop
-            loop.call_soon_threadsafe(_set_outcomes, answers)
+            loop.call_soon_threadsafe(_set_admissions, answers)
 
     def _answer(self, fn, args, loop, future, **kwargs) -> None:
         try:
@@ -183,12 +190,15 @@ class Books:
             log.exception("accounting failed for %d settlement(s)", len(args[0]))
 
 
-def _set_outcomes(answers: list) -> None:
+def _set_admissions(answers: list) -> None:
     for future, result in answers:
-        if isinstance(result, BaseException):
-            _set_exception(future, result)
+        if future.cancelled():
+            if not isinstance(result, BaseException):  # its request is gone: the lease back
+                books.settle_later(result, None, None, 0)
+        elif isinstance(result, BaseException):
+            future.set_exception(result)
         else:
-            _set_result(future, result)
+            future.set_result(result)
 
 
 def _set_result(future, result) -> None:
@@ -267,8 +277,9 @@ def _write_usage(cursor, settlements: list[Settlement]) -> None:
         add_to_counter(cursor, key_pk, kind, starts_at, tokens=tokens)
     rows = [_record_row(s.record) for s in settlements if s.record is not None]
     if rows:
-        # executemany, not bulk_create: the ORM's cost per record was most of settling's.
-        hotsql.run_many(cursor, _INSERT_RECORD, rows)
+        # One multi-row INSERT, not bulk_create (the ORM's cost per record was most of
+        # settling's) nor executemany (a statement step per record, each a GIL handoff).
+        hotsql.insert_rows(cursor, _RECORD_TABLE, len(_RECORD_COLUMNS), rows)
 
 
 _RECORD_COLUMNS = [
@@ -276,10 +287,7 @@ _RECORD_COLUMNS = [
     "completion_tokens", "cached_tokens", "finish_reason", "status_code", "error_code", "started_at",
     "duration_ms", "time_to_first_token_ms", "client_disconnected", "user",
 ]
-_INSERT_RECORD = (
-    f"INSERT INTO {UsageRecord._meta.db_table} ({', '.join(connection.ops.quote_name(c) for c in _RECORD_COLUMNS)}) "
-    f"VALUES ({', '.join(['%s'] * len(_RECORD_COLUMNS))})"
-)
+_RECORD_TABLE = f"{UsageRecord._meta.db_table} ({', '.join(connection.ops.quote_name(c) for c in _RECORD_COLUMNS)})"
 
 
 def _record_row(record: dict) -> list:

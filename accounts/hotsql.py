@@ -51,8 +51,26 @@ def run(cursor, statement: str, params=()) -> list:
     return cursor.fetchall() if cursor.description else []
 
 
-def run_many(cursor, statement: str, rows: list) -> None:
-    cursor.executemany(_driver_style(statement), rows)
+def insert(cursor, statement: str, params=()) -> int:
+    """Execute one single-row INSERT; the new row's id. On SQLite the id is the cursor's
+    ``lastrowid`` rather than a RETURNING clause: one step of the statement instead of
+    two, and each step gives up the GIL and must win it back from the event loop."""
+    if _sqlite():
+        cursor.execute(_driver_style(statement), params)
+        return cursor.lastrowid
+    cursor.execute(statement + " RETURNING id", params)
+    return cursor.fetchone()[0]
+
+
+def insert_rows(cursor, table_and_columns: str, width: int, rows: list[list], chunk: int = 64) -> None:
+    """Insert rows of ``width`` values into ``table_and_columns`` ("t (a, b)") with one
+    multi-row INSERT per ``chunk`` rows: one step (SQLite) or round trip (PostgreSQL) for
+    all of them, where executemany takes one per row."""
+    one = f"({', '.join(['%s'] * width)})"
+    for start in range(0, len(rows), chunk):
+        part = rows[start:start + chunk]
+        cursor.execute(_driver_style(f"INSERT INTO {table_and_columns} VALUES {', '.join([one] * len(part))}"),
+                       [value for row in part for value in row])
 
 
 @contextmanager

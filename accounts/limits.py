@@ -156,8 +156,9 @@ def _admit_together(admissions: Sequence[Admission], settling: Sequence[Settleme
             _sql(cursor, _delete_leases(len(releasing)), releasing)
         # Every key's row first, in id order (PostgreSQL: locked FOR NO KEY UPDATE), then
         # the global row: the lock order everywhere (see the module docstring).
-        keys = _read_keys(cursor, [key for key, _, _ in admissions if key is not None], now, postgres)
-        in_flight = None  # the deployment's, counted once (under the global row's lock)
+        keys, in_flight = _read_keys(cursor, [key for key, _, _ in admissions if key is not None], now, postgres)
+        # in_flight: the deployment's requests in flight, counted once (PostgreSQL: below,
+        # under the global row's lock; SQLite: with the keys, in the same statement).
         results = [None] * len(admissions)
         for index in sorted(range(len(admissions)), key=lambda i: _key_id(admissions[i][0])):  # counters in key order
             key, request_id, model_names = admissions[index]
@@ -182,9 +183,9 @@ def _admit_together(admissions: Sequence[Admission], settling: Sequence[Settleme
                 if per_minute_limited(key):
                     add_to_counter(cursor, key.pk, UsageCounter.Kind.MINUTE, minute_of(now), requests=1)
             expires = now + timedelta(seconds=settings.LEASE_TTL_SECONDS)
-            lease_id = _sql(cursor, f"INSERT INTO {_LEASE} (api_key_id, request_id, holder, acquired_at, expires_at) "
-                                    f"VALUES (%s, %s, %s, %s, %s) RETURNING id",
-                            [key.pk if key else None, request_id, PROCESS_ID, _at(now), _at(expires)])[0][0]
+            lease_id = hotsql.insert(cursor, f"INSERT INTO {_LEASE} (api_key_id, request_id, holder, acquired_at, "
+                                             f"expires_at) VALUES (%s, %s, %s, %s, %s)",
+                                     [key.pk if key else None, request_id, PROCESS_ID, _at(now), _at(expires)])
             in_flight += 1
             results[index] = lease_id
     _held.difference_update(releasing)
@@ -198,18 +199,24 @@ def _key_id(key: APIKey | None) -> int:
     return key.pk if key is not None else 0
 
 
-def _read_keys(cursor, keys: list[APIKey], now, postgres: bool) -> dict[int, dict]:
+def _read_keys(cursor, keys: list[APIKey], now, postgres: bool) -> tuple[dict[int, dict], int | None]:
     """The current state of the keys' rows by id, each with ``stale``: whether its
-    last_used_at is due to be written."""
+    last_used_at is due to be written; and on SQLite the deployment's requests in flight
+    (None on PostgreSQL, where they are counted after the global row is locked).
+
+    One statement for both on SQLite: each statement step gives up the GIL, and winning
+    it back from a busy event loop costs that loop a forced switch."""
     if not keys:
-        return {}
+        return {}, None
     ids = sorted({key.pk for key in keys})
     lock = " FOR NO KEY UPDATE" if postgres else ""
+    count = "NULL" if postgres else f"(SELECT COUNT(*) FROM {_LEASE} WHERE expires_at > %s)"
     rows = _sql(cursor, f"SELECT id, {', '.join(_KEY_STATE)}, "
-                        f"(last_used_at IS NULL OR last_used_at < %s) FROM {_KEY} "
+                        f"(last_used_at IS NULL OR last_used_at < %s), {count} FROM {_KEY} "
                         f"WHERE id IN ({', '.join(['%s'] * len(ids))}) ORDER BY id{lock}",
-                [_at(now - _LAST_USED_RESOLUTION), *ids])
-    return {row[0]: {**dict(zip(_KEY_STATE, row[1:-1])), "stale": bool(row[-1])} for row in rows}
+                [_at(now - _LAST_USED_RESOLUTION), *([] if postgres else [_at(now)]), *ids])
+    in_flight = rows[0][-1] if rows else None
+    return {row[0]: {**dict(zip(_KEY_STATE, row[1:-2])), "stale": bool(row[-2])} for row in rows}, in_flight
 
 
 def per_minute_limited(key: APIKey) -> bool:

@@ -45,14 +45,15 @@ class RequestAccount:
     async def admit(self) -> None:
         """Check the key afresh, its limits and the deployment's, and take a lease (or
         raise 401, 403 or 429)."""
-        admission = asyncio.ensure_future(books.admit(self.key, self.request_id, self.model_names))
+        admission = books.admit(self.key, self.request_id, self.model_names)
         try:
-            # Shielded: the accounting thread admits even if this request is cancelled
-            # meanwhile (its client left, its chat turn was stopped), and the lease it
-            # took must then be given back, not renewed for ever.
-            self._lease_id = await asyncio.shield(admission)
+            self._lease_id = await admission
             self.key_checked = True
         except asyncio.CancelledError:
+            # This request was cancelled (its client left, its chat turn was stopped):
+            # either while the accounting thread was admitting it (the future cancelled
+            # with it: books gives back a lease granted after all), or just after the
+            # lease was granted, and it is given back here. Never renewed for ever.
             admission.add_done_callback(_give_back_lease)
             raise
         except APIError as exc:
