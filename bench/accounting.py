@@ -56,8 +56,8 @@ class Server:
                         REQUIRE_API_KEY="true" if accounting else "false", **(extra_env or {}))
         # Each server has its own SQLite database and in-memory limits: a REDIS_URL shared
         # by several of them would mix their keys' counters.
-        for name in ("MODELS_CONFIG", "REDIS_URL"):
-            self.env.pop(name, None)
+        for variable in ("MODELS_CONFIG", "REDIS_URL"):
+            self.env.pop(variable, None)
         self._manage("migrate", "--noinput")
         if accounting:
             self.key = self._create_key()
