@@ -133,6 +133,7 @@ class AsyncAPIView(APIView):
             return None
         key = await authenticate(request, fresh=fresh)
         self.account = RequestAccount(key, request.id, self.endpoint, key_checked=fresh)
+        request._request.account = self.account  # the access log names its key and model (llmserver/middleware.py)
         return key
 
     async def check_model_access(self, key: APIKey | None, spec: ModelSpec) -> APIKey | None:

@@ -9,10 +9,15 @@ start with one line naming the path and what is wrong.
 import os
 import sys
 
+import django
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmserver.settings")
 
+django.setup(set_prefix=False)
+from llmserver.static import check_collected  # noqa: E402  (needs Django set up)
+
+check_collected()  # PRODUCTION: no start without collectstatic's files
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up)

@@ -26,6 +26,22 @@ _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _SECRET_IN_PATH = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{16,}")
 
 
+def _fields(request, path: str, status: int, duration_ms: float, outcome: str) -> dict:
+    """An access log record's facts as fields of their own, keys of the line's JSON
+    object with LOG_FORMAT=json (llmserver/logs.py); the API key's visible prefix and the
+    model once an API view has read them (inference/views.py)."""
+    fields = {"request_id": request.id, "method": request.method, "path": path, "status": status,
+              "duration_ms": duration_ms, "client": request.META.get("REMOTE_ADDR") or None}
+    if outcome:
+        fields["outcome"] = outcome
+    account = getattr(request, "account", None)
+    if account is not None:
+        fields["key_prefix"] = account.key.prefix
+        if account.model:
+            fields["model"] = account.model
+    return fields
+
+
 def _request_id(request) -> str:
     given = request.headers.get("X-Request-ID", "")
     return given if _CLIENT_REQUEST_ID.match(given) else uuid.uuid4().hex
@@ -38,14 +54,17 @@ def RequestContextMiddleware(get_response):
     byte has been sent (for a stream: when the stream ends or the client leaves)."""
 
     def _log(request, status: int, started: float, outcome: str = "") -> None:
+        path = _SECRET_IN_PATH.sub("sk-***", request.get_full_path())
+        duration_ms = round((time.perf_counter() - started) * 1000, 1)
         access_log.info(
             "%s %s %s %.1fms rid=%s%s",
             request.method,
-            _SECRET_IN_PATH.sub("sk-***", request.get_full_path()),
+            path,
             status,
-            (time.perf_counter() - started) * 1000,
+            duration_ms,
             request.id,
             f" {outcome}" if outcome else "",
+            extra=_fields(request, path, status, duration_ms, outcome),
         )
 
     def _prepare(request) -> float:
@@ -59,7 +78,19 @@ def RequestContextMiddleware(get_response):
             _log(request, response.status_code, started)
         elif response.is_async:
             response.streaming_content = _logged_stream(request, response.streaming_content, response.status_code, started)
+        else:  # a file (static files: WhiteNoise): logged once sent, without "stream ended"
+            response.streaming_content = _logged_file(request, response.streaming_content, response.status_code, started)
         return response
+
+    def _logged_file(request, source, status: int, started: float):
+        outcome = ""
+        try:
+            yield from source
+        except BaseException:
+            outcome = "client disconnected"
+            raise
+        finally:
+            _log(request, status, started, outcome)
 
     async def _logged_stream(request, source, status: int, started: float):
         outcome = "stream ended"

@@ -53,6 +53,13 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if PRODUCTION else ["127.0.
 # always sets (or strips) X-Forwarded-Proto may be trusted to say they were HTTPS.
 if _switch("TRUST_X_FORWARDED_PROTO", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Behind a reverse proxy (nginx, a load balancer) every request comes from the proxy's
+# address; with this on, Daphne takes the client's from X-Forwarded-For instead (its first
+# address), for METRICS_ALLOWED_IPS and the access log. Only for a server reachable
+# through the proxy alone, a proxy that sets the header itself (replacing a client's own,
+# as deploy/nginx/llmserver-proxy.conf does): anyone reaching the server directly could
+# claim any address with it.
+TRUST_X_FORWARDED_FOR = _switch("TRUST_X_FORWARDED_FOR", False)
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # Django's defaults, spelled out: they are what the tests assert on every page.
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -114,6 +121,10 @@ MIDDLEWARE = [
     "llmserver.middleware.RequestSizeLimitMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files (/static/...) answered here, before sessions and CSRF (see STORAGES).
+    # Sync-only: the web paths' chain runs in Django's per-request thread from the top
+    # (the API paths never see it: API_MIDDLEWARE).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -175,6 +186,26 @@ else:
         "max_size": env.int("DATABASE_POOL_SIZE", default=20),
         "timeout": 10,
     }
+    # The pool checks a connection before lending it (one round trip), so that after a
+    # database restart or failover a page gets a fresh connection, not an error. (The
+    # accounting thread's connection is held, not borrowed, so not checked: after such
+    # a drop its next call fails (a request answered 500 internal_error, or a lease
+    # renewal, retried) and it reconnects.)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Connection reuse, what it means here. The API paths never touch the database on their
+# own: key lookups, admissions, lease renewals and usage records all run on the one
+# accounting thread of each server process (accounts/books.py), which opens its
+# connection once and keeps it for the life of the process (reopened only after an
+# error that broke it); the chat page's key lookups run there too. The rest of the web
+# pages' queries (sessions, users, the admin's pages) and the chat socket's session
+# lookup run in sync threads (Django's, one per web request; Channels' for the socket).
+# On PostgreSQL each borrows a connection from the pool above and gives it back when the
+# request ends: no new connection per request (tests/test_operations.py watches the
+# backends). On SQLite each opens the file and closes it at the end (CONN_MAX_AGE 0: a
+# kept connection would be left behind with each request's thread), which costs an
+# open() and two PRAGMAs, no network. A process holds at most DATABASE_POOL_SIZE
+# PostgreSQL connections, the accounting thread's among them (it borrows from the same
+# pool and never gives it back).
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
@@ -203,7 +234,29 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where `python manage.py collectstatic` gathers them (relative: to the project folder).
+STATIC_ROOT = BASE_DIR / env.str("STATIC_ROOT", default="staticfiles")
+# Static files (the admin's and the chat page's CSS and JS) are served by WhiteNoise's
+# middleware, on the web paths only (the API paths have their own chain, API_MIDDLEWARE).
+if PRODUCTION:
+    # Only what collectstatic put in STATIC_ROOT: each file also under a name holding a
+    # hash of its content (cached for 10 years, immutable), and gzip-compressed;
+    # pages link the hashed names through collectstatic's manifest (staticfiles.json).
+    # The server refuses to start without that manifest (llmserver/static.py), and a
+    # name it lacks (collectstatic not run after an upgrade) is linked unhashed rather
+    # than failing the page with a 500.
+    STORAGES = {
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {"BACKEND": "llmserver.static.CompressedManifestStaticFilesStorage"},
+    }
+    WHITENOISE_USE_FINDERS = False
+    WHITENOISE_AUTOREFRESH = False
+else:
+    # On a laptop no collectstatic step: Django's plain storage links the files by their
+    # own names and WhiteNoise finds them in the apps' static/ folders at each request
+    # (autorefresh: an edited chat.css shows on the next load; STATIC_ROOT need not exist).
+    WHITENOISE_USE_FINDERS = True
+    WHITENOISE_AUTOREFRESH = True
 
 # --- HTTP front ----------------------------------------------------------------------
 
@@ -300,17 +353,29 @@ LOAD_MODELS_ON_START = env.bool("LOAD_MODELS_ON_START", default=True)
 # --- Logging -------------------------------------------------------------------------
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+# plain: a line of text per record; json: one JSON object per line, with the fields the
+# code attaches (the access log's request id, status, duration...) as keys of their own
+# (llmserver/logs.py).
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain").strip().lower()
+if LOG_FORMAT not in ("plain", "json"):
+    _refuse(f"LOG_FORMAT must be plain or json, got {LOG_FORMAT!r}")
+# Also routes Python's warnings through the log, so they come out in LOG_FORMAT too.
+LOGGING_CONFIG = "llmserver.logs.configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "llmserver.logs.JSONFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT},
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        # Without Django's own handlers on it (a second, unformatted copy of each record
+        # with DEBUG on; mail to ADMINS, of which there are none): its records reach ours.
+        "django": {"handlers": []},
         # Daphne logs every request itself; ours carries the request id and duration.
         "django.server": {"level": "WARNING"},
         # 4xx answers are the client's business and already in llmserver.access.

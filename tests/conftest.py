@@ -83,8 +83,41 @@ def server_env(tmp_path: Path, **overrides) -> dict:
     return env
 
 
+_collected_static: dict = {}
+
+
+def collected_static_root() -> Path:
+    """A STATIC_ROOT that ``manage.py collectstatic`` filled under the production
+    settings, once per test session (a PRODUCTION=true server refuses to start without)."""
+    if "root" not in _collected_static:
+        import atexit
+        import shutil
+        import tempfile
+
+        root = Path(tempfile.mkdtemp(prefix="llmserver-static-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        collect_static(root)
+        _collected_static["root"] = root
+    return _collected_static["root"]
+
+
+def collect_static(root: Path) -> None:
+    """``manage.py collectstatic`` into ``root`` with PRODUCTION=true's storage."""
+    import secrets
+
+    env = {**os.environ, "PRODUCTION": "true", "SECRET_KEY": secrets.token_urlsafe(50), "DEBUG": "false",
+           "ALLOWED_HOSTS": "localhost", "STATIC_ROOT": str(root)}
+    done = subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 def start_server(tmp_path: Path, *, wait: bool = True, **overrides) -> LiveServer:
-    """Start ``manage.py serve`` (Daphne + the engine) on a free port; wait for /health."""
+    """Start ``manage.py serve`` (Daphne + the engine) on a free port; wait for /health.
+    A PRODUCTION=true server gets the session's collected static files unless told a
+    STATIC_ROOT."""
+    if str(overrides.get("PRODUCTION", "")).lower() == "true" and "STATIC_ROOT" not in overrides:
+        overrides["STATIC_ROOT"] = collected_static_root()
     port = free_port()
     log_path = tmp_path / f"server-{port}.log"
     env = server_env(tmp_path, **overrides)

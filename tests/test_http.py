@@ -52,7 +52,7 @@ def test_a_stream_is_logged_when_it_ends(api, server):
 def test_the_admins_static_files_are_served(api):
     response = api.get("/static/admin/css/base.css")
     assert response.status_code == 200
-    assert response.headers["content-type"] == "text/css"
+    assert response.headers["content-type"] == 'text/css; charset="utf-8"'  # WhiteNoise names the charset
     assert b"--body-fg" in response.read()
 
 

@@ -5,6 +5,7 @@ SIGINT drain it (llmserver.shutdown) instead of cutting every request in flight;
 options are those the command line was given before.
 """
 
+import logging
 import sys
 
 from asgiref.compatibility import guarantee_single_callable
@@ -28,7 +29,10 @@ class Command(BaseCommand):
         try:
             specs, default = specs_from_settings()
             more = f" (and {len(specs) - 1} more on demand)" if len(specs) > 1 else ""
-            self.stdout.write(f"llmserver: serving {default}{more} on http://{host}:{port}", ending="\n")
+            if settings.LOG_FORMAT == "json":  # every line of the output is a JSON object
+                logging.getLogger("llmserver").info("serving %s%s on http://%s:%s", default, more, host, port)
+            else:
+                self.stdout.write(f"llmserver: serving {default}{more} on http://{host}:{port}", ending="\n")
         except ModelsConfigError:
             pass  # the application says what is wrong when it starts
         self.stdout.flush()
@@ -43,6 +47,10 @@ class Command(BaseCommand):
             websocket_connect_timeout=5,  # Daphne's command line default
             # No Daphne access log: llmserver.access logs each request with its id and duration.
             action_logger=None,
+            # Behind a proxy (TRUST_X_FORWARDED_FOR): the client's address is the first of
+            # X-Forwarded-For, not the proxy's. Neither its port nor its scheme is taken
+            # from a header: the scheme is Django's to judge (TRUST_X_FORWARDED_PROTO).
+            proxy_forwarded_address_header="X-Forwarded-For" if settings.TRUST_X_FORWARDED_FOR else None,
         )
         server.run()
         # The reactor has stopped: end what the engines still hold, then write every
