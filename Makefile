@@ -21,7 +21,7 @@ migrate: $(VENV)/.installed
 run: migrate
 	$(PY) manage.py serve
 
-test: $(VENV)/.installed-test browser
+test: $(VENV)/.installed-test browser nginx
 	$(PY) -m pytest
 
 # The chat page's tests drive Debian's Chromium through its ChromeDriver (never a browser
@@ -47,3 +47,4 @@ screenshot: $(VENV)/.installed-test browser
 
 include Makefile.build
 include Makefile.bench
+include Makefile.cluster
