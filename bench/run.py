@@ -136,12 +136,20 @@ def _pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) * 1000 if values else None
 
 
+# The single-stream cells decide the TTFT target (a p50 per cell): never fewer requests.
+# At a third of full size the benchmark model's had 4 on a slow machine, and one round's
+# p50 of 4 moved the target's figure by 15 ms.
+MIN_SINGLE_STREAM_REQUESTS = 8
+
+
 def requests_per_client(model: dict, clients: int, one_token: bool, scale: float) -> int:
     """A cell's size: ``tokens_per_cell`` (or ``one_token_requests``) times ``scale``,
-    spread over the clients, at least one request each."""
+    spread over the clients, at least one request each (a single stream's cell at least
+    ``MIN_SINGLE_STREAM_REQUESTS``)."""
     if one_token:
         return max(1, math.ceil(model["one_token_requests"] * scale / clients))
-    return max(1, round(model["tokens_per_cell"] * scale / (clients * model["max_tokens"])))
+    least = MIN_SINGLE_STREAM_REQUESTS if clients == 1 else 1
+    return max(least, round(model["tokens_per_cell"] * scale / (clients * model["max_tokens"])))
 
 
 def measure(system: str, target, model: dict, clients: int, *, one_token: bool = False, scale: float = 1.0) -> dict:

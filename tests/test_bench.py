@@ -50,3 +50,15 @@ def test_make_bench_runs_every_system_on_the_same_requests(tmp_path):
     assert "| 8 | naive |" in table and "## Targets" in table, table
     assert (tmp_path / report_path.name.replace(".json", ".png")).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "PASS" in run.stdout or "FAIL" in run.stdout
+
+
+def test_a_single_streams_cell_never_has_fewer_than_eight_requests():
+    """The TTFT target is a p50 per single-stream cell: shrinking cells to fit the time
+    budget must not leave it a p50 of four."""
+    from bench.run import MODELS, requests_per_client
+
+    bench = MODELS["bench"]  # 384 tokens a cell, 32 a request
+    assert requests_per_client(bench, 1, False, 1.0) == 12
+    assert requests_per_client(bench, 1, False, 0.34) == 8
+    assert requests_per_client(bench, 8, False, 0.34) == 1
+    assert requests_per_client(bench, 1, True, 0.34) == 9  # 1-token requests: 24 a cell
