@@ -45,6 +45,17 @@ def at(moment):
     return _datetime_adapter()(moment)
 
 
+@cache
+def _datetime_converter():
+    wrapper = connections[DEFAULT_DB_ALIAS]  # as above: reads settings, not the connection
+    return lambda text: wrapper.ops.convert_datetimefield_value(text, None, wrapper)
+
+
+def datetime_from_text(text: str):
+    """A DateTimeField's value as SQLite returns it (text), as an aware datetime."""
+    return _datetime_converter()(text)
+
+
 def run(cursor, statement: str, params=()) -> list:
     """Execute one statement; its rows, if it returns any."""
     cursor.execute(_driver_style(statement), params)

@@ -1,6 +1,7 @@
 """Admission and settlement: the limits, held in the database so that every server
 process sharing it enforces one limit. Everything here runs on the accounting thread
-(accounts.books).
+(accounts.books), but ``admit_inline``, which accounts.inline runs on the event loop
+(SQLite only).
 
 ``admit_many()`` admits the requests that arrived together in one transaction that
 locks their keys' rows (and the deployment's ``global`` row): for each it checks the
@@ -146,12 +147,42 @@ def admit_many(admissions: Sequence[Admission], *, settling: Sequence[Settlement
     return results
 
 
-def _admit_together(admissions: Sequence[Admission], settling: Sequence[Settlement]) -> list:
+class NotInline(Exception):
+    """Raised by an inline admission (``admit_inline``) that must be decided on the
+    accounting thread after all; nothing was written."""
+
+
+def admit_inline(transaction, key: APIKey, request_id: str, model_names: tuple[str, ...] = ()) -> int:
+    """Admit one request in ``transaction`` (accounts.inline: a connection of the event
+    loop's own, SQLite only) and return its lease id; raise NotInline, having written
+    nothing, when the accounting thread must decide instead.
+
+    The accounting thread knows this process's finished requests not yet settled, and
+    this path does not: their leases still count as in flight here, and their tokens are
+    not yet on the counters. So it decides only what those cannot change: it admits when
+    every limit passes even with those leases counted (they only make it stricter), and
+    never for a key with a token budget or a tokens-per-minute limit (the tokens would be
+    missing). Whatever it would refuse, or a key with token limits, goes to the thread."""
+    if not _global_scope_exists:
+        raise NotInline("the global scope row is not known to exist yet")
+    try:
+        result = _admit_together([(key, request_id, model_names)], (), transaction=transaction, postgres=False,
+                                 inline=True)[0]
+    except APIError as refusal:
+        raise NotInline(refusal.message) from None
+    if isinstance(result, BaseException):
+        raise NotInline(str(result))
+    return result
+
+
+def _admit_together(admissions: Sequence[Admission], settling: Sequence[Settlement], *,
+                    transaction=hotsql.transaction, postgres: bool | None = None, inline: bool = False) -> list:
     now = timezone.now()
-    postgres = connection.vendor == "postgresql"
-    _ensure_global_scope()
+    if postgres is None:
+        postgres = connection.vendor == "postgresql"
+        _ensure_global_scope()
     releasing = [s.lease_id for s in settling if s.lease_id is not None]
-    with hotsql.transaction() as cursor:
+    with transaction() as cursor:
         if releasing:
             _sql(cursor, _delete_leases(len(releasing)), releasing)
         # Every key's row first, in id order (PostgreSQL: locked FOR NO KEY UPDATE), then
@@ -164,7 +195,11 @@ def _admit_together(admissions: Sequence[Admission], settling: Sequence[Settleme
             key, request_id, model_names = admissions[index]
             try:
                 if key is not None:
-                    _refresh_key(key, keys.get(key.pk))
+                    row = keys.get(key.pk)
+                    if inline and row is not None and (row["token_budget"] is not None
+                                                       or row["tokens_per_minute"] is not None):
+                        raise NotInline("a key with token limits")  # rolls the transaction back
+                    _refresh_key(key, row)
                     if model_names:  # the model's id and aliases
                         check_model_access(key, *model_names)
                     _check_key_limits(cursor, key.pk, key.max_concurrency, key.requests_per_minute,
@@ -173,6 +208,8 @@ def _admit_together(admissions: Sequence[Admission], settling: Sequence[Settleme
                     in_flight = _deployment_in_flight(cursor, now, postgres)
                 _check_deployment_limit(in_flight)
             except APIError as refusal:
+                if inline:
+                    raise  # rolls the transaction back: the accounting thread decides
                 results[index] = refusal
                 continue
             # Admitted: only now anything is written, so a refusal above wrote nothing.
@@ -235,7 +272,7 @@ def _refresh_key(key: APIKey, row: dict | None) -> None:
         raise invalid_key(f"The API key {key.prefix}… has been replaced by a new secret.")
     expires_at, allowed_models = row["expires_at"], row["allowed_models"]
     if isinstance(expires_at, str):  # SQLite
-        expires_at = connection.ops.convert_datetimefield_value(expires_at, None, connection)
+        expires_at = hotsql.datetime_from_text(expires_at)
     if isinstance(allowed_models, str):
         allowed_models = json.loads(allowed_models)
     key.is_active = bool(row["is_active"])

@@ -168,13 +168,15 @@ def test_requests_admitted_together_are_each_decided_as_if_alone(live_db):
 
 def test_a_request_cancelled_while_being_admitted_gives_back_the_lease_admission_took(live_db):
     """The client leaves (or Stop is pressed) while the accounting thread admits: the
-    lease it takes then must be given back, not held (and renewed) by this process."""
+    lease it takes then must be given back, not held (and renewed) by this process.
+    (A key with a token budget: the accounting thread decides it, never the event loop;
+    tests/test_inline_admission.py.)"""
     import asyncio
 
     from accounts.books import books
     from accounts.usage import RequestAccount
 
-    key, _ = issue_key(name="cancelled-in-admission")
+    key, _ = issue_key(name="cancelled-in-admission", token_budget=1_000_000)
     seen = []
 
     async def scenario():
