@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import math
@@ -181,6 +182,39 @@ def check_model_folder(path: str) -> None:
         raise ModelLoadError(f"model folder {path} is missing {filename}, named in genai_config.json")
     if not (folder / "tokenizer.json").is_file():
         raise ModelLoadError(f"model folder {path} has no tokenizer.json")
+
+
+class Arrivals:
+    """Generation requests that a view of this process is handling (authentication,
+    validation, tokenization) and that have not yet taken their places in a model's queue
+    (``EngineWorker.reserve``): counted on the event loop, read by the engine threads when
+    they decide whether a new batch waits for more (``EngineWorker._gathering``).
+
+    Without it the engine saw only requests already past tokenization: with admission
+    decided on the event loop (accounts/inline.py) a request goes from there to the
+    engine without yielding, and the first of a burst began a batch alone."""
+
+    def __init__(self):
+        self.count = 0
+
+    @contextlib.contextmanager
+    def arriving(self):
+        """Counted while the block runs, until it calls the ``placed`` it is given."""
+        self.count += 1
+        counted = [True]
+
+        def placed() -> None:
+            if counted[0]:
+                counted[0] = False
+                self.count -= 1
+
+        try:
+            yield placed
+        finally:
+            placed()
+
+
+arrivals = Arrivals()
 
 
 class EngineWorker:
@@ -451,12 +485,13 @@ class EngineWorker:
         for a re-form). Requests that arrive together over HTTP reach the engine a few
         milliseconds apart (parsing, admission), so the first would begin alone and the
         others wait for it. When the event loop has accepted more turns than have reached
-        the engine (``queued``), and the batch has room, the engine waits for them, at most
-        ``_GATHER_SECONDS`` from the first; a lone request never waits."""
+        the engine (``queued``), or views are still reading requests that have not taken
+        their places yet (``arrivals``), and the batch has room, the engine waits for them,
+        at most ``_GATHER_SECONDS`` from the first; a lone request never waits."""
         if self._running or not self._waiting or len(self._waiting) >= self.batch_limit:
             return 0.0
         arrived = sum(1 for turn in self._waiting if turn._stream is None)  # new, not resumed
-        if self.queued <= arrived:
+        if self.queued + arrivals.count <= arrived:
             return 0.0
         now = time.monotonic()
         if self._gather_since is None:

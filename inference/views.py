@@ -28,6 +28,7 @@ from accounts.refusals import UnknownKey, check_model_access
 from accounts.usage import RequestAccount
 from inference import metrics
 from inference.admission import ConcurrencyLimit
+from inference.engine import arrivals
 from inference.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ResponsesRequest,
                                 TokenizeRequest)
 from inference.registry import ModelSpec, ModelUse, registry
@@ -256,6 +257,10 @@ class _GenerationView(AsyncAPIView):
     named_events = False  # SSE framing: "event: <type>" lines and no [DONE] (the Responses API)
 
     async def post(self, request):
+        with arrivals.arriving() as placed:  # the engine may wait for it to form a batch
+            return await self._post(request, placed)
+
+    async def _post(self, request, placed):
         key = await self.authenticate_key(request, fresh=False)
         if key is not None:
             self.account.model = _model_name(request.data)  # recorded even if the body is invalid
@@ -275,6 +280,7 @@ class _GenerationView(AsyncAPIView):
         # a 503 for a queue already full.
         generation = self.generation = serving.generation(data)
         generation.hold_places()
+        placed()
         await self.admit()
         if account is not None:
             account.generation = generation
