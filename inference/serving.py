@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from django.conf import settings
 
-from inference.engine import SHUTTING_DOWN, EngineUnavailable, EngineWorker, SamplingParams, Turn, Usage
+from inference.engine import (SHUTTING_DOWN, EngineUnavailable, EngineWorker, SamplingParams, Turn, Usage,
+                              after_pending_reads)
 from inference.stop import StopMatcher
 from inference.tools import ToolCall, ToolCallParser, parse_tool_calls, template_messages, tool_call_grammar
 from llmserver.errors import APIError, error_body, shutting_down
@@ -109,6 +110,11 @@ class Generation:
         matchers = [StopMatcher(self._stop) for _ in turns]
         pending = list(range(len(turns)))
         try:
+            if worker.idle:
+                # The turns begin a new batch, which stays as formed until it ends: let the
+                # requests that reached the sockets meanwhile be counted first, for the
+                # engine to wait for them. Microseconds when nothing else is there.
+                await after_pending_reads()
             for turn in turns:
                 worker.submit(turn)
             while pending:

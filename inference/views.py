@@ -28,12 +28,12 @@ from accounts.refusals import UnknownKey, check_model_access
 from accounts.usage import RequestAccount
 from inference import metrics
 from inference.admission import ConcurrencyLimit
-from inference.engine import arrivals
 from inference.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ResponsesRequest,
                                 TokenizeRequest)
 from inference.registry import ModelSpec, ModelUse, registry
 from inference.serving import ChatServing, CompletionServing, ResponsesServing, TokenizeServing
 from llmserver.errors import APIError
+from llmserver.handlers import ARRIVAL
 
 log = logging.getLogger("llmserver.views")
 
@@ -166,6 +166,11 @@ class AsyncAPIView(APIView):
 # Status recorded for a request whose client left before the response began (nginx's).
 CLIENT_CLOSED_REQUEST = 499
 
+
+def _nothing() -> None:
+    """Stands in for the arrival count's stop where no CountArrivals counted the request."""
+
+
 # With API keys off, the concurrency limit of this process alone.
 in_flight = ConcurrencyLimit(settings.MAX_CONCURRENT_REQUESTS)
 
@@ -257,10 +262,6 @@ class _GenerationView(AsyncAPIView):
     named_events = False  # SSE framing: "event: <type>" lines and no [DONE] (the Responses API)
 
     async def post(self, request):
-        with arrivals.arriving() as placed:  # the engine may wait for it to form a batch
-            return await self._post(request, placed)
-
-    async def _post(self, request, placed):
         key = await self.authenticate_key(request, fresh=False)
         if key is not None:
             self.account.model = _model_name(request.data)  # recorded even if the body is invalid
@@ -280,7 +281,9 @@ class _GenerationView(AsyncAPIView):
         # a 503 for a queue already full.
         generation = self.generation = serving.generation(data)
         generation.hold_places()
-        placed()
+        # Counted since it was read (llmserver.handlers.CountArrivals); from now on the
+        # engine counts it among the queued.
+        request.scope.get(ARRIVAL, _nothing)()
         await self.admit()
         if account is not None:
             account.generation = generation

@@ -31,7 +31,7 @@ from inference import faults  # noqa: E402
 from inference.engine import ModelLoadError  # noqa: E402
 from inference.registry import load_configured_models  # noqa: E402
 from llmserver import http_framing  # noqa: E402
-from llmserver.handlers import APIHandler, HTTPRouter  # noqa: E402
+from llmserver.handlers import APIHandler, CountArrivals, HTTPRouter  # noqa: E402
 
 # The engine threads give up the GIL for each scheduler step and need it back at once
 # when the step ends; with CPython's default 5 ms switch interval a step could wait that
@@ -47,11 +47,13 @@ if settings.LOAD_MODELS_ON_START:
 faults.install()  # testing only: off unless ENGINE_FAULT_INJECTION
 http_framing.install()  # requests Daphne itself refuses are answered in OpenAI's shape too
 
-application = ProtocolTypeRouter({
+# Outermost: a generation request counts as arrived as soon as Daphne has read it (the
+# engines wait a moment for such requests before they form a batch; inference/engine.py).
+application = CountArrivals(ProtocolTypeRouter({
     # The API paths skip the web site's session/CSRF/messages middleware and their
     # thread hops (llmserver/handlers.py); the rest is Django's handler as usual.
     "http": HTTPRouter(api=APIHandler(), web=django_asgi_app),
     # The chat page's socket: the Origin must be one of ALLOWED_HOSTS (no cross-site
     # page can open it with the user's cookie), then the session says who it is.
     "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
-})
+}))

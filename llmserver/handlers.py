@@ -38,8 +38,18 @@ from django.urls import set_script_prefix
 from django.utils.deprecation import MiddlewareMixin
 from django.utils.module_loading import import_string
 
+from inference.engine import arrivals
+
 # Paths served by the API handler; everything else is the web site.
 API_PREFIXES = ("/v1/", "/tokenize", "/detokenize", "/health", "/metrics", "/openapi.json")
+
+
+# The paths of the generation views (inference.views._GenerationView): requests counted
+# as arrivals for the engines' batch gathering (CountArrivals).
+GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
+
+# The scope key under which CountArrivals leaves the function that stops the count.
+ARRIVAL = "llmserver.arrival"
 
 
 def is_api_path(path: str) -> bool:
@@ -153,3 +163,31 @@ class HTTPRouter:
     async def __call__(self, scope, receive, send):
         app = self.api if is_api_path(scope["path"]) else self.web
         await app(scope, receive, send)
+
+
+class CountArrivals:
+    """The outermost application: counts a generation request as arrived
+    (:class:`inference.engine.Arrivals`) the moment Daphne has read all of it.
+
+    Daphne calls the application synchronously in the socket callback that read the
+    request; only the coroutine it returns runs later. So ``__call__`` is a plain
+    function: the count is up before any request read in the same callback, or before,
+    has reached an engine. The view stops it when the request takes its places in the
+    model's queue (``scope[ARRIVAL]()``), and it stops anyway when the request ends."""
+
+    _asgi_single_callable = True  # asgiref: an ASGI 3 application, though __call__ is not async
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in GENERATION_PATHS:
+            placed = scope[ARRIVAL] = arrivals.arrive()
+            return self._counted(scope, receive, send, placed)
+        return self.app(scope, receive, send)
+
+    async def _counted(self, scope, receive, send, placed):
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            placed()
