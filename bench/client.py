@@ -29,6 +29,10 @@ class StreamClient:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
+    async def connect(self) -> None:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -38,8 +42,7 @@ class StreamClient:
     async def _post(self, path: str, body: dict) -> tuple[float, int]:
         """Send the request (connecting first if needed); return its start time and the
         response's status (the headers are left to read)."""
-        if self._writer is None:
-            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        await self.connect()
         payload = json.dumps(body).encode()
         head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(payload)}\r\n{self._headers}\r\n").encode()
