@@ -505,10 +505,11 @@ class EngineWorker:
         milliseconds apart (parsing, admission), so the first would begin alone and the
         others wait for it. When the event loop has accepted more turns than have reached
         the engine (``queued``), or has read requests that have not taken their places yet
-        (``arrivals``), and the batch has room, the engine waits for them, at most
-        ``_GATHER_SECONDS`` from the first; a lone request never waits. A request going to
-        an idle engine lets the event loop read its sockets first (``Generation.updates``),
-        so that requests sent together are all counted by then."""
+        (``arrivals``), and the batch has room, the engine waits for them: from the first,
+        at most ``_GATHER_SECONDS`` or ``_GATHER_SHARE_OF_PREFILL`` of the prefill of the
+        turns waiting, whichever is longer; a lone request never waits. A request going to
+        an idle engine lets the event loop read its sockets first (``after_pending_reads``
+        in ``Generation.updates``), so that requests sent together are all counted by then."""
         if self._running or not self._waiting or len(self._waiting) >= self.batch_limit:
             return 0.0
         arrived = sum(1 for turn in self._waiting if turn._stream is None)  # new, not resumed
