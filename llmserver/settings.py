@@ -281,6 +281,9 @@ CORS_EXPOSE_HEADERS = ["X-Request-ID", "X-Process-Time", "Retry-After"]
 REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "llmserver.errors.drf_exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # JSON is the only format: a ?format= query is an ordinary (ignored) parameter, not
+    # DRF's renderer override, which answers an unknown format with Http404.
+    "URL_FORMAT_OVERRIDE": None,
     # DRF's, refusing also deep nesting, lone surrogates, duplicate keys and compressed bodies.
     "DEFAULT_PARSER_CLASSES": ["inference.protocol.JSONParser"],
     # Authentication of /v1 arrives with API keys (accounts app); none yet.

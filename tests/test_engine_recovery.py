@@ -13,9 +13,9 @@ import pytest
 from accounts.models import Lease
 from demomodel.corpus import count_answer, count_prompt
 from inference.engine import GRAMMAR_FAILURE, EngineWorker, SamplingParams, Turn
-from inference.registry import ModelSpec, registry
+from inference.registry import registry
 from tests.asgi import InProcessAPI
-from tests.conftest import DEMO_MODEL, MODEL_ID, bearer, issue_key
+from tests.conftest import DEMO_MODEL, MODEL_ID, bearer, issue_key, serve_in_process
 from tests.test_engine_worker import chat_tokens, collect
 
 # Every value needs another inside it: no finite JSON value satisfies it, and the engine's
@@ -79,20 +79,6 @@ async def test_a_turn_whose_tokens_reached_its_client_ends_with_an_error_when_it
 
 
 # --- over HTTP, in-process, with a key whose every request takes a lease ---------------
-
-
-def serve_in_process(step_delay):
-    registry.configure([ModelSpec(MODEL_ID, str(DEMO_MODEL), max_batch_size=4)], default=MODEL_ID, max_loaded=1,
-                       step_delay=step_delay)
-    registry.preload()
-    return registry.slots()[0].worker
-
-
-@pytest.fixture
-def in_process_model(live_db):
-    # 5 ms a step: the answers beside the hostile request are still generating when it comes.
-    yield serve_in_process(0.005)
-    registry.stop_all()
 
 
 @pytest.fixture
