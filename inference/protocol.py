@@ -268,6 +268,13 @@ class ContentPartSerializer(serializers.Serializer):
     })
     text = StrictCharField()
 
+    def to_internal_value(self, data):
+        # A part of another type is refused for its type (its own fields are not text's).
+        if isinstance(data, dict) and data.get("type") == "text":
+            for name in sorted(set(data) - set(self.fields)):
+                _refuse(name, f"Unrecognized content part field: {name}", code="unknown_parameter")
+        return super().to_internal_value(data)
+
 
 class MessageContentField(serializers.Field):
     """A message's ``content``: a string or a list of text parts, joined to one string."""
@@ -304,14 +311,22 @@ class ChatMessageSerializer(serializers.Serializer):
     tool_calls = ToolCallSerializer(many=True, required=False, allow_empty=False)
     tool_call_id = StrictCharField(required=False, max_length=256)
 
+    # Fields of OpenAI's assistant message this server does not produce, accepted with the
+    # value meaning "none": a client that appends the message it was given (OpenAI's
+    # function-calling guide does) sends them back as null or empty.
+    NEUTRAL_VALUES = {"refusal": (), "audio": (), "function_call": (), "annotations": ([],)}
+
     def to_internal_value(self, data):
         if isinstance(data, dict):
-            unknown = set(data) - set(self.fields)
-            if unknown:
-                name = sorted(unknown)[0]
-                if name in ("function_call", "audio", "refusal"):
+            for name in sorted(set(data) - set(self.fields)):
+                if name not in self.NEUTRAL_VALUES:
+                    _refuse(name, f"Unrecognized message field: {name}", code="unknown_parameter")
+                if data[name] is not None and data[name] not in self.NEUTRAL_VALUES[name]:
                     _refuse(name, f"'{name}' in a message is not supported by this server.", code="unsupported_parameter")
-                _refuse(name, f"Unrecognized message field: {name}", code="unknown_parameter")
+            # null for an optional field means "not given", as at the top level; a null
+            # content is kept: it says the message is only tool calls.
+            data = {k: v for k, v in data.items()
+                    if k in self.fields and (v is not None or k == "content")}
         return super().to_internal_value(data)
 
     def validate(self, attrs):

@@ -87,6 +87,33 @@ def test_a_malformed_message_is_400_with_its_path(api, messages, param, code):
     assert (error["param"], error["code"]) == (param, code)
 
 
+def test_null_optional_fields_of_a_message_are_not_given(api):
+    assistant = {"role": "assistant", "content": "Hello! How can I help you?", "refusal": None, "audio": None,
+                 "function_call": None, "tool_calls": None, "name": None, "annotations": []}
+    response = api.post("/v1/chat/completions", json={"model": MODEL_ID, "messages": [
+        {"role": "user", "content": "Hello", "name": None}, assistant,
+        {"role": "user", "content": "Repeat after me: tiger lemon"}]})
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "tiger lemon"
+
+
+@pytest.mark.parametrize("field, value", [("refusal", "I cannot."), ("audio", {"id": "a1"}),
+                                          ("function_call", {"name": "f", "arguments": "{}"})])
+def test_a_message_field_this_server_does_not_produce_is_refused_when_it_has_a_value(api, field, value):
+    error = error_of(api.post("/v1/chat/completions", json={"model": MODEL_ID, "messages": [
+        {"role": "assistant", "content": "x", field: value}, *USER]}), 400)
+    assert error == {"message": f"Invalid value for 'messages[0].{field}': '{field}' in a message is not supported "
+                                "by this server.",
+                     "type": "invalid_request_error", "param": f"messages[0].{field}", "code": "unsupported_parameter"}
+
+
+def test_an_unknown_field_in_a_content_part_is_refused(api):
+    error = error_of(api.post("/v1/chat/completions", json={"model": MODEL_ID, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "hi", "x": 1}]}]}), 400)
+    assert error == {"message": "Invalid value for 'messages[0].content[0].x': Unrecognized content part field: x",
+                     "type": "invalid_request_error", "param": "messages[0].content[0].x", "code": "unknown_parameter"}
+
+
 def test_a_missing_model_is_400_missing_required_parameter(api):
     error = error_of(api.post("/v1/chat/completions", json={"messages": USER}), 400)
     assert error == {"message": "Missing required parameter: 'model'.", "type": "invalid_request_error",
