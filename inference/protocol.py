@@ -436,7 +436,10 @@ class ChatCompletionRequest(OpenAIRequestSerializer, _SamplingFields):
         if len(set(names)) != len(names):
             _refuse("tools", "Each tool needs a name of its own.")
         if choice != "none" and attrs.get("response_format", {}).get("type", "text") != "text":
-            _refuse("response_format", "Give either tools or a JSON 'response_format', not both.")
+            if choice == "auto":  # an answer in words would need the format, a call the tools' grammar
+                _refuse("response_format", "Give either tools or a JSON 'response_format', not both, unless "
+                                           "'tool_choice' forces a call.")
+            del attrs["response_format"]  # a call is forced: no text comes for the format to shape
         return attrs
 
 
@@ -633,10 +636,32 @@ class ResponsesRequest(OpenAIRequestSerializer):
         response_format = _response_format(attrs.get("text", {}).get("format"))
         if response_format is not None:
             chat["response_format"] = response_format
-        # The chat completion rules (tool_choice against tools, messages well formed, ...).
+        # The chat completion rules (tool_choice against tools, messages well formed, ...),
+        # their errors naming this request's own parameters.
         checked = ChatCompletionRequest(data=_chat_body(chat))
-        checked.is_valid(raise_exception=True)
+        if not checked.is_valid():
+            raise serializers.ValidationError(_in_responses_terms(checked.errors))
         return {**checked.validated_data, "responses": attrs}
+
+
+# Chat completion parameters as a Responses request names them.
+_RESPONSES_NAMES = {"response_format": ("text", "format"), "max_tokens": ("max_output_tokens",)}
+
+
+def _in_responses_terms(errors: dict) -> dict:
+    """A chat completion's validation errors, with the parameters a Responses request
+    does not have renamed (``response_format`` is ``text.format`` there)."""
+    renamed = {}
+    for name, detail in errors.items():
+        path = _RESPONSES_NAMES.get(name, (name,))
+        if path != (name,):
+            detail = [serializers.ErrorDetail(str(item).replace(f"'{name}'", f"'{'.'.join(path)}'"), code=item.code)
+                      for item in detail]
+        node = renamed
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = detail
+    return renamed
 
 
 def _response_format(text_format: dict | None) -> dict | None:

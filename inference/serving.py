@@ -488,7 +488,10 @@ class ResponsesServing(ChatServing):
 
     def generation(self, data: dict) -> Generation:
         self.request = data["responses"]
-        return super().generation(data)
+        generation = super().generation(data)
+        if generation.guidance_param == "response_format":
+            generation.guidance_param = "text.format"  # as this request names it
+        return generation
 
     def new_id(self) -> str:
         return f"resp_{uuid.uuid4().hex}"

@@ -57,6 +57,14 @@ def test_the_guides_loop_appending_the_message_object_as_it_came_is_answered(cli
     assert (second.choices[0].finish_reason, second.choices[0].message.content) == ("stop", ANSWER)
 
 
+def test_a_forced_call_with_a_json_response_format_is_the_call(client):
+    completion = client.chat.completions.create(
+        model=MODEL_ID, messages=QUESTION, tools=[WEATHER], response_format={"type": "json_object"},
+        tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    [call] = completion.choices[0].message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
+
+
 def test_a_streamed_call_sends_its_id_and_name_first_then_its_arguments(client):
     stream = client.chat.completions.create(model=MODEL_ID, messages=QUESTION, tools=[WEATHER], stream=True)
     chunks = list(stream)
