@@ -45,12 +45,19 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.grammar import GrammarCheck
+
 log = logging.getLogger("llmserver.engine")
 
 # og.EngineEventFlags, as plain ints for cheap bit tests on the hot path.
 _TOKEN = 1
 _TURN_FINISHED = 2
 _FAILED = 8
+
+# How often one turn that had produced nothing may be begun again in a new Engine after
+# the one it was in failed as a whole: a turn that keeps failing engines is not retried
+# for ever.
+_RESTARTS_PER_TURN = 2
 
 # A new batch waits for requests read but not yet at the engine at most this long, or
 # this share of the prefill its waiting turns will take anyway, whichever is longer: on
@@ -60,6 +67,9 @@ _GATHER_SHARE_OF_PREFILL = 0.05
 
 # The error of turns ended because the server stops (inference.serving maps it to 503).
 SHUTTING_DOWN = "the server is shutting down"
+# The error of a constrained turn that had produced nothing when its Engine failed
+# (inference.serving maps it to a 400 naming the grammar's parameter).
+GRAMMAR_FAILURE = "the engine failed while following this grammar"
 
 
 class ModelLoadError(Exception):
@@ -128,6 +138,7 @@ class Turn:
     _cached_tokens: int = 0
     _cancelled: bool = False  # the client asked
     _resuming: bool = False  # cancelled by a re-form, to begin again
+    _restarts: int = 0  # times begun again after its Engine failed
     _queued_at: float = 0.0
 
     def take(self) -> str:
@@ -249,10 +260,15 @@ class EngineWorker:
         self.vocab_size = 0
         self.batch_limit = max_batch_size  # measured at load: sequences one step serves
         self.tokenizer = None  # og.Tokenizer; its encode/decode may be called from any thread
+        self.grammar: GrammarCheck | None = None  # checks a turn's grammar before it is submitted
         # Turns taken in and not yet begun nor finished, counted on the event loop (see
         # the module docstring): what a bound on waiting requests is checked against.
         self.queued = 0
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        # Held while a turn is put in the inbox and while the owner thread stops taking
+        # them: a turn is either refused by submit() or seen by the thread, never stranded
+        # in the inbox of a thread that has ended.
+        self._accepting = threading.Lock()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         # Owner-thread state:
@@ -313,11 +329,12 @@ class EngineWorker:
 
     def submit(self, turn: Turn) -> None:
         self.reserve([turn])
-        if not self.running:
-            self._unqueue(turn)
-            raise EngineUnavailable(f"the engine for model '{self.model_id}' is {self.state}")
-        turn._submitted = True
-        self._inbox.put(("begin", turn))
+        with self._accepting:
+            if not self.running:
+                self._unqueue(turn)
+                raise EngineUnavailable(f"the engine for model '{self.model_id}' is {self.state}")
+            turn._submitted = True
+            self._inbox.put(("begin", turn))
 
     def seconds_to_begin(self, turns: int) -> float:
         """Roughly how long until ``turns`` waiting turns have all begun, from the pace
@@ -346,8 +363,7 @@ class EngineWorker:
         try:
             self._load()
         except Exception as exc:  # the message goes to start()'s caller
-            text = str(exc).strip()
-            self.error = text.splitlines()[0] if text else type(exc).__name__
+            self.error = _first_line(exc)
             self.state = "failed"
             self._ready.set()
             return
@@ -361,11 +377,18 @@ class EngineWorker:
             self._loop()
         except Exception:
             log.exception("engine thread for %s died", self.model_id)
-            self.state = "failed"
+            self._stop_accepting("failed")
             self._fail_all("the engine stopped")
         finally:
             if self.state == "running":
                 self.state = "stopped"
+
+    def _stop_accepting(self, state: str) -> None:
+        """From now on submit() refuses; the turns it took before are moved from the inbox
+        to the waiting queue, for the caller to end with the rest."""
+        with self._accepting:
+            self.state = state
+        self._take_late_arrivals()
 
     def _load(self) -> None:
         import onnxruntime_genai as og
@@ -375,11 +398,13 @@ class EngineWorker:
             config.overlay(json.dumps(self.options))
         config.overlay(json.dumps({"engine": {"static_batching": {"max_batch_size": self.max_batch_size}}}))
         self._og = og
+        self._execution_failure = og.EngineErrorCode.ENGINE_EXECUTION_FAILURE
         self._model = og.Model(config)
         self.tokenizer = og.Tokenizer(self._model)
         model_config = json.loads((Path(self.path) / "genai_config.json").read_text())["model"]
         self.context_length = int(model_config["context_length"])
         self.vocab_size = int(model_config["vocab_size"])
+        self.grammar = GrammarCheck(self.path, self.vocab_size, list(self.tokenizer.eos_token_ids))
         self._new_engine()
         self.batch_limit = self._measure_batch_limit()
         if self.batch_limit < self.max_batch_size:
@@ -415,6 +440,50 @@ class EngineWorker:
             request.close()
         return max(1, min(served, self.max_batch_size))
 
+    def _restart(self, cause: str) -> None:
+        """Replace an Engine that failed as a whole, and decide for each turn it held.
+
+        A turn whose tokens reached its client ends with FAILED (the client has part of an
+        answer and learns it is cut). A turn that has produced nothing begins again in the
+        new Engine, ahead of the waiting ones, so its client sees no failure at all,
+        unless it is constrained (its grammar is the likeliest cause: constrained turns
+        are the ones that reach the grammar compiler inside the batched step) or has
+        begun again too often already. Waiting turns are untouched; they begin there."""
+        self.stats.restarts += 1
+        ended, again = [], []
+        for request, turn in list(self._running.items()):
+            try:
+                request.close()
+            except Exception:
+                pass
+            turn._request = None
+            if turn._cancelled:
+                ended.append((turn, "", 0, Finish("CANCELLED", self._usage(turn))))
+            elif turn._generated or turn.params.guidance is not None or turn._restarts >= _RESTARTS_PER_TURN:
+                error = GRAMMAR_FAILURE if turn.params.guidance is not None and not turn._generated else None
+                ended.append((turn, "", 0, Finish("FAILED", self._usage(turn), error or f"engine failure: {cause}")))
+            else:
+                turn._restarts += 1
+                again.append(turn)
+        self._running.clear()
+        self._waiting.extendleft(reversed(again))
+        self._reforming = False
+        self._tokens_to_prefill = 0
+        self.stats.turns_finished += len(ended)
+        self.stats.running = 0
+        self.stats.waiting = len(self._waiting)
+        if ended:
+            self._post(ended)
+        self._new_engine()
+
+    def _failure_cause(self) -> str:
+        """Why og considers the Engine failed: it says so when asked for a request."""
+        try:
+            self._engine.create_request().close()
+        except RuntimeError as exc:
+            return _first_line(exc)
+        return "unknown"
+
     def _new_engine(self) -> None:
         self._engine = self._og.Engine(self._model)
         self._buffer = self._engine.create_event_buffer(max(256, 4 * self.max_batch_size))
@@ -436,21 +505,26 @@ class EngineWorker:
                     command = inbox.get_nowait()
                 while True:
                     if command[0] == "stop":
-                        self.state = "stopped"  # submit() refuses from now on
-                        self._take_late_arrivals()
+                        self._stop_accepting("stopped")
                         self._fail_all(SHUTTING_DOWN)
                         return
                     self._handle(command)
                     command = inbox.get_nowait()
             except queue.Empty:
                 pass
-            self._admit()
-            if self._running:
-                self._step()
+            try:
+                self._admit()
+                if self._running:
+                    self._step()
+            except Exception as exc:
+                # og refuses every call on an Engine whose batched step failed; whatever
+                # raised, the turns go on in a new one (a failure there ends the thread).
+                log.exception("engine step failed for model %s; restarting the engine", self.model_id)
+                self._restart(_first_line(exc))
 
     def _take_late_arrivals(self) -> None:
-        """Turns submitted just before a stop, still in the inbox: into the waiting
-        queue, so that they end with the rest instead of never."""
+        """Turns submitted just before the thread stops taking them, still in the inbox:
+        into the waiting queue, so that they end with the rest instead of never."""
         while True:
             try:
                 kind, turn = self._inbox.get_nowait()
@@ -574,7 +648,13 @@ class EngineWorker:
             self.stats.reprefilled_tokens += len(tokens)
         options = og.RequestOptions()
         options.set_max_session_tokens(self.context_length)
-        request = self._engine.create_request(options=options)
+        try:
+            request = self._engine.create_request(options=options)
+        except RuntimeError:
+            # Not the turn's fault: the Engine no longer serves (see _restart). It waits
+            # for the next one, ahead of the others.
+            self._waiting.appendleft(turn)
+            raise
         turn_options = og.TurnOptions(request)
         turn_options.set_max_generated_tokens(params.max_tokens - len(turn._generated))
         if params.temperature > 0:
@@ -608,15 +688,15 @@ class EngineWorker:
         if self.step_delay:
             time.sleep(self.step_delay)
         started = time.perf_counter()
-        try:
-            if self._fault:
-                raise RuntimeError("injected engine fault")
-            events = self._engine.run(self._buffer)
-        except Exception as exc:
-            log.exception("engine step failed for model %s; restarting the engine", self.model_id)
-            self.stats.restarts += 1
-            self._fail_all(f"engine failure: {exc}", waiting_too=False)
-            self._new_engine()
+        if self._fault:
+            raise RuntimeError("injected engine fault")
+        events = self._engine.run(self._buffer)
+        if any(int(event.flags) & _FAILED and event.error_code == self._execution_failure for event in events):
+            # The batched step failed for every turn in it (a grammar the compiler gave
+            # up on, say), and og now refuses every call on this Engine.
+            log.error("engine step failed for model %s (%s); restarting the engine", self.model_id,
+                      self._failure_cause())
+            self._restart("the engine failed while generating")
             return
         self._learn_prefill_cost(time.perf_counter() - started)
         out = []
@@ -694,9 +774,9 @@ class EngineWorker:
             cached_tokens=turn._cached_tokens,
         )
 
-    def _fail_all(self, message: str, *, waiting_too: bool = True) -> None:
-        """End every running turn (and, unless the engine is restarting, every waiting
-        one) with FAILED and ``message``."""
+    def _fail_all(self, message: str) -> None:
+        """End every running and waiting turn with FAILED and ``message`` (the thread is
+        stopping)."""
         failed = []
         for request, turn in list(self._running.items()):
             try:
@@ -705,13 +785,11 @@ class EngineWorker:
                 pass
             turn._request = None
             failed.append((turn, "", 0, Finish("FAILED", self._usage(turn), message)))
-        if waiting_too:
-            for turn in self._waiting:
-                failed.append((turn, "", 0, Finish("FAILED", self._usage_so_far(turn), message)))
-            self._waiting.clear()
+        for turn in self._waiting:
+            failed.append((turn, "", 0, Finish("FAILED", self._usage_so_far(turn), message)))
+        self._waiting.clear()
         self._running.clear()
-        self.stats.running = len(self._running)
-        self.stats.waiting = len(self._waiting)
+        self.stats.running = self.stats.waiting = 0
         self.stats.turns_finished += len(failed)
         if failed:
             self._post(failed)
@@ -744,6 +822,12 @@ class EngineWorker:
             loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:
             pass  # that event loop is closed; nobody is waiting
+
+
+def _first_line(exc: Exception) -> str:
+    """An og error's first line (the rest can be a dump of the grammar parser's state)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _deliver_all(worker: EngineWorker, batch: list) -> None:

@@ -268,6 +268,13 @@ class ContentPartSerializer(serializers.Serializer):
     })
     text = StrictCharField()
 
+    def to_internal_value(self, data):
+        # A part of another type is refused for its type (its own fields are not text's).
+        if isinstance(data, dict) and data.get("type") == "text":
+            for name in sorted(set(data) - set(self.fields)):
+                _refuse(name, f"Unrecognized content part field: {name}", code="unknown_parameter")
+        return super().to_internal_value(data)
+
 
 class MessageContentField(serializers.Field):
     """A message's ``content``: a string or a list of text parts, joined to one string."""
@@ -304,14 +311,22 @@ class ChatMessageSerializer(serializers.Serializer):
     tool_calls = ToolCallSerializer(many=True, required=False, allow_empty=False)
     tool_call_id = StrictCharField(required=False, max_length=256)
 
+    # Fields of OpenAI's assistant message this server does not produce, accepted with the
+    # value meaning "none": a client that appends the message it was given (OpenAI's
+    # function-calling guide does) sends them back as null or empty.
+    NEUTRAL_VALUES = {"refusal": (), "audio": (), "function_call": (), "annotations": ([],)}
+
     def to_internal_value(self, data):
         if isinstance(data, dict):
-            unknown = set(data) - set(self.fields)
-            if unknown:
-                name = sorted(unknown)[0]
-                if name in ("function_call", "audio", "refusal"):
+            for name in sorted(set(data) - set(self.fields)):
+                if name not in self.NEUTRAL_VALUES:
+                    _refuse(name, f"Unrecognized message field: {name}", code="unknown_parameter")
+                if data[name] is not None and data[name] not in self.NEUTRAL_VALUES[name]:
                     _refuse(name, f"'{name}' in a message is not supported by this server.", code="unsupported_parameter")
-                _refuse(name, f"Unrecognized message field: {name}", code="unknown_parameter")
+            # null for an optional field means "not given", as at the top level; a null
+            # content is kept: it says the message is only tool calls.
+            data = {k: v for k, v in data.items()
+                    if k in self.fields and (v is not None or k == "content")}
         return super().to_internal_value(data)
 
     def validate(self, attrs):
@@ -421,7 +436,10 @@ class ChatCompletionRequest(OpenAIRequestSerializer, _SamplingFields):
         if len(set(names)) != len(names):
             _refuse("tools", "Each tool needs a name of its own.")
         if choice != "none" and attrs.get("response_format", {}).get("type", "text") != "text":
-            _refuse("response_format", "Give either tools or a JSON 'response_format', not both.")
+            if choice == "auto":  # an answer in words would need the format, a call the tools' grammar
+                _refuse("response_format", "Give either tools or a JSON 'response_format', not both, unless "
+                                           "'tool_choice' forces a call.")
+            del attrs["response_format"]  # a call is forced: no text comes for the format to shape
         return attrs
 
 
@@ -618,10 +636,32 @@ class ResponsesRequest(OpenAIRequestSerializer):
         response_format = _response_format(attrs.get("text", {}).get("format"))
         if response_format is not None:
             chat["response_format"] = response_format
-        # The chat completion rules (tool_choice against tools, messages well formed, ...).
+        # The chat completion rules (tool_choice against tools, messages well formed, ...),
+        # their errors naming this request's own parameters.
         checked = ChatCompletionRequest(data=_chat_body(chat))
-        checked.is_valid(raise_exception=True)
+        if not checked.is_valid():
+            raise serializers.ValidationError(_in_responses_terms(checked.errors))
         return {**checked.validated_data, "responses": attrs}
+
+
+# Chat completion parameters as a Responses request names them.
+_RESPONSES_NAMES = {"response_format": ("text", "format"), "max_tokens": ("max_output_tokens",)}
+
+
+def _in_responses_terms(errors: dict) -> dict:
+    """A chat completion's validation errors, with the parameters a Responses request
+    does not have renamed (``response_format`` is ``text.format`` there)."""
+    renamed = {}
+    for name, detail in errors.items():
+        path = _RESPONSES_NAMES.get(name, (name,))
+        if path != (name,):
+            detail = [serializers.ErrorDetail(str(item).replace(f"'{name}'", f"'{'.'.join(path)}'"), code=item.code)
+                      for item in detail]
+        node = renamed
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = detail
+    return renamed
 
 
 def _response_format(text_format: dict | None) -> dict | None:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from django.conf import settings
 
-from inference.engine import (SHUTTING_DOWN, EngineUnavailable, EngineWorker, SamplingParams, Turn, Usage,
-                              after_pending_reads)
+from inference.engine import (GRAMMAR_FAILURE, SHUTTING_DOWN, EngineUnavailable, EngineWorker, SamplingParams,
+                              Turn, Usage, after_pending_reads)
 from inference.stop import StopMatcher
 from inference.tools import ToolCall, ToolCallParser, parse_tool_calls, template_messages, tool_call_grammar
 from llmserver.errors import APIError, error_body, shutting_down
@@ -100,6 +100,21 @@ class Generation:
                 headers={"Retry-After": str(min(_MAX_RETRY_AFTER, max(1, math.ceil(wait))))},
             )
         worker.reserve(self.turns)
+
+    async def check_grammar(self) -> None:
+        """400 naming the parameter it comes from, for a grammar the engine could not
+        follow (inference.grammar): checked alone, before it can reach the shared engine.
+        A grammar checked before is judged from the cache, on the event loop."""
+        guidance = self.turns[0].params.guidance
+        if guidance is None:
+            return
+        check = self.worker.grammar
+        seen, problem = check.known(*guidance)
+        if not seen:
+            problem = await asyncio.to_thread(check.verdict, *guidance)
+        if problem:
+            raise APIError(400, f"The engine cannot follow this '{self.guidance_param}' schema: {problem}",
+                           code="invalid_value", param=self.guidance_param)
 
     def release_places(self) -> None:
         for turn in self.turns:
@@ -182,6 +197,10 @@ def _engine_error(message: str, worker: EngineWorker, guidance_param: str = "res
         return shutting_down("The server is shutting down: the generation was stopped before it finished.")
     if "max_session_tokens" in message:
         return _context_length_exceeded(worker, None, "messages")
+    if message == GRAMMAR_FAILURE:
+        return APIError(400, f"The engine failed while following the grammar of this '{guidance_param}' and stopped; "
+                             "simplify it (fewer levels, no required recursion).",
+                        code="invalid_value", param=guidance_param)
     if message.startswith("Error creating grammar"):
         detail = message.splitlines()[0].removeprefix("Error creating grammar:").strip()
         return APIError(400, f"The engine cannot follow this '{guidance_param}' schema: {detail}",
@@ -469,7 +488,10 @@ class ResponsesServing(ChatServing):
 
     def generation(self, data: dict) -> Generation:
         self.request = data["responses"]
-        return super().generation(data)
+        generation = super().generation(data)
+        if generation.guidance_param == "response_format":
+            generation.guidance_param = "text.format"  # as this request names it
+        return generation
 
     def new_id(self) -> str:
         return f"resp_{uuid.uuid4().hex}"

@@ -277,9 +277,10 @@ class _GenerationView(AsyncAPIView):
             account.user = data.get("user", "")
         use = await self.hold_model(spec)
         serving = self.serving_class(use.worker, spec.id)
-        # Tokenize and check the prompt before admission: a 400 consumes no limit; nor does
-        # a 503 for a queue already full.
+        # Tokenize and check the prompt and the grammar before admission: a 400 consumes no
+        # limit; nor does a 503 for a queue already full.
         generation = self.generation = serving.generation(data)
+        await generation.check_grammar()
         generation.hold_places()
         # Counted since it was read (llmserver.handlers.CountArrivals); from now on the
         # engine counts it among the queued.

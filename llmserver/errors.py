@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import RequestDataTooBig
-from django.http import JsonResponse
+from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 
 log = logging.getLogger("llmserver.errors")
@@ -161,6 +161,8 @@ def drf_exception_handler(exc, context) -> JsonResponse | None:
         return error_response(405, str(exc.detail), code="method_not_allowed")
     if isinstance(exc, drf_exceptions.NotFound):
         return error_response(404, str(exc.detail), code="not_found")
+    if isinstance(exc, Http404):
+        return error_response(404, str(exc) or "Not found.", code="not_found")
     if isinstance(exc, RequestDataTooBig):
         return request_too_large()
     if isinstance(exc, drf_exceptions.APIException):

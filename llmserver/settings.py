@@ -33,7 +33,7 @@ def _switch(name: str, default: bool) -> bool:
         return True
     if value in ("false", "0", "no", "off", ""):
         return False
-    raise environ.ImproperlyConfigured(f"{name} must be true or false, got {value!r}")
+    _refuse(f"{name} must be true or false, got {value!r}")
 
 
 def _refuse(message: str) -> NoReturn:
@@ -46,7 +46,7 @@ def _refuse(message: str) -> NoReturn:
 # The one switch between a laptop (the default: plain HTTP on loopback, a built-in key)
 # and a deployment facing the internet (README, "Running in production").
 PRODUCTION = _switch("PRODUCTION", False)
-DEBUG = env.bool("DEBUG", default=False)
+DEBUG = _switch("DEBUG", False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]", "testserver"])
 # Behind a proxy that terminates TLS, requests arrive as plain HTTP; only a proxy that
@@ -281,6 +281,9 @@ CORS_EXPOSE_HEADERS = ["X-Request-ID", "X-Process-Time", "Retry-After"]
 REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "llmserver.errors.drf_exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # JSON is the only format: a ?format= query is an ordinary (ignored) parameter, not
+    # DRF's renderer override, which answers an unknown format with Http404.
+    "URL_FORMAT_OVERRIDE": None,
     # DRF's, refusing also deep nesting, lone surrogates, duplicate keys and compressed bodies.
     "DEFAULT_PARSER_CLASSES": ["inference.protocol.JSONParser"],
     # Authentication of /v1 arrives with API keys (accounts app); none yet.
@@ -295,7 +298,9 @@ REST_FRAMEWORK = {
 
 # Off only for benchmarks of the bare serving path: then no key is asked for, nothing is
 # recorded, and MAX_CONCURRENT_REQUESTS is counted per process.
-REQUIRE_API_KEY = env.bool("REQUIRE_API_KEY", default=True)
+REQUIRE_API_KEY = _switch("REQUIRE_API_KEY", True)
+if PRODUCTION and not REQUIRE_API_KEY:
+    _refuse("PRODUCTION=true refuses REQUIRE_API_KEY=false (anyone could use the models, unrecorded)")
 # A request in flight holds a lease its process renews; a dead process's leases stop
 # counting after at most LEASE_TTL_SECONDS.
 LEASE_TTL_SECONDS = _positive_int("LEASE_TTL_SECONDS", 30)
@@ -345,10 +350,12 @@ ENGINE_WORKER_CLASS = env.str("ENGINE_WORKER_CLASS", default="inference.engine.E
 # Testing only: sleep this long before each engine step, to simulate a slower model.
 ENGINE_STEP_DELAY_MS = env.float("ENGINE_STEP_DELAY_MS", default=0.0)
 # Testing only: SIGUSR1 makes every loaded engine's next step fail (inference/faults.py).
-ENGINE_FAULT_INJECTION = env.bool("ENGINE_FAULT_INJECTION", default=False)
+ENGINE_FAULT_INJECTION = _switch("ENGINE_FAULT_INJECTION", False)
+if PRODUCTION and ENGINE_FAULT_INJECTION:
+    _refuse("PRODUCTION=true refuses ENGINE_FAULT_INJECTION=true (a signal would fail the engines' steps)")
 # Load the model when the ASGI application starts. Off only for tests that import the
 # ASGI app without an engine.
-LOAD_MODELS_ON_START = env.bool("LOAD_MODELS_ON_START", default=True)
+LOAD_MODELS_ON_START = _switch("LOAD_MODELS_ON_START", True)
 
 # --- Logging -------------------------------------------------------------------------
 

@@ -197,6 +197,27 @@ def api_key(live_db) -> str:
     return issue_key(name="suite")[1]
 
 
+def serve_in_process(step_delay: float = 0.0):
+    """The demo model loaded in this process's registry (batch of 4), for tests that drive
+    the API in-process (tests/asgi.py); its worker. ``registry.stop_all()`` unloads it."""
+    from inference.registry import ModelSpec, registry
+
+    registry.configure([ModelSpec(MODEL_ID, str(DEMO_MODEL), max_batch_size=4)], default=MODEL_ID, max_loaded=1,
+                       step_delay=step_delay)
+    registry.preload()
+    return registry.slots()[0].worker
+
+
+@pytest.fixture
+def in_process_model(live_db):
+    """The demo model served in-process at 5 ms a step, so that generations are in flight
+    long enough for a test to act while they run."""
+    from inference.registry import registry
+
+    yield serve_in_process(0.005)
+    registry.stop_all()
+
+
 def bearer(secret: str) -> dict:
     return {"Authorization": f"Bearer {secret}"}
 

@@ -40,7 +40,10 @@ def test_an_engine_crash_ends_the_requests_in_flight_with_errors_records_them_an
                 assert next(lines).startswith("data: ")  # the role chunk
                 other = threading.Thread(target=post_plain)
                 other.start()
-                wait_for(lambda: server.engine()["running"] == 2, timeout=30)  # both are generating
+                wait_for(lambda: server.engine()["running"] == 2, timeout=30)  # both have begun
+                # ...and both have sent tokens (a turn with none would begin again instead).
+                steps = server.engine()["steps"]
+                wait_for(lambda: server.engine()["steps"] >= steps + 2, timeout=30)
                 server.process.send_signal(signal.SIGUSR1)
                 events = [line[len("data: "):] for line in lines if line]
             other.join(60)

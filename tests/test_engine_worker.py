@@ -11,7 +11,6 @@ from django.test import AsyncClient
 from accounts.models import UsageRecord
 from demomodel.corpus import count_answer, count_prompt
 from inference.engine import EngineWorker, SamplingParams, Turn
-from inference.registry import ModelSpec, registry
 from tests.conftest import DEMO_MODEL, MODEL_ID, bearer
 
 
@@ -93,16 +92,6 @@ async def test_a_cancelled_turn_ends_with_cancelled_and_the_usage_so_far(worker)
     assert len(text.split()) < 50
     assert turn.finish.usage.completion_tokens == len(turn._generated)
     assert worker.stats.running == 0
-
-
-@pytest.fixture
-def in_process_model(live_db):
-    # 5 ms per step, like a bigger model, so the fault lands while the stream is going.
-    registry.configure([ModelSpec(MODEL_ID, str(DEMO_MODEL), max_batch_size=4)], default=MODEL_ID, max_loaded=1,
-                       step_delay=0.005)
-    registry.preload()
-    yield registry.slots()[0].worker
-    registry.stop_all()
 
 
 async def test_an_engine_fault_mid_stream_sends_an_error_event_then_done_and_the_engine_recovers(in_process_model, api_key):

@@ -1,8 +1,14 @@
 """Every client mistake gets OpenAI's error shape and the status an OpenAI client expects."""
 
-import pytest
+import json
+import logging
 
-from tests.conftest import MODEL_ID
+import pytest
+from django.http import Http404
+
+from llmserver.errors import drf_exception_handler
+from tests.asgi import InProcessAPI
+from tests.conftest import MODEL_ID, bearer
 
 USER = [{"role": "user", "content": "Hello"}]
 
@@ -81,6 +87,33 @@ def test_a_malformed_message_is_400_with_its_path(api, messages, param, code):
     assert (error["param"], error["code"]) == (param, code)
 
 
+def test_null_optional_fields_of_a_message_are_not_given(api):
+    assistant = {"role": "assistant", "content": "Hello! How can I help you?", "refusal": None, "audio": None,
+                 "function_call": None, "tool_calls": None, "name": None, "annotations": []}
+    response = api.post("/v1/chat/completions", json={"model": MODEL_ID, "messages": [
+        {"role": "user", "content": "Hello", "name": None}, assistant,
+        {"role": "user", "content": "Repeat after me: tiger lemon"}]})
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "tiger lemon"
+
+
+@pytest.mark.parametrize("field, value", [("refusal", "I cannot."), ("audio", {"id": "a1"}),
+                                          ("function_call", {"name": "f", "arguments": "{}"})])
+def test_a_message_field_this_server_does_not_produce_is_refused_when_it_has_a_value(api, field, value):
+    error = error_of(api.post("/v1/chat/completions", json={"model": MODEL_ID, "messages": [
+        {"role": "assistant", "content": "x", field: value}, *USER]}), 400)
+    assert error == {"message": f"Invalid value for 'messages[0].{field}': '{field}' in a message is not supported "
+                                "by this server.",
+                     "type": "invalid_request_error", "param": f"messages[0].{field}", "code": "unsupported_parameter"}
+
+
+def test_an_unknown_field_in_a_content_part_is_refused(api):
+    error = error_of(api.post("/v1/chat/completions", json={"model": MODEL_ID, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "hi", "x": 1}]}]}), 400)
+    assert error == {"message": "Invalid value for 'messages[0].content[0].x': Unrecognized content part field: x",
+                     "type": "invalid_request_error", "param": "messages[0].content[0].x", "code": "unknown_parameter"}
+
+
 def test_a_missing_model_is_400_missing_required_parameter(api):
     error = error_of(api.post("/v1/chat/completions", json={"messages": USER}), 400)
     assert error == {"message": "Missing required parameter: 'model'.", "type": "invalid_request_error",
@@ -129,3 +162,32 @@ def test_too_many_choices_in_one_completions_request_is_400(api):
     error = error_of(api.post("/v1/completions", json={"model": MODEL_ID, "prompt": ["a"] * 9, "n": 16}), 400)
     assert error == {"message": "Invalid value for 'prompt': 9 prompts with n=16 make 144 choices; the limit is 128 per request.",
                      "type": "invalid_request_error", "param": "prompt", "code": "invalid_value"}
+
+
+# --- ?format= is no renderer override (in-process, the API chain as Daphne runs it) -----
+
+
+@pytest.mark.parametrize("path", ["/health?format=x", "/v1/models?format=xml"])
+async def test_a_format_query_is_an_ordinary_parameter_on_a_get(in_process_model, api_key, path, caplog):
+    response = await InProcessAPI().get(path, bearer(api_key))
+    assert response.status == 200, await response.body()
+    body = await response.json()
+    assert (body["object"], [m["id"] for m in body["data"]]) == ("list", [MODEL_ID]) if "models" in path else (
+        body["status"] == "ok")
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_format_query_without_a_key_is_the_401_for_the_missing_key(in_process_model, caplog):
+    response = await InProcessAPI().post("/v1/chat/completions?format=xml", {"model": MODEL_ID, "messages": USER})
+    assert response.status == 401
+    assert (await response.json())["error"] == {
+        "message": "You didn't provide an API key. You need to provide your API key in an Authorization header "
+                   "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+        "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_an_http404_raised_in_a_view_is_openais_404():
+    response = drf_exception_handler(Http404("No such thing."), {})
+    assert (response.status_code, json.loads(response.content)) == (404, {"error": {
+        "message": "No such thing.", "type": "invalid_request_error", "param": None, "code": "not_found"}})

@@ -88,3 +88,36 @@ def test_what_cannot_be_honoured_is_refused_in_openais_shape(api, body, status, 
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert (error["param"], error["code"]) == (param, code)
+
+
+WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "Get the current weather in a city.",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                               "additionalProperties": False}}
+JSON_FORMAT = {"format": {"type": "json_schema", "name": "answer", "schema": {
+    "type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}}}
+
+
+def test_a_forced_tool_call_with_a_text_format_is_the_call(client):
+    """instructor's RESPONSES_TOOLS mode sends both: with the call forced, no text comes
+    for the format to shape."""
+    response = client.responses.create(model=MODEL_ID, input="What is the weather in Paris?", tools=[WEATHER_TOOL],
+                                       tool_choice={"type": "function", "name": "get_weather"}, text=JSON_FORMAT)
+    [call] = response.output
+    assert (call.type, call.name, call.arguments) == ("function_call", "get_weather", '{"city": "Paris"}')
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"tools": [WEATHER_TOOL], "text": JSON_FORMAT},
+     "Invalid value for 'text.format': Give either tools or a JSON 'text.format', not both, unless 'tool_choice' "
+     "forces a call."),
+    ({"text": {"format": {"type": "json_schema", "name": "n", "schema": {
+        "$defs": {"n": {"type": "object", "properties": {"c": {"$ref": "#/$defs/n"}}, "required": ["c"]}},
+        "$ref": "#/$defs/n"}}}},
+     "The engine cannot follow this 'text.format' schema: parser error: Too many items (limit 50000; ff_tokens); "
+     "try avoiding single-byte/short lexemes"),
+])
+def test_errors_about_the_text_format_name_text_format(api, body, message):
+    response = api.post("/v1/responses", json={"model": MODEL_ID, "input": "What is the weather in Paris?", **body})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == {"message": message, "type": "invalid_request_error", "param": "text.format",
+                                        "code": "invalid_value"}

@@ -93,6 +93,10 @@ NO_SECRET_KEY = ("llmserver: PRODUCTION=true needs a SECRET_KEY: set one of 50 o
     ({"ALLOWED_HOSTS": ""},
      "llmserver: PRODUCTION=true needs ALLOWED_HOSTS: the host names this server answers to, "
      "e.g. ALLOWED_HOSTS=llm.example.com"),
+    ({"REQUIRE_API_KEY": "false"},
+     "llmserver: PRODUCTION=true refuses REQUIRE_API_KEY=false (anyone could use the models, unrecorded)"),
+    ({"ENGINE_FAULT_INJECTION": "true"},
+     "llmserver: PRODUCTION=true refuses ENGINE_FAULT_INJECTION=true (a signal would fail the engines' steps)"),
 ])
 def test_production_refuses_to_start_without_what_it_needs(env, line):
     done = manage("check", **{**PRODUCTION, **env})
@@ -101,19 +105,20 @@ def test_production_refuses_to_start_without_what_it_needs(env, line):
     assert done.stderr == line + "\n"
 
 
+@pytest.mark.parametrize("name", ["REQUIRE_API_KEY", "DEBUG", "ENGINE_FAULT_INJECTION", "LOAD_MODELS_ON_START",
+                                  "PRODUCTION"])
+def test_an_on_off_setting_with_a_typo_stops_the_start_instead_of_reading_as_off(name):
+    done = manage("check", **{name: "ture"})
+
+    assert done.returncode == 1
+    assert done.stderr == f"llmserver: {name} must be true or false, got 'ture'\n"
+
+
 def test_a_production_server_without_a_secret_key_stops_with_that_line(tmp_path, live_db):
     server = start_server(tmp_path, wait=False, **{**PRODUCTION, "SECRET_KEY": ""})
 
     assert server.process.wait(60) == 1
     assert server.log().strip().splitlines() == [NO_SECRET_KEY]
-
-
-def test_a_typo_in_the_switch_stops_the_start_rather_than_reading_as_off():
-    done = manage("check", **{**PRODUCTION, "PRODUCTION": "ture"})
-
-    assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1] == (
-        "django.core.exceptions.ImproperlyConfigured: PRODUCTION must be true or false, got 'ture'")
 
 
 # --- a production server: HTTPS only, HSTS, secure cookies ------------------------------

@@ -45,6 +45,26 @@ def test_the_model_calls_the_tool_and_answers_from_its_result(client):
     assert (second.choices[0].finish_reason, second.choices[0].message.content) == ("stop", ANSWER)
 
 
+def test_the_guides_loop_appending_the_message_object_as_it_came_is_answered(client):
+    """OpenAI's function-calling guide appends ``completion.choices[0].message`` itself:
+    the SDK then sends its unset fields back as null (refusal, audio, function_call)."""
+    messages = [*QUESTION]
+    first = client.chat.completions.create(model=MODEL_ID, messages=messages, tools=[TIME, WEATHER])
+    message = first.choices[0].message
+    messages.append(message)
+    messages.append({"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": json.dumps(RESULT)})
+    second = client.chat.completions.create(model=MODEL_ID, messages=messages, tools=[TIME, WEATHER])
+    assert (second.choices[0].finish_reason, second.choices[0].message.content) == ("stop", ANSWER)
+
+
+def test_a_forced_call_with_a_json_response_format_is_the_call(client):
+    completion = client.chat.completions.create(
+        model=MODEL_ID, messages=QUESTION, tools=[WEATHER], response_format={"type": "json_object"},
+        tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    [call] = completion.choices[0].message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
+
+
 def test_a_streamed_call_sends_its_id_and_name_first_then_its_arguments(client):
     stream = client.chat.completions.create(model=MODEL_ID, messages=QUESTION, tools=[WEATHER], stream=True)
     chunks = list(stream)
