@@ -272,6 +272,13 @@ MAX_REQUEST_SIZE_MB = env.float("MAX_REQUEST_SIZE_MB", default=10.0)
 MAX_REQUEST_SIZE_BYTES = int(MAX_REQUEST_SIZE_MB * 1024 * 1024)
 # Django's own guard raises at the same size; the middleware answers 413 before that.
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_SIZE_BYTES
+# A request has this long from its first byte to the end of its headers, then this long
+# for its body; past either it gets 408 and the connection closes (llmserver/http_framing.py).
+REQUEST_HEADERS_TIMEOUT_SECONDS = env.float("REQUEST_HEADERS_TIMEOUT_SECONDS", default=10.0)
+REQUEST_BODY_TIMEOUT_SECONDS = env.float("REQUEST_BODY_TIMEOUT_SECONDS", default=30.0)
+if min(REQUEST_HEADERS_TIMEOUT_SECONDS, REQUEST_BODY_TIMEOUT_SECONDS) <= 0:
+    raise environ.ImproperlyConfigured("REQUEST_HEADERS_TIMEOUT_SECONDS and REQUEST_BODY_TIMEOUT_SECONDS must be "
+                                       "more than 0 seconds")
 
 _cors_origins = env.list("CORS_ORIGINS", default=[])
 CORS_ALLOW_ALL_ORIGINS = _cors_origins == ["*"]
