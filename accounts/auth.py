@@ -13,16 +13,20 @@ everywhere, and no request pays a database round trip for it alone:
   ``accounts.limits.admit``). If anything refuses such a request before admission (a
   bad body, an unknown model, ...), the view looks the key up afresh first, so a
   revoked key still gets its 401 rather than the other error.
-- Every other request (``/v1/models``) looks the key up in the database.
+- Every other request (``/v1/models``) looks the key up in the database, and marks it
+  used (``last_used_at``), as admission does for the others.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections import OrderedDict
+from datetime import datetime
+
+from django.utils import timezone
 
 from accounts.books import books
-from accounts.models import APIKey, hash_secret
+from accounts.models import LAST_USED_RESOLUTION, APIKey, hash_secret
 from accounts.refusals import UnknownKey, invalid_key, key_refusal
 
 MAX_KEY_LENGTH = 256
@@ -100,6 +104,15 @@ async def authenticate(request, *, fresh: bool = True) -> APIKey:
 _KEY_BY_DIGEST = f"SELECT * FROM {APIKey._meta.db_table} WHERE hashed_secret = %s"
 
 
-def _key_with_digest(digest: str) -> APIKey | None:
+def _key_with_digest(digest: str, now: datetime | None = None) -> APIKey | None:
+    """The key whose secret has ``digest``, if any; a usable one marked used at ``now``
+    (every authenticated request is a use, not only those admission sees, which marks
+    them too), written only if its last use is older than LAST_USED_RESOLUTION."""
     # A raw query: a third of the CPU of .filter().first(), on every request.
-    return next(iter(APIKey.objects.raw(_KEY_BY_DIGEST, [digest])), None)
+    key = next(iter(APIKey.objects.raw(_KEY_BY_DIGEST, [digest])), None)
+    if key is not None and key_refusal(key) is None:
+        now = now or timezone.now()
+        if key.last_used_at is None or key.last_used_at < now - LAST_USED_RESOLUTION:
+            APIKey.objects.filter(pk=key.pk).update(last_used_at=now)
+            key.last_used_at = now
+    return key
