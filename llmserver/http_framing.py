@@ -143,7 +143,8 @@ class _Channel(http.HTTPChannel):
     def _too_slow(self, seconds: float, what: str) -> None:
         self._deadline = None
         _answer_and_close(self, 408, b"Request Timeout", _error(
-            f"The request's {what} not received within {seconds:g} seconds.", "request_timeout"))
+            f"The request's {what} not received within {seconds:g} second{'' if seconds == 1 else 's'}.",
+            "request_timeout"))
 
     # --- Twisted's refusals, in OpenAI's shape ------------------------------------------
 

@@ -81,7 +81,7 @@ def closed(sock: socket.socket) -> bool:
         return True
 
 
-HEADERS_TOO_SLOW = error("The request's headers were not received within 1 seconds.", "request_timeout")
+HEADERS_TOO_SLOW = error("The request's headers were not received within 1 second.", "request_timeout")
 BAD_CHUNK = error("Bad request: malformed chunked body (a chunk's size is at most 16 hexadecimal digits, and every "
                   "line ends with CR LF).", "bad_request")
 
