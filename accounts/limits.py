@@ -43,7 +43,8 @@ from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from accounts import hotsql
-from accounts.models import APIKey, Lease, LimitScope, UsageCounter, period_end, period_start
+from accounts.models import (LAST_USED_RESOLUTION, APIKey, Lease, LimitScope, UsageCounter, period_end,
+                             period_start)
 from accounts.refusals import UnknownKey, check_model_access, invalid_key, key_refusal, too_many
 from llmserver.errors import APIError
 
@@ -97,9 +98,6 @@ def add_to_counter(cursor, key_id: int, kind: str, starts_at, *, requests: int =
 # The key's row as admission reads it: what may have changed since the key was looked up.
 _KEY_STATE = ["hashed_secret", "is_active", "expires_at", "allowed_models", "max_concurrency",
               "requests_per_minute", "tokens_per_minute", "token_budget", "budget_period"]
-# A key's last_used_at is written at most once a second: under load that is one write a
-# second instead of one per request, and the admin shows it to the second anyway.
-_LAST_USED_RESOLUTION = timedelta(seconds=1)
 
 Admission = tuple  # (key or None, request_id, model_names): one request to admit
 
@@ -251,7 +249,7 @@ def _read_keys(cursor, keys: list[APIKey], now, postgres: bool) -> tuple[dict[in
     rows = _sql(cursor, f"SELECT id, {', '.join(_KEY_STATE)}, "
                         f"(last_used_at IS NULL OR last_used_at < %s), {count} FROM {_KEY} "
                         f"WHERE id IN ({', '.join(['%s'] * len(ids))}) ORDER BY id{lock}",
-                [_at(now - _LAST_USED_RESOLUTION), *([] if postgres else [_at(now)]), *ids])
+                [_at(now - LAST_USED_RESOLUTION), *([] if postgres else [_at(now)]), *ids])
     in_flight = rows[0][-1] if rows else None
     return {row[0]: {**dict(zip(_KEY_STATE, row[1:-2])), "stale": bool(row[-2])} for row in rows}, in_flight
 

@@ -15,11 +15,22 @@ def invalid_key(message: str) -> APIError:
 
 
 class UnknownKey(APIError):
-    """The 401 for a key that does not exist (or no longer does): its request is not an
-    authenticated one and leaves no usage record."""
+    """The refusal of a key that does not exist (or no longer does): its request is not an
+    authenticated one and leaves no usage record. A 401, or the 429 of
+    :func:`too_many_unknown_keys`."""
 
-    def __init__(self, message: str):
-        super().__init__(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+    def __init__(self, message: str, *, status: int = 401, code: str = "invalid_api_key",
+                 headers: dict[str, str] | None = None):
+        super().__init__(status, message, code=code, headers=headers or {"WWW-Authenticate": "Bearer"})
+
+
+def too_many_unknown_keys(limit: int, retry_after: float) -> UnknownKey:
+    """For a client address that sent more than ``limit`` wrong keys within a minute
+    (accounts.auth)."""
+    seconds = _whole_seconds(retry_after)
+    return UnknownKey(f"Too many requests with an invalid API key from your address (at most {limit} a minute); "
+                      f"retry after {seconds} seconds.", status=429, code="too_many_authentication_failures",
+                      headers={"Retry-After": str(seconds)})
 
 
 def key_refusal(key: APIKey) -> APIError | None:
@@ -42,4 +53,9 @@ def check_model_access(key: APIKey, model_id: str, *aliases: str) -> None:
 
 
 def too_many(message: str, code: str, retry_after: float) -> APIError:
-    return APIError(429, message, code=code, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
+    return APIError(429, message, code=code, headers={"Retry-After": str(_whole_seconds(retry_after))})
+
+
+def _whole_seconds(seconds: float) -> int:
+    """Retry-After's value: whole seconds, at least 1."""
+    return max(1, math.ceil(seconds))

@@ -13,6 +13,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 
 from accounts.books import books
+from accounts.logins import LoginForm
 from accounts.models import APIKey
 from chat.consumers import WS_PATH
 from inference.registry import registry
@@ -69,5 +70,7 @@ async def chat_page(request):
 
 
 
-# Django's login view, sync (logins are rare, it may use Django's sync thread).
-login_page = content_security_policy(auth_views.LoginView.as_view(redirect_authenticated_user=True))
+# Django's login view, sync (logins are rare, it may use Django's sync thread), with a
+# form that refuses a username or address after too many failures (accounts/logins.py).
+login_page = content_security_policy(auth_views.LoginView.as_view(redirect_authenticated_user=True,
+                                                                  authentication_form=LoginForm))

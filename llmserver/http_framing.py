@@ -1,5 +1,6 @@
-"""Daphne's HTTP layer (Twisted's ``HTTPChannel``), made to answer in OpenAI's error shape
-and to honour the request-size limit while it reads a body, not after.
+"""Daphne's HTTP layer (Twisted's ``HTTPChannel``), made to answer in OpenAI's error shape,
+to honour the request-size limit while it reads a body, not after, and to give a client
+a deadline for sending its request.
 
 Some requests never reach Django, because Twisted refuses them while it reads them:
 headers over its limits (one line over 16 KB, or all of them together, or more than 500),
@@ -8,21 +9,40 @@ writes a bare ``400 Bad Request`` without a body and hangs up, or, for a line ov
 limit, hangs up without a word: an OpenAI client sees no reason at all. Installed, they
 get a 431 (headers too large) or a 400 with the usual ``{"error": {...}}`` body.
 
+Others Twisted never refuses: it waits, for as long as bytes keep coming, or until its
+idle timeout (60 s without a byte). Its channel (:class:`_Channel`) here
+
+- gives a request ``REQUEST_HEADERS_TIMEOUT_SECONDS`` from its first byte to the end of
+  its headers, then ``REQUEST_BODY_TIMEOUT_SECONDS`` for its body; past either, 408
+  ``request_timeout`` and the connection closes (a client sending a header line every
+  few seconds no longer holds a connection for ever). The time between requests on a
+  keep-alive connection is not counted: that is Twisted's idle timeout;
+- answers 400 at once to lines ended by a bare LF (in the headers or a chunked body's
+  framing), which it would wait on for a CR LF that never comes, and to a chunk size of
+  more than 16 hexadecimal digits (Twisted takes any number of them, then waits for that
+  many bytes).
+
 Daphne's requests (:class:`_Request`):
 
-- read a body only up to ``MAX_REQUEST_SIZE_MB``: past it (or when ``Content-Length``
-  says it will be), the 413 Django would give is sent at once, instead of after the
-  whole body has been taken in and spooled to disk;
+- read a body only up to ``MAX_REQUEST_SIZE_MB``: past it (or when ``Content-Length``,
+  or the chunk sizes so far, say it will be), the 413 Django would give is sent at once,
+  instead of after the whole body has been taken in and spooled to disk;
 - give a chunked body its length, which Django reads the body by (without one, Django
   and DRF take the body as empty and the request fails as if nothing had been sent);
 - do not parse ``multipart/form-data`` and form-encoded bodies, which Twisted does for
   every POST before the application sees it (refusing, as above, one that does not
   parse). Nothing here reads those forms: the API answers their Content-Type with a 415.
+
+Written for Twisted 26.10 and Daphne 4.2.3: it overrides methods of Twisted's that are
+not public (``_respondToBadRequestAndDisconnect``, ``_maybeChooseTransferDecoder``, the
+chunked decoder's states) and builds channels as ``HTTPFactory.protocol`` does;
+tests/test_http_framing.py checks that those names are still there.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 from daphne import http_protocol
 from django.conf import settings
@@ -36,6 +56,17 @@ from llmserver.errors import request_too_large
 # can destroy the answer before the client has read it.
 _LINGER_SECONDS = 5.0
 
+# An LF that does not end a CR LF.
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+# The start of a chunk-size line as far as it has arrived: at most 16 hexadecimal digits
+# (a size up to 2**64 - 1), then an extension (";"), the line's end, or nothing yet.
+_CHUNK_SIZE_SO_FAR = re.compile(rb"(?:[0-9A-Fa-f]{1,16}(?:[;\r]|\Z))|\Z")
+
+_BAD_REQUEST = "Bad request: the HTTP request could not be read."
+_BARE_LF_IN_HEADERS = "Bad request: the request's lines must end with CR LF, not a bare LF."
+_BAD_CHUNK = ("Bad request: malformed chunked body (a chunk's size is at most 16 hexadecimal digits, "
+              "and every line ends with CR LF).")
+
 
 def _answer_and_close(channel, status: int, reason: bytes, body: bytes) -> None:
     channel.transport.write(
@@ -43,6 +74,8 @@ def _answer_and_close(channel, status: int, reason: bytes, body: bytes) -> None:
         % (status, reason, len(body), body))
     channel.dataReceived = channel.lineReceived = channel.rawDataReceived = lambda *args: None
     channel.setTimeout(None)
+    if isinstance(channel, _Channel):
+        channel.answered()
     reactor.callLater(_LINGER_SECONDS, channel.transport.loseConnection)
 
 
@@ -51,20 +84,140 @@ def _error(message: str, code: str) -> bytes:
                                  "code": code}}).encode()
 
 
-def _respond_to_bad_request(channel) -> None:
-    """Twisted's answer to a request it cannot read (HTTPChannel._respondToBadRequestAndDisconnect)."""
-    if channel._receivedHeaderSize > channel.totalHeadersSize:
-        _header_too_large(channel)
-    else:
-        _answer_and_close(channel, 400, b"Bad Request", _error("Bad request: the HTTP request could not be read.",
-                                                               "bad_request"))
+def _bad_request(channel, message: str = _BAD_REQUEST) -> None:
+    _answer_and_close(channel, 400, b"Bad Request", _error(message, "bad_request"))
 
 
-def _header_too_large(channel, line: bytes = b"") -> None:
-    """Also Twisted's ``lineLengthExceeded``: one header line over its limit."""
-    _answer_and_close(channel, 431, b"Request Header Fields Too Large", _error(
-        f"The request's headers are too large: at most {channel.totalHeadersSize // 1024} KB in all.",
-        "request_header_too_large"))
+class _Channel(http.HTTPChannel):
+    """Twisted's HTTP/1.1 channel with OpenAI-shaped refusals and read deadlines (see the
+    module docstring)."""
+
+    _deadline = None  # the pending call that refuses the request being read, if one is
+    _answered = False  # refused: the connection only waits to close
+
+    # --- the read deadlines -------------------------------------------------------------
+
+    def dataReceived(self, data):
+        if self._deadline is None and not self._handlingRequest and not self._answered:
+            # The first byte of a request (a keep-alive connection's idle time before it is
+            # Twisted's idle timeout's business).
+            self._read_within(settings.REQUEST_HEADERS_TIMEOUT_SECONDS, "headers were")
+        super().dataReceived(data)
+        # A line is complete only with its CR LF: an LF alone would be waited on for ever.
+        if self.line_mode and not self._answered and _BARE_LF.search(self._buffer):
+            _bad_request(self, _BARE_LF_IN_HEADERS)
+
+    def lineReceived(self, line):
+        if b"\n" in line:
+            _bad_request(self, _BARE_LF_IN_HEADERS)
+            return
+        super().lineReceived(line)
+
+    def allHeadersReceived(self):
+        super().allHeadersReceived()
+        if not self._answered:
+            self._read_within(settings.REQUEST_BODY_TIMEOUT_SECONDS, "body was")
+
+    def allContentReceived(self):
+        self._stop_deadline()
+        super().allContentReceived()
+
+    def connectionLost(self, reason):
+        self._stop_deadline()
+        super().connectionLost(reason)
+
+    def answered(self) -> None:
+        self._answered = True
+        self._stop_deadline()
+
+    def _read_within(self, seconds: float, what: str) -> None:
+        self._stop_deadline()
+        self._deadline = self.callLater(seconds, self._too_slow, seconds, what)
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self, seconds: float, what: str) -> None:
+        self._deadline = None
+        _answer_and_close(self, 408, b"Request Timeout", _error(
+            f"The request's {what} not received within {seconds:g} second{'' if seconds == 1 else 's'}.",
+            "request_timeout"))
+
+    # --- Twisted's refusals, in OpenAI's shape ------------------------------------------
+
+    def _respondToBadRequestAndDisconnect(self):
+        """Twisted's answer to a request it cannot read."""
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            self.lineLengthExceeded(b"")
+        else:
+            _bad_request(self)
+
+    def lineLengthExceeded(self, line):
+        """One header line over Twisted's limit (or all of them: above)."""
+        _answer_and_close(self, 431, b"Request Header Fields Too Large", _error(
+            f"The request's headers are too large: at most {self.totalHeadersSize // 1024} KB in all.",
+            "request_header_too_large"))
+
+    def _maybeChooseTransferDecoder(self, header, data):
+        chosen = super()._maybeChooseTransferDecoder(header, data)
+        if chosen and type(self._transferDecoder) is http._ChunkedTransferDecoder:
+            self._transferDecoder = _ChunkedDecoder(self, self.requests[-1])
+        return chosen
+
+
+def _new_channel(factory) -> http._GenericHTTPChannelProtocol:
+    """``HTTPFactory.protocol``: Twisted's own (``_genericHTTPChannelProtocolFactory``)
+    with :class:`_Channel`."""
+    return http._GenericHTTPChannelProtocol(_Channel())
+
+
+class _ChunkedDecoder(http._ChunkedTransferDecoder):
+    """Twisted's decoder of a chunked body, refusing at once what it would otherwise wait
+    on: a bare LF, a chunk size of more than 16 digits, chunks adding up to more than
+    ``MAX_REQUEST_SIZE_MB`` (413)."""
+
+    def __init__(self, channel: _Channel, request: _Request):
+        super().__init__(request.handleContentChunk, channel._finishRequestBody)
+        self._channel, self._request = channel, request
+        self._announced = 0  # the chunk sizes so far, added up
+
+    def _dataReceived_CHUNK_LENGTH(self) -> bool:
+        if not _CHUNK_SIZE_SO_FAR.match(self._buffer) or self._line_ends_with_bare_lf():
+            return self._refuse()
+        if not super()._dataReceived_CHUNK_LENGTH():
+            return False
+        self._announced += self.length
+        if self._announced > settings.MAX_REQUEST_SIZE_BYTES:
+            self._request.refuse_too_large()
+            return self._stop()
+        return True
+
+    def _dataReceived_CRLF(self) -> bool:
+        if self._buffer[:1] == b"\n":
+            return self._refuse()
+        return super()._dataReceived_CRLF()
+
+    def _dataReceived_TRAILER(self) -> bool:
+        if self._line_ends_with_bare_lf():
+            return self._refuse()
+        return super()._dataReceived_TRAILER()
+
+    def _line_ends_with_bare_lf(self) -> bool:
+        end = self._buffer.find(b"\n")
+        return end == 0 or (end > 0 and self._buffer[end - 1] != ord("\r"))
+
+    def _refuse(self) -> bool:
+        _bad_request(self._channel, _BAD_CHUNK)
+        return self._stop()
+
+    def _stop(self) -> bool:
+        """Answered: nothing more is decoded (the channel drops what still arrives)."""
+        del self._buffer[:]
+        self.state = "FINISHED"
+        return False
 
 
 class _Request(http_protocol.WebRequest):
@@ -84,10 +237,13 @@ class _Request(http_protocol.WebRequest):
         if self._refused:
             return
         if max(self._received, self._declared_length or 0) > settings.MAX_REQUEST_SIZE_BYTES:
-            self._refused = True
-            _answer_and_close(self.channel, 413, b"Payload Too Large", request_too_large().content)
+            self.refuse_too_large()
             return
         super().handleContentChunk(data)
+
+    def refuse_too_large(self) -> None:
+        self._refused = True
+        _answer_and_close(self.channel, 413, b"Payload Too Large", request_too_large().content)
 
     def requestReceived(self, command, path, version):
         if self._refused:
@@ -98,8 +254,7 @@ class _Request(http_protocol.WebRequest):
 
 
 def install() -> None:
-    """Patch Twisted's HTTP channel and Daphne's request class (for every server in this
-    process)."""
-    http.HTTPChannel._respondToBadRequestAndDisconnect = _respond_to_bad_request
-    http.HTTPChannel.lineLengthExceeded = _header_too_large
+    """Have Daphne's HTTP servers in this process build their channels and requests from
+    the classes above."""
+    http_protocol.HTTPFactory.protocol = _new_channel
     http_protocol.WebRequest = _Request

@@ -220,6 +220,13 @@ if REDIS_URL:
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# Django's cache holds the failure counts of API keys and logins (accounts/throttle.py):
+# in Redis, shared by every process, when REDIS_URL is set; else in each process's memory.
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+                          "KEY_PREFIX": "llmserver"}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -272,6 +279,13 @@ MAX_REQUEST_SIZE_MB = env.float("MAX_REQUEST_SIZE_MB", default=10.0)
 MAX_REQUEST_SIZE_BYTES = int(MAX_REQUEST_SIZE_MB * 1024 * 1024)
 # Django's own guard raises at the same size; the middleware answers 413 before that.
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_SIZE_BYTES
+# A request has this long from its first byte to the end of its headers, then this long
+# for its body; past either it gets 408 and the connection closes (llmserver/http_framing.py).
+REQUEST_HEADERS_TIMEOUT_SECONDS = env.float("REQUEST_HEADERS_TIMEOUT_SECONDS", default=10.0)
+REQUEST_BODY_TIMEOUT_SECONDS = env.float("REQUEST_BODY_TIMEOUT_SECONDS", default=30.0)
+if min(REQUEST_HEADERS_TIMEOUT_SECONDS, REQUEST_BODY_TIMEOUT_SECONDS) <= 0:
+    raise environ.ImproperlyConfigured("REQUEST_HEADERS_TIMEOUT_SECONDS and REQUEST_BODY_TIMEOUT_SECONDS must be "
+                                       "more than 0 seconds")
 
 _cors_origins = env.list("CORS_ORIGINS", default=[])
 CORS_ALLOW_ALL_ORIGINS = _cors_origins == ["*"]
@@ -314,6 +328,16 @@ USAGE_WRITE_DELAY_MS = env.float("USAGE_WRITE_DELAY_MS", default=100.0)
 CHAT_KEY_MAX_CONCURRENCY = env.int("CHAT_KEY_MAX_CONCURRENCY", default=2) or None
 # Client addresses that may read /metrics without a key (else: an admin key).
 METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=[])
+# Guessing (accounts/throttle.py), counted per client address (X-Forwarded-For's with
+# TRUST_X_FORWARDED_FOR): past this many wrong API keys within a minute, a wrong key gets
+# 429 until the minute since the first is over (a valid key is still served).
+API_KEY_FAILURES_PER_MINUTE = _positive_int("API_KEY_FAILURES_PER_MINUTE", 20)
+# Failed logins (the chat page's and the admin's) allowed per username and per client
+# address within LOGIN_FAILURES_WINDOW_MINUTES of the first; past either, that username or
+# address may not log in (even with the right password) until the window is over.
+LOGIN_FAILURES_PER_USERNAME = _positive_int("LOGIN_FAILURES_PER_USERNAME", 5)
+LOGIN_FAILURES_PER_ADDRESS = _positive_int("LOGIN_FAILURES_PER_ADDRESS", 20)
+LOGIN_FAILURES_WINDOW_MINUTES = _positive_int("LOGIN_FAILURES_WINDOW_MINUTES", 15)
 
 # --- Chat page -----------------------------------------------------------------------
 

@@ -1,8 +1,13 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from accounts.logins import AdminLoginForm
 from inference.admin_views import models_page
 from inference.openapi import OpenAPIView
+
+# The admin's login refuses a username or address after too many failures, as the chat
+# page's does (accounts/logins.py).
+admin.site.login_form = AdminLoginForm
 
 urlpatterns = [
     path("", include("inference.urls")),

@@ -128,3 +128,27 @@ def test_a_key_allowed_the_model_uses_it(server, live_db):
     _, secret = issue_key(name="allowed", allowed_models=[MODEL_ID])
     response = httpx.post(f"{server.base_url}/v1/chat/completions", json=HELLO, headers=bearer(secret))
     assert response.json()["choices"][0]["message"]["content"] == "Hello! How can I help you?"
+
+
+def test_a_key_used_only_to_list_the_models_shows_when_it_was_last_used(server, live_db):
+    key, secret = issue_key(name="models only")
+    before = timezone.now()
+    assert httpx.get(f"{server.base_url}/v1/models", headers=bearer(secret), timeout=30).status_code == 200
+    after = timezone.now()
+
+    key.refresh_from_db()
+    assert key.last_used_at is not None and before <= key.last_used_at <= after
+
+
+def test_a_keys_last_use_is_written_at_most_once_a_second(live_db):
+    from accounts.auth import _key_with_digest
+
+    key, _ = issue_key(name="last used")
+    first = timezone.now().replace(microsecond=0)
+    for now in (first, first + timedelta(seconds=0.5), first + timedelta(seconds=1)):
+        _key_with_digest(key.hashed_secret, now=now)
+        key.refresh_from_db()
+        assert key.last_used_at == first
+    _key_with_digest(key.hashed_secret, now=first + timedelta(seconds=1.5))
+    key.refresh_from_db()
+    assert key.last_used_at == first + timedelta(seconds=1.5)
