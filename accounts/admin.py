@@ -24,12 +24,6 @@ from django.utils.html import format_html
 from accounts import dashboard
 from accounts.models import APIKey, BudgetPeriod, Lease, UsageCounter, UsageRecord, period_start
 
-# The default site's index shows a link to the usage dashboard above the app list
-# (templates/admin/accounts/index.html extends the stock admin/index.html).
-if admin.site.index_template is None:
-    admin.site.index_template = "admin/accounts/index.html"
-
-
 # --- API keys ------------------------------------------------------------------------
 
 

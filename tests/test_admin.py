@@ -9,6 +9,7 @@ import re
 from datetime import datetime, time, timedelta
 
 import pytest
+from django.apps import apps
 from django.contrib import admin
 from django.contrib.auth.models import Permission
 from django.db import connection
@@ -109,6 +110,26 @@ def test_the_admin_index_and_the_usage_list_link_to_the_dashboard(admin_client):
     assert f'<a href="{DASHBOARD_URL}">Usage dashboard</a>' in index
     assert f'<a href="{DASHBOARD_URL}">Usage dashboard</a>' in app_index
     assert f'<a href="{DASHBOARD_URL}">Usage dashboard</a>' in usage
+
+
+@pytest.mark.parametrize(("url", "title"), [
+    ("/admin/", "llmserver | llmserver admin"),
+    (USAGE_URL, "Select usage record to view | llmserver admin"),
+    ("/admin/models/", "Models | llmserver admin"),
+])
+def test_the_admin_pages_carry_llmservers_name(admin_client, url, title):
+    html = admin_client.get(url).content.decode()
+
+    assert f"<title>{title}</title>" in html
+    assert '<div id="site-name"><a href="/admin/">llmserver administration</a></div>' in html
+    assert "Django" not in html
+
+
+def test_the_login_page_carries_llmservers_name(client):
+    html = client.get("/admin/login/").content.decode()
+
+    assert "<title>Log in | llmserver admin</title>" in html
+    assert '<div id="site-name"><a href="/admin/">llmserver administration</a></div>' in html
 
 
 def test_counters_and_limit_scopes_are_not_in_the_admin(db):
@@ -552,3 +573,78 @@ def test_the_dashboard_puts_small_keys_together_as_other(admin_client):
     per_key = re.findall(r'<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart".*?</svg>', html, re.S)[0]
     assert per_key.count("<g transform") == 9  # eight keys and "Other keys"
     assert "Other keys (201)</text>" in per_key  # key-00 (100) and key-01 (101)
+
+
+# --- NUL in a query string -----------------------------------------------------------
+
+REGISTERED_MODELS = [model for model in apps.get_models() if admin.site.is_registered(model)]
+
+
+def changelist_url(model) -> str:
+    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
+
+
+def queries_with_nul(admin_client, model) -> list[dict]:
+    """The search, and every parameter of the changelist's filters and date drill-down,
+    each given a NUL (the filters read from the page the admin shows for these rows)."""
+    changelist = admin_client.get(changelist_url(model)).context["cl"]
+    names = [name for spec in changelist.filter_specs for name in spec.expected_parameters()]
+    if changelist.date_hierarchy:
+        names += [f"{changelist.date_hierarchy}__{part}" for part in ("year", "month", "day")]
+    return [{"q": "\x00"}, {"q": "a\x00b"}, {"q": "\x00", "p": "\x00"}] + [{name: "\x00"} for name in names]
+
+
+@pytest.fixture
+def rows_in_every_changelist(django_user_model):
+    """A row for each filter to offer choices on (a filter with one choice is not shown)."""
+    owner = django_user_model.objects.create_user("carol")
+    key = issue("alpha", owner=owner)
+    record(key, model="llmserver-demo", started_at=at_noon(0))
+    record(issue("beta"), model="other", started_at=at_noon(1), streamed=True, status_code=429)
+    Lease.objects.create(api_key=key, request_id="r", holder="p1", expires_at=timezone.now())
+
+
+def answers_a_page(response, url: str) -> bool:
+    """A page, or the admin's own redirect for a query it cannot use."""
+    return response.status_code == 200 or (response.status_code == 302 and response["Location"] == f"{url}?e=1")
+
+
+@pytest.mark.parametrize("model", REGISTERED_MODELS, ids=lambda model: model._meta.label)
+def test_a_nul_in_a_changelists_query_never_reaches_the_database(admin_client, rows_in_every_changelist, model):
+    url = changelist_url(model)
+    queries = queries_with_nul(admin_client, model)
+    assert {"model": "\x00"} in queries or model is not UsageRecord
+    parameters = []
+
+    def record_parameters(execute, sql, params, many, context):
+        parameters.extend(params or [])
+        return execute(sql, params, many, context)
+
+    for query in queries:
+        with connection.execute_wrapper(record_parameters):
+            response = admin_client.get(url, query)
+        assert answers_a_page(response, url), (query, response.status_code)
+    assert [value for value in parameters if isinstance(value, str) and "\x00" in value] == []
+
+
+@pytest.mark.parametrize("model", REGISTERED_MODELS, ids=lambda model: model._meta.label)
+def test_on_postgresql_a_nul_in_a_changelists_query_answers_a_page(admin_client, rows_in_every_changelist, model):
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL (DATABASE_URL=postgres://...): SQLite accepts a NUL in text")
+    url = changelist_url(model)
+
+    for query in queries_with_nul(admin_client, model):
+        response = admin_client.get(url, query)
+        assert answers_a_page(response, url), (query, response.status_code)
+
+
+def test_a_filter_given_a_nul_is_left_out_and_the_page_says_why(admin_client):
+    demo, other = record(issue("alpha"), model="llmserver-demo"), record(issue("beta"), model="other")
+
+    response = admin_client.get(USAGE_URL, {"model": "\x00", "status_code": "200"})
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert html.count("Null characters are not allowed.") == 1
+    assert {row.pk for row in response.context["cl"].result_list} == {demo.pk, other.pk}
+    assert f'href="{EXPORT_URL}?status_code=200" download>Export CSV</a>' in html
