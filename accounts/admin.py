@@ -13,7 +13,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
-from django.db.models import Case, Count, DateTimeField, OuterRef, Subquery, Value, When
+from django.db.models import Case, Count, DateTimeField, F, OuterRef, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.http import HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -23,12 +23,6 @@ from django.utils.html import format_html
 
 from accounts import dashboard
 from accounts.models import APIKey, BudgetPeriod, Lease, UsageCounter, UsageRecord, period_start
-
-# The default site's index shows a link to the usage dashboard above the app list
-# (templates/admin/accounts/index.html extends the stock admin/index.html).
-if admin.site.index_template is None:
-    admin.site.index_template = "admin/accounts/index.html"
-
 
 # --- API keys ------------------------------------------------------------------------
 
@@ -76,17 +70,13 @@ def with_usage_now(queryset):
     )
 
 
-def unlimited_if_none(value):
-    return "unlimited" if value is None else value
-
-
 @admin.register(APIKey)
 class APIKeyAdmin(admin.ModelAdmin):
     form = APIKeyForm
-    list_display = [
-        "name", "prefix", "kind", "owner", "is_active", "models", "concurrency", "rpm", "tpm", "budget",
-        "tokens_this_period", "in_flight_now", "last_used_at", "expires_at",
-    ]
+    # What identifies a key (name and prefix in one column, as keys are named everywhere)
+    # and its use now: narrow enough to fit beside the admin's sidebar and filters in a
+    # 1280 px window. Limits, expiry and last use are on the key's own page.
+    list_display = ["key", "owner", "active", "tokens_this_period", "in_flight_now"]
     list_filter = ["is_active", "kind", "is_admin", ("owner", admin.RelatedOnlyFieldListFilter), "budget_period"]
     search_fields = ["name", "prefix", "owner__username"]
     list_select_related = ["owner"]
@@ -129,31 +119,19 @@ class APIKeyAdmin(admin.ModelAdmin):
             obj.name, secret,
         ))
 
-    @admin.display(description="Models")
-    def models(self, key):
-        return ", ".join(key.allowed_models) or "all"
+    @admin.display(description="Key", ordering="name")
+    def key(self, key):
+        return str(key)
 
-    @admin.display(description="Max concurrency", ordering="max_concurrency")
-    def concurrency(self, key):
-        return unlimited_if_none(key.max_concurrency)
-
-    @admin.display(description="Requests/min", ordering="requests_per_minute")
-    def rpm(self, key):
-        return unlimited_if_none(key.requests_per_minute)
-
-    @admin.display(description="Tokens/min", ordering="tokens_per_minute")
-    def tpm(self, key):
-        return unlimited_if_none(key.tokens_per_minute)
-
-    @admin.display(description="Budget", ordering="token_budget")
-    def budget(self, key):
-        return f"{unlimited_if_none(key.token_budget)} / {key.get_budget_period_display().lower()}"
+    @admin.display(description="Active", boolean=True, ordering="is_active")
+    def active(self, key):
+        return key.is_active
 
     @admin.display(description="Tokens this period", ordering="tokens_this_period")
     def tokens_this_period(self, key):
         return key.tokens_this_period
 
-    @admin.display(description="In flight now", ordering="in_flight_now")
+    @admin.display(description="In flight", ordering="in_flight_now")
     def in_flight_now(self, key):
         return key.in_flight_now
 
@@ -238,16 +216,25 @@ def csv_response(records) -> HttpResponse:
     return response
 
 
+def milliseconds(value: float | None) -> str | None:
+    """A duration as people read it: "6.3 ms" (the record keeps the clock's digits)."""
+    return None if value is None else f"{value:.1f} ms"
+
+
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyAdmin):
-    list_display = [
-        "started_at", "key", "model", "endpoint", "status_code", "error_code", "prompt_tokens",
-        "completion_tokens", "streamed", "client_disconnected", "duration", "ttft",
-    ]
+    # Narrow enough to fit beside the admin's sidebar and filters in a 1280 px window;
+    # every field is on the record's own page.
+    list_display = ["started", "key", "model", "status", "tokens", "duration"]
     list_filter = ["api_key", "model", "status_code", "endpoint", "streamed", ("started_at", admin.DateFieldListFilter)]
     date_hierarchy = "started_at"
     # Request ids are pasted whole from logs or X-Request-ID: exact match uses the index.
-    search_fields = ["=request_id", "^key_prefix"]
+    # A key is found by its prefix or by any part of its name, a person by username.
+    search_fields = ["=request_id", "^key_prefix", "api_key__name", "=api_key__owner__username"]
+    # The record's own page: every field, the durations rounded as in the list.
+    fields = [{"duration_ms": "duration", "time_to_first_token_ms": "ttft"}.get(field.name, field.name)
+              for field in UsageRecord._meta.fields if not field.primary_key]
+    readonly_fields = ["duration", "ttft"]
     list_select_related = ["api_key"]
     actions = ["export_selected"]
 
@@ -258,19 +245,31 @@ class UsageRecordAdmin(ReadOnlyAdmin):
             path("export/", self.admin_site.admin_view(self.export_view), name="accounts_usagerecord_export"),
         ] + super().get_urls()
 
+    # As text, which may wrap between date and time (the admin keeps a date column on one
+    # line), with seconds, as in the logs.
+    @admin.display(description="Started at", ordering="started_at")
+    def started(self, record):
+        return timezone.localtime(record.started_at).strftime("%Y-%m-%d %H:%M:%S")
+
     @admin.display(description="Key", ordering="key_prefix")
     def key(self, record):
         return str(record.api_key) if record.api_key else f"{record.key_prefix}… (deleted)"
 
+    @admin.display(description="Status", ordering="status_code")
+    def status(self, record):
+        return record.status_code
+
+    @admin.display(description="Tokens", ordering=F("prompt_tokens") + F("completion_tokens"))
+    def tokens(self, record):
+        return record.total_tokens
+
     @admin.display(description="Duration", ordering="duration_ms")
     def duration(self, record):
-        return f"{record.duration_ms:.0f} ms"
+        return milliseconds(record.duration_ms)
 
-    @admin.display(description="TTFT", ordering="time_to_first_token_ms")
+    @admin.display(description="Time to first token", ordering="time_to_first_token_ms")
     def ttft(self, record):
-        if record.time_to_first_token_ms is None:
-            return None
-        return f"{record.time_to_first_token_ms:.0f} ms"
+        return milliseconds(record.time_to_first_token_ms)
 
     @admin.action(description="Export selected records as CSV")
     def export_selected(self, request, queryset):

@@ -168,6 +168,9 @@ class LimitScope(models.Model):
     class Meta:
         verbose_name = "limit scope"
 
+    def __str__(self) -> str:
+        return self.name
+
 
 class Lease(models.Model):
     """One request in flight, held by one server process. Processes renew their leases
@@ -181,6 +184,9 @@ class Lease(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["api_key", "expires_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} · {self.holder}"
 
 
 class UsageCounter(models.Model):
@@ -199,6 +205,9 @@ class UsageCounter(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["api_key", "kind", "starts_at"], name="one_counter_per_bucket")]
+
+    def __str__(self) -> str:
+        return f"key {self.api_key_id} · {self.kind} from {timezone.localtime(self.starts_at):%Y-%m-%d %H:%M}"
 
 
 class UsageRecord(models.Model):
@@ -225,6 +234,11 @@ class UsageRecord(models.Model):
     class Meta:
         ordering = ["-started_at"]
         indexes = [models.Index(fields=["api_key", "started_at"])]
+
+    def __str__(self) -> str:
+        """What a person tells requests apart by, without a query for the key's name."""
+        key = f"{self.key_prefix}…" if self.key_prefix else "no key"
+        return f"{self.model or self.endpoint} · {key} · {timezone.localtime(self.started_at):%Y-%m-%d %H:%M:%S}"
 
     @property
     def total_tokens(self) -> int:

@@ -102,7 +102,7 @@ else:
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "llmserver.admin_site.AdminConfig",  # the default admin site is llmserver's
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -1,0 +1,133 @@
+"""The admin in a real browser (Debian's headless Chromium, through Selenium), at the
+size of a laptop screen: lists that fit without scrolling sideways, and state badges
+that can be read in the light and the dark theme."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import timedelta
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.conftest import MODEL_ID, PASSWORD, make_user, start_server
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, live_db):
+    server = start_server(tmp_path_factory.mktemp("admin-pages"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def admin_page(browser, site):
+    """The browser at 1280 x 800, logged in to the admin as a superuser."""
+    browser.delete_all_cookies()
+    browser.set_window_size(1280, 800)
+    user = make_user("admin", is_staff=True, is_superuser=True)
+    browser.get(f"{site.base_url}/admin/login/?next=/admin/")
+    browser.find_element(By.NAME, "username").send_keys(user.username)
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "form [type=submit]").click()
+    WebDriverWait(browser, 30).until(lambda _: browser.current_url == f"{site.base_url}/admin/")
+    return browser
+
+
+@pytest.fixture
+def keys_and_usage():
+    """Three keys of a team with a few requests each, named as people name them."""
+    from django.utils import timezone
+
+    from accounts.models import APIKey, UsageRecord
+
+    team = uuid.uuid4().hex[:6]
+    owner = make_user("maria.gonzalez")
+    now = timezone.now()
+    keys = [APIKey.issue(name=f"{team} {name}", owner=owner, max_concurrency=4, requests_per_minute=600,
+                         tokens_per_minute=90000, token_budget=5_000_000, allowed_models=["llmserver-demo"])[0]
+            for name in ("production web app", "nightly batch summaries", "staging")]
+    APIKey.objects.filter(pk__in=[key.pk for key in keys]).update(last_used_at=now, expires_at=now + timedelta(days=90))
+    UsageRecord.objects.bulk_create([
+        UsageRecord(api_key=key, key_prefix=key.prefix, model="llmserver-demo", endpoint="/v1/chat/completions",
+                    request_id=uuid.uuid4().hex, status_code=429 if n == 2 else 200,
+                    error_code="rate_limit_exceeded" if n == 2 else "", prompt_tokens=1234, completion_tokens=567,
+                    streamed=True, started_at=now - timedelta(minutes=n), duration_ms=12345.678,
+                    time_to_first_token_ms=6.302635999873019)
+        for key in keys for n in range(3)
+    ])
+    return team, keys[0]
+
+
+_WIDTHS = """
+    const table = document.getElementById("result_list");
+    return {rows: table.tBodies[0].rows.length, table: table.getBoundingClientRect().width,
+            container: table.parentElement.clientWidth,
+            page: document.documentElement.scrollWidth, window: document.documentElement.clientWidth};
+"""
+
+
+def test_at_1280_pixels_the_key_list_fits_without_scrolling_sideways(admin_page, site, keys_and_usage):
+    team, _ = keys_and_usage
+    admin_page.get(f"{site.base_url}/admin/accounts/apikey/?q={team}")
+
+    widths = admin_page.execute_script(_WIDTHS)
+
+    assert widths["rows"] == 3
+    assert widths["table"] <= widths["container"], widths
+    assert widths["page"] <= widths["window"], widths
+
+
+def test_at_1280_pixels_the_usage_list_fits_without_scrolling_sideways(admin_page, site, keys_and_usage):
+    _, key = keys_and_usage
+    admin_page.get(f"{site.base_url}/admin/accounts/usagerecord/?api_key__id__exact={key.pk}")
+
+    widths = admin_page.execute_script(_WIDTHS)
+
+    assert widths["rows"] == 3
+    assert widths["table"] <= widths["container"], widths
+    assert widths["page"] <= widths["window"], widths
+
+
+# --- State badges on the Models page --------------------------------------------------
+
+_COLOURS = """
+    const shown = arguments[0];
+    let behind = shown, background;
+    while ((background = getComputedStyle(behind).backgroundColor) === "rgba(0, 0, 0, 0)") {
+        behind = behind.parentElement;
+    }
+    return [getComputedStyle(shown).color, background];
+"""
+
+
+def contrast(foreground: str, background: str) -> float:
+    """WCAG's contrast ratio of two opaque CSS colours given as rgb(r, g, b)."""
+    def luminance(colour: str) -> float:
+        channels = [int(value) / 255 for value in re.findall(r"\d+", colour)[:3]]
+        r, g, b = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    lighter, darker = sorted([luminance(foreground), luminance(background)], reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+def state_colours(browser, theme: str) -> tuple[str, str]:
+    """The text and background colours of the demo model's state word, in a theme."""
+    browser.execute_script("document.documentElement.dataset.theme = arguments[0]", theme)
+    shown = browser.find_element(
+        By.XPATH, f'//tr[@data-model="{MODEL_ID}"]/td[contains(@class, "state")]'
+                  '/descendant-or-self::*[normalize-space(text()) = "loaded"]')
+    return tuple(browser.execute_script(_COLOURS, shown))
+
+
+def test_the_loaded_badge_is_readable_in_the_light_and_the_dark_theme(admin_page, site):
+    admin_page.get(f"{site.base_url}/admin/models/")
+
+    light, dark = state_colours(admin_page, "light"), state_colours(admin_page, "dark")
+
+    assert contrast(*light) >= 4.5, light
+    assert contrast(*dark) >= 4.5, dark
+    assert light != dark  # drawn with the admin's colours, which follow its theme
