@@ -3,9 +3,9 @@ serving layer and engine as ``/v1/chat/completions``, limited and recorded again
 user's chat key.
 
 The socket is authenticated by the Django session (``AuthMiddlewareStack``), and
-``AllowedHostsOriginValidator`` (in ``llmserver.asgi``) refuses a handshake whose
-``Origin`` is not one of ``ALLOWED_HOSTS``: a session cookie alone, sent by another
-site's page, opens nothing.
+``chat.origin.SameOriginOnly`` refuses a handshake whose ``Origin`` is not the page's own
+(scheme, host and port) or a trusted one: a session cookie alone, sent by another page,
+opens nothing.
 
 Protocol (JSON text frames; ``id`` is the client's name for one generation):
 
