@@ -42,8 +42,8 @@ from rest_framework.exceptions import ValidationError
 from accounts.books import books
 from accounts.models import APIKey
 from accounts.refusals import check_model_access, key_refusal
-from chat import refusals
 from accounts.usage import RequestAccount
+from chat import refusals
 from inference import metrics
 from inference.engine import EngineUnavailable
 from inference.protocol import ChatCompletionRequest
@@ -242,4 +242,3 @@ def _validated(message: dict) -> dict:
 
 def _usage(usage: dict) -> dict:
     return {name: usage[name] for name in ("prompt_tokens", "completion_tokens", "total_tokens")}
-
