@@ -3,9 +3,9 @@ serving layer and engine as ``/v1/chat/completions``, limited and recorded again
 user's chat key.
 
 The socket is authenticated by the Django session (``AuthMiddlewareStack``), and
-``AllowedHostsOriginValidator`` (in ``llmserver.asgi``) refuses a handshake whose
-``Origin`` is not one of ``ALLOWED_HOSTS``: a session cookie alone, sent by another
-site's page, opens nothing.
+``chat.origin.SameOriginOnly`` refuses a handshake whose ``Origin`` is not the page's own
+(scheme, host and port) or a trusted one: a session cookie alone, sent by another page,
+opens nothing.
 
 Protocol (JSON text frames; ``id`` is the client's name for one generation):
 
@@ -15,8 +15,10 @@ Protocol (JSON text frames; ``id`` is the client's name for one generation):
   ``{"type": "delta", "id", "text"}`` per piece of text, then either
   ``{"type": "done", "id", "finish_reason", "usage"}`` (``finish_reason`` is
   ``"cancelled"`` after a stop) or ``{"type": "error", "id", "status", "error"}`` with
-  OpenAI's error object, the HTTP status the API would have answered and, when the
-  turn has a usage record, its ``request_id``.
+  OpenAI's error object, the HTTP status the API would have answered, ``retry_after``
+  (seconds) where the API would send ``Retry-After`` and, when the turn has a usage
+  record, its ``request_id``. Refusals are worded for the person at the page
+  (chat.refusals), with the API's codes.
 
 Each chat turn is one request in the books, recorded as the same request streamed over
 HTTP would be: refused turns with their status, started ones with 200, a stopped one (or
@@ -41,6 +43,7 @@ from accounts.books import books
 from accounts.models import APIKey
 from accounts.refusals import check_model_access, key_refusal
 from accounts.usage import RequestAccount
+from chat import refusals
 from inference import metrics
 from inference.engine import EngineUnavailable
 from inference.protocol import ChatCompletionRequest
@@ -128,6 +131,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         account: RequestAccount | None = None
         model_use = None
         generation = None
+        key = None
         status = 200
         try:
             # Read afresh for every turn: a revoked key, changed limits or a user
@@ -180,7 +184,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             status = exc.status
             if account is not None:
                 account.error_code = exc.code or ""
-            await self._send_error(chat_id, _for_chat_user(exc), account)
+            await self._send_error(chat_id, refusals.for_person(exc, key), account)
         except (GenerationFailed, EngineUnavailable) as exc:
             # After "start", as a streamed HTTP request would: 200, with the error's code.
             api_error = exc.api_error if isinstance(exc, GenerationFailed) else APIError(
@@ -213,8 +217,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _send_error(self, chat_id: str | None, exc: APIError, account: RequestAccount | None = None) -> None:
         """The error of one turn (or of a message that named none); with the request id
         of its usage record when it has one."""
-        request_id = {"request_id": account.request_id} if account is not None else {}
-        await self._send(type="error", id=chat_id, status=exc.status, **request_id, **exc.body())
+        extra = {"request_id": account.request_id} if account is not None else {}
+        if (retry_after := refusals.retry_after(exc)) is not None:
+            extra["retry_after"] = retry_after
+        await self._send(type="error", id=chat_id, status=exc.status, **extra, **exc.body())
 
 
 def _chat_key_of_active_user(user_id: int) -> APIKey | None:
@@ -236,12 +242,3 @@ def _validated(message: dict) -> dict:
 
 def _usage(usage: dict) -> dict:
     return {name: usage[name] for name in ("prompt_tokens", "completion_tokens", "total_tokens")}
-
-
-def _for_chat_user(exc: APIError) -> APIError:
-    """The API's 401s speak of "the API key sk-…", which a chat user never saw."""
-    if exc.status == 401:
-        return APIError(401, "Your chat access has been revoked or has expired. Ask an administrator to restore it.",
-                        code=exc.code)
-    return exc
-

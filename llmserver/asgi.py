@@ -20,12 +20,10 @@ from llmserver.static import check_collected  # noqa: E402  (needs Django set up
 check_collected()  # PRODUCTION: no start without collectstatic's files
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up)
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up)
 from django.conf import settings  # noqa: E402
 
-from chat.routing import websocket_urlpatterns  # noqa: E402
+from chat.routing import websocket_application  # noqa: E402
 
 from inference import faults  # noqa: E402
 from inference.engine import ModelLoadError  # noqa: E402
@@ -53,7 +51,7 @@ application = CountArrivals(ProtocolTypeRouter({
     # The API paths skip the web site's session/CSRF/messages middleware and their
     # thread hops (llmserver/handlers.py); the rest is Django's handler as usual.
     "http": HTTPRouter(api=APIHandler(), web=django_asgi_app),
-    # The chat page's socket: the Origin must be one of ALLOWED_HOSTS (no cross-site
-    # page can open it with the user's cookie), then the session says who it is.
-    "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    # The chat page's socket: opened only by a page of this site's own origin (or a
+    # trusted one), so no other page can use the user's cookie with it (chat/origin.py).
+    "websocket": websocket_application,
 }))

@@ -165,12 +165,34 @@ def test_a_turn_over_the_users_concurrency_limit_gets_a_clear_429(slow, user):
                 pass
             socket.send(json.dumps({"type": "stop", "id": "first"}))
             until_end(socket, "first")
-    assert frame["type"] == "error"
-    assert frame["status"] == 429
-    assert frame["error"] == {"message": "This API key already has 1 requests in flight, its limit.",
-                              "type": "rate_limit_error", "param": None, "code": "key_concurrency_limit"}
+    assert (frame["type"], frame["status"], frame["retry_after"]) == ("error", 429, 1)
+    assert frame["error"] == {
+        "message": "You already have an answer being written, and you may have only one at a time; "
+                   "wait for it to finish or stop it, then try again.",
+        "type": "rate_limit_error", "param": None, "code": "key_concurrency_limit"}
     statuses = sorted(record.status_code for record in wait_for(lambda: len(records(user)) == 2 and records(user)))
     assert statuses == [200, 429]
+
+
+def test_a_turn_over_the_users_requests_per_minute_says_in_words_when_to_try_again(server, user):
+    with log_in(server, user.username) as client:
+        client.get("/")  # the first visit creates the chat key
+        key = chat_key(user)
+        key.requests_per_minute = 0  # every turn this minute is one too many
+        key.save()
+        with chat_socket(server, client) as socket:
+            socket.send(turn("t", repeat_prompt("cat")))
+            frame = receive(socket)
+    seconds = frame["retry_after"]
+    assert 1 <= seconds <= 60  # to the next minute, when the count starts again
+    assert frame == {"type": "error", "id": "t", "status": 429, "retry_after": seconds,
+                     "request_id": frame["request_id"], "error": {
+                         "message": "You have sent too many messages in the last minute; try again in "
+                                    f"{seconds} second{'' if seconds == 1 else 's'}.",
+                         "type": "rate_limit_error", "param": None, "code": "requests_per_minute_limit"}}
+    record = wait_for(lambda: records(user))[0]
+    assert (record.request_id, record.status_code, record.error_code) == (
+        frame["request_id"], 429, "requests_per_minute_limit")
 
 
 def test_a_revoked_chat_key_is_told_to_the_user_and_leaves_no_record(server, user):

@@ -3,8 +3,9 @@ refuses to start without what it needs; secrets are stored hashed and never logg
 admin is behind a staff login with CSRF; the chat socket checks its session; every page
 carries the security headers, and in production HSTS and the redirect to HTTPS.
 
-The chat socket's Origin and anonymous checks are in tests/test_chat_socket.py
-(test_an_anonymous_socket_is_refused, test_a_socket_from_another_site_is_refused_even_with_a_session,
+The chat socket's Origin checks are in tests/test_chat_origin.py, its anonymous checks in
+tests/test_chat_socket.py (test_an_anonymous_socket_is_refused,
+test_a_socket_from_another_site_is_refused_even_with_a_session,
 test_a_logged_out_session_no_longer_opens_a_socket); the ones here add forged and stale
 sessions."""
 

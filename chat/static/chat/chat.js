@@ -2,6 +2,10 @@
  * llmserver chat page: conversations kept in localStorage, answers streamed over a
  * WebSocket (protocol in chat/consumers.py).
  *
+ * Each conversation is its own localStorage item, written only by a tab that changed it:
+ * tabs of the same user, each answering in its own conversation, never overwrite each
+ * other's, and each follows the others' through `storage` events.
+ *
  * Everything that comes from the user or a model is put on the page with textContent or
  * text nodes, never parsed as HTML: a model answering "<script>…" shows that text.
  */
@@ -15,7 +19,8 @@
   const STATES = ["streaming", "done", "stopped", "error"];
 
   const config = readConfig();
-  const STORAGE_KEY = "llmserver.chat." + config.user;
+  const LIST_KEY = "llmserver.chat." + config.user; // all conversations in one item, as pages before kept them
+  const CONVERSATION_PREFIX = LIST_KEY + "/"; // + a conversation's id (user names have no "/")
   const SETTINGS_KEY = "llmserver.chat.settings." + config.user;
   // "/login/?next=/": slashes stay readable, anything else in the path is escaped.
   const LOGIN_URL = (config.login_url || "/login/") + "?next=" +
@@ -43,6 +48,7 @@
     retryTimer: null,
     stickToBottom: true, // follow the stream unless the user scrolled up to read
     saveTimer: null,
+    unsaved: new Set(), // conversations changed since this tab last wrote them
     statusTimer: null,
   };
   const settings = loadSettings();
@@ -113,19 +119,47 @@
   // ---------------------------------------------------------------- storage
 
   function loadConversations() {
-    let raw = null;
-    try { raw = localStorage.getItem(STORAGE_KEY); } catch (e) { return []; } // storage disabled
-    if (!raw) return [];
+    migrateList();
+    const list = [];
     try {
-      const list = JSON.parse(raw);
-      if (!Array.isArray(list)) throw new Error("not a list");
-      return list.map(cleanConversation).filter(Boolean).sort((a, b) => b.updatedAt - a.updatedAt);
-    } catch (e) {
-      // Corrupt or foreign data: start afresh rather than leave a broken page.
-      try { localStorage.removeItem(STORAGE_KEY); } catch (_) { /* nothing more to do */ }
-      setStatus("Saved conversations could not be read and were reset.", "error");
-      return [];
+      for (let i = 0; i < localStorage.length; i++) {
+        const key = localStorage.key(i);
+        if (key && key.startsWith(CONVERSATION_PREFIX)) list.push(key);
+      }
+    } catch (e) { return []; } // storage disabled
+    return list.map(readConversation).filter(Boolean).sort(newestFirst);
+  }
+
+  function newestFirst(a, b) { return b.updatedAt - a.updatedAt; }
+
+  function readConversation(key) {
+    let raw = null;
+    try { raw = localStorage.getItem(key); } catch (e) { return null; }
+    if (raw === null) return null;
+    const conv = parseConversation(raw, key, false);
+    if (!conv) {
+      // Corrupt or foreign data: drop it rather than leave a broken page.
+      try { localStorage.removeItem(key); } catch (_) { /* nothing more to do */ }
+      setStatus("A saved conversation could not be read and was removed.", "error");
     }
+    return conv;
+  }
+
+  // The conversation stored under `key`, or null. `live`: another tab has just written
+  // it, so an answer in it that is streaming is streaming there.
+  function parseConversation(raw, key, live) {
+    let conv = null;
+    try { conv = cleanConversation(JSON.parse(raw), live); } catch (e) { return null; }
+    return conv && key === CONVERSATION_PREFIX + conv.id ? conv : null;
+  }
+
+  // Conversations kept in one item (by pages before this one) move to one item each.
+  function migrateList() {
+    let list = null;
+    try { list = JSON.parse(localStorage.getItem(LIST_KEY)); } catch (e) { list = null; }
+    if (!Array.isArray(list)) return;
+    for (const conv of list.map((c) => cleanConversation(c, false)).filter(Boolean)) writeConversation(conv);
+    try { localStorage.removeItem(LIST_KEY); } catch (e) { /* read again next time: the same ids */ }
   }
 
   function cleanUsage(u) {
@@ -133,7 +167,7 @@
     return { prompt_tokens: num(u.prompt_tokens), completion_tokens: num(u.completion_tokens), total_tokens: num(u.total_tokens) };
   }
 
-  function cleanMessage(m) {
+  function cleanMessage(m, live) {
     if (!m || (m.role !== "user" && m.role !== "assistant") || typeof m.content !== "string") return null;
     const msg = {
       id: isId(m.id) ? m.id : newId(), role: m.role, content: m.content,
@@ -144,7 +178,7 @@
     if (m.error && typeof m.error === "object") {
       msg.error = { status: num(m.error.status), message: str(m.error.message), code: str(m.error.code) };
     }
-    if (msg.state === "streaming") { // the page was closed while this answer streamed
+    if (msg.state === "streaming" && !live) { // the page was closed while this answer streamed
       msg.state = "error";
       msg.error = { status: 0, message: "Interrupted: the page was closed.", code: "" };
     }
@@ -152,9 +186,9 @@
     return msg;
   }
 
-  function cleanConversation(c) {
+  function cleanConversation(c, live) {
     if (!c || typeof c !== "object" || !Array.isArray(c.messages)) return null;
-    const messages = c.messages.map(cleanMessage).filter(Boolean);
+    const messages = c.messages.map((m) => cleanMessage(m, live)).filter(Boolean);
     if (!messages.length) return null;
     return {
       id: isId(c.id) ? c.id : newId(), title: str(c.title) || titleFrom(messages),
@@ -163,20 +197,32 @@
     };
   }
 
-  function saveNow() {
+  // Write `conv` now, with any other conversation waiting to be written.
+  function saveNow(conv) {
+    if (conv) state.unsaved.add(conv);
     clearTimeout(state.saveTimer);
     state.saveTimer = null;
-    state.conversations = state.conversations.slice(0, MAX_CONVERSATIONS);
+    for (const c of state.unsaved) if (isSaved(c)) writeConversation(c); // not one deleted meanwhile
+    state.unsaved.clear();
+    for (const old of state.conversations.splice(MAX_CONVERSATIONS)) forgetConversation(old);
+  }
+
+  // While tokens stream, save at most once a second instead of on every delta.
+  function saveSoon(conv) {
+    state.unsaved.add(conv);
+    if (!state.saveTimer) state.saveTimer = setTimeout(() => saveNow(), 1000);
+  }
+
+  function writeConversation(conv) {
     try {
-      localStorage.setItem(STORAGE_KEY, JSON.stringify(state.conversations));
+      localStorage.setItem(CONVERSATION_PREFIX + conv.id, JSON.stringify(conv));
     } catch (e) {
       setStatus("Could not save conversations in this browser (storage full or disabled).", "error");
     }
   }
 
-  // While tokens stream, save at most once a second instead of on every delta.
-  function saveSoon() {
-    if (!state.saveTimer) state.saveTimer = setTimeout(saveNow, 1000);
+  function forgetConversation(conv) {
+    try { localStorage.removeItem(CONVERSATION_PREFIX + conv.id); } catch (e) { /* storage disabled */ }
   }
 
   function loadSettings() {
@@ -241,7 +287,8 @@
   function deleteConversation(conv) {
     if (state.gen && state.gen.conv === conv) stopGeneration();
     state.conversations = state.conversations.filter((c) => c !== conv);
-    saveNow();
+    state.unsaved.delete(conv);
+    forgetConversation(conv);
     if (state.current === conv) state.current = state.conversations[0] || makeConversation();
     renderAll();
   }
@@ -321,7 +368,8 @@
     box.className = "error";
     box.setAttribute("role", "alert");
     let headline = "The answer failed.";
-    if (err.status === 429) headline = "You have reached your chat limit.";
+    if (err.status === 429 && err.code === "server_concurrency_limit") headline = "The server is busy.";
+    else if (err.status === 429) headline = "You have reached your chat limit.";
     else if (err.status === 401 || err.status === 403) headline = "You may not chat right now.";
     else if (err.status === 0) headline = "The answer was interrupted.";
     box.append(makeText("strong", "error-title", headline));
@@ -417,6 +465,11 @@
     if (!text.trim() || state.gen) return;
     if (!config.models.length) { setStatus("No models are available to you.", "error"); return; }
     const conv = state.current;
+    const last = conv.messages[conv.messages.length - 1];
+    if (last && last.state === "streaming") { // while this tab answers nothing, so another tab does
+      setStatus("Another tab is still answering in this conversation.", "info", 4000);
+      return;
+    }
     conv.messages.push({ id: newId(), role: "user", content: text, state: "done" });
     if (!conv.title) conv.title = titleFrom(conv.messages);
     ui.prompt.value = "";
@@ -444,7 +497,7 @@
     setGenerating(true);
     renderConversationList();
     renderMessages();
-    saveNow();
+    saveNow(conv);
     sendPending(); // or, if the socket is down, as soon as it is back
   }
 
@@ -479,7 +532,7 @@
     state.gen = null;
     setGenerating(false);
     rerenderMessage(gen.msg);
-    if (isSaved(gen.conv)) saveNow();
+    if (isSaved(gen.conv)) saveNow(gen.conv);
   }
 
   function setGenerating(on) {
@@ -488,7 +541,8 @@
     ui.send.disabled = on;
     ui.stop.hidden = !on;
     ui.stop.disabled = !on;
-    if (on && document.activeElement === ui.send) ui.prompt.focus(); // focus must not vanish with the button
+    // Focus must not vanish with the button that is hidden.
+    if (document.activeElement === (on ? ui.send : ui.stop)) ui.prompt.focus();
   }
 
   // ---------------------------------------------------------------- server messages
@@ -519,7 +573,7 @@
         el.querySelector(".content").appendChild(document.createTextNode(text));
         scrollToBottom();
       }
-      if (isSaved(gen.conv)) saveSoon();
+      if (isSaved(gen.conv)) saveSoon(gen.conv);
     } else if (m.type === "done") {
       const reason = str(m.finish_reason) || "stop";
       finishGeneration(reason === "cancelled" ? "stopped" : "done", { finishReason: reason, usage: cleanUsage(m.usage) });
@@ -626,7 +680,7 @@
 
   function bindEvents() {
     ui.send.addEventListener("click", sendPrompt);
-    ui.stop.addEventListener("click", stopGeneration);
+    ui.stop.addEventListener("click", () => { stopGeneration(); ui.prompt.focus(); }); // Stop is about to vanish
     ui.newChat.addEventListener("click", newChat);
     ui.prompt.addEventListener("input", autoGrow);
     ui.prompt.addEventListener("keydown", (e) => {
@@ -649,13 +703,13 @@
       state.current.model = ui.model.value;
       settings.model = ui.model.value; // new chats start with the last model picked
       saveSettings();
-      if (isSaved(state.current)) saveNow();
+      if (isSaved(state.current)) saveNow(state.current);
     });
     ui.system.addEventListener("input", () => {
       state.current.system = ui.system.value;
       settings.system = ui.system.value; // new chats start with the last system prompt
       saveSettings();
-      if (isSaved(state.current)) saveSoon();
+      if (isSaved(state.current)) saveSoon(state.current);
     });
     const onTemperature = (source) => () => {
       settings.temperature = clampTemperature(source.value);
@@ -672,20 +726,27 @@
     ui.toggleSettings.addEventListener("click", () => setDrawer("settings", !document.body.classList.contains("settings-open")));
     ui.closeSettings.addEventListener("click", () => { setDrawer("settings", false); ui.toggleSettings.focus(); });
     ui.backdrop.addEventListener("click", closeDrawers);
-    window.addEventListener("pagehide", () => { if (state.saveTimer) saveNow(); });
+    window.addEventListener("pagehide", () => { if (state.unsaved.size) saveNow(); });
     window.addEventListener("storage", onOtherTab);
   }
 
-  // Another tab of this user saved its conversations: show them, so that our next save
-  // does not overwrite them with an older list. Not while we stream (ours would be lost).
+  // Another tab of this user wrote or deleted a conversation: take it as it is there.
+  // Except the one this tab is answering in, which only this tab writes meanwhile.
   function onOtherTab(e) {
-    if (e.key !== STORAGE_KEY || state.gen) return;
-    const draft = !isSaved(state.current);
-    state.conversations = loadConversations();
-    const same = state.conversations.find((c) => c.id === state.current.id);
-    if (same) state.current = same;
-    else if (!draft) state.current = state.conversations[0] || makeConversation();
-    renderAll();
+    if (!e.key || !e.key.startsWith(CONVERSATION_PREFIX)) return;
+    const id = e.key.slice(CONVERSATION_PREFIX.length);
+    if (state.gen && state.gen.conv.id === id) return;
+    const conv = e.newValue === null ? null : parseConversation(e.newValue, e.key, true);
+    if (e.newValue !== null && !conv) return; // unreadable: keep what we have
+    const old = state.conversations.find((c) => c.id === id);
+    state.conversations = state.conversations.filter((c) => c !== old);
+    if (conv) state.conversations = [...state.conversations, conv].sort(newestFirst);
+    if (old && state.current === old) {
+      state.current = conv || state.conversations[0] || makeConversation();
+      renderAll();
+    } else {
+      renderConversationList();
+    }
   }
 
   function init() {
