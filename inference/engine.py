@@ -451,12 +451,7 @@ class EngineWorker:
         begun again too often already. Waiting turns are untouched; they begin there."""
         self.stats.restarts += 1
         ended, again = [], []
-        for request, turn in list(self._running.items()):
-            try:
-                request.close()
-            except Exception:
-                pass
-            turn._request = None
+        for turn in self._close_running():
             if turn._cancelled:
                 ended.append((turn, "", 0, Finish("CANCELLED", self._usage(turn))))
             elif turn._generated or turn.params.guidance is not None or turn._restarts >= _RESTARTS_PER_TURN:
@@ -465,7 +460,6 @@ class EngineWorker:
             else:
                 turn._restarts += 1
                 again.append(turn)
-        self._running.clear()
         self._waiting.extendleft(reversed(again))
         self._reforming = False
         self._tokens_to_prefill = 0
@@ -777,22 +771,27 @@ class EngineWorker:
     def _fail_all(self, message: str) -> None:
         """End every running and waiting turn with FAILED and ``message`` (the thread is
         stopping)."""
-        failed = []
-        for request, turn in list(self._running.items()):
+        failed = [(turn, "", 0, Finish("FAILED", self._usage(turn), message)) for turn in self._close_running()]
+        for turn in self._waiting:
+            failed.append((turn, "", 0, Finish("FAILED", self._usage_so_far(turn), message)))
+        self._waiting.clear()
+        self.stats.running = self.stats.waiting = 0
+        self.stats.turns_finished += len(failed)
+        if failed:
+            self._post(failed)
+
+    def _close_running(self) -> list[Turn]:
+        """Close every running turn's request (on an Engine that failed, closing may raise
+        too) and return the turns, none running any more."""
+        turns = list(self._running.values())
+        for request, turn in self._running.items():
             try:
                 request.close()
             except Exception:
                 pass
             turn._request = None
-            failed.append((turn, "", 0, Finish("FAILED", self._usage(turn), message)))
-        for turn in self._waiting:
-            failed.append((turn, "", 0, Finish("FAILED", self._usage_so_far(turn), message)))
-        self._waiting.clear()
         self._running.clear()
-        self.stats.running = self.stats.waiting = 0
-        self.stats.turns_finished += len(failed)
-        if failed:
-            self._post(failed)
+        return turns
 
     def _usage_so_far(self, turn: Turn) -> Usage:
         """A turn ended by the server: what it used, nothing if it never began (the

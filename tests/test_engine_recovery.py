@@ -12,11 +12,11 @@ import pytest
 
 from accounts.models import Lease
 from demomodel.corpus import count_answer, count_prompt
-from inference.engine import GRAMMAR_FAILURE, EngineWorker, SamplingParams, Turn
+from inference.engine import GRAMMAR_FAILURE, SamplingParams, Turn
 from inference.registry import registry
 from tests.asgi import InProcessAPI
-from tests.conftest import DEMO_MODEL, MODEL_ID, bearer, issue_key, serve_in_process
-from tests.test_engine_worker import chat_tokens, collect
+from tests.conftest import MODEL_ID, bearer, issue_key, serve_in_process
+from tests.test_engine_worker import chat_tokens, collect, worker  # noqa: F401  (a fixture)
 
 # Every value needs another inside it: no finite JSON value satisfies it, and the engine's
 # grammar compiler fails inside the batched step trying to force the endless output.
@@ -24,14 +24,6 @@ RECURSIVE_SCHEMA = {"$defs": {"n": {"type": "object", "properties": {"c": {"$ref
                     "$ref": "#/$defs/n"}
 # As the server hands a response_format to the engine (inference.serving).
 POISON = ("json_schema", json.dumps({"x-guidance": {"whitespace_flexible": False}, **RECURSIVE_SCHEMA}))
-
-
-@pytest.fixture(scope="module")
-def worker():
-    worker = EngineWorker(MODEL_ID, str(DEMO_MODEL), max_batch_size=4, step_delay=0.002)
-    worker.start()
-    yield worker
-    worker.stop()
 
 
 def turn_for(worker, content, *, max_tokens=600, guidance=None):
