@@ -8,17 +8,19 @@ import json
 import re
 import signal
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
 
+from demomodel.corpus import count_prompt
 from tests import conftest
 from tests.conftest import (
     MODEL_ID, ROOT, bearer, collect_static, collected_static_root, issue_key, log_in, make_user, sse_events,
     start_server, wait_for,
 )
-from tests.test_security import HOST, HTTPS, PRODUCTION
+from tests.test_security import HOST, HTTPS, PRODUCTION, production  # noqa: F401  (a fixture)
 
 CHAT_CSS = (ROOT / "chat" / "static" / "chat" / "chat.css").read_bytes()
 IMMUTABLE = "max-age=315360000, public, immutable"
@@ -46,13 +48,6 @@ def test_a_laptop_server_serves_static_files_from_the_apps_without_collectstatic
     # In the access log, as every request (once its last byte is sent).
     line = wait_for(lambda: next((l for l in server.log().splitlines() if "rid=laptop-css" in l), None))
     assert " INFO llmserver.access GET /static/chat/chat.css 200 " in line and "stream ended" not in line
-
-
-@pytest.fixture(scope="module")
-def production(tmp_path_factory, live_db):
-    server = start_server(tmp_path_factory.mktemp("production-static"), **PRODUCTION)
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -172,7 +167,8 @@ def _access(server, request_id: str) -> dict:
 
 def test_json_logs_one_object_per_line_with_the_access_logs_fields(tmp_path, live_db):
     key, secret = issue_key(name="json-logs")
-    server = start_server(tmp_path, LOG_FORMAT="json", ENGINE_FAULT_INJECTION="true")
+    # 20 ms a step: the request the fault fails is generating when it comes.
+    server = start_server(tmp_path, LOG_FORMAT="json", ENGINE_FAULT_INJECTION="true", ENGINE_STEP_DELAY_MS=20)
     try:
         with httpx.Client(base_url=server.base_url, timeout=60, headers=bearer(secret)) as api:
             answered = api.post("/v1/chat/completions", headers={"X-Request-ID": "json-log-1"}, json={
@@ -184,10 +180,16 @@ def test_json_logs_one_object_per_line_with_the_access_logs_fields(tmp_path, liv
             anonymous = httpx.get(f"{server.base_url}/v1/models", headers={"X-Request-ID": "json-log-401"})
             page = httpx.get(f"{server.base_url}/login/", headers={"X-Request-ID": "json-log-page"})
             css = httpx.get(f"{server.base_url}/static/chat/chat.css", headers={"X-Request-ID": "json-log-css"})
-            # An exception logged with its traceback: the engine's next step fails.
-            server.process.send_signal(signal.SIGUSR1)
-            failed = api.post("/v1/chat/completions", headers={"X-Request-ID": "json-log-500"}, json={
-                "model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
+            # An exception logged with its traceback: the engine's step fails while a request
+            # is generating (one that has produced nothing would begin again in a new engine).
+            with ThreadPoolExecutor(1) as pool:
+                failing = pool.submit(api.post, "/v1/chat/completions", headers={"X-Request-ID": "json-log-500"},
+                                      json={"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(100)}]})
+                wait_for(lambda: server.engine()["running"] == 1)
+                steps = server.engine()["steps"]
+                wait_for(lambda: server.engine()["steps"] >= steps + 2)
+                server.process.send_signal(signal.SIGUSR1)
+                failed = failing.result(60)
         assert (answered.status_code, listed.status_code, anonymous.status_code, page.status_code, css.status_code,
                 failed.status_code) == (200, 200, 401, 200, 200, 500)
         assert events[-1] == "[DONE]"
