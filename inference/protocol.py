@@ -655,8 +655,10 @@ def _in_responses_terms(errors: dict) -> dict:
     for name, detail in errors.items():
         path = _RESPONSES_NAMES.get(name, (name,))
         if path != (name,):
-            detail = [serializers.ErrorDetail(str(item).replace(f"'{name}'", f"'{'.'.join(path)}'"), code=item.code)
-                      for item in detail]
+            detail = _renamed_in_messages(detail, f"'{name}'", f"'{'.'.join(path)}'")
+        if name == "response_format" and isinstance(detail, dict) and isinstance(detail.get("json_schema"), dict):
+            schema_fields = detail.pop("json_schema")
+            detail = {**detail, **schema_fields}  # text.format has the schema's fields itself
         node = renamed
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -672,6 +674,16 @@ def _response_format(text_format: dict | None) -> dict | None:
     if kind == "json_schema":
         return {"type": "json_schema", "json_schema": {k: v for k, v in text_format.items() if k != "type"}}
     return {"type": kind}
+
+
+def _renamed_in_messages(detail, old: str, new: str):
+    """DRF's error detail (nested dicts and lists of ErrorDetail) with ``old`` replaced by
+    ``new`` in every message."""
+    if isinstance(detail, dict):
+        return {key: _renamed_in_messages(value, old, new) for key, value in detail.items()}
+    if isinstance(detail, list):
+        return [_renamed_in_messages(item, old, new) for item in detail]
+    return serializers.ErrorDetail(str(detail).replace(old, new), code=getattr(detail, "code", None))
 
 
 def _chat_body(chat: dict) -> dict:

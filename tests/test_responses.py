@@ -121,3 +121,12 @@ def test_errors_about_the_text_format_name_text_format(api, body, message):
     assert response.status_code == 400, response.text
     assert response.json()["error"] == {"message": message, "type": "invalid_request_error", "param": "text.format",
                                         "code": "invalid_value"}
+
+
+def test_a_malformed_text_format_is_a_400_naming_its_field_under_text_format(api):
+    response = api.post("/v1/responses", json={"model": MODEL_ID, "input": "hi",
+                                               "text": {"format": {"type": "json_schema", "schema": {}}}})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == {"message": "Missing required parameter: 'text.format.name'.",
+                                        "type": "invalid_request_error", "param": "text.format.name",
+                                        "code": "missing_required_parameter"}
