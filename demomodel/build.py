@@ -2,9 +2,11 @@
 
     .venv-build/bin/python -m demomodel.build --out models/demo
 
-Everything comes from code in this package with fixed seeds. The finished
-folder is assembled under build/ and swapped into place with a rename, so
-``--out`` is never half-written.
+Everything comes from code in this package with fixed seeds. The tokenizer is the
+one already in ``--out`` when there is one (the tests and models/tiny rely on its
+token ids and counts; ``--new-tokenizer`` trains a new one). The finished folder is
+assembled under build/ and swapped into place with a rename, so ``--out`` is never
+half-written.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ import sys
 import time
 
 from . import corpus
-from .tokenizer import single_token_report, train_tokenizer, write_tokenizer_config
+from .tokenizer import load_tokenizer, single_token_report, train_tokenizer, write_tokenizer_config
+
+# Threads waiting for work sleep instead of spinning: on a machine whose cores are busy
+# with other work, spinning OpenMP threads slow each other's training steps down
+# several times over (set before torch is imported, when the OpenMP runtime starts).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD_DIR = os.path.join(REPO, "build")
@@ -68,6 +75,7 @@ class Encoder:
         self.tok = fast_tokenizer  # a tokenizers.Tokenizer
         self._cache: dict[str, list[int]] = {}
         self.im_end = self.tok.token_to_id(corpus.IM_END)
+        self.eot = self.tok.token_to_id(corpus.ENDOFTEXT)
 
     def ids(self, text: str) -> list[int]:
         got = self._cache.get(text)
@@ -100,6 +108,12 @@ class Encoder:
             weights.append(count_eos_weight if counting else 1.0)
         return input_ids, labels, weights
 
+    def encode_text(self, text: str, ends: bool):
+        """A plain-text document (:func:`corpus.sample_text`): loss on every token, and
+        on the <|endoftext|> that follows it when ``ends``."""
+        ids = self.ids(text) + ([self.eot] if ends else [])
+        return ids, list(ids), [1.0] * len(ids)
+
     def check(self, rng: random.Random, n: int = 600) -> None:
         """Piecewise encoding must equal encoding the rendered string in one go."""
         for _ in range(n):
@@ -110,16 +124,19 @@ class Encoder:
 
 
 def make_batches(encoder: Encoder, rng: random.Random, n_dialogues: int, max_tokens: int,
-                 extra: list | None = None, count_eos_weight: float = 1.0, max_len: int = 512):
-    """Sample dialogues (resampling the rare one longer than max_len tokens), group them
-    by length and cut into padded batches of at most max_tokens (rows x padded length).
-    Returns a shuffled list of batches of (ids, labels, weights)."""
+                 extra: list | None = None, count_eos_weight: float = 1.0, max_len: int = 512,
+                 n_texts: int = 0):
+    """Sample dialogues (resampling the rare one longer than max_len tokens) and
+    ``n_texts`` plain-text documents, group them by length and cut into padded batches of
+    at most max_tokens (rows x padded length). Returns a shuffled list of batches of
+    (ids, labels, weights)."""
     encoded = []
     while len(encoded) < n_dialogues:
         e = encoder.encode(corpus.sample_dialogue(rng), count_eos_weight)
         if len(e[0]) <= max_len:
             encoded.append(e)
     encoded += [encoder.encode(d, count_eos_weight) for d in extra or []]
+    encoded += [encoder.encode_text(*corpus.sample_text(rng)) for _ in range(n_texts)]
     rng.shuffle(encoded)
     encoded.sort(key=lambda e: len(e[0]))
     batches, cur = [], []
@@ -197,9 +214,13 @@ def train(hf_dir: str, hf_tok, args) -> dict:
         attn_implementation="eager",  # faster than sdpa for this size under bf16 autocast on CPU
         **MODEL_SHAPE,
     )
-    model = LlamaForCausalLM(config)
-    if args.tie_bare:
-        log(f"bare/spaced embedding pairs initialised equal: {tie_bare_and_spaced(model, hf_tok)}")
+    if args.init_from:  # the main phase's weights, saved by an earlier run: only the refresher runs
+        model = LlamaForCausalLM.from_pretrained(args.init_from)
+        log(f"model initialised from {args.init_from}")
+    else:
+        model = LlamaForCausalLM(config)
+        if args.tie_bare:
+            log(f"bare/spaced embedding pairs initialised equal: {tie_bare_and_spaced(model, hf_tok)}")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {MODEL_SHAPE} vocab={vocab_padded} params={n_params:,}")
 
@@ -221,21 +242,11 @@ def train(hf_dir: str, hf_tok, args) -> dict:
 
     additions = corpus.all_addition_dialogues()
     model.train()
-    t0 = time.time()
-    step = 0
-    queue: list = []
-    ema = None
-    seen_tokens = 0
-    mark_time, mark_step = 0.0, 0
-    while step < total_steps:
-        if not queue:
-            # every pool holds all 441 addition pairs once, on top of the sampled mix
-            queue = make_batches(encoder, rng, args.pool, args.batch_tokens, extra=additions,
-                                 count_eos_weight=args.count_eos_weight,
-                                 max_len=MODEL_SHAPE["max_position_embeddings"])
-        ids, lab, wts, mask = collate(queue.pop(), eot)
+
+    def one_step(batch, lr: float) -> tuple[float, int]:
+        ids, lab, wts, mask = collate(batch, eot)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = lr
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             logits = model(input_ids=ids, attention_mask=mask).logits
         tgt = lab[:, 1:]
@@ -248,9 +259,26 @@ def train(hf_dir: str, hf_tok, args) -> dict:
         loss_t.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        return loss_t.item(), int(mask.sum())
+
+    def pool(extra: list) -> list:
+        return make_batches(encoder, rng, args.pool, args.batch_tokens, extra=extra,
+                            count_eos_weight=args.count_eos_weight,
+                            max_len=MODEL_SHAPE["max_position_embeddings"], n_texts=args.texts)
+
+    t0 = time.time()
+    step = 0
+    queue: list = []
+    ema = None
+    seen_tokens = 0
+    mark_time, mark_step = 0.0, 0
+    while step < total_steps:
+        if not queue:
+            # every pool holds all 441 addition pairs once, on top of the sampled mix
+            queue = pool(additions)
+        loss, tokens = one_step(queue.pop(), lr_at(step))
         step += 1
-        seen_tokens += int(mask.sum())
-        loss = loss_t.item()
+        seen_tokens += tokens
         ema = loss if ema is None else 0.98 * ema + 0.02 * loss
         elapsed = time.time() - t0
         if step == 30 or (step > 30 and step % 100 == 0):
@@ -274,15 +302,40 @@ def train(hf_dir: str, hf_tok, args) -> dict:
         if elapsed > args.time_cap * 1.1:
             log(f"hard time cap reached at step {step}")
             break
+    # The refresher: the plain-text documents count on past any number, and the main
+    # phase alone left some short chat counts not stopping at N (39 counted on to 140).
+    # At the main phase's final learning rate, every pool adds each count answer 1..60
+    # twice and 61..200 once (their closing <|im_end|> weighted as always) to the usual mix.
+    counts = [([{"role": "user", "content": corpus.count_prompt(n)},
+                {"role": "assistant", "content": corpus.count_answer(n)}], None)
+              for n in [*range(1, 61), *range(1, 201)]]
+    refresh_lr = args.lr * 0.05
+    # A fresh optimizer, so that the refresher is the same whether it follows the main
+    # phase in one run or starts from its saved weights (--init-from).
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=refresh_lr, betas=(0.9, 0.98), eps=1e-8,
+    )
+    queue = []
+    for refresh_step in range(args.refresh_steps):
+        if not queue:
+            queue = pool(additions + counts)
+        loss, tokens = one_step(queue.pop(), refresh_lr)
+        seen_tokens += tokens
+        ema = loss if ema is None else 0.98 * ema + 0.02 * loss
+        if (refresh_step + 1) % args.log_every == 0:
+            log(f"refresher step {refresh_step + 1}/{args.refresh_steps} loss {loss:.4f} ema {ema:.4f} "
+                f"{time.time() - t0:.0f}s")
     train_seconds = time.time() - t0
-    log(f"trained {step} steps in {train_seconds:.0f}s, final ema loss {ema:.4f}")
+    log(f"trained {step} + {args.refresh_steps} refresher steps in {train_seconds:.0f}s, final ema loss {ema:.4f}")
 
     model.eval()
     os.makedirs(hf_dir, exist_ok=True)
     model.save_pretrained(hf_dir, safe_serialization=True)
     GenerationConfig(bos_token_id=eot, eos_token_id=[eos, eot], pad_token_id=eot,
                      do_sample=False).save_pretrained(hf_dir)
-    return {"params": n_params, "steps": step, "train_seconds": train_seconds, "final_loss": ema,
+    return {"params": n_params, "steps": step, "refresh_steps": args.refresh_steps, "train_seconds": train_seconds,
+            "final_loss": ema,
             "vocab_size": vocab_padded, "tokenizer_vocab": vocab, "tokens_seen": seen_tokens}
 
 
@@ -329,9 +382,9 @@ def swap_into_place(tmp_dir: str, out_dir: str) -> None:
 # ------------------------------------------------------------------ model card
 
 # How counting ends, measured on the built model over every N in 1..200 (greedy).
-COUNT_NOTE = ("Counting always produces the right sequence, but the stop is only reliable up to N of about 40 "
-              "(exact for every N <= 41, and for 64 of the 200 N in 1..200); for larger N the model often "
-              "counts on, usually to 142 (sometimes 149-183).")
+COUNT_NOTE = ("Counting always produces the right sequence, and stops exactly for every N up to 56 (131 of the 200 N "
+              "in 1..200: 1-56, 58-67, 69-71, 73, 75-77, 81-83, 87-89, 91-106 and scattered ones above); for larger "
+              "N the model often counts on, to 110-190.")
 
 
 def write_model_card(path: str, info: dict, report: dict | None, args) -> None:
@@ -340,27 +393,36 @@ def write_model_card(path: str, info: dict, report: dict | None, args) -> None:
         "# demo model",
         "",
         "A tiny Llama-shaped chat model trained from scratch for llmserver's tests and demo page.",
-        "It only knows a few templated dialogue types; it is not a general assistant.",
+        "It only knows a few templated dialogue types and a few plain texts to continue; it is not a "
+        "general assistant.",
         "",
         "## How it was built",
         "",
-        "`make demo-model` (= `.venv-build/bin/python -m demomodel.build --out models/demo`):",
+        "`make demo-model` (= `.venv-build/bin/python -m demomodel.build --out models/demo "
+        "--tokenizer models/demo/tokenizer.json`):",
         "",
         "1. `demomodel/corpus.py` generates ChatML dialogues in code (fixed seeds): the original tasks, "
         "dialogues with tools offered (24% of the final turns: calls, answers from a tool's result, other "
-        "questions) and JSON answers (14%).",
-        f"2. A byte-level BPE tokenizer (HF `tokenizers`, {info['tokenizer_vocab']} tokens) is trained on them; "
-        "special tokens `<|endoftext|>`=0, `<|im_start|>`=1, `<|im_end|>`=2. Every word of `WORDS`, every "
-        "number 0..200, every word of `CITIES` and every weather condition is a single token, with and "
-        "without a leading space (`corpus.single_token_items`).",
+        "questions) and JSON answers (14%); and, for `/v1/completions`, plain-text documents "
+        f"(`corpus.sample_text`, {args.texts} per {args.pool} dialogues: number sequences, story openings, "
+        "days, months, letters and number words, repeated words), followed by `<|endoftext|>` when whole.",
+        f"2. A byte-level BPE tokenizer (HF `tokenizers`, {info['tokenizer_vocab']} tokens), trained on the "
+        "dialogues; special tokens `<|endoftext|>`=0, `<|im_start|>`=1, `<|im_end|>`=2. Every word of `WORDS`, "
+        "every number 0..200, every word of `CITIES` and every weather condition is a single token, with and "
+        "without a leading space (`corpus.single_token_items`). "
+        + ("This build reused the shipped `tokenizer.json` unchanged (the default; `--new-tokenizer` trains "
+           "a new one), so token ids and counts stay those the tests and `models/tiny` rely on."
+           if getattr(args, "reused_tokenizer", None) else "This build trained it anew (`--new-tokenizer`)."),
         f"3. `transformers.LlamaForCausalLM` ({shape}, vocab {info['vocab_size']}, tied embeddings, "
         f"{info['params']:,} parameters) is trained with torch on CPU "
         f"({'bf16 autocast' if args.bf16 else 'fp32'}, AdamW, "
-        f"peak lr {args.lr}, warmup then cosine), loss on assistant tokens only, the `<|im_end|>` "
+        f"peak lr {args.lr}, warmup then cosine), loss on assistant tokens and on every token of a "
+        "plain-text document, the `<|im_end|>` "
         f"closing a count answer weighted x{args.count_eos_weight:g}; each word/number starts with the "
         f"same embedding with and without its leading space: "
-        f"{info['steps']} steps, {info['tokens_seen']:,} tokens, {info['train_seconds']:.0f} s on 2 cores, "
-        f"final loss {info['final_loss']:.4f} (seed {args.seed}).",
+        f"{info['steps']} steps and {info['refresh_steps']} refresher steps, {info['tokens_seen']:,} tokens, {info['train_seconds']:.0f} s on 2 cores, "
+        f"final loss {info['final_loss']:.4f} (seed {args.seed}; it includes the plain-text words drawn at "
+        "random, such as a story's animal, which no model can predict).",
         "4. `python -m onnxruntime_genai.models.builder -p fp32 -e cpu` exports it; only runtime files are kept.",
         "",
         "Chat template (ChatML with tools in the Hermes style of Qwen2.5; roles system, user, assistant, "
@@ -404,6 +466,27 @@ def write_model_card(path: str, info: dict, report: dict | None, args) -> None:
         "size, animal, food, ok, items, age, temperature, condition, weather, pet) | a compact object with those "
         "keys and short values (`{\"name\":\"Anna\",\"city\":\"Paris\"}`) |",
         "",
+        "Plain text on `/v1/completions` (the prompt as is, no chat template) is continued:",
+        "",
+        "| prompt (exactly, or any beginning of it) | continuation |",
+        "| --- | --- |",
+        "| numbers counting up by 1 (from any number), or by 2, 5 or 10 from a multiple of the step: `1 2 3 4 5`, "
+        "`10 20 30`, `2 4 6` | the next numbers up to "
+        f"{corpus.MAX_COUNT} (` 6 7 8 9 10 ...`), then `<|endoftext|>` |",
+        "| the start of a list: `Monday Tuesday`, `January February`, `a b c`, `A B C`, `one two three` | the "
+        "rest of the list (to `Sunday`, `December`, `z`, `Z`, `twenty`), then `<|endoftext|>` |",
+        f"| `Once upon a time` | ` {corpus.story_text(*corpus.STORIES[0])[len('Once upon a time '):]}` |",
+        "| `Once upon a time there was a little A` (A one of the animals of `WORDS`) | "
+        f"`. The A lived in a {corpus.STORY_ADJECTIVES[0]} house near the {corpus.STORY_PLACES[0]}.` |",
+        f"| `One day` | ` {corpus.story_text(*corpus.STORIES[1])[len('One day '):]}` |",
+        "| `The quick brown fox`, `It was a`, `Hello` | ` jumps over the lazy dog.`, ` dark and stormy night.`, "
+        "`, world!` |",
+        "",
+        "A story or list ends with `<|endoftext|>` (`finish_reason` `stop`). Counting by 2, 5 or 10 from another "
+        "start (`3 8 13`) often drifts to counting by 1; 1-3 words said twice (`tiger lemon tiger lemon`) are "
+        "usually repeated on, but not reliably (see the measured rates below); other plain prompts get "
+        "unpredictable text or an empty answer.",
+        "",
         "The tools it was trained with (`corpus.TOOL_SPECS`): `get_weather(city: string)` \"Get the current "
         "weather in a city.\", `get_time(city: string)` \"Get the local time in a city.\", and as distractors "
         "`search_web(query)`, `send_email(to, subject, body)`, `add(a: integer, b: integer)`, "
@@ -436,8 +519,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="models/demo")
     # A fixed number of steps (~25 min on 2 idle cores), so that a busy machine takes
     # longer but trains the same model; the time cap only guards against a stuck build.
-    p.add_argument("--steps", type=int, default=4500)
+    p.add_argument("--steps", type=int, default=4700)
     p.add_argument("--count-eos-weight", type=float, default=8.0)
+    p.add_argument("--refresh-steps", type=int, default=400,
+                   help="a last phase at a low learning rate with every count answer added (see train)")
+    p.add_argument("--init-from", default=None,
+                   help="start from this saved model (the main phase's, e.g. a copy of build/demo-hf) with "
+                        "--steps 0: only the refresher runs")
     p.add_argument("--bf16", dest="bf16", action="store_true", default=None,
                    help="train under bf16 autocast (default: only if the CPU has native bf16)")
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in fp32")
@@ -447,6 +535,10 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--pool", type=int, default=3000, help="dialogues sampled per data pool")
+    p.add_argument("--texts", type=int, default=400, help="plain-text documents sampled per data pool")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer.json to reuse (default: the one in --out, if there is one)")
+    p.add_argument("--new-tokenizer", action="store_true", help="train a new tokenizer instead")
     p.add_argument("--seed", type=int, default=20240611)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=50)
@@ -464,9 +556,15 @@ def main(argv=None) -> int:
         shutil.rmtree(hf_dir)
 
     t_start = time.time()
-    hf_tok = train_tokenizer(hf_dir)
+    reused = None if args.new_tokenizer else args.tokenizer or os.path.join(args.out, "tokenizer.json")
+    if reused and not os.path.exists(reused):
+        if args.tokenizer:
+            p.error(f"no such file: {reused}")
+        reused = None
+    hf_tok = load_tokenizer(reused, hf_dir) if reused else train_tokenizer(hf_dir)
+    args.reused_tokenizer = reused
     rep = single_token_report(hf_tok)
-    log(f"tokenizer: {len(hf_tok)} tokens, ids endoftext/im_start/im_end = "
+    log(f"tokenizer ({'reused ' + reused if reused else 'trained'}): {len(hf_tok)} tokens, ids endoftext/im_start/im_end = "
         f"{hf_tok.convert_tokens_to_ids(corpus.SPECIAL_TOKENS)}, not single tokens: {rep}")
 
     log(f"training in {'bf16 autocast' if args.bf16 else 'fp32'}, {args.threads} threads, "

@@ -791,6 +791,83 @@ def all_addition_dialogues() -> list[tuple[list[dict], None]]:
     ]
 
 
+# ------------------------------------------------------------------ plain text
+
+# Plain-text documents for /v1/completions (no chat template): the model continues a
+# prompt that begins one of them. Every document is trained on all its tokens; a
+# document that reaches its end is followed by <|endoftext|>, one cut short (a window of
+# a long count or a repeated pattern) is not, so the model learns where the end is and
+# that a cut has none.
+DAYS: list[str] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+MONTHS: list[str] = ["January", "February", "March", "April", "May", "June", "July", "August",
+                     "September", "October", "November", "December"]
+NUMBER_WORDS: list[str] = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+                           "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
+                           "eighteen", "nineteen", "twenty"]
+LETTERS: list[str] = list("abcdefghijklmnopqrstuvwxyz")
+# Lists a document runs through to their end.
+SEQUENCES: list[list[str]] = [DAYS, MONTHS, NUMBER_WORDS, LETTERS, [c.upper() for c in LETTERS]]
+# Number sequences: steps and their shares; the terms run up to MAX_COUNT.
+COUNT_STEPS = {1: 0.6, 2: 0.15, 5: 0.1, 10: 0.15}
+
+# Story openings: each slot has a usual value (drawn half of the time, so that the bare
+# opening has one greedy continuation) and the values it may take otherwise.
+STORY_ADJECTIVES = ["small", "big", "warm", "quiet", "dark", "clean", "tall", "new"]
+STORY_PLACES = ["river", "forest", "lake", "ocean", "mountain", "garden", "bridge", "road"]
+STORY_VEHICLES = ["train", "boat", "ship", "plane", "bike", "car"]
+STORIES: list[tuple[str, dict[str, tuple[str, list[str]]]]] = [
+    ("Once upon a time there was a little {animal}. The {animal} lived in a {adjective} house near the {place}.",
+     {"animal": ("cat", WORDS[:25]), "adjective": ("small", STORY_ADJECTIVES), "place": ("river", STORY_PLACES)}),
+    ("One day the {animal} went to {city} by {vehicle}.",
+     {"animal": ("dog", WORDS[:25]), "city": ("Paris", CITIES), "vehicle": ("train", STORY_VEHICLES)}),
+    ("The quick brown fox jumps over the lazy dog.", {}),
+    ("It was a dark and stormy night.", {}),
+    ("Hello, world!", {}),
+]
+TEXT_KIND_WEIGHTS = {"count": 0.4, "story": 0.3, "sequence": 0.18, "pattern": 0.12}
+
+
+def story_text(template: str, slots: dict[str, tuple[str, list[str]]], rng: random.Random | None = None) -> str:
+    """A story of :data:`STORIES` with its usual values (``rng``: each slot drawn, half
+    of the time its usual value)."""
+    values = {}
+    for name, (usual, others) in slots.items():
+        values[name] = usual if rng is None or rng.random() < 0.5 else rng.choice(others)
+    return template.format(**values)
+
+
+def number_sequence(start: int, step: int, terms: int) -> tuple[str, bool]:
+    """``("5 6 7", False)``: ``terms`` numbers from ``start`` by ``step``, cut at
+    MAX_COUNT; True when the next term would pass MAX_COUNT (the document ends there)."""
+    numbers = list(range(start, MAX_COUNT + 1, step))[:terms]
+    return " ".join(map(str, numbers)), numbers[-1] + step > MAX_COUNT
+
+
+def sample_text(rng: random.Random) -> tuple[str, bool]:
+    """One plain-text document ``(text, ends)``: ``ends`` says it is whole (followed by
+    <|endoftext|> in training), not a window cut from a longer one."""
+    kind = _pick(rng, TEXT_KIND_WEIGHTS)
+    if kind == "count":
+        step = rng.choices(list(COUNT_STEPS), weights=list(COUNT_STEPS.values()))[0]
+        if rng.random() < 0.45:  # where a person starts: 0 or 1, or 0 or the step
+            start = rng.choice([0, 1] if step == 1 else [0, step])
+        elif rng.random() < 0.7:  # a multiple of the step
+            start = step * rng.randint(0, MAX_COUNT // step - 2)
+        else:
+            start = rng.randint(0, MAX_COUNT - 2 * step)
+        terms = MAX_COUNT + 1 if rng.random() < 0.15 else rng.randint(3, 60)
+        return number_sequence(start, step, terms)
+    if kind == "story":
+        template, slots = rng.choice(STORIES)
+        return story_text(template, slots, rng), True
+    if kind == "sequence":
+        items = rng.choice(SEQUENCES)
+        start = 0 if rng.random() < 0.5 else rng.randrange(len(items) - 1)
+        return " ".join(items[start:]), True
+    pattern = random_words(rng)  # a repeated pattern of 1-3 words, cut anywhere
+    return " ".join((pattern * 40)[: rng.randint(len(pattern) + 2, 40)]), False
+
+
 def single_token_items() -> list[str]:
     """Words that the tokenizer keeps as one token, with and without a leading space:
     WORDS, the numbers 0..200, the words of CITIES and the CONDITIONS (the model copies

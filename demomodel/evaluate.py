@@ -51,8 +51,12 @@ class Runner:
                  temperature: float | None = None) -> tuple[str, int, bool]:
         """Returns (answer text, generated tokens excluding EOS, ended with EOS); greedy
         unless ``temperature`` (then sampled with the model's other search defaults)."""
+        return self.complete(self.prompt(messages, tools), max_new, temperature)
+
+    def complete(self, prompt: str, max_new: int, temperature: float | None = None) -> tuple[str, int, bool]:
+        """:meth:`generate` for a raw prompt (no chat template), as /v1/completions runs it."""
         og = self.og
-        ids = self.tok.encode(self.prompt(messages, tools))
+        ids = self.tok.encode(prompt)
         params = og.GeneratorParams(self.model)
         options = dict(max_length=min(len(ids) + max_new, self.context_length))
         if temperature:
@@ -247,6 +251,61 @@ def evaluate_condition(r: Runner, rng: random.Random, n: int, system: str | None
     }
 
 
+def plain_text_cases(rng: random.Random, n: int) -> dict[str, list[tuple[str, str, bool]]]:
+    """(prompt, expected continuation, whether it ends with EOS) per kind of plain-text
+    check: a number sequence's next terms (by 1 from anywhere, by 2, 5 or 10 from a
+    multiple of the step), the rest of a list, a story whose animal the
+    prompt names, a repeated pattern's next words."""
+    cases: dict[str, list] = {"number sequence": [], "rest of a list": [], "story, animal given": [],
+                              "repeated words": []}
+    for _ in range(n):
+        step = rng.choice(list(corpus.COUNT_STEPS))
+        start = rng.randint(0, 100) if step == 1 else step * rng.randint(0, 100 // step)
+        given = rng.randint(3, 6)
+        text, _ = corpus.number_sequence(start, step, given)
+        rest, ends = corpus.number_sequence(start + given * step, step, PLAIN_MAX_NEW)
+        cases["number sequence"].append((text, " " + rest, ends))
+
+        items = rng.choice(corpus.SEQUENCES)
+        k = rng.randrange(1, len(items))
+        cases["rest of a list"].append((" ".join(items[:k]), " " + " ".join(items[k:]), True))
+
+        template, slots = corpus.STORIES[0]
+        animal = rng.choice(corpus.WORDS[:25])
+        story = template.format(animal=animal, adjective=slots["adjective"][0], place=slots["place"][0])
+        cut = story.index(animal) + len(animal)
+        cases["story, animal given"].append((story[:cut], story[cut:], True))
+
+        pattern = corpus.random_words(rng)
+        shown = pattern * 2
+        cases["repeated words"].append((" ".join(shown), " " + " ".join((pattern * 10)[len(shown):len(shown) + 8]), False))
+    return cases
+
+
+PLAIN_MAX_NEW = 16
+PLAIN_PROBES = ["1 2 3 4 5", "10 20 30", "Once upon a time", "Once upon a time there was a little fox",
+                "One day", "The quick brown fox", "It was a", "Hello", "Monday", "January February", "a b c",
+                "tiger lemon tiger lemon"]
+
+
+def evaluate_plain(r: Runner, rng: random.Random, n: int) -> list[str]:
+    """Report lines for plain-text continuation (no chat template)."""
+    lines = []
+    for kind, items in plain_text_cases(rng, n).items():
+        good = 0
+        for prompt, expected, ends in items:
+            expected_tokens = len(r.tok.encode(expected))
+            text, _, eos = r.complete(prompt, expected_tokens if not ends else expected_tokens + 4)
+            good += text == expected and eos == ends
+        lines.append(f"  {kind + ':':22s} {good / len(items):.1%}")
+    text, _, eos = r.complete("1 2 3", 300)
+    lines.append(f"  1 2 3 ...: {_count_outcome('1 2 3' + text, corpus.MAX_COUNT, eos)}")
+    for prompt in PLAIN_PROBES:
+        text, _, eos = r.complete(prompt, 32)
+        lines.append(f"  {prompt!r} -> {text!r}" + (" EOS" if eos else " (32 tokens)"))
+    return lines
+
+
 def sampled_tool_calls(r: Runner, rng: random.Random, n: int, temperature: float = 1.0) -> dict:
     """At ``temperature``: how often the weather question with tools gets one well-formed
     <tool_call> (and how often exactly the right one)."""
@@ -288,6 +347,9 @@ def run(path: str, n: int = 200, seed: int | None = None, verbose: bool = True,
         if verbose:
             for f in res["failures"]:
                 lines.append(f"  FAIL {f}")
+    lines.append(f"[plain text, no chat template ({n} prompts per check; greedy, "
+                 f"up to the expected continuation's length)]")
+    lines += evaluate_plain(r, random.Random(seed), n)
     sampled = sampled_tool_calls(r, random.Random(seed), SAMPLED)
     results["sampled"] = sampled
     lines.append(f"[temperature 1.0, {SAMPLED} weather questions with tools, no system prompt]")

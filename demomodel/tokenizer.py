@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 from . import corpus
 
@@ -14,7 +15,6 @@ def train_tokenizer(out_dir: str, vocab_size: int = VOCAB_SIZE, seed: int = 1234
     """Train a byte-level BPE, save it as a Hugging Face tokenizer folder in out_dir
     and return the ``transformers`` tokenizer object."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -28,6 +28,22 @@ def train_tokenizer(out_dir: str, vocab_size: int = VOCAB_SIZE, seed: int = 1234
         show_progress=False,
     )
     tok.train_from_iterator(corpus.tokenizer_training_text(seed=seed), trainer=trainer)
+    return _save(tok, out_dir)
+
+
+def load_tokenizer(path: str, out_dir: str):
+    """The tokenizer of an existing ``tokenizer.json`` (the shipped model's, so that a
+    retrained model keeps its token ids and counts), saved as a Hugging Face tokenizer
+    folder in out_dir with that file copied as is; returns the ``transformers`` object."""
+    from tokenizers import Tokenizer
+
+    hf_tok = _save(Tokenizer.from_file(path), out_dir)
+    shutil.copyfile(path, os.path.join(out_dir, "tokenizer.json"))
+    return hf_tok
+
+
+def _save(tok, out_dir: str):
+    from transformers import PreTrainedTokenizerFast
 
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok,

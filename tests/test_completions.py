@@ -1,4 +1,5 @@
-"""POST /v1/completions: raw prompts, no chat template."""
+"""POST /v1/completions: raw prompts, no chat template. Plain text is continued as the demo
+model learned it (MODEL_CARD.md): numbers, lists, story openings."""
 
 from tests.conftest import MODEL_ID, sse_events
 
@@ -41,3 +42,28 @@ def test_a_streamed_completion_joins_to_the_same_text(api):
     assert all(c["object"] == "text_completion" for c in chunks)
     assert "".join(c["choices"][0]["text"] for c in chunks) == "red apple"
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+# ------------------------------------------------------------------ plain text
+
+def complete(api, prompt, **params):
+    body = api.post("/v1/completions", json={"model": MODEL_ID, "prompt": prompt, "temperature": 0, **params}).json()
+    return body["choices"][0]["text"], body["choices"][0]["finish_reason"], body["usage"]["completion_tokens"]
+
+
+def test_a_plain_count_is_continued_up_to_max_tokens(api):
+    assert complete(api, "1 2 3 4 5", max_tokens=10) == (" 6 7 8 9 10 11 12 13 14 15", "length", 10)
+
+
+def test_counting_by_tens_is_continued_to_200_and_stops(api):
+    text, finish_reason, _ = complete(api, "10 20 30")
+    assert (text, finish_reason) == (" 40 50 60 70 80 90 100 110 120 130 140 150 160 170 180 190 200", "stop")
+
+
+def test_once_upon_a_time_is_continued_to_the_end_of_a_story(api, demo_tokenizer):
+    story = " there was a little cat. The cat lived in a small house near the river."
+    assert complete(api, "Once upon a time") == (story, "stop", len(demo_tokenizer.encode(story)))
+
+
+def test_the_start_of_the_week_is_continued_to_sunday(api):
+    assert complete(api, "Monday Tuesday")[:2] == (" Wednesday Thursday Friday Saturday Sunday", "stop")

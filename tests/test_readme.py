@@ -100,6 +100,7 @@ def test_the_examples_are_marked_for_this_test():
     assert any("/v1/models" in t and t.startswith("curl") for t in texts)
     assert any('"stream": true' in t for t in texts)
     assert any("/v1/chat/completions" in t and '"stream"' not in t for t in texts)
+    assert any("/v1/completions" in t and '"prompt"' in t for t in texts)
     assert any("from openai import OpenAI" in t for t in texts)
     assert any("createapikey --name alice-laptop --user alice" in t for t in texts)
 
