@@ -49,10 +49,10 @@ TIME_TOOL = {"type": "function", "function": {
 OTHER_TOOLS = [tool for tool in TOOLS if tool["function"]["name"] not in ("get_weather", "get_time")]
 
 
-def post_all(server, api_key, bodies):
+def post_all(server, api_key, bodies, path="/v1/chat/completions"):
     def post(body):
         with httpx.Client(base_url=server.base_url, timeout=120, headers=bearer(api_key)) as client:
-            return client.post("/v1/chat/completions", json={"model": MODEL_ID, "temperature": 0, **body}).json()
+            return client.post(path, json={"model": MODEL_ID, "temperature": 0, **body}).json()
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(post, bodies))
 
@@ -280,14 +280,6 @@ def test_it_counts_and_stops_exactly_for_every_n_up_to_40(server, api_key):
 
 # ------------------------------------------------------------------ plain text (/v1/completions)
 
-def complete_all(server, api_key, bodies):
-    def post(body):
-        with httpx.Client(base_url=server.base_url, timeout=120, headers=bearer(api_key)) as client:
-            return client.post("/v1/completions", json={"model": MODEL_ID, "temperature": 0, **body}).json()
-    with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(post, bodies))
-
-
 def test_plain_text_is_continued_exactly_at_least_95_percent_of_the_time(server, api_key):
     cases = []  # ((continuation, finish_reason), body)
     for i in range(SAMPLES):
@@ -307,7 +299,7 @@ def test_plain_text_is_continued_exactly_at_least_95_percent_of_the_time(server,
             expected = (f". The {animal} lived in a small house near the river.", "stop")
             body = {"prompt": f"Once upon a time there was a little {animal}"}
         cases.append((expected, body))
-    answers = complete_all(server, api_key, [body for _, body in cases])
+    answers = post_all(server, api_key, [body for _, body in cases], "/v1/completions")
     wrong = [(body["prompt"], expected, got) for (expected, body), a in zip(cases, answers)
              if (got := (a["choices"][0]["text"], a["choices"][0]["finish_reason"])) != expected]
     assert len(wrong) <= SAMPLES * 0.05, f"seed {SEED}; wrong: {wrong[:10]}"
