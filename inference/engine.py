@@ -67,6 +67,11 @@ _GATHER_SHARE_OF_PREFILL = 0.05
 
 # The error of turns ended because the server stops (inference.serving maps it to 503).
 SHUTTING_DOWN = "the server is shutting down"
+# The error of a turn whose request the Engine refused to create (inference.serving
+# maps it to a 500: the model's configuration, not the request, is at fault).
+REFUSED = "the engine refused to begin the turn"
+# og's words for an Engine that refuses every call after a failed step.
+_UNHEALTHY = "no longer healthy"
 # The error of a constrained turn that had produced nothing when its Engine failed
 # (inference.serving maps it to a 400 naming the grammar's parameter).
 GRAMMAR_FAILURE = "the engine failed while following this grammar"
@@ -401,9 +406,9 @@ class EngineWorker:
         self._execution_failure = og.EngineErrorCode.ENGINE_EXECUTION_FAILURE
         self._model = og.Model(config)
         self.tokenizer = og.Tokenizer(self._model)
-        model_config = json.loads((Path(self.path) / "genai_config.json").read_text())["model"]
-        self.context_length = int(model_config["context_length"])
-        self.vocab_size = int(model_config["vocab_size"])
+        genai_config = json.loads((Path(self.path) / "genai_config.json").read_text())
+        self.context_length = _context_length(genai_config, self.options)
+        self.vocab_size = int(genai_config["model"]["vocab_size"])
         self.grammar = GrammarCheck(self.path, self.vocab_size, list(self.tokenizer.eos_token_ids))
         self._new_engine()
         self.batch_limit = self._measure_batch_limit()
@@ -644,11 +649,16 @@ class EngineWorker:
         options.set_max_session_tokens(self.context_length)
         try:
             request = self._engine.create_request(options=options)
-        except RuntimeError:
-            # Not the turn's fault: the Engine no longer serves (see _restart). It waits
-            # for the next one, ahead of the others.
-            self._waiting.appendleft(turn)
-            raise
+        except RuntimeError as exc:
+            if _UNHEALTHY in str(exc) and turn._restarts < _RESTARTS_PER_TURN:
+                # Not the turn's fault: the Engine no longer serves. It waits for the next
+                # one (_restart), ahead of the others.
+                turn._restarts += 1
+                self._waiting.appendleft(turn)
+                raise
+            # This turn's request is refused: it fails alone, the Engine serves the next.
+            self._ended_before_beginning(turn, f"{REFUSED}: {_first_line(exc)}")
+            return 0
         turn_options = og.TurnOptions(request)
         turn_options.set_max_generated_tokens(params.max_tokens - len(turn._generated))
         if params.temperature > 0:
@@ -664,10 +674,7 @@ class EngineWorker:
             turn._turn_id = request.begin_turn(tokens, turn_options)
         except RuntimeError as exc:
             request.close()
-            if turn._stream is not None:  # a resumed turn that was counted as started
-                turn._stream = None
-                self.stats.turns_finished += 1
-            self._post([(turn, "", 0, Finish("FAILED", self._usage(turn), str(exc)))])
+            self._ended_before_beginning(turn, str(exc))
             return 0
         turn._request = request
         turn._resuming = False
@@ -677,6 +684,12 @@ class EngineWorker:
         self._running[request] = turn
         self.stats.running = len(self._running)
         return len(tokens)
+
+    def _ended_before_beginning(self, turn: Turn, error: str) -> None:
+        if turn._stream is not None:  # a resumed turn that was counted as started
+            turn._stream = None
+            self.stats.turns_finished += 1
+        self._post([(turn, "", 0, Finish("FAILED", self._usage(turn), error))])
 
     def _step(self) -> None:
         if self.step_delay:
@@ -821,6 +834,15 @@ class EngineWorker:
             loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:
             pass  # that event loop is closed; nobody is waiting
+
+
+def _context_length(genai_config: dict, options: dict) -> int:
+    """The tokens one sequence may hold: the model's context, bounded by the config's
+    ``search.max_length`` as the engine options overlay it (og refuses a request asking
+    for more session tokens than that)."""
+    context = int(genai_config["model"]["context_length"])
+    max_length = {**genai_config.get("search", {}), **options.get("search", {})}.get("max_length")
+    return min(context, int(max_length)) if max_length else context
 
 
 def _first_line(exc: Exception) -> str:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from django.conf import settings
 
-from inference.engine import (GRAMMAR_FAILURE, SHUTTING_DOWN, EngineUnavailable, EngineWorker, SamplingParams,
-                              Turn, Usage, after_pending_reads)
+from inference.engine import (GRAMMAR_FAILURE, REFUSED, SHUTTING_DOWN, EngineUnavailable, EngineWorker,
+                              SamplingParams, Turn, Usage, after_pending_reads)
 from inference.stop import StopMatcher
 from inference.tools import ToolCall, ToolCallParser, parse_tool_calls, template_messages, tool_call_grammar
 from llmserver.errors import APIError, error_body, shutting_down
@@ -195,7 +195,7 @@ _MAX_RETRY_AFTER = 60
 def _engine_error(message: str, worker: EngineWorker, guidance_param: str = "response_format") -> APIError:
     if message == SHUTTING_DOWN:
         return shutting_down("The server is shutting down: the generation was stopped before it finished.")
-    if "max_session_tokens" in message:
+    if "max_session_tokens" in message and not message.startswith(REFUSED):  # the prompt leaves no room
         return _context_length_exceeded(worker, None, "messages")
     if message == GRAMMAR_FAILURE:
         return APIError(400, f"The engine failed while following the grammar of this '{guidance_param}' and stopped; "

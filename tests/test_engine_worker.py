@@ -145,3 +145,37 @@ async def _record(request_id):
             return record
         await asyncio.sleep(0.05)
     raise AssertionError(f"no usage record for {request_id}")
+
+
+@pytest.fixture(scope="module")
+def short_worker():
+    """The demo model with the memory tip of models.example.toml: search.max_length 256,
+    below its 512-token context."""
+    worker = EngineWorker(MODEL_ID, str(DEMO_MODEL), max_batch_size=4, options={"search": {"max_length": 256}})
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+async def test_search_max_length_below_the_context_bounds_the_context_and_turns_are_answered(short_worker):
+    turn = new_turn(short_worker, count_prompt(20), max_tokens=200)
+    short_worker.submit(turn)
+
+    assert await asyncio.wait_for(collect(turn), 30) == count_answer(20)
+    assert short_worker.context_length == 256
+
+
+async def test_a_turn_the_engine_refuses_to_begin_fails_alone_and_the_next_is_answered(short_worker):
+    restarts = short_worker.stats.restarts
+    short_worker.context_length = 300  # more session tokens than search.max_length allows
+    refused = new_turn(short_worker, count_prompt(5), max_tokens=200)
+    short_worker.submit(refused)
+    await asyncio.wait_for(collect(refused), 30)
+    short_worker.context_length = 256
+    answered = new_turn(short_worker, count_prompt(5), max_tokens=200)
+    short_worker.submit(answered)
+
+    assert await asyncio.wait_for(collect(answered), 30) == count_answer(5)
+    assert refused.finish.reason == "FAILED"
+    assert refused.finish.error.startswith("the engine refused to begin the turn: max_session_tokens (300) must be")
+    assert (short_worker.running, short_worker.stats.restarts) == (True, restarts)
