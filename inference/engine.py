@@ -59,11 +59,14 @@ _FAILED = 8
 # for ever.
 _RESTARTS_PER_TURN = 2
 
-# A new batch waits for requests read but not yet at the engine at most this long, or
-# this share of the prefill its waiting turns will take anyway, whichever is longer: on
-# the benchmark model a view takes ~1.5 ms per request, a prompt's prefill ~300 ms.
-_GATHER_SECONDS = 0.005
+# A new batch waits for requests read but not yet at the engine at most this long after
+# the last of them arrived, or this share of the prefill its waiting turns will take
+# anyway, whichever is longer; and never longer than _GATHER_CAP from the first. A view
+# takes ~1.5 ms per request on the benchmark model, more on a busy CPU (admissions go
+# one at a time); a prompt's prefill ~300 ms.
+_GATHER_SECONDS = 0.02
 _GATHER_SHARE_OF_PREFILL = 0.05
+_GATHER_CAP = 0.2
 
 # The error of turns ended because the server stops (inference.serving maps it to 503).
 SHUTTING_DOWN = "the server is shutting down"
@@ -284,6 +287,7 @@ class EngineWorker:
         self._tokens_to_prefill = 0  # begun since the last step: the next step prefills them
         self._reforming = False  # running turns are being cancelled to begin again
         self._gather_since: float | None = None  # when the batch being gathered began to wait
+        self._gather_last = 0.0  # when the latest turn of that batch arrived
 
     # --- control, from any thread ------------------------------------------------------
 
@@ -535,7 +539,7 @@ class EngineWorker:
     def _handle(self, command) -> None:
         kind, turn = command
         if kind == "begin":
-            turn._queued_at = time.monotonic()
+            turn._queued_at = self._gather_last = time.monotonic()
             self._waiting.append(turn)
         elif kind == "cancel":
             turn._cancelled = True
@@ -578,9 +582,11 @@ class EngineWorker:
         milliseconds apart (parsing, admission), so the first would begin alone and the
         others wait for it. When the event loop has accepted more turns than have reached
         the engine (``queued``), or has read requests that have not taken their places yet
-        (``arrivals``), and the batch has room, the engine waits for them: from the first,
+        (``arrivals``), and the batch has room, the engine waits for them:
         at most ``_GATHER_SECONDS`` or ``_GATHER_SHARE_OF_PREFILL`` of the prefill of the
-        turns waiting, whichever is longer; a lone request never waits. A request going to
+        turns waiting, whichever is longer, after the latest of them arrived (admissions
+        go one at a time, slower on a busy CPU), but not past ``_GATHER_CAP`` from the
+        first; a lone request never waits. A request going to
         an idle engine lets the event loop read its sockets first (``after_pending_reads``
         in ``Generation.updates``), so that requests sent together are all counted by then."""
         if self._running or not self._waiting or len(self._waiting) >= self.batch_limit:
@@ -593,7 +599,8 @@ class EngineWorker:
             self._gather_since = now
         prefill = self._prefill_seconds_per_token * sum(len(turn.prompt_tokens) for turn in self._waiting)
         most = max(_GATHER_SECONDS, _GATHER_SHARE_OF_PREFILL * prefill)
-        return max(0.0, self._gather_since + most - now)
+        until = min(max(self._gather_since, self._gather_last) + most, self._gather_since + max(most, _GATHER_CAP))
+        return max(0.0, until - now)
 
     def _reform_pays_off(self) -> bool:
         """Re-form only when both hold:
