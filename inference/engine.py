@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.grammar import GrammarCheck
+from inference.model_options import ModelOptions
 
 log = logging.getLogger("llmserver.engine")
 
@@ -253,11 +254,12 @@ class EngineWorker:
     """Owns one model's Engine on a dedicated daemon thread."""
 
     def __init__(self, model_id: str, path: str, *, max_batch_size: int, step_delay: float = 0.0,
-                 options: dict | None = None):
+                 options: dict | None = None, model_options: ModelOptions | None = None):
         self.model_id = model_id
         self.path = path
         self.max_batch_size = max_batch_size
         self.options = options or {}  # merged into genai_config.json at load
+        self.model_options = model_options or ModelOptions()
         # Seconds of sleep before each step: lets tests see generations in flight on a
         # model as fast as the demo one. Always 0 in production.
         self.step_delay = step_delay

@@ -28,6 +28,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from inference.engine import EngineWorker, ModelLoadError
+from inference.model_options import ModelOptions
 from llmserver.errors import APIError, model_not_found
 
 log = logging.getLogger("llmserver.registry")
@@ -48,6 +49,7 @@ class ModelSpec:
     # Merged into the model's genai_config.json when it loads (e.g. {"model": {...}}).
     engine_options: dict = field(default_factory=dict, hash=False, compare=False)
     preload: bool = False  # loaded when the server starts, not on first request
+    model_options: ModelOptions = field(default_factory=ModelOptions, hash=False, compare=False)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -302,7 +304,7 @@ class ModelRegistry:
         spec = slot.spec
         worker_class = import_string(settings.ENGINE_WORKER_CLASS)
         return worker_class(spec.id, spec.path, max_batch_size=spec.max_batch_size, step_delay=self.step_delay,
-                            options=spec.engine_options)
+                            options=spec.engine_options, model_options=spec.model_options)
 
     @staticmethod
     def _loaded(slot: ModelSlot, worker: EngineWorker, started: float, rss_before: int) -> None:
@@ -340,11 +342,31 @@ def specs_from_settings() -> tuple[list[ModelSpec], str]:
     if settings.MODELS_CONFIG:
         return read_models_config(settings.MODELS_CONFIG)
     spec = ModelSpec(settings.MODEL_ID, str(Path(settings.MODEL_PATH).expanduser()),
-                     max_batch_size=settings.MAX_BATCH_SIZE)
+                     max_batch_size=settings.MAX_BATCH_SIZE, model_options=ModelOptions(
+                         max_model_len=settings.MAX_MODEL_LEN, chat_template=settings.CHAT_TEMPLATE or None,
+                         tool_parser=settings.TOOL_PARSER, reasoning_parser=settings.REASONING_PARSER,
+                         generation_defaults=settings.GENERATION_DEFAULTS))
     return [spec], spec.id
 
 
-_ENTRY_KEYS = {"id", "path", "aliases", "max_batch_size", "engine_options", "preload"}
+_OPTION_KEYS = {"max_model_len", "chat_template", "tool_parser", "reasoning_parser", "generation_defaults"}
+_ENTRY_KEYS = {"id", "path", "aliases", "max_batch_size", "engine_options", "preload", *_OPTION_KEYS}
+
+
+def _model_options(entry: dict, where: str) -> ModelOptions:
+    """The entry's ModelOptions; the environment's defaults where it says nothing."""
+    length = entry.get("max_model_len", settings.MAX_MODEL_LEN)
+    if not isinstance(length, int) or isinstance(length, bool) or length < 2:
+        raise ModelsConfigError(f"{where}: 'max_model_len' must be an integer of at least 2")
+    for key in ("chat_template", "tool_parser", "reasoning_parser"):
+        if key in entry and (not isinstance(entry[key], str) or not entry[key]):
+            raise ModelsConfigError(f"{where}: '{key}' must be a non-empty string")
+    defaults = entry.get("generation_defaults", False)
+    if not isinstance(defaults, bool):
+        raise ModelsConfigError(f"{where}: 'generation_defaults' must be true or false")
+    return ModelOptions(max_model_len=length, chat_template=entry.get("chat_template"),
+                        tool_parser=entry.get("tool_parser", "auto"),
+                        reasoning_parser=entry.get("reasoning_parser", "auto"), generation_defaults=defaults)
 
 
 def read_models_config(path: str) -> tuple[list[ModelSpec], str]:
@@ -358,6 +380,11 @@ def read_models_config(path: str) -> tuple[list[ModelSpec], str]:
         aliases = ["gpt-3.5-turbo"] # optional
         max_batch_size = 8          # optional: MAX_BATCH_SIZE otherwise
         preload = false             # optional: load at start (the default model always is)
+        max_model_len = 4096        # optional: MAX_MODEL_LEN otherwise (inference/model_options.py)
+        chat_template = "x.jinja"   # optional: replaces the model's own template
+        tool_parser = "auto"        # optional: "auto", "none" or a parser's name
+        reasoning_parser = "auto"   # optional: "auto", "none" or a parser's name
+        generation_defaults = false # optional: the model's sampling settings fill omitted ones
         [models.engine_options]     # optional: merged into genai_config.json at load
         search = { repetition_penalty = 1.1 }
     """
@@ -396,7 +423,7 @@ def read_models_config(path: str) -> tuple[list[ModelSpec], str]:
         if not model_path.is_absolute():
             model_path = file.parent / model_path
         specs.append(ModelSpec(entry["id"], str(model_path), tuple(aliases), batch, options,
-                               bool(entry.get("preload", False))))
+                               bool(entry.get("preload", False)), _model_options(entry, where)))
     default = data.get("default", specs[0].id)
     if default not in {spec.id for spec in specs}:
         raise ModelsConfigError(f"MODELS_CONFIG={path}: the default '{default}' is not a model id")

@@ -363,6 +363,14 @@ MAX_CONCURRENT_REQUESTS = _positive_int("MAX_CONCURRENT_REQUESTS", 64)
 # process; past it a request gets 503 at once instead of waiting without end.
 MAX_QUEUED_REQUESTS = _positive_int("MAX_QUEUED_REQUESTS", 64)
 DEFAULT_MAX_TOKENS = _positive_int("DEFAULT_MAX_TOKENS", 256)
+# The single MODEL_PATH model's options, and MAX_MODEL_LEN the default of every model's
+# (inference/model_options.py). The engine sizes each sequence's cache by the context, so
+# a model exported with a 128k context is served with this one unless told otherwise.
+MAX_MODEL_LEN = _positive_int("MAX_MODEL_LEN", 4096)
+CHAT_TEMPLATE = env.str("CHAT_TEMPLATE", default="")
+TOOL_PARSER = env.str("TOOL_PARSER", default="auto")
+REASONING_PARSER = env.str("REASONING_PARSER", default="auto")
+GENERATION_DEFAULTS = _switch("GENERATION_DEFAULTS", False)
 DEFAULT_TEMPERATURE = env.float("DEFAULT_TEMPERATURE", default=0.0)
 if DEFAULT_TEMPERATURE < 0 or DEFAULT_TEMPERATURE > 2:
     raise environ.ImproperlyConfigured("DEFAULT_TEMPERATURE must be between 0 and 2")
