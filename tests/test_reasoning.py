@@ -204,13 +204,214 @@ def reasoning_models(tmp_path_factory, live_db):
 
     base = tmp_path_factory.mktemp("reasoning")
     specs = [
-        ModelSpec("demo", str(DEMO_MODEL), max_batch_size=4),
-        ModelSpec("r1", str(demo_copy(base / "r1", R1_TEMPLATE)), max_batch_size=4),
-        ModelSpec("qwen3", str(demo_copy(base / "qwen3", QWEN3_TEMPLATE)), max_batch_size=4),
-        ModelSpec("r1-off", str(base / "r1"), max_batch_size=4, model_options=ModelOptions(reasoning_parser="none")),
+        ModelSpec("demo", str(DEMO_MODEL), max_batch_size=4, preload=True),
+        ModelSpec("r1", str(demo_copy(base / "r1", R1_TEMPLATE)), max_batch_size=4, preload=True),
+        ModelSpec("qwen3", str(demo_copy(base / "qwen3", QWEN3_TEMPLATE)), max_batch_size=4, preload=True),
+        ModelSpec("r1-off", str(base / "r1"), max_batch_size=4, preload=True,
+                  model_options=ModelOptions(reasoning_parser="none")),
     ]
     registry.configure(specs, default="demo", max_loaded=4)
     registry.preload()
     yield {slot.spec.id: slot for slot in registry.slots()}
     registry.stop_all()
     shutil.rmtree(base)
+
+
+def test_auto_chose_each_copys_parser(reasoning_models):
+    assert {name: slot.worker.reasoning_parser for name, slot in reasoning_models.items()} == {
+        "demo": None, "r1": "deepseek_r1", "qwen3": "qwen3", "r1-off": None}
+
+
+# --- the engine's own turns, split -----------------------------------------------------------
+
+
+def token_texts(worker, tokens: list[int]) -> list[str]:
+    """Each generated token's text, decoded apart from the server's stream."""
+    stream = worker.tokenizer.create_stream()
+    return [stream.decode(token) for token in tokens]
+
+
+async def forced_generation(worker, output: str, *, in_reasoning: bool, stop=None):
+    """A Generation of the real engine whose output a grammar fixes to ``output``."""
+    from inference.engine import SamplingParams
+    from inference.serving import Generation, chat_prompt
+
+    prompt = worker.tokenizer.encode(chat_prompt(worker.tokenizer, [{"role": "user", "content": "Think, then answer."}]))
+    params = SamplingParams(max_tokens=64, guidance=("lark_grammar", f"start: {json.dumps(output)}"))
+    generation = Generation(worker, [prompt], params, stop=stop,
+                            reasoning=lambda: ReasoningSplitter(in_reasoning=in_reasoning))
+    generation.hold_places()
+    try:
+        updates = [update async for update in generation.updates()]
+    finally:
+        generation.release_places()
+    return generation, updates
+
+
+async def test_the_engines_tokens_split_at_the_end_tag_and_count_up_to_it(reasoning_models):
+    worker = reasoning_models["demo"].worker
+    generation, updates = await forced_generation(worker, "tiger lemon\n</think>\n\nlemon tiger", in_reasoning=True)
+    assert "".join(update.reasoning for update in updates) == "tiger lemon"
+    assert "".join(update.text for update in updates) == "lemon tiger"
+    assert updates[-1].finish_reason == "stop"
+    texts = token_texts(worker, generation.turns[0]._generated)
+    assert "".join(texts) == "tiger lemon\n</think>\n\nlemon tiger"
+    ends_at = expected_reasoning_tokens(texts, True)
+    assert 0 < ends_at < len(texts)
+    usage = generation.usage()
+    assert usage["completion_tokens"] == len(texts)
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": ends_at}
+    # Each update's reasoning comes before its content, and no reasoning after content.
+    seen_content = False
+    for update in updates:
+        assert not (seen_content and update.reasoning)
+        seen_content = seen_content or bool(update.text)
+
+
+async def test_stop_sequences_apply_to_the_content_alone(reasoning_models):
+    worker = reasoning_models["demo"].worker
+    generation, updates = await forced_generation(worker, "<think>red tiger</think>lemon tiger peach",
+                                                  in_reasoning=False, stop=["tiger"])
+    assert "".join(update.reasoning for update in updates) == "red tiger"
+    assert "".join(update.text for update in updates) == "lemon "
+    assert updates[-1].finish_reason == "stop"
+
+
+async def test_an_output_that_opens_no_block_is_all_content_and_no_reasoning(reasoning_models):
+    worker = reasoning_models["demo"].worker
+    generation, updates = await forced_generation(worker, "lemon <think>tiger</think>", in_reasoning=False)
+    assert "".join(update.text for update in updates) == "lemon <think>tiger</think>"
+    assert not any(update.reasoning for update in updates)
+    assert generation.usage()["completion_tokens_details"] == {"reasoning_tokens": 0}
+
+
+# --- through the API ----------------------------------------------------------------------------
+
+
+async def post(api_key, path, body):
+    response = await InProcessAPI().post(path, body, bearer(api_key))
+    assert response.status == 200, await response.body()
+    return response
+
+
+async def chat(api_key, model, content, **fields):
+    response = await post(api_key, "/v1/chat/completions",
+                          {"model": model, "messages": [{"role": "user", "content": content}], **fields})
+    return await response.json()
+
+
+async def streamed(api_key, path, body) -> list:
+    response = await post(api_key, path, {**body, "stream": True})
+    events = [part.removeprefix("data: ") for part in (await response.body()).decode().split("\n\n") if part]
+    if path == "/v1/chat/completions":
+        assert events[-1] == "[DONE]"
+        events = events[:-1]
+    return [json.loads(event.split("\n")[-1].removeprefix("data: ")) for event in events]
+
+
+async def raw_completion(api_key, model, content, max_tokens):
+    """What the model writes after the chat prompt, with no reasoning parsed (plain text
+    completions never parse it): the oracle of the split."""
+    tokenize = await post(api_key, "/tokenize", {"model": model, "messages": [{"role": "user", "content": content}]})
+    prompt = (await post(api_key, "/detokenize", {"model": model, "tokens": (await tokenize.json())["tokens"]}))
+    body = await (await post(api_key, "/v1/completions", {"model": model, "prompt": (await prompt.json())["prompt"],
+                                                          "max_tokens": max_tokens})).json()
+    return body["choices"][0]["text"], body["usage"]["completion_tokens"]
+
+
+async def test_an_r1_style_answer_is_all_reasoning_until_the_end_tag_counted_by_token(reasoning_models, api_key):
+    prompt = repeat_prompt("tiger lemon")
+    written, tokens = await raw_completion(api_key, "r1", prompt, 64)
+    assert written == "lemon tiger"  # what the demo model writes after "<think>\n", then its end
+    body = await chat(api_key, "r1", prompt)
+    assert body["choices"] == [{"index": 0, "message": {
+        "role": "assistant", "content": "", "refusal": None, "reasoning_content": "lemon tiger"},
+        "logprobs": None, "finish_reason": "stop"}]
+    assert body["usage"]["completion_tokens"] == tokens
+    assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": tokens}
+
+    chunks = await streamed(api_key, "/v1/chat/completions", {
+        "model": "r1", "messages": [{"role": "user", "content": prompt}], "max_tokens": 1,
+        "stream_options": {"include_usage": True}})
+    deltas = [chunk["choices"][0]["delta"] for chunk in chunks if chunk["choices"]]
+    assert deltas == [{"role": "assistant", "content": ""}, {"reasoning_content": "lemon"}, {}]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["usage"]["completion_tokens"] == 1
+    assert chunks[-1]["usage"]["completion_tokens_details"] == {"reasoning_tokens": 1}
+
+
+async def test_the_r1_templates_model_answers_with_parsing_switched_off(reasoning_models, api_key):
+    prompt = repeat_prompt("tiger lemon")
+    written, _ = await raw_completion(api_key, "r1-off", prompt, 64)
+    body = await chat(api_key, "r1-off", prompt)
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": written, "refusal": None}
+    assert "completion_tokens_details" not in body["usage"]
+
+
+async def test_a_qwen3_style_answer_that_opens_no_block_is_content(reasoning_models, api_key):
+    body = await chat(api_key, "qwen3", repeat_prompt("tiger lemon"))
+    assert body["choices"][0]["message"] == {
+        "role": "assistant", "content": "tiger lemon", "refusal": None, "reasoning_content": None}
+    assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": 0}
+
+
+async def test_the_demo_model_answers_as_before_with_no_reasoning_fields(reasoning_models, api_key):
+    body = await chat(api_key, "demo", repeat_prompt("tiger lemon"))
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "tiger lemon", "refusal": None}
+    assert set(body["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details"}
+
+
+async def test_a_tool_call_written_while_thinking_is_not_a_call(reasoning_models, api_key):
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    # tool_choice "required": a grammar makes the model write a call, here from its first
+    # token, inside the block the R1-style prompt opened.
+    body = await chat(api_key, "r1", "Weather in Paris?", tools=[tool], tool_choice="required", max_tokens=60)
+    [choice] = body["choices"]
+    assert "tool_calls" not in choice["message"]
+    assert "get_weather" in choice["message"]["reasoning_content"]
+    assert choice["message"]["content"] == ""
+
+
+async def test_a_response_has_a_reasoning_item_before_its_message(reasoning_models, api_key):
+    prompt = repeat_prompt("tiger lemon")
+    written, tokens = await raw_completion(api_key, "r1", prompt, 64)
+    body = await (await post(api_key, "/v1/responses", {"model": "r1", "input": prompt})).json()
+    reasoning, message = body["output"]
+    assert reasoning["id"].startswith("rs_")
+    assert reasoning == {"type": "reasoning", "id": reasoning["id"], "summary": [],
+                         "content": [{"type": "reasoning_text", "text": "lemon tiger"}], "status": "completed"}
+    assert (message["type"], message["content"][0]["text"], body["status"]) == ("message", "", "completed")
+    assert body["usage"]["output_tokens"] == tokens
+    assert body["usage"]["output_tokens_details"] == {"reasoning_tokens": tokens}
+
+    events = await streamed(api_key, "/v1/responses", {"model": "r1", "input": prompt, "max_output_tokens": 1})
+    assert [event["type"] for event in events] == [
+        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+        "response.reasoning_text.delta", "response.reasoning_text.done", "response.content_part.done",
+        "response.output_item.done", "response.output_item.added", "response.content_part.added",
+        "response.output_text.done", "response.content_part.done", "response.output_item.done", "response.incomplete"]
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    item_id = events[2]["item"]["id"]
+    assert events[2]["item"] == {"type": "reasoning", "id": item_id, "summary": [], "content": [], "status": "in_progress"}
+    assert events[3]["part"] == {"type": "reasoning_text", "text": ""}
+    assert {key: events[4][key] for key in ("item_id", "output_index", "content_index", "delta")} == {
+        "item_id": item_id, "output_index": 0, "content_index": 0, "delta": "lemon"}
+    assert events[5]["text"] == "lemon"
+    done = events[-1]["response"]
+    assert [item["type"] for item in done["output"]] == ["reasoning", "message"]
+    assert done["output"][0]["content"] == [{"type": "reasoning_text", "text": "lemon"}]
+    assert done["usage"]["output_tokens_details"] == {"reasoning_tokens": 1}
+
+
+async def test_a_reasoning_model_gets_the_larger_default_of_max_tokens(reasoning_models, settings):
+    from inference.serving import ChatServing
+
+    data = {"messages": [{"role": "user", "content": "hi"}], "n": 1}
+    settings.DEFAULT_REASONING_MAX_TOKENS = 300
+    r1, demo = reasoning_models["r1"].worker, reasoning_models["demo"].worker
+    assert ChatServing(r1, "r1").generation(dict(data)).turns[0].params.max_tokens == 300
+    assert ChatServing(demo, "demo").generation(dict(data)).turns[0].params.max_tokens == settings.DEFAULT_MAX_TOKENS
+    settings.DEFAULT_REASONING_MAX_TOKENS = 4096  # bounded by the context
+    assert ChatServing(r1, "r1").generation(dict(data)).turns[0].params.max_tokens == r1.context_length == 512
+    assert ChatServing(r1, "r1").generation({**data, "max_tokens": 7}).turns[0].params.max_tokens == 7
