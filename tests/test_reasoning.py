@@ -177,10 +177,12 @@ R1_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n" + _HISTORY + "{{ content }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
 )
-# As Qwen3's: the model opens the block itself, the generation prompt does not.
+# As Qwen3's: the model opens the block itself, the generation prompt does not; an
+# assistant's reasoning given back is written back in its block.
 QWEN3_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n" + _HISTORY + "{{ content }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n" + _HISTORY +
+    "{% if message['reasoning_content'] %}<think>{{ message['reasoning_content'] }}</think>{% endif %}"
+    "{{ content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 
@@ -415,3 +417,41 @@ async def test_a_reasoning_model_gets_the_larger_default_of_max_tokens(reasoning
     settings.DEFAULT_REASONING_MAX_TOKENS = 4096  # bounded by the context
     assert ChatServing(r1, "r1").generation(dict(data)).turns[0].params.max_tokens == r1.context_length == 512
     assert ChatServing(r1, "r1").generation({**data, "max_tokens": 7}).turns[0].params.max_tokens == 7
+
+
+HISTORY = [{"role": "user", "content": "Repeat after me: tiger"},
+           {"role": "assistant", "content": "tiger", "reasoning_content": "Easy."},
+           {"role": "user", "content": repeat_prompt("lemon")}]
+
+
+async def rendered(api_key, model, messages) -> tuple[str, int]:
+    counted = await (await post(api_key, "/tokenize", {"model": model, "messages": messages})).json()
+    prompt = await (await post(api_key, "/detokenize", {"model": model, "tokens": counted["tokens"]})).json()
+    return prompt["prompt"], counted["count"]
+
+
+async def test_reasoning_given_back_in_the_history_reaches_the_template(reasoning_models, api_key):
+    prompt, count = await rendered(api_key, "qwen3", HISTORY)
+    assert "assistant\n<think>Easy.</think>tiger\nuser" in prompt  # special tokens are not decoded
+    body = await chat(api_key, "qwen3", None, messages=HISTORY)
+    assert body["usage"]["prompt_tokens"] == count
+    assert body["choices"][0]["message"]["content"] == "lemon"
+
+    # The Responses API: a reasoning output item given back, before the assistant's message.
+    response = await (await post(api_key, "/v1/responses", {"model": "qwen3", "input": [
+        HISTORY[0],
+        {"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": "Easy."}]},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "tiger"}]},
+        HISTORY[2]]})).json()
+    assert response["usage"]["input_tokens"] == count
+    assert response["output"][-1]["content"][0]["text"] == "lemon"
+
+
+async def test_reasoning_content_belongs_to_assistant_messages_only(reasoning_models, api_key):
+    response = await InProcessAPI().post("/v1/chat/completions", {"model": "qwen3", "messages": [
+        {"role": "user", "content": "hi", "reasoning_content": "no"}]}, bearer(api_key))
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error == {"message": "Invalid value for 'messages[0].reasoning_content': Only assistant messages have "
+                                "'reasoning_content'.", "type": "invalid_request_error",
+                     "param": "messages[0].reasoning_content", "code": "invalid_value"}
