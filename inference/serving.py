@@ -398,8 +398,10 @@ class ChatServing(_Serving):
         if calls:
             grammar = tool_call_grammar(self.tools, choice, parallel=self.parallel_tool_calls)
             params = dataclasses.replace(params, guidance=("lark_grammar", grammar))
-        parser = self.worker.reasoning_parser
-        reasoning = (lambda: splitter_for(parser, prompt)) if parser else None
+        # A grammar (response_format, or a required tool call) holds the whole output from
+        # its first token: what it makes the model write is the answer, never reasoning.
+        parser = self.worker.reasoning_parser if params.guidance is None else None
+        reasoning = (lambda: splitter_for(parser, prompt)) if self.worker.reasoning_parser else None
         generation = Generation(self.worker, [tokens], params, n=data["n"], stop=data.get("stop"), reasoning=reasoning)
         if calls:
             generation.guidance_param = "tools"  # the grammar comes from the tools' schemas

@@ -170,13 +170,13 @@ def test_the_template_source_is_the_jinja_file_else_the_tokenizer_config(tmp_pat
 
 # --- demo-model copies whose chat templates make them reasoning models ---------------------
 
-# The demo model's template, an assistant's history kept to its answer, with the generation
-# prompt opening the block as DeepSeek-R1's and QwQ's do.
+# The demo model's template (tools and all), with the generation prompt opening the block
+# as DeepSeek-R1's and QwQ's do.
+R1_TEMPLATE = CHAT_TEMPLATE.replace("{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+                                    "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
+assert R1_TEMPLATE != CHAT_TEMPLATE
+# An assistant's history kept to its answer.
 _HISTORY = "{% set content = message['content'] %}{% if '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}"
-R1_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n" + _HISTORY + "{{ content }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
-)
 # As Qwen3's: the model opens the block itself, the generation prompt does not; an
 # assistant's reasoning given back is written back in its block.
 QWEN3_TEMPLATE = (
@@ -311,12 +311,12 @@ async def streamed(api_key, path, body) -> list:
     return [json.loads(event.split("\n")[-1].removeprefix("data: ")) for event in events]
 
 
-async def raw_completion(api_key, model, content, max_tokens):
+async def raw_completion(api_key, model, content, max_tokens, tools=None):
     """What the model writes after the chat prompt, with no reasoning parsed (plain text
     completions never parse it): the oracle of the split."""
-    tokenize = await post(api_key, "/tokenize", {"model": model, "messages": [{"role": "user", "content": content}]})
-    prompt = (await post(api_key, "/detokenize", {"model": model, "tokens": (await tokenize.json())["tokens"]}))
-    body = await (await post(api_key, "/v1/completions", {"model": model, "prompt": (await prompt.json())["prompt"],
+    tokenize = await post(api_key, "/tokenize", {"model": model, "messages": [{"role": "user", "content": content}],
+                                                 **({"tools": tools} if tools else {})})
+    body = await (await post(api_key, "/v1/completions", {"model": model, "prompt": (await tokenize.json())["tokens"],
                                                           "max_tokens": max_tokens})).json()
     return body["choices"][0]["text"], body["usage"]["completion_tokens"]
 
@@ -363,16 +363,36 @@ async def test_the_demo_model_answers_as_before_with_no_reasoning_fields(reasoni
     assert set(body["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details"}
 
 
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
 async def test_a_tool_call_written_while_thinking_is_not_a_call(reasoning_models, api_key):
-    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
-    # tool_choice "required": a grammar makes the model write a call, here from its first
-    # token, inside the block the R1-style prompt opened.
-    body = await chat(api_key, "r1", "Weather in Paris?", tools=[tool], tool_choice="required", max_tokens=60)
+    written, _ = await raw_completion(api_key, "r1", "What is the weather in Paris?", 60, tools=[TOOL])
+    assert "<tool_call>" in written and "</think>" not in written  # the demo model calls, inside the block
+    body = await chat(api_key, "r1", "What is the weather in Paris?", tools=[TOOL])
     [choice] = body["choices"]
-    assert "tool_calls" not in choice["message"]
-    assert "get_weather" in choice["message"]["reasoning_content"]
-    assert choice["message"]["content"] == ""
+    assert choice["message"] == {"role": "assistant", "content": "", "refusal": None,
+                                 "reasoning_content": written.strip()}
+    assert choice["finish_reason"] == "stop"
+
+
+async def test_what_a_grammar_makes_a_reasoning_model_write_is_the_answer(reasoning_models, api_key):
+    required = await chat(api_key, "r1", "What is the weather in Paris?", tools=[TOOL], tool_choice="required")
+    [choice] = required["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    assert [call["function"]["name"] for call in choice["message"]["tool_calls"]] == ["get_weather"]
+    assert choice["message"]["reasoning_content"] is None
+    assert required["usage"]["completion_tokens_details"] == {"reasoning_tokens": 0}
+
+    schema = {"type": "object", "properties": {"word": {"type": "string", "enum": ["tiger", "lemon"]}},
+              "required": ["word"], "additionalProperties": False}
+    shaped = await chat(api_key, "r1", repeat_prompt("tiger"), response_format={
+        "type": "json_schema", "json_schema": {"name": "word", "schema": schema}})
+    message = shaped["choices"][0]["message"]
+    assert json.loads(message["content"]) in ({"word": "tiger"}, {"word": "lemon"})
+    assert message["reasoning_content"] is None
+    assert shaped["usage"]["completion_tokens_details"] == {"reasoning_tokens": 0}
 
 
 async def test_a_response_has_a_reasoning_item_before_its_message(reasoning_models, api_key):
