@@ -81,7 +81,7 @@ class Generation:
         self._stop = stop or []
         # A reasoning model's output is split into reasoning and content (inference.reasoning)
         # before stop sequences and tool calls, which apply to the content alone. A turn's
-        # splitter is None when its prompt switched thinking off.
+        # splitter is None when its prompt switched thinking off or a grammar holds it.
         self.reasoning_model = reasoning is not None
         self._splitters = [reasoning() if reasoning else None for _ in self.turns]
 
@@ -400,8 +400,8 @@ class ChatServing(_Serving):
             params = dataclasses.replace(params, guidance=("lark_grammar", grammar))
         # A grammar (response_format, or a required tool call) holds the whole output from
         # its first token: what it makes the model write is the answer, never reasoning.
-        parser = self.worker.reasoning_parser if params.guidance is None else None
-        reasoning = (lambda: splitter_for(parser, prompt)) if self.worker.reasoning_parser else None
+        reasoning_parser = self.worker.reasoning_parser if params.guidance is None else None
+        reasoning = (lambda: splitter_for(reasoning_parser, prompt)) if self.worker.reasoning_parser else None
         generation = Generation(self.worker, [tokens], params, n=data["n"], stop=data.get("stop"), reasoning=reasoning)
         if calls:
             generation.guidance_param = "tools"  # the grammar comes from the tools' schemas
@@ -737,7 +737,8 @@ class ResponsesServing(ChatServing):
             failed["error"] = {"code": error.code, "message": error.message}
             yield events.next("response.failed", response=failed)
             return
-        if message is None and not any(item["type"] != "reasoning" for item in output):  # an empty answer is still a message
+        if message is None and all(item["type"] == "reasoning" for item in output):
+            # An empty answer is still a message.
             for event in open_message():
                 yield event
         if message is not None:

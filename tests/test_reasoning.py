@@ -475,3 +475,18 @@ async def test_reasoning_content_belongs_to_assistant_messages_only(reasoning_mo
     assert error == {"message": "Invalid value for 'messages[0].reasoning_content': Only assistant messages have "
                                 "'reasoning_content'.", "type": "invalid_request_error",
                      "param": "messages[0].reasoning_content", "code": "invalid_value"}
+
+
+async def test_each_of_n_choices_has_its_reasoning_and_the_usage_sums_them(reasoning_models, api_key):
+    prompt = repeat_prompt("tiger lemon")
+    _, tokens = await raw_completion(api_key, "r1", prompt, 64)
+    body = await chat(api_key, "r1", prompt, n=2)
+    assert [choice["message"]["reasoning_content"] for choice in body["choices"]] == ["lemon tiger"] * 2
+    assert body["usage"]["completion_tokens"] == 2 * tokens
+    assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": 2 * tokens}
+    chunks = await streamed(api_key, "/v1/chat/completions", {
+        "model": "r1", "messages": [{"role": "user", "content": prompt}], "n": 2})
+    for index in (0, 1):
+        deltas = [chunk["choices"][0]["delta"] for chunk in chunks if chunk["choices"][0]["index"] == index]
+        assert "".join(delta.get("reasoning_content", "") for delta in deltas) == "lemon tiger"
+        assert "".join(delta.get("content", "") for delta in deltas) == ""
