@@ -12,7 +12,8 @@ Protocol (JSON text frames; ``id`` is the client's name for one generation):
 - client → server: ``{"type": "chat", "id", "model", "messages", "temperature",
   "max_tokens"}`` starts a generation; ``{"type": "stop", "id"}`` cancels it.
 - server → client: ``{"type": "start", "id", "request_id"}`` once admitted,
-  ``{"type": "delta", "id", "text"}`` per piece of text, then either
+  ``{"type": "delta", "id", "text"}`` per piece of text (a reasoning model's reasoning
+  first, as ``{"type": "reasoning", "id", "text"}``), then either
   ``{"type": "done", "id", "finish_reason", "usage"}`` (``finish_reason`` is
   ``"cancelled"`` after a stop) or ``{"type": "error", "id", "status", "error"}`` with
   OpenAI's error object, the HTTP status the API would have answered, ``retry_after``
@@ -164,6 +165,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._send(type="start", id=chat_id, request_id=request_id)
             finish_reason = None
             async for update in generation.updates():
+                if update.reasoning:
+                    await self._send(type="reasoning", id=chat_id, text=update.reasoning)
                 if update.text:
                     await self._send(type="delta", id=chat_id, text=update.text)
                 if update.finish_reason:

@@ -47,6 +47,7 @@ import numpy as np
 
 from inference.grammar import GrammarCheck
 from inference.model_options import ModelOptions
+from inference.reasoning import resolve_parser, template_source
 
 log = logging.getLogger("llmserver.engine")
 
@@ -134,7 +135,7 @@ class Turn:
     finish: Finish | None = None
     tokens: int = 0  # tokens delivered so far (the usage of a turn cut short)
     began: bool = False  # the engine has begun it (set on the event loop)
-    _pieces: list[str] = field(default_factory=list)
+    _pieces: list[tuple[str, int]] = field(default_factory=list)  # (text, tokens) per delivery
     # Event-loop state: holds a place in its worker's queue count; handed to the engine.
     _queued: bool = False
     _submitted: bool = False
@@ -152,18 +153,21 @@ class Turn:
 
     def take(self) -> str:
         """The text delivered since the last call."""
-        if not self._pieces:
-            return ""
-        text = "".join(self._pieces)
+        return "".join(text for text, _ in self.take_pieces())
+
+    def take_pieces(self) -> list[tuple[str, int]]:
+        """What was delivered since the last call, one (text, tokens) a step: the text of
+        each token apart (empty while a character is incomplete)."""
+        pieces = self._pieces[:]
         self._pieces.clear()
-        return text
+        return pieces
 
     def _deliver(self, text: str, tokens: int, finish: Finish | None) -> None:
         if tokens:
             self.began = True
         self.tokens += tokens
-        if text:
-            self._pieces.append(text)
+        if text or tokens:
+            self._pieces.append((text, tokens))
         if finish is not None:
             self.finish = finish
         self.wake.set()
@@ -271,6 +275,9 @@ class EngineWorker:
         self.batch_limit = max_batch_size  # measured at load: sequences one step serves
         self.tokenizer = None  # og.Tokenizer; its encode/decode may be called from any thread
         self.grammar: GrammarCheck | None = None  # checks a turn's grammar before it is submitted
+        # How its chat output separates reasoning from the answer (inference.reasoning), or
+        # None: all of it is the answer. Read off its chat template at load for "auto".
+        self.reasoning_parser: str | None = None
         # Turns taken in and not yet begun nor finished, counted on the event loop (see
         # the module docstring): what a bound on waiting requests is checked against.
         self.queued = 0
@@ -381,8 +388,8 @@ class EngineWorker:
         self.state = "running"
         self._ready.set()
         log.info(
-            "model %s loaded from %s (batch size %d, context %d)",
-            self.model_id, self.path, self.max_batch_size, self.context_length,
+            "model %s loaded from %s (batch size %d, context %d, reasoning parser %s)",
+            self.model_id, self.path, self.max_batch_size, self.context_length, self.reasoning_parser or "none",
         )
         try:
             self._loop()
@@ -416,6 +423,7 @@ class EngineWorker:
         self.context_length = _context_length(genai_config, self.options)
         self.vocab_size = int(genai_config["model"]["vocab_size"])
         self.grammar = GrammarCheck(self.path, self.vocab_size, list(self.tokenizer.eos_token_ids))
+        self.reasoning_parser = self._reasoning_parser()
         self._new_engine()
         self.batch_limit = self._measure_batch_limit()
         if self.batch_limit < self.max_batch_size:
@@ -424,6 +432,22 @@ class EngineWorker:
                 "(MAX_BATCH_SIZE=%d asked); admitting %d at a time",
                 self.model_id, self.batch_limit, self.max_batch_size, self.batch_limit,
             )
+
+    def _reasoning_parser(self) -> str | None:
+        option, template_file = self.model_options.reasoning_parser, self.model_options.chat_template
+        if option != "auto":
+            template = None
+        elif template_file:
+            try:
+                template = (Path(self.path) / Path(template_file).expanduser()).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ModelLoadError(f"chat template {template_file}: {exc}") from None
+        else:
+            template = template_source(self.path)
+        try:
+            return resolve_parser(option, template)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
 
     def _measure_batch_limit(self) -> int:
         """How many sequences one engine step really serves.

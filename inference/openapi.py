@@ -96,8 +96,8 @@ extend_schema_field({
 _TEXT_PART = {"type": "object", "required": ["type", "text"],
               "properties": {"type": {"type": "string", "enum": ["input_text", "output_text"]}, "text": _STRING}}
 extend_schema_field({
-    "description": "A string (one user message), or a list of input items: messages, function_call and "
-                   "function_call_output.",
+    "description": "A string (one user message), or a list of input items: messages, function_call, "
+                   "function_call_output, and reasoning (its reasoning_text goes with the assistant turn after it).",
     "oneOf": [{"type": "string", "minLength": 1}, {"type": "array", "minItems": 1, "items": {"oneOf": [
         {"type": "object", "required": ["role", "content"], "properties": {
             "type": {"type": "string", "enum": ["message"]},
@@ -108,6 +108,10 @@ extend_schema_field({
             "call_id": _STRING, "name": _STRING, "arguments": _STRING}},
         {"type": "object", "required": ["type", "call_id", "output"], "properties": {
             "type": {"type": "string", "enum": ["function_call_output"]}, "call_id": _STRING, "output": _STRING}},
+        {"type": "object", "required": ["type"], "properties": {
+            "type": {"type": "string", "enum": ["reasoning"]},
+            "content": {"type": "array", "items": {"type": "object", "required": ["type", "text"], "properties": {
+                "type": {"type": "string", "enum": ["reasoning_text"]}, "text": _STRING}}}}},
     ]}}],
 })(protocol.ResponsesInputField)
 
@@ -306,8 +310,8 @@ def _chat_message(fields: dict) -> dict:
 
     return {"oneOf": [
         variant(["system", "developer", "user"], ["role", "content"], "name"),
-        variant(["assistant"], ["role", "content"], "name"),
-        variant(["assistant"], ["role", "tool_calls"], "name", "tool_calls", nullable=True),
+        variant(["assistant"], ["role", "content"], "name", "reasoning_content"),
+        variant(["assistant"], ["role", "tool_calls"], "name", "tool_calls", "reasoning_content", nullable=True),
         variant(["tool"], ["role", "content", "tool_call_id"], "tool_call_id"),
     ]}
 

@@ -310,6 +310,9 @@ class ChatMessageSerializer(serializers.Serializer):
     name = StrictCharField(required=False, max_length=256)
     tool_calls = ToolCallSerializer(many=True, required=False, allow_empty=False)
     tool_call_id = StrictCharField(required=False, max_length=256)
+    # An assistant's reasoning, as this server returned it (vLLM's field): given to the
+    # chat template, which keeps or drops it (Qwen3's keeps it only within a tool loop).
+    reasoning_content = StrictCharField(required=False)
 
     # Fields of OpenAI's assistant message this server does not produce, accepted with the
     # value meaning "none": a client that appends the message it was given (OpenAI's
@@ -336,6 +339,8 @@ class ChatMessageSerializer(serializers.Serializer):
             attrs["role"] = "system"
         if "tool_calls" in attrs and attrs["role"] != "assistant":
             _refuse("tool_calls", "Only assistant messages have 'tool_calls'.")
+        if "reasoning_content" in attrs and attrs["role"] != "assistant":
+            _refuse("reasoning_content", "Only assistant messages have 'reasoning_content'.")
         if attrs["role"] == "tool" and "tool_call_id" not in attrs:
             _refuse("tool_call_id", "This field is required.", code="required")
         if attrs.get("content") is None:
@@ -530,22 +535,32 @@ class ResponsesInputField(serializers.Field):
         if not isinstance(data, list) or not data:
             self.fail("invalid")
         messages = []
+        reasoning = None  # a reasoning item's text, for the assistant turn that follows it
         for position, item in enumerate(data):
             if not isinstance(item, dict):
                 _refuse_item(position, None, "Expected an input item (an object).", "invalid_type")
             kind = item.get("type", "message")
             if kind == "message":
                 messages.append(_input_message(item, position))
+                if reasoning is not None and messages[-1]["role"] == "assistant":
+                    messages[-1]["reasoning_content"] = reasoning
+                reasoning = None
+            elif kind == "reasoning":
+                reasoning = _reasoning_text(item, position)
             elif kind == "function_call":
                 call = {"id": _text(item, "call_id", position), "type": "function",
                         "function": {"name": _text(item, "name", position), "arguments": _text(item, "arguments", position)}}
-                if messages and messages[-1]["role"] == "assistant" and "tool_calls" in messages[-1]:
+                if messages and messages[-1]["role"] == "assistant" and "tool_calls" in messages[-1] and reasoning is None:
                     messages[-1]["tool_calls"].append(call)  # parallel calls: one assistant turn
                 else:
                     messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+                    if reasoning is not None:
+                        messages[-1]["reasoning_content"] = reasoning
+                reasoning = None
             elif kind == "function_call_output":
                 messages.append({"role": "tool", "tool_call_id": _text(item, "call_id", position),
                                  "content": _text(item, "output", position)})
+                reasoning = None
             else:
                 _refuse_item(position, "type", f"Input items of type '{kind}' are not supported by this server.",
                              "unsupported_parameter")
@@ -564,6 +579,20 @@ def _text(item: dict, name: str, position: int) -> str:
         _refuse_item(position, name, "This field is required." if value is None else "Expected a string.",
                      "required" if value is None else "invalid_type")
     return value
+
+
+def _reasoning_text(item: dict, position: int) -> str:
+    """A reasoning item's reasoning_text parts (as this server returns them), joined; its
+    summary is not the reasoning and is left out."""
+    content = item.get("content") or []
+    if not isinstance(content, list) or not all(
+            isinstance(part, dict) and part.get("type") == "reasoning_text" and isinstance(part.get("text"), str)
+            for part in content):
+        _refuse_item(position, "content", "Expected a list of reasoning_text parts.", "invalid_type")
+    if item.get("encrypted_content") is not None:
+        _refuse_item(position, "encrypted_content", "Encrypted reasoning is not supported by this server.",
+                     "unsupported_parameter")
+    return "".join(part["text"] for part in content)
 
 
 def _input_message(item: dict, position: int) -> dict:

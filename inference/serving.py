@@ -14,7 +14,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +22,7 @@ from django.conf import settings
 
 from inference.engine import (GRAMMAR_FAILURE, REFUSED, SHUTTING_DOWN, EngineUnavailable, EngineWorker,
                               SamplingParams, Turn, Usage, after_pending_reads)
+from inference.reasoning import ReasoningSplitter, splitter_for
 from inference.stop import StopMatcher
 from inference.tools import ToolCall, ToolCallParser, parse_tool_calls, template_messages, tool_call_grammar
 from llmserver.errors import APIError, error_body, shutting_down
@@ -38,8 +39,9 @@ _FINISH_REASONS = {
 @dataclass
 class ChoiceUpdate:
     index: int
-    text: str
+    text: str  # the answer (content); reasoning, when the model's is separated, never
     finish_reason: str | None = None
+    reasoning: str = ""  # comes before any text of the same choice
 
 
 class GenerationFailed(Exception):
@@ -64,7 +66,8 @@ class Generation:
     """
 
     def __init__(self, worker: EngineWorker, prompts: list[np.ndarray], params: SamplingParams,
-                 *, n: int = 1, stop: list[str] | None = None):
+                 *, n: int = 1, stop: list[str] | None = None,
+                 reasoning: Callable[[], ReasoningSplitter | None] | None = None):
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
         self.worker = worker
@@ -76,6 +79,11 @@ class Generation:
         self.guidance_param = "response_format"
         self._wake = wake
         self._stop = stop or []
+        # A reasoning model's output is split into reasoning and content (inference.reasoning)
+        # before stop sequences and tool calls, which apply to the content alone. A turn's
+        # splitter is None when its prompt switched thinking off or a grammar holds it.
+        self.reasoning_model = reasoning is not None
+        self._splitters = [reasoning() if reasoning else None for _ in self.turns]
 
     @property
     def began(self) -> bool:
@@ -136,16 +144,21 @@ class Generation:
                 await self._wake.wait()
                 self._wake.clear()
                 for index in list(pending):
-                    turn, matcher = turns[index], matchers[index]
-                    text = turn.take()
+                    turn, matcher, splitter = turns[index], matchers[index], self._splitters[index]
+                    if splitter is None:
+                        reasoning, text = "", turn.take()
+                    else:
+                        reasoning, text = _split(splitter, turn.take_pieces())
                     if text and not matcher.stopped:
                         text = matcher.feed(text)
                         if matcher.stopped:
                             worker.cancel(turn)  # the rest is not wanted; free the slot now
-                        if text:
-                            if self.first_text_at is None:
-                                self.first_text_at = time.perf_counter()
-                            yield ChoiceUpdate(index, text)
+                    else:
+                        text = ""
+                    if text or reasoning:
+                        if self.first_text_at is None:
+                            self.first_text_at = time.perf_counter()
+                        yield ChoiceUpdate(index, text, reasoning=reasoning)
                     finish = turn.finish
                     if finish is None:
                         continue
@@ -153,11 +166,13 @@ class Generation:
                     if finish.reason == "FAILED" and not matcher.stopped:
                         self.finish_reasons[index] = "error"
                         raise GenerationFailed(_engine_error(finish.error or "", worker, self.guidance_param))
-                    tail = matcher.flush()
-                    if tail:
+                    reasoning, tail = splitter.finish() if splitter is not None else ("", "")
+                    tail = matcher.feed(tail) if tail and not matcher.stopped else ""
+                    tail += matcher.flush()
+                    if tail or reasoning:
                         if self.first_text_at is None:
                             self.first_text_at = time.perf_counter()
-                        yield ChoiceUpdate(index, tail)
+                        yield ChoiceUpdate(index, tail, reasoning=reasoning)
                     reason = "stop" if matcher.stopped else _FINISH_REASONS.get(finish.reason, "stop")
                     self.finish_reasons[index] = reason
                     yield ChoiceUpdate(index, "", reason)
@@ -180,12 +195,31 @@ class Generation:
                 totals.prompt_tokens += usage.prompt_tokens
                 totals.cached_tokens += usage.cached_tokens
             totals.completion_tokens += usage.completion_tokens
-        return {
+        usage = {
             "prompt_tokens": totals.prompt_tokens,
             "completion_tokens": totals.completion_tokens,
             "total_tokens": totals.prompt_tokens + totals.completion_tokens,
             "prompt_tokens_details": {"cached_tokens": totals.cached_tokens},
         }
+        if self.reasoning_model:
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return usage
+
+    @property
+    def reasoning_tokens(self) -> int:
+        """Tokens generated up to and including each turn's end of reasoning, summed."""
+        return sum(splitter.reasoning_tokens for splitter in self._splitters if splitter is not None)
+
+
+def _split(splitter: ReasoningSplitter, pieces: list[tuple[str, int]]) -> tuple[str, str]:
+    """The reasoning and content of a turn's new pieces, each token's text fed apart so
+    that the splitter counts the reasoning's tokens."""
+    reasoning, content = [], []
+    for text, tokens in pieces:
+        thought, said = splitter.feed(text, tokens)
+        reasoning.append(thought)
+        content.append(said)
+    return "".join(reasoning), "".join(content)
 
 
 # Seconds: the most a refusal's Retry-After asks a client to wait.
@@ -239,12 +273,17 @@ class _Serving:
             top_k = min(top_k, self.worker.vocab_size)
         return SamplingParams(
             # The context bounds any turn; the engine ends it there with "length".
-            max_tokens=min(max_tokens or settings.DEFAULT_MAX_TOKENS, self.worker.context_length),
+            max_tokens=min(max_tokens or self.default_max_tokens, self.worker.context_length),
             temperature=data.get("temperature", settings.DEFAULT_TEMPERATURE),
             top_p=data.get("top_p"),
             top_k=top_k,
             guidance=response_format_guidance(data.get("response_format")),
         )
+
+    @property
+    def default_max_tokens(self) -> int:
+        """The tokens a turn may generate when the request does not say."""
+        return settings.DEFAULT_MAX_TOKENS
 
     def check_prompt(self, tokens: np.ndarray) -> np.ndarray:
         if len(tokens) == 0:
@@ -259,9 +298,12 @@ class _Serving:
     async def create(self, generation: Generation) -> dict:
         """Run to the end and return the whole response object."""
         texts = [[] for _ in generation.turns]
+        reasonings = [[] for _ in generation.turns]
         reasons = [None] * len(generation.turns)
         try:
             async for update in generation.updates():
+                if update.reasoning:
+                    reasonings[update.index].append(update.reasoning)
                 if update.text:
                     texts[update.index].append(update.text)
                 if update.finish_reason:
@@ -271,6 +313,8 @@ class _Serving:
         choices = [self.choice("".join(parts), index, reason) for index, (parts, reason) in enumerate(zip(texts, reasons))]
         for index, choice in enumerate(choices):
             generation.finish_reasons[index] = choice["finish_reason"]  # e.g. "tool_calls", for the record
+            if generation.reasoning_model:
+                self.add_reasoning(choice, "".join(reasonings[index]))
         return {
             "id": self.new_id(),
             "object": self.object_name,
@@ -292,6 +336,10 @@ class _Serving:
                 yield {**base, "choices": [opening]}
         try:
             async for update in generation.updates():
+                if update.reasoning:
+                    yield {**base, "choices": [self.reasoning_chunk_choice(update)]}
+                if not (update.text or update.finish_reason):
+                    continue
                 for choice in self.chunk_choices(update):
                     if choice["finish_reason"]:
                         generation.finish_reasons[update.index] = choice["finish_reason"]
@@ -311,6 +359,12 @@ class _Serving:
 
     def opening_chunk(self, index: int) -> dict | None:
         return None
+
+    def add_reasoning(self, choice: dict, reasoning: str) -> None:
+        """Put a reasoning model's reasoning into its whole choice."""
+
+    def reasoning_chunk_choice(self, update: ChoiceUpdate) -> dict:
+        raise NotImplementedError
 
     def chunk_choice(self, update: ChoiceUpdate) -> dict:
         raise NotImplementedError
@@ -344,10 +398,21 @@ class ChatServing(_Serving):
         if calls:
             grammar = tool_call_grammar(self.tools, choice, parallel=self.parallel_tool_calls)
             params = dataclasses.replace(params, guidance=("lark_grammar", grammar))
-        generation = Generation(self.worker, [tokens], params, n=data["n"], stop=data.get("stop"))
+        # A grammar (response_format, or a required tool call) holds the whole output from
+        # its first token: what it makes the model write is the answer, never reasoning.
+        reasoning_parser = self.worker.reasoning_parser if params.guidance is None else None
+        reasoning = (lambda: splitter_for(reasoning_parser, prompt)) if self.worker.reasoning_parser else None
+        generation = Generation(self.worker, [tokens], params, n=data["n"], stop=data.get("stop"), reasoning=reasoning)
         if calls:
             generation.guidance_param = "tools"  # the grammar comes from the tools' schemas
         return generation
+
+    @property
+    def default_max_tokens(self) -> int:
+        """A reasoning model thinks before it answers: a default that leaves room for both."""
+        if self.worker.reasoning_parser:
+            return settings.DEFAULT_REASONING_MAX_TOKENS
+        return settings.DEFAULT_MAX_TOKENS
 
     @property
     def tool_names(self) -> set[str]:
@@ -365,6 +430,14 @@ class ChatServing(_Serving):
 
     def opening_chunk(self, index):
         return {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+
+    def add_reasoning(self, choice, reasoning):
+        # vLLM's field: OpenAI's chat completions return no reasoning text.
+        choice["message"]["reasoning_content"] = reasoning or None
+
+    def reasoning_chunk_choice(self, update):
+        return {"index": update.index, "delta": {"reasoning_content": update.reasoning}, "logprobs": None,
+                "finish_reason": None}
 
     def chunk_choice(self, update):
         delta = {"content": update.text} if update.text else {}
@@ -506,7 +579,7 @@ class ResponsesServing(ChatServing):
                 "input_tokens": counts["prompt_tokens"],
                 "input_tokens_details": {"cached_tokens": counts["prompt_tokens_details"]["cached_tokens"]},
                 "output_tokens": counts["completion_tokens"],
-                "output_tokens_details": {"reasoning_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": generation.reasoning_tokens},
                 "total_tokens": counts["total_tokens"],
             }
         choice = request.get("tool_choice", "auto" if self.tools else "none")
@@ -537,9 +610,11 @@ class ResponsesServing(ChatServing):
         }
 
     async def create(self, generation: Generation) -> dict:
-        parts, reason = [], None
+        parts, thoughts, reason = [], [], None
         try:
             async for update in generation.updates():
+                if update.reasoning:
+                    thoughts.append(update.reasoning)
                 if update.text:
                     parts.append(update.text)
                 if update.finish_reason:
@@ -549,7 +624,7 @@ class ResponsesServing(ChatServing):
         text = "".join(parts)
         content, calls = (parse_tool_calls(text, self.tool_names, parallel=self.parallel_tool_calls)
                           if self.tools else (text, []))
-        output = []
+        output = [_reasoning_item(f"rs_{uuid.uuid4().hex}", "".join(thoughts), "completed")] if thoughts else []
         if content or not calls:
             output.append(_message_item(f"msg_{uuid.uuid4().hex}", content or "", "completed"))
         output += [_function_call_item(call, "completed") for call in calls]
@@ -566,6 +641,31 @@ class ResponsesServing(ChatServing):
         message = None  # the output message item while its text streams
         parser = ToolCallParser(self.tool_names, parallel=self.parallel_tool_calls) if self.tools else None
         text, reason = [], None
+        reasoning_item, thoughts = None, []  # the reasoning output item while its text streams
+
+        def open_reasoning():
+            nonlocal reasoning_item
+            reasoning_item = _reasoning_item(f"rs_{uuid.uuid4().hex}", "", "in_progress")
+            output.append(reasoning_item)
+            index = len(output) - 1
+            return [events.next("response.output_item.added", output_index=index, item={**reasoning_item, "content": []}),
+                    events.next("response.content_part.added", item_id=reasoning_item["id"], output_index=index,
+                                content_index=0, part={"type": "reasoning_text", "text": ""})]
+
+        def close_reasoning():
+            nonlocal reasoning_item
+            index, done_text = output.index(reasoning_item), "".join(thoughts)
+            reasoning_item["content"][0]["text"] = done_text
+            reasoning_item["status"] = "completed"
+            closing = [
+                events.next("response.reasoning_text.done", item_id=reasoning_item["id"], output_index=index,
+                            content_index=0, text=done_text),
+                events.next("response.content_part.done", item_id=reasoning_item["id"], output_index=index,
+                            content_index=0, part=reasoning_item["content"][0]),
+                events.next("response.output_item.done", output_index=index, item=reasoning_item),
+            ]
+            reasoning_item = None
+            return closing
 
         def open_message():
             nonlocal message
@@ -593,6 +693,16 @@ class ResponsesServing(ChatServing):
 
         try:
             async for update in generation.updates():
+                if update.reasoning:
+                    if reasoning_item is None:
+                        for event in open_reasoning():
+                            yield event
+                    thoughts.append(update.reasoning)
+                    yield events.next("response.reasoning_text.delta", item_id=reasoning_item["id"],
+                                      output_index=output.index(reasoning_item), content_index=0, delta=update.reasoning)
+                if reasoning_item is not None and (update.text or update.finish_reason):
+                    for event in close_reasoning():
+                        yield event
                 content, calls = (parser.feed(update.text) if parser else (update.text, [])) if update.text else ("", [])
                 if update.finish_reason:
                     reason = update.finish_reason
@@ -627,7 +737,8 @@ class ResponsesServing(ChatServing):
             failed["error"] = {"code": error.code, "message": error.message}
             yield events.next("response.failed", response=failed)
             return
-        if message is None and not output:  # an empty answer is still a message
+        if message is None and all(item["type"] == "reasoning" for item in output):
+            # An empty answer is still a message.
             for event in open_message():
                 yield event
         if message is not None:
@@ -655,6 +766,11 @@ class _EventCounter:
 def _message_item(item_id: str, text: str, status: str) -> dict:
     return {"type": "message", "id": item_id, "status": status, "role": "assistant",
             "content": [{"type": "output_text", "text": text, "annotations": []}]}
+
+
+def _reasoning_item(item_id: str, text: str, status: str) -> dict:
+    return {"type": "reasoning", "id": item_id, "summary": [], "content": [{"type": "reasoning_text", "text": text}],
+            "status": status}
 
 
 def _function_call_item(call: ToolCall, status: str) -> dict:

@@ -157,7 +157,7 @@ def template_messages(messages: list[dict]) -> list[dict]:
     rendered = []
     for message in messages:
         out = {"role": message["role"], "content": message["content"]}
-        for key in ("name", "tool_call_id"):
+        for key in ("name", "tool_call_id", "reasoning_content"):
             if key in message:
                 out[key] = message[key]
         if "tool_calls" in message:

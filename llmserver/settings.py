@@ -363,6 +363,9 @@ MAX_CONCURRENT_REQUESTS = _positive_int("MAX_CONCURRENT_REQUESTS", 64)
 # process; past it a request gets 503 at once instead of waiting without end.
 MAX_QUEUED_REQUESTS = _positive_int("MAX_QUEUED_REQUESTS", 64)
 DEFAULT_MAX_TOKENS = _positive_int("DEFAULT_MAX_TOKENS", 256)
+# A chat request to a reasoning model (one whose output has a <think> block) that sets no
+# max_tokens: the thinking alone often runs to hundreds or thousands of tokens.
+DEFAULT_REASONING_MAX_TOKENS = _positive_int("DEFAULT_REASONING_MAX_TOKENS", 4096)
 # The single MODEL_PATH model's options, and MAX_MODEL_LEN the default of every model's
 # (inference/model_options.py). The engine sizes each sequence's cache by the context, so
 # a model exported with a 128k context is served with this one unless told otherwise.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import httpx
 import pytest
 from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
@@ -15,7 +16,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from demomodel.corpus import count_answer, count_prompt, markup_repeat, repeat_prompt
-from tests.conftest import MODEL_ID, PASSWORD, chat_socket, make_user, start_server, wait_for
+from tests.conftest import DEMO_MODEL, MODEL_ID, PASSWORD, chat_socket, make_user, start_server, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -367,3 +368,65 @@ def test_two_tabs_answering_at_once_keep_both_conversations_in_both_and_after_a_
         page.switch_to.window(second)
         page.close()
         page.switch_to.window(first)
+
+
+@pytest.fixture(scope="module")
+def thinking_site(tmp_path_factory, live_db):
+    """A server with the demo model and an R1-style copy of it (tests/test_reasoning.py),
+    whose every word is reasoning."""
+    from tests.test_reasoning import R1_TEMPLATE, demo_copy
+
+    base = tmp_path_factory.mktemp("thinking-page")
+    r1 = demo_copy(base / "r1", R1_TEMPLATE)
+    config = base / "models.toml"
+    config.write_text(f'[[models]]\nid = "{MODEL_ID}"\npath = "{DEMO_MODEL}"\n\n'
+                      f'[[models]]\nid = "r1"\npath = "{r1}"\npreload = true\n')
+    server = start_server(base, MODELS_CONFIG=str(config))
+    yield server
+    server.stop()
+
+
+_READ_REASONING = """
+    return [...document.querySelectorAll("#messages .message.assistant")].map(m => {
+        const details = m.querySelector("details.reasoning");
+        return details && {open: details.open, title: details.querySelector("summary").textContent,
+                           text: details.querySelector(".reasoning-text").textContent,
+                           elements: details.querySelectorAll("*").length};
+    });
+"""
+
+
+def test_a_reasoning_models_thinking_is_folded_above_its_answer_as_text(page, thinking_site, live_db):
+    from tests.conftest import bearer, issue_key
+
+    def reasoning_of(prompt):  # what the API answers the same question with
+        with httpx.Client(base_url=thinking_site.base_url, headers=bearer(issue_key(name="page-oracle")[1])) as api:
+            body = api.post("/v1/chat/completions", json={
+                "model": "r1", "messages": [{"role": "user", "content": prompt}]}).json()
+        message = body["choices"][0]["message"]
+        assert message["content"] == "" and message["reasoning_content"]
+        return message["reasoning_content"]
+
+    log_in(page, thinking_site, make_user("thinker"))
+    set_field(page, "model", "r1")
+    ask(page, repeat_prompt("tiger lemon"))
+    answer = last_answer(page, "done")
+    [folded] = page.execute_script(_READ_REASONING)
+    assert folded == {"open": False, "title": "Thinking…", "text": reasoning_of(repeat_prompt("tiger lemon")),
+                      "elements": 2}
+    assert answer.text == ""
+    page.find_element(By.CSS_SELECTOR, "details.reasoning summary").click()
+    assert page.execute_script(_READ_REASONING)[0]["open"]
+
+    prompt, _ = markup_repeat('<img src=x onerror=alert("{}")>', ["tiger"])
+    ask(page, prompt)
+    last_answer(page, "done")
+    folded = page.execute_script(_READ_REASONING)[-1]
+    assert folded["text"] == reasoning_of(prompt) and folded["elements"] == 2  # text, never markup
+    assert page.find_elements(By.CSS_SELECTOR, "#messages script, #messages img") == []
+    # The first answer's block stays as the person left it; a reload keeps the thinking.
+    page.refresh()
+    until(page, lambda: len(page.execute_script(_READ_REASONING)) == 2)
+    assert [entry["text"] for entry in page.execute_script(_READ_REASONING)] == [
+        reasoning_of(repeat_prompt("tiger lemon")), reasoning_of(prompt)]
+    assert [entry["message"] for entry in page.get_log("browser") if entry["level"] == "SEVERE"] == []

@@ -170,7 +170,7 @@
   function cleanMessage(m, live) {
     if (!m || (m.role !== "user" && m.role !== "assistant") || typeof m.content !== "string") return null;
     const msg = {
-      id: isId(m.id) ? m.id : newId(), role: m.role, content: m.content,
+      id: isId(m.id) ? m.id : newId(), role: m.role, content: m.content, reasoning: str(m.reasoning),
       state: STATES.includes(m.state) ? m.state : "done",
       finishReason: str(m.finishReason) || null, usage: cleanUsage(m.usage), model: str(m.model),
       durationMs: num(m.durationMs), requestId: str(m.requestId), error: null,
@@ -338,6 +338,7 @@
     div.className = "message " + msg.role;
     div.dataset.state = msg.state;
     div.dataset.mid = msg.id;
+    if (msg.role === "assistant" && msg.reasoning) div.append(buildReasoning(msg.reasoning));
     div.append(makeText("div", "content", msg.content));
     if (msg.role !== "assistant") return div;
 
@@ -360,6 +361,14 @@
     }
     div.append(foot);
     return div;
+  }
+
+  // A reasoning model's thinking, folded above its answer (text only, like the answer).
+  function buildReasoning(text) {
+    const details = document.createElement("details");
+    details.className = "reasoning";
+    details.append(makeText("summary", "reasoning-title", "Thinking…"), makeText("div", "reasoning-text", text));
+    return details;
   }
 
   function buildError(error) {
@@ -401,7 +410,10 @@
     const old = findMessageEl(msg);
     if (!old) return;
     const msgs = state.current.messages;
-    old.replaceWith(buildMessage(msg, msgs[msgs.length - 1] === msg));
+    const fresh = buildMessage(msg, msgs[msgs.length - 1] === msg);
+    const wasOpen = old.querySelector("details.reasoning[open]");
+    if (wasOpen && fresh.querySelector("details.reasoning")) fresh.querySelector("details.reasoning").open = true;
+    old.replaceWith(fresh);
     scrollToBottom();
   }
 
@@ -488,7 +500,7 @@
   function startGeneration(conv) {
     const history = requestMessages(conv);
     const msg = {
-      id: newId(), role: "assistant", content: "", state: "streaming", finishReason: null,
+      id: newId(), role: "assistant", content: "", reasoning: "", state: "streaming", finishReason: null,
       usage: null, model: validModel(conv.model), durationMs: 0, error: null,
     };
     conv.messages.push(msg);
@@ -563,6 +575,20 @@
       gen.started = true;
       gen.startedAt = performance.now(); // tokens/s from admission, not from a wait in a queue
       gen.msg.requestId = str(m.request_id);
+    } else if (m.type === "reasoning") {
+      const text = str(m.text);
+      if (!text) return;
+      gen.started = true;
+      gen.msg.reasoning += text;
+      const el = findMessageEl(gen.msg);
+      const box = el && el.querySelector(".reasoning-text");
+      if (box) {
+        box.appendChild(document.createTextNode(text));
+        scrollToBottom();
+      } else {
+        rerenderMessage(gen.msg); // its first reasoning: the block appears
+      }
+      if (isSaved(gen.conv)) saveSoon(gen.conv);
     } else if (m.type === "delta") {
       const text = str(m.text);
       if (!text) return;
