@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import math
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from django.conf import settings
@@ -473,7 +475,34 @@ class TokenizeServing:
         if tokens and max(tokens) >= self.worker.vocab_size:
             raise APIError(400, f"Token id {max(tokens)} is out of the model's vocabulary.",
                            code="invalid_value", param="tokens")
-        return {"prompt": self.worker.tokenizer.decode(np.asarray(tokens, dtype=np.int32))}
+        text = self.worker.tokenizer.decode(np.asarray(tokens, dtype=np.int32))
+        return {"prompt": _strip_decoded_start(self.worker.path, text)}
+
+
+@functools.lru_cache(maxsize=None)
+def _decoder_strips_start(model_path: str) -> tuple[str, int]:
+    """What the model's tokenizer.json decoder strips from the start of a decoded text:
+    SentencePiece tokenizers that prepend "▁" when encoding (Llama 2, Mistral, Phi-3)
+    strip one leading space when decoding, which onnxruntime-genai's decode does not."""
+    try:
+        with open(Path(model_path) / "tokenizer.json", encoding="utf-8") as f:
+            decoder = json.load(f).get("decoder") or {}
+    except (OSError, ValueError):
+        return "", 0
+    for step in decoder.get("decoders", [decoder]):
+        if step.get("type") == "Strip" and step.get("start"):
+            return step.get("content", " "), int(step["start"])
+    return "", 0
+
+
+def _strip_decoded_start(model_path: str, text: str) -> str:
+    """``text`` as the Hugging Face tokenizer decodes the same ids (see _decoder_strips_start)."""
+    content, count = _decoder_strips_start(model_path)
+    for _ in range(count):
+        if not content or not text.startswith(content):
+            break
+        text = text[len(content):]
+    return text
 
 
 class ResponsesServing(ChatServing):
