@@ -75,11 +75,11 @@ async def test_a_greedy_completion_runs_to_max_tokens_and_repeats(zoo, api_key):
     assert second["usage"] == first["usage"]
 
 
-def test_the_engine_stops_on_the_familys_eos_ids(zoo):
+def test_the_engine_uses_the_familys_eos_and_bos_ids(zoo):
     name, worker = zoo
     eos, bos, context_length = EXPECTED[name]
     assert list(worker.tokenizer.eos_token_ids) == eos
     assert worker.tokenizer.bos_token_id == bos
-    assert worker.context_length == context_length
-    config = json.loads((zoo_model(name) / "genai_config.json").read_text())
-    assert (config["model"]["eos_token_id"], config["model"]["bos_token_id"]) == (eos if len(eos) > 1 else eos[0], bos)
+    model = json.loads((zoo_model(name) / "genai_config.json").read_text())["model"]
+    assert (model["eos_token_id"], model["bos_token_id"]) == (eos if len(eos) > 1 else eos[0], bos)
+    assert model["context_length"] == context_length
