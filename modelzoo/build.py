@@ -10,8 +10,8 @@ builder (``-p fp32 -e cpu``) into ``.zoo/models/<name>/``, so that its ``genai_c
 family gets. The sources come from ``make zoo-sources`` (modelzoo/fetch.py).
 
 The models talk nonsense: they exist to check loading, tokenization, templates, EOS
-handling and memory, not answers. The LM head rows of the EOS ids, of every special added
-token and of byte tokens that are not valid UTF-8 alone are zeroed while the others give
+handling and memory, not answers. The LM head rows of the EOS ids, of every added token
+and of byte tokens that are not valid UTF-8 alone are zeroed while the others give
 large logits, so a greedy (or sampled) generation practically never ends early and always
 decodes to whole characters: a request for N tokens gets N.
 
@@ -42,7 +42,7 @@ MODELS = ZOO / "models"
 RECIPE_FILE = "zoo_recipe.json"
 # Part of every recipe digest: raise it when the way a model is made here changes in a
 # way the recipe fields below do not capture.
-BUILD_REVISION = 2
+BUILD_REVISION = 3
 
 # Like demomodel.benchmodel's ``--shape tiny``: 2 layers, 64 wide, 4 heads, 2 KV heads.
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -253,15 +253,17 @@ def built_digest(name: str) -> str | None:
 # ------------------------------------------------------------------ build
 
 def never_generated(tok_json_path: Path, tok: dict, eos_ids: list[int], size: int) -> set[int]:
-    """Ids whose LM head row is zeroed: EOS, special added tokens, and tokens that are not
-    valid UTF-8 alone (onnxruntime-genai's decode drops the text after such a token)."""
+    """Ids whose LM head row is zeroed: EOS, every added token (special ones, which
+    decoding skips, and markers such as <think> or <tool_call>, which a random model
+    would scatter), and tokens that are not valid UTF-8 alone (onnxruntime-genai's
+    decode drops the text after such a token)."""
     from tokenizers import Tokenizer
 
     hf_tok = Tokenizer.from_file(str(tok_json_path))
     texts = hf_tok.decode_batch([[i] for i in range(size)], skip_special_tokens=False)
     stray = {i for i, text in enumerate(texts) if "\ufffd" in text}
-    special = {t["id"] for t in tok.get("added_tokens", []) if t.get("special")}
-    return set(eos_ids) | special | stray
+    added = {t["id"] for t in tok.get("added_tokens", [])}
+    return set(eos_ids) | added | stray
 
 
 def make_hf(name: str, family: Family, hf_dir: Path, seed: int) -> dict:

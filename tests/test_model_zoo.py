@@ -1,6 +1,6 @@
-"""Each zoo model (tests/zoo.py) loads through the registry and answers in-process: its
-tokenizer encodes multi-byte text exactly as the ``tokenizers`` library does with the
-same tokenizer.json, decodes it back, a greedy completion is reproducible and runs to
+"""Each zoo model (tests/zoo.py) loads through the registry and answers in-process: a
+plain-text prompt is encoded exactly as the ``tokenizers`` library encodes it with the
+same tokenizer.json (BOS included where its post-processor adds one), decoded back, a greedy completion is reproducible and runs to
 max_tokens, and the engine stops on the family's own EOS ids."""
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ async def test_it_is_listed(zoo, api_key):
 
 async def test_tokenize_equals_the_tokenizers_library(zoo, api_key):
     name, _ = zoo
-    expected = Tokenizer.from_file(str(zoo_model(name) / "tokenizer.json")).encode(TEXT, add_special_tokens=False)
+    # with the special tokens its post-processor adds (BOS for Llama, Mistral, Gemma, Phi-3)
+    expected = Tokenizer.from_file(str(zoo_model(name) / "tokenizer.json")).encode(TEXT)
     counted = await post(api_key, "/tokenize", {"model": name, "prompt": TEXT})
     assert counted["tokens"] == expected.ids
     assert counted["count"] == len(expected.ids)
@@ -70,6 +71,8 @@ async def test_a_greedy_completion_runs_to_max_tokens_and_repeats(zoo, api_key):
     first = await post(api_key, "/v1/completions", body)
     second = await post(api_key, "/v1/completions", body)
     assert first["usage"]["completion_tokens"] == 8
+    assert first["usage"]["prompt_tokens"] == len(
+        Tokenizer.from_file(str(zoo_model(name) / "tokenizer.json")).encode(body["prompt"]).ids)
     assert first["choices"][0]["finish_reason"] == "length"
     assert second["choices"][0]["text"] == first["choices"][0]["text"]
     assert second["usage"] == first["usage"]
