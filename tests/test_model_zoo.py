@@ -86,3 +86,17 @@ def test_the_engine_uses_the_familys_eos_and_bos_ids(zoo):
     model = json.loads((zoo_model(name) / "genai_config.json").read_text())["model"]
     assert (model["eos_token_id"], model["bos_token_id"]) == (eos if len(eos) > 1 else eos[0], bos)
     assert model["context_length"] == context_length
+
+
+# How many BOS tokens a chat prompt starts with: its template writes the tokenizer's
+# bos_token (Llama 3.1, Mistral, Gemma, DeepSeek R1) or none (Qwen3, whose BOS id is
+# <|endoftext|>; Phi-3.5), and the server adds none of its own.
+CHAT_BOS = {"qwen3": 0, "llama3": 1, "mistral": 1, "gemma": 1, "deepseek_r1": 1, "phi3": 0}
+
+
+async def test_a_chat_prompt_has_the_bos_its_template_writes_once(zoo, api_key):
+    name, _ = zoo
+    bos = EXPECTED[name][1]
+    counted = await post(api_key, "/tokenize", {"model": name, "messages": [{"role": "user", "content": TEXT}]})
+    assert counted["tokens"].count(bos) == CHAT_BOS[name]
+    assert counted["tokens"][:CHAT_BOS[name]] == [bos] * CHAT_BOS[name]
