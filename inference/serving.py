@@ -408,10 +408,11 @@ class CompletionServing(_Serving):
     prompt_param = "prompt"
 
     def generation(self, data: dict) -> Generation:
+        tokenizer = self.worker.tokenizer
         prompts = []
         for prompt in data["prompt"]:
             if isinstance(prompt, str):
-                tokens = encode_text_prompt(self.worker, prompt)
+                tokens = tokenizer.encode(prompt)
             else:
                 tokens = np.asarray(prompt, dtype=np.int32)
                 if int(tokens.max()) >= self.worker.vocab_size:
@@ -464,10 +465,9 @@ class TokenizeServing:
         if "messages" in data:
             text = chat_prompt(tokenizer, data["messages"], add_generation_prompt=data["add_generation_prompt"],
                                tools=data.get("tools"))
-            encoded = tokenizer.encode(text)
         else:
-            encoded = encode_text_prompt(self.worker, data["prompt"])
-        tokens = [int(token) for token in encoded]
+            text = data["prompt"]
+        tokens = [int(token) for token in tokenizer.encode(text)]
         return {"count": len(tokens), "max_model_len": self.worker.context_length, "tokens": tokens}
 
     def detokenize(self, data: dict) -> dict:
@@ -479,69 +479,33 @@ class TokenizeServing:
         return {"prompt": strip_decoded_start(self.worker.path, text)}
 
 
-@dataclass(frozen=True)
-class TokenizerFileRules:
-    """What a model's tokenizer.json does around encoding and decoding that
-    onnxruntime-genai's tokenizer leaves out, so that the server encodes and decodes as
-    the Hugging Face tokenizer (and vLLM) do:
-
-    - ``prefix`` and ``suffix``: the special token ids its post-processor puts around an
-      encoded text (Llama, Gemma, Mistral and Phi-3 put BOS first). A plain-text prompt
-      gets them; a chat prompt does not (its template writes them);
-    - ``strip``: what its decoder strips from the start of a decoded text, ``count``
-      times (SentencePiece tokenizers that prepend "\u2581" when encoding strip one
-      leading space)."""
-
-    prefix: tuple[int, ...] = ()
-    suffix: tuple[int, ...] = ()
-    strip: str = ""
-    count: int = 0
+def strip_decoded_start(model_path: str, text: str) -> str:
+    """``text`` (onnxruntime-genai's decoding of some ids) as the Hugging Face tokenizer
+    decodes the same ids: SentencePiece tokenizers that prepend "\u2581" when encoding
+    (Llama 2, Mistral, Phi-3) drop the leading space when decoding, which
+    onnxruntime-genai's decode keeps."""
+    if text.startswith(" ") and _decoder_strips_leading_space(model_path):
+        return text[1:]
+    return text
 
 
 @functools.lru_cache(maxsize=None)
-def tokenizer_file_rules(model_path: str) -> TokenizerFileRules:
+def _decoder_strips_leading_space(model_path: str) -> bool:
+    """Whether the decoder of the model's tokenizer.json drops a decoded text's leading
+    space (a Strip step, or a Metaspace decoder that prepends one when encoding). Read
+    once per model folder."""
     try:
         with open(Path(model_path) / "tokenizer.json", encoding="utf-8") as f:
-            spec = json.load(f)
+            decoder = json.load(f).get("decoder") or {}
     except (OSError, ValueError):
-        return TokenizerFileRules()
-    prefix, suffix, strip, count = [], [], "", 0
-    post = spec.get("post_processor") or {}
-    for step in post.get("processors", [post]):
-        if step.get("type") != "TemplateProcessing":
-            continue
-        special = step.get("special_tokens", {})
-        side = prefix
-        for piece in step.get("single", []):
-            if "Sequence" in piece:
-                side = suffix
-            elif "SpecialToken" in piece:
-                side += special.get(piece["SpecialToken"]["id"], {}).get("ids", [])
-    decoder = spec.get("decoder") or {}
+        return False
     for step in decoder.get("decoders", [decoder]):
-        if step.get("type") == "Strip" and step.get("start"):
-            strip, count = step.get("content", " "), int(step["start"])
-    return TokenizerFileRules(tuple(prefix), tuple(suffix), strip, count)
-
-
-def encode_text_prompt(worker: EngineWorker, text: str) -> np.ndarray:
-    """A plain-text prompt's token ids, with the special tokens its tokenizer adds."""
-    rules = tokenizer_file_rules(worker.path)
-    tokens = worker.tokenizer.encode(text)
-    if rules.prefix or rules.suffix:
-        tokens = np.concatenate([np.asarray(rules.prefix, dtype=np.int32), np.asarray(tokens, dtype=np.int32),
-                                 np.asarray(rules.suffix, dtype=np.int32)])
-    return tokens
-
-
-def strip_decoded_start(model_path: str, text: str) -> str:
-    """``text`` as the Hugging Face tokenizer decodes the same ids."""
-    rules = tokenizer_file_rules(model_path)
-    for _ in range(rules.count):
-        if not rules.strip or not text.startswith(rules.strip):
-            break
-        text = text[len(rules.strip):]
-    return text
+        if step.get("type") == "Strip" and step.get("content") == " " and int(step.get("start", 0)) > 0:
+            return True
+        if step.get("type") == "Metaspace" and step.get(
+                "prepend_scheme", "always" if step.get("add_prefix_space", True) else "never") != "never":
+            return True
+    return False
 
 
 class ResponsesServing(ChatServing):
