@@ -266,7 +266,7 @@ def never_generated(tok_json_path: Path, tok: dict, eos_ids: list[int], size: in
     return set(eos_ids) | added | stray
 
 
-def make_hf(name: str, family: Family, hf_dir: Path, seed: int) -> dict:
+def make_hf(family: Family, hf_dir: Path, seed: int) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
@@ -294,7 +294,8 @@ def make_hf(name: str, family: Family, hf_dir: Path, seed: int) -> dict:
     head = model.get_output_embeddings().weight
     with torch.no_grad():
         # large logits: sampling stays close to greedy, and the zeroed rows (logit exactly
-        # 0) practically never win
+        # 0) practically never win. With tied embeddings (qwen3, gemma) those tokens'
+        # input embeddings are zero too: harmless for a model that talks nonsense.
         head.normal_(0.0, 0.15)
         head[sorted(banned)] = 0.0
     model.save_pretrained(hf_dir, safe_serialization=True)
@@ -367,7 +368,7 @@ def build(name: str, force: bool = False, seed: int = 1234) -> bool:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
-        info = make_hf(name, family, work / "hf", seed)
+        info = make_hf(family, work / "hf", seed)
         out = work / "model"
         export(work / "hf", out, work / "cache")
         if family.search:
