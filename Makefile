@@ -21,7 +21,7 @@ migrate: $(VENV)/.installed
 run: migrate
 	$(PY) manage.py serve
 
-test: $(VENV)/.installed-test browser nginx
+test: $(VENV)/.installed-test browser nginx model-zoo
 	$(PY) -m pytest
 
 # The chat page's tests drive Debian's Chromium through its ChromeDriver (never a browser
