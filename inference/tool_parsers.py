@@ -34,9 +34,9 @@ else (malformed JSON, an unknown function, an unfinished call) stays content, as
 :meth:`ToolParser.grammar` is the engine's guidance (an llguidance lark grammar) when a
 call is required or one function is named: the output can then only be calls in the
 family's own format, each naming an offered function with arguments valid against its
-parameters' schema. Markers that are special tokens of the model's tokenizer are written
-in the grammar as those tokens (``<[id]>``), as the model writes them; the engine's
-decoder (inference/decoding.py) gives them back as their text.
+parameters' schema. Markers that are tokens of their own in the model's tokenizer (added
+tokens) are written in the grammar as those tokens (``<[id]>``), as the model writes them;
+the engine's decoder (inference/decoding.py) gives them back as their text.
 
 :func:`select_tool_parser` picks a model's format: the configured name, or with "auto"
 the one its chat template writes calls in.
@@ -137,7 +137,7 @@ class ToolParser:
                 special_tokens: dict[str, int] | None = None, **variant) -> str:
         """A lark grammar (llguidance) whose sentences are one call (or, with ``parallel``,
         several) of the offered functions, or of the named one, with valid arguments.
-        ``special_tokens`` maps the markers that are special tokens to their ids."""
+        ``special_tokens`` maps the markers that are added tokens to their ids."""
         raise NotImplementedError
 
     # --- shared helpers ---------------------------------------------------------------
@@ -509,8 +509,8 @@ def parse_tool_calls(text: str, parser: ToolParser) -> tuple[str | None, list[To
 
 @dataclass(frozen=True)
 class ToolParsing:
-    """A model's tool-call format: its parser, the ids of its markers that are special
-    tokens, and the variant of the format its template writes."""
+    """A model's tool-call format: its parser, the ids of its markers that are tokens of
+    its own (added tokens), and the variant of the format its template writes."""
 
     parser_class: type[ToolParser]
     special_tokens: dict[str, int] = field(default_factory=dict)
@@ -572,14 +572,14 @@ def template_source(model_path: str | Path, chat_template: str | None = None) ->
     return template if isinstance(template, str) else ""
 
 
-def special_token_ids(model_path: str | Path) -> dict[str, int]:
-    """The special added tokens of the model's tokenizer.json: content -> id."""
+def added_token_ids(model_path: str | Path) -> dict[str, int]:
+    """The added tokens of the model's tokenizer.json (content -> id). A grammar must name
+    them as tokens: llguidance does not match their text with them."""
     try:
         tokenizer = json.loads((Path(model_path) / "tokenizer.json").read_text())
     except (OSError, ValueError):
         return {}
-    return {token["content"]: int(token["id"]) for token in tokenizer.get("added_tokens", [])
-            if token.get("special")}
+    return {token["content"]: int(token["id"]) for token in tokenizer.get("added_tokens", [])}
 
 
 def select_tool_parser(model_path: str | Path, option: str = "auto",
@@ -596,9 +596,9 @@ def select_tool_parser(model_path: str | Path, option: str = "auto",
     if name is None:
         return None
     parser_class = PARSERS[name]
-    special = special_token_ids(model_path)
+    added = added_token_ids(model_path)
     variant = {}
     if parser_class is MistralParser:
-        variant["args_form"] = MistralParser.ARGS in template or MistralParser.ARGS in special
-    return ToolParsing(parser_class, {marker: special[marker] for marker in parser_class.markers if marker in special},
+        variant["args_form"] = MistralParser.ARGS in template or MistralParser.ARGS in added
+    return ToolParsing(parser_class, {marker: added[marker] for marker in parser_class.markers if marker in added},
                        variant)
