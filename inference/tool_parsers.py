@@ -345,6 +345,11 @@ class Llama3JsonParser(ToolParser):
     def _after_region(self, was_call):
         self._may_start = self._after_call = was_call
 
+    def finish(self):
+        if self._after_call and self._opening is None and not self._buffer.strip(" \t\r\n;"):
+            self._buffer = ""  # separators after the last call
+        return super().finish()
+
     @classmethod
     def grammar(cls, tools, tool_choice, parallel, special_tokens=None, **variant):
         more = ' ("; " call)*' if parallel else ""
@@ -480,15 +485,19 @@ class DeepSeekParser(ToolParser):
         return calls or None
 
     @classmethod
-    def grammar(cls, tools, tool_choice, parallel, special_tokens=None, **variant):
+    def grammar(cls, tools, tool_choice, parallel, special_tokens=None, fenced=True, **variant):
+        """V3 and R1's fenced form, or with ``fenced`` false V3.1's."""
         functions = _functions(tools, tool_choice)
         begin, end, sep = (_literal(marker, special_tokens) for marker in (cls.CALL_BEGIN, cls.CALL_END, cls.SEP))
         more = ' ("\\n" call)*' if parallel else ""
         rules = [f"start: {_literal(cls.CALLS_BEGIN, special_tokens)} call{more} {_literal(cls.CALLS_END, special_tokens)}",
                  "call: " + " | ".join(f"call_{index}" for index in range(len(functions)))]
         for index, function in enumerate(functions):
-            name = json.dumps(function["name"] + "\n```json\n")
-            rules.append(f'call_{index}: {begin} "function" {sep} {name} arguments_{index} "\\n```" {end}')
+            if fenced:
+                name = json.dumps(function["name"] + "\n```json\n")
+                rules.append(f'call_{index}: {begin} "function" {sep} {name} arguments_{index} "\\n```" {end}')
+            else:
+                rules.append(f'call_{index}: {begin} {json.dumps(function["name"])} {sep} arguments_{index} {end}')
             rules.append(f"arguments_{index}: {_json_rule(_arguments_schema(function))}")
         return "\n".join(rules) + "\n"
 
@@ -533,17 +542,19 @@ class UnknownToolParser(ValueError):
 
 def detect_tool_parser(template: str) -> str | None:
     """The format a chat template writes calls in, where it is unambiguous; else None."""
+    # Formats that look alike but write calls otherwise: XML-like arguments (Qwen3-Coder's
+    # and Functionary's <function=...>, GLM's <arg_key>, MiniMax's <invoke>).
+    xml_like = any(sign in template for sign in ("<function=", "<arg_key>", "<invoke"))
     if DeepSeekParser.CALLS_BEGIN in template and DeepSeekParser.SEP in template:
         return "deepseek"
     if MistralParser.TOOL_CALLS in template:
         return "mistral"
-    if Phi4MiniParser.OPEN in template:
+    if Phi4MiniParser.OPEN in template and Phi4MiniParser.CLOSE in template:  # Granite 3 has no closing marker
         return "phi4_mini"
-    # Hermes writes JSON in the block; other families' <tool_call> blocks hold XML-like
-    # arguments (Qwen3-Coder's <function=...>, GLM's <arg_key>).
-    if HermesParser.OPEN in template and "<function=" not in template and "<arg_key>" not in template:
+    if HermesParser.OPEN in template and not xml_like:
         return "hermes"
-    if Llama3JsonParser.PYTHON_TAG in template or ('"parameters": ' in template and "<|start_header_id|>" in template):
+    if not xml_like and (Llama3JsonParser.PYTHON_TAG in template
+                         or ('"parameters": ' in template and "<|start_header_id|>" in template)):
         return "llama3_json"
     return None
 
@@ -600,5 +611,8 @@ def select_tool_parser(model_path: str | Path, option: str = "auto",
     variant = {}
     if parser_class is MistralParser:
         variant["args_form"] = MistralParser.ARGS in template or MistralParser.ARGS in added
+    if parser_class is DeepSeekParser:
+        # V3.1's template writes calls without the fence; without a template to tell, V3's.
+        variant["fenced"] = "```json" in template or DeepSeekParser.CALLS_BEGIN not in template
     return ToolParsing(parser_class, {marker: added[marker] for marker in parser_class.markers if marker in added},
                        variant)

@@ -56,6 +56,8 @@ DS_CALL_2 = ('<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```
              '<｜tool▁call▁end｜>')
 DS = f"<｜tool▁calls▁begin｜>{DS_CALL}<｜tool▁calls▁end｜>"
 DS_2 = f"<｜tool▁calls▁begin｜>{DS_CALL}\n{DS_CALL_2}<｜tool▁calls▁end｜>"
+DS_V31_2 = ('<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Paris"}<｜tool▁call▁end｜>\n'
+            '<｜tool▁call▁begin｜>get_time<｜tool▁sep｜>{"city": "Rome", "zone": "CET"}<｜tool▁call▁end｜><｜tool▁calls▁end｜>')
 DS_V31 = '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Paris"}<｜tool▁call▁end｜><｜tool▁calls▁end｜>'
 
 ONE = [("get_weather", PARIS)]
@@ -93,6 +95,7 @@ def test_content_before_and_after_a_call_is_content(parser_class, one, two):
 def test_llama3_calls_follow_a_python_tag_and_text_first_is_content():
     same_in_every_chunking(Llama3JsonParser, f"<|python_tag|>{LLAMA}", (None, ONE))
     same_in_every_chunking(Llama3JsonParser, f"  <|python_tag|>{LLAMA};{LLAMA_2}", (None, TWO))
+    same_in_every_chunking(Llama3JsonParser, f"{LLAMA}; ", (None, ONE))
     text = f"Here is the call: {LLAMA}"
     same_in_every_chunking(Llama3JsonParser, text, (text, []))
     same_in_every_chunking(Llama3JsonParser, f"{LLAMA}\nThat was it.", ("That was it.", ONE))
@@ -148,6 +151,15 @@ def test_a_bad_region_between_calls_is_content_and_the_good_calls_are_calls():
 
 def test_deepseek_v3_1_calls_without_the_fence_are_read():
     same_in_every_chunking(DeepSeekParser, DS_V31, (None, ONE))
+    same_in_every_chunking(DeepSeekParser, DS_V31_2, (None, TWO))
+
+
+def test_a_deepseek_model_is_forced_to_the_form_its_template_writes(tmp_path):
+    for template, fenced in [("deepseek-ai-DeepSeek-V3.1.jinja", False), ("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", True)]:
+        (tmp_path / "chat_template.jinja").write_text((TEMPLATES / template).read_text())
+        parsing = select_tool_parser(tmp_path)
+        assert (parsing.name, parsing.variant) == ("deepseek", {"fenced": fenced})
+        assert ("```json" in parsing.grammar(TOOLS, "required", False)) is fenced
 
 
 @pytest.mark.parametrize("parser_class", PARSERS.values())
@@ -202,7 +214,7 @@ def test_each_grammar_names_the_chosen_function_in_its_format():
 
 @pytest.mark.parametrize("parser_class, variant", [(HermesParser, {}), (Llama3JsonParser, {}), (MistralParser, {}),
                                                    (MistralParser, {"args_form": True}), (Phi4MiniParser, {}),
-                                                   (DeepSeekParser, {})])
+                                                   (DeepSeekParser, {}), (DeepSeekParser, {"fenced": False})])
 def test_every_sentence_of_a_grammar_is_read_as_calls(parser_class, variant):
     """The grammar's own sentences (walked by llguidance on the byte level, each choice
     taken the first way) are calls to the parser: what is forced is what is read."""
@@ -213,7 +225,7 @@ def test_every_sentence_of_a_grammar_is_read_as_calls(parser_class, variant):
     assert not matcher.is_error(), matcher.get_error()
     examples = {HermesParser: f"{HERMES}\n{HERMES_2}", Llama3JsonParser: f"{LLAMA}; {LLAMA_2}",
                 MistralParser: MISTRAL_ARGS_2 if variant else MISTRAL_2, Phi4MiniParser: PHI_2,
-                DeepSeekParser: DS_2}
+                DeepSeekParser: DS_2 if not variant else DS_V31_2}
     text = examples[parser_class].replace(', "zone": "CET"', "").replace(', "id": "a1B2c3D4e"', "").replace(
         "[CALL_ID]a1B2c3D4e", "")
     assert matcher.consume_tokens(list(text.encode())), matcher.get_error()
@@ -239,6 +251,11 @@ def test_every_sentence_of_a_grammar_is_read_as_calls(parser_class, variant):
     ("google-gemma-2-2b-it.jinja", None),
     ("microsoft-Phi-3.5-mini-instruct.jinja", None),
     ("Qwen3-Coder.jinja", None),
+    ("deepseek-ai-DeepSeek-V3.1.jinja", "deepseek"),
+    ("ibm-granite-granite-4.0.jinja", "hermes"),
+    ("ibm-granite-granite-3.3-2B-Instruct.jinja", None),  # <|tool_call|> without a closing marker
+    ("meetkai-functionary-medium-v3.1.jinja", None),  # <|python_tag|>, but <function=...> calls
+    ("MiniMax-M3.jinja", None),  # <tool_call> around <invoke> XML
 ])
 def test_the_format_is_detected_from_the_real_chat_template(template, expected):
     assert detect_tool_parser((TEMPLATES / template).read_text()) == expected
