@@ -305,6 +305,8 @@ class EngineWorker:
                                                    self.model_options.chat_template)
         except UnknownToolParser as exc:
             raise ModelLoadError(f"model {self.model_id} ({self.path}): {exc}") from None
+        log.info("model %s: tool calls read as %s", self.model_id,
+                 self.tool_parsing.name if self.tool_parsing else "nothing (tool_parser none or no known format)")
         self.state = "loading"
         self._thread = threading.Thread(target=self._main, name=f"engine:{self.model_id}", daemon=True)
         self._thread.start()

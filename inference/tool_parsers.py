@@ -603,11 +603,16 @@ def select_tool_parser(model_path: str | Path, option: str = "auto",
     if option != "auto" and option not in PARSERS:
         raise UnknownToolParser(f"unknown tool_parser '{option}' (one of: auto, none, {', '.join(PARSERS)})")
     template = template_source(model_path, chat_template)
-    name = detect_tool_parser(template) if option == "auto" else option
+    added = added_token_ids(model_path)
+    name = option
+    if option == "auto":
+        # A template may name the format nowhere (Phi-4-mini's shows tools in <|tool|>
+        # only); the tokenizer's own markers then tell.
+        name = detect_tool_parser(template) or detect_tool_parser(" ".join(
+            marker for marker in (Phi4MiniParser.OPEN, Phi4MiniParser.CLOSE, MistralParser.TOOL_CALLS) if marker in added))
     if name is None:
         return None
     parser_class = PARSERS[name]
-    added = added_token_ids(model_path)
     variant = {}
     if parser_class is MistralParser:
         variant["args_form"] = MistralParser.ARGS in template or MistralParser.ARGS in added

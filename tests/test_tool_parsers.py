@@ -274,3 +274,14 @@ def test_a_model_folder_gets_its_format_its_special_tokens_and_its_variant(tmp_p
     assert (parsing.name, parsing.special_tokens, parsing.variant) == (
         "mistral", {"[TOOL_CALLS]": 5, "[ARGS]": 32}, {"args_form": True})
     assert select_tool_parser(tmp_path, "phi4_mini").name == "phi4_mini"
+
+
+def test_a_template_that_names_no_format_leaves_it_to_the_tokenizers_markers(tmp_path):
+    (tmp_path / "chat_template.jinja").write_text("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}")
+    tokens = [{"id": 200025, "content": "<|tool_call|>", "special": True}]
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"added_tokens": tokens}))
+    assert select_tool_parser(tmp_path) is None  # an opening marker alone (Granite 3) is no known format
+    tokens.append({"id": 200026, "content": "<|/tool_call|>", "special": True})
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"added_tokens": tokens}))
+    parsing = select_tool_parser(tmp_path)
+    assert (parsing.name, parsing.special_tokens) == ("phi4_mini", {"<|tool_call|>": 200025, "<|/tool_call|>": 200026})
