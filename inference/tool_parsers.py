@@ -359,7 +359,8 @@ class Llama3JsonParser(ToolParser):
 
 class MistralParser(ToolParser):
     """``[TOOL_CALLS]`` and then a JSON list of calls, or a name, ``[ARGS]`` and its
-    arguments object (the form of the newer tokenizers, one ``[TOOL_CALLS]`` per call)."""
+    arguments object (the form of the newer tokenizers, one ``[TOOL_CALLS]`` per call;
+    ``[ARGS]`` may be missing where it was decoded as nothing, as vLLM reads it)."""
 
     name = "mistral"
     TOOL_CALLS, ARGS, CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
@@ -376,8 +377,8 @@ class MistralParser(ToolParser):
         if body[start] == "[":
             end = _json_end(body, start)
             return None if end is None else (end, end)
-        args = body.find(self.ARGS)
-        if args < 0:
+        arguments = self._arguments_start(body)
+        if arguments is None:
             # The name (and call id) are still coming, unless what came cannot be them.
             head = body[start:]
             head = head[:len(head) - max(_partial_suffix(head, self.ARGS), _partial_suffix(head, self.CALL_ID))]
@@ -385,17 +386,29 @@ class MistralParser(ToolParser):
             if (name and not self._NAME.fullmatch(name)) or (call_id and not call_id.isalnum()):
                 return start, start
             return None
-        end = _json_end(body, _skip_spaces(body, args + len(self.ARGS)))
+        end = _json_end(body, arguments)
         return None if end is None else (end, end)
 
-    def _parse(self, body):
+    def _arguments_start(self, body: str) -> int | None:
+        """Where the arguments object of a name-first call begins, once it is known."""
         args = body.find(self.ARGS)
+        if args >= 0:
+            return _skip_spaces(body, args + len(self.ARGS))
+        brace = body.find("{")
+        return brace if brace >= 0 else None
+
+    def _parse(self, body):
         stripped = body.strip()
-        if args < 0:
-            return self._list_calls(stripped) if stripped.startswith("[") else None
-        name = body[:args].split(self.CALL_ID)[0].strip()
+        if stripped.startswith("["):
+            return self._list_calls(stripped)
+        arguments_start = self._arguments_start(body)
+        if arguments_start is None:
+            return None
+        head = body[:arguments_start].strip()
+        head = head[:-len(self.ARGS)] if head.endswith(self.ARGS) else head
+        name = head.split(self.CALL_ID)[0].strip()
         try:
-            arguments = json.loads(body[args + len(self.ARGS):])
+            arguments = json.loads(body[arguments_start:])
         except ValueError:
             return None
         call = self._call(name, arguments) if isinstance(arguments, dict) else None

@@ -149,6 +149,11 @@ def test_a_bad_region_between_calls_is_content_and_the_good_calls_are_calls():
     same_in_every_chunking(MistralParser, f"{MISTRAL_ARGS}{bad}", (bad, ONE))
 
 
+def test_mistral_name_first_calls_are_read_without_the_args_marker_too():
+    same_in_every_chunking(MistralParser, '[TOOL_CALLS]get_weather{"city": "Paris"}', (None, ONE))
+    same_in_every_chunking(MistralParser, MISTRAL_ARGS_2.replace("[ARGS]", ""), (None, TWO))
+
+
 def test_deepseek_v3_1_calls_without_the_fence_are_read():
     same_in_every_chunking(DeepSeekParser, DS_V31, (None, ONE))
     same_in_every_chunking(DeepSeekParser, DS_V31_2, (None, TWO))
