@@ -72,6 +72,7 @@ class ToolParser:
         self._buffer = ""
         self._opening: str | None = None  # the marker text of the call region being read
         self._spaces = ""
+        self._json_end = _JsonEnd()
 
     def feed(self, text: str) -> tuple[str, list[ToolCall]]:
         self._buffer += text
@@ -92,6 +93,7 @@ class ToolParser:
             span = self._end(self._buffer)
             if span is None:
                 break
+            self._json_end = _JsonEnd()
             body_end, region_end = span
             body, written = self._buffer[:body_end], self._opening + self._buffer[:region_end]
             self._buffer, self._opening = self._buffer[region_end:], None
@@ -198,32 +200,45 @@ def _find_marker(buffer: str, marker: str) -> tuple[int, int] | int:
     return _partial_suffix(buffer, marker)
 
 
-def _json_end(text: str, start: int) -> int | None:
-    """Where the JSON object or array beginning at ``start`` closes (None while it is
-    still open); ``start`` itself if no object or array begins there."""
-    if start >= len(text):
-        return None
-    if text[start] not in "{[":
-        return start
-    depth, in_string, escaped = 0, False, False
-    for index in range(start, len(text)):
-        char = text[index]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
+class _JsonEnd:
+    """Where the JSON object or array beginning at ``start`` of a growing text closes
+    (None while it is still open; ``start`` itself if none begins there). It carries on
+    from where it stopped, so a long call streamed in small pieces is scanned once."""
+
+    def __init__(self):
+        self._start = -1
+        self._index = self._depth = 0
+        self._in_string = self._escaped = False
+
+    def __call__(self, text: str, start: int) -> int | None:
+        if start >= len(text):
+            return None
+        if text[start] not in "{[":
+            return start
+        if start != self._start:
+            self._start, self._index, self._depth = start, start, 0
+            self._in_string = self._escaped = False
+        depth, in_string, escaped = self._depth, self._in_string, self._escaped
+        for index in range(self._index, len(text)):
+            char = text[index]
+            if in_string:
+                if escaped:
+                    escaped = False
+                elif char == "\\":
+                    escaped = True
+                elif char == '"':
+                    in_string = False
             elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "{[":
-            depth += 1
-        elif char in "}]":
-            depth -= 1
-            if depth == 0:
-                return index + 1
-    return None
+                in_string = True
+            elif char in "{[":
+                depth += 1
+            elif char in "}]":
+                depth -= 1
+                if depth == 0:
+                    self._start = -1  # the next region scans afresh
+                    return index + 1
+        self._index, self._depth, self._in_string, self._escaped = len(text), depth, in_string, escaped
+        return None
 
 
 def _skip_spaces(text: str, index: int) -> int:
@@ -332,7 +347,7 @@ class Llama3JsonParser(ToolParser):
         return 0
 
     def _end(self, body):
-        end = _json_end(body, _skip_spaces(body, 0))
+        end = self._json_end(body, _skip_spaces(body, 0))
         return None if end is None else (end, end)
 
     def _parse(self, body):
@@ -375,7 +390,7 @@ class MistralParser(ToolParser):
         if start == len(body):
             return None
         if body[start] == "[":
-            end = _json_end(body, start)
+            end = self._json_end(body, start)
             return None if end is None else (end, end)
         arguments = self._arguments_start(body)
         if arguments is None:
@@ -386,7 +401,7 @@ class MistralParser(ToolParser):
             if (name and not self._NAME.fullmatch(name)) or (call_id and not call_id.isalnum()):
                 return start, start
             return None
-        end = _json_end(body, arguments)
+        end = self._json_end(body, arguments)
         return None if end is None else (end, end)
 
     def _arguments_start(self, body: str) -> int | None:

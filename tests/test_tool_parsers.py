@@ -149,6 +149,14 @@ def test_a_bad_region_between_calls_is_content_and_the_good_calls_are_calls():
     same_in_every_chunking(MistralParser, f"{MISTRAL_ARGS}{bad}", (bad, ONE))
 
 
+def test_brackets_and_escaped_quotes_inside_strings_do_not_end_a_call():
+    arguments = {"city": "Pa]r}i\\\"s{["}
+    text = f"[TOOL_CALLS]get_weather[ARGS]{json.dumps(arguments)}"
+    same_in_every_chunking(MistralParser, text, (None, [("get_weather", arguments)]))
+    text = json.dumps({"name": "get_weather", "parameters": arguments})
+    same_in_every_chunking(Llama3JsonParser, text, (None, [("get_weather", arguments)]))
+
+
 def test_mistral_name_first_calls_are_read_without_the_args_marker_too():
     same_in_every_chunking(MistralParser, '[TOOL_CALLS]get_weather{"city": "Paris"}', (None, ONE))
     same_in_every_chunking(MistralParser, MISTRAL_ARGS_2.replace("[ARGS]", ""), (None, TWO))
