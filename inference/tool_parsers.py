@@ -136,10 +136,10 @@ class ToolParser:
 
     @classmethod
     def grammar(cls, tools: list[dict], tool_choice, parallel: bool,
-                special_tokens: dict[str, int] | None = None, **variant) -> str:
+                marker_tokens: dict[str, int] | None = None, **variant) -> str:
         """A lark grammar (llguidance) whose sentences are one call (or, with ``parallel``,
         several) of the offered functions, or of the named one, with valid arguments.
-        ``special_tokens`` maps the markers that are added tokens to their ids."""
+        ``marker_tokens`` maps the markers that are added tokens to their ids."""
         raise NotImplementedError
 
     # --- shared helpers ---------------------------------------------------------------
@@ -247,10 +247,10 @@ def _skip_spaces(text: str, index: int) -> int:
     return index
 
 
-def _literal(text: str, special_tokens: dict[str, int] | None) -> str:
-    """A grammar terminal: the special token itself, or the text."""
-    if special_tokens and text in special_tokens:
-        return f"<[{special_tokens[text]}]>"
+def _literal(text: str, marker_tokens: dict[str, int] | None) -> str:
+    """A grammar terminal: the marker's own token, or its text."""
+    if marker_tokens and text in marker_tokens:
+        return f"<[{marker_tokens[text]}]>"
     return json.dumps(text, ensure_ascii=False)
 
 
@@ -301,8 +301,8 @@ class HermesParser(ToolParser):
         return None if call is None else [call]
 
     @classmethod
-    def grammar(cls, tools, tool_choice, parallel, special_tokens=None, **variant):
-        opening, closing = _literal(cls.OPEN, special_tokens), _literal(cls.CLOSE, special_tokens)
+    def grammar(cls, tools, tool_choice, parallel, marker_tokens=None, **variant):
+        opening, closing = _literal(cls.OPEN, marker_tokens), _literal(cls.CLOSE, marker_tokens)
         if opening.startswith('"') and closing.startswith('"'):  # markers as text, the newlines joined to them
             call = f'"{cls.OPEN}\\n" body "\\n{cls.CLOSE}"'
         else:
@@ -366,7 +366,7 @@ class Llama3JsonParser(ToolParser):
         return super().finish()
 
     @classmethod
-    def grammar(cls, tools, tool_choice, parallel, special_tokens=None, **variant):
+    def grammar(cls, tools, tool_choice, parallel, marker_tokens=None, **variant):
         more = ' ("; " call)*' if parallel else ""
         return (f"start: call{more}\n"
                 f"call: {_json_rule(_object_calls_schema(_functions(tools, tool_choice), 'parameters'))}\n")
@@ -430,14 +430,14 @@ class MistralParser(ToolParser):
         return None if call is None else [call]
 
     @classmethod
-    def grammar(cls, tools, tool_choice, parallel, special_tokens=None, args_form=False, **variant):
+    def grammar(cls, tools, tool_choice, parallel, marker_tokens=None, args_form=False, **variant):
         functions = _functions(tools, tool_choice)
-        opening = _literal(cls.TOOL_CALLS, special_tokens)
+        opening = _literal(cls.TOOL_CALLS, marker_tokens)
         if not args_form:
             more = ' (", " call)*' if parallel else ""
             return (f'start: {opening} "[" call{more} "]"\n'
                     f"call: {_json_rule(_object_calls_schema(functions, 'arguments'))}\n")
-        args = _literal(cls.ARGS, special_tokens)
+        args = _literal(cls.ARGS, marker_tokens)
         rules = [f"start: call{'+' if parallel else ''}",
                  "call: " + " | ".join(f"call_{index}" for index in range(len(functions)))]
         for index, function in enumerate(functions):
@@ -462,9 +462,9 @@ class Phi4MiniParser(ToolParser):
         return self._list_calls(body.strip())
 
     @classmethod
-    def grammar(cls, tools, tool_choice, parallel, special_tokens=None, **variant):
+    def grammar(cls, tools, tool_choice, parallel, marker_tokens=None, **variant):
         more = ' (", " call)*' if parallel else ""
-        return (f'start: {_literal(cls.OPEN, special_tokens)} "[" call{more} "]" {_literal(cls.CLOSE, special_tokens)}\n'
+        return (f'start: {_literal(cls.OPEN, marker_tokens)} "[" call{more} "]" {_literal(cls.CLOSE, marker_tokens)}\n'
                 f"call: {_json_rule(_object_calls_schema(_functions(tools, tool_choice), 'arguments'))}\n")
 
 
@@ -513,12 +513,12 @@ class DeepSeekParser(ToolParser):
         return calls or None
 
     @classmethod
-    def grammar(cls, tools, tool_choice, parallel, special_tokens=None, fenced=True, **variant):
+    def grammar(cls, tools, tool_choice, parallel, marker_tokens=None, fenced=True, **variant):
         """V3 and R1's fenced form, or with ``fenced`` false V3.1's."""
         functions = _functions(tools, tool_choice)
-        begin, end, sep = (_literal(marker, special_tokens) for marker in (cls.CALL_BEGIN, cls.CALL_END, cls.SEP))
+        begin, end, sep = (_literal(marker, marker_tokens) for marker in (cls.CALL_BEGIN, cls.CALL_END, cls.SEP))
         more = ' ("\\n" call)*' if parallel else ""
-        rules = [f"start: {_literal(cls.CALLS_BEGIN, special_tokens)} call{more} {_literal(cls.CALLS_END, special_tokens)}",
+        rules = [f"start: {_literal(cls.CALLS_BEGIN, marker_tokens)} call{more} {_literal(cls.CALLS_END, marker_tokens)}",
                  "call: " + " | ".join(f"call_{index}" for index in range(len(functions)))]
         for index, function in enumerate(functions):
             if fenced:
@@ -550,7 +550,7 @@ class ToolParsing:
     its own (added tokens), and the variant of the format its template writes."""
 
     parser_class: type[ToolParser]
-    special_tokens: dict[str, int] = field(default_factory=dict)
+    marker_tokens: dict[str, int] = field(default_factory=dict)
     variant: dict = field(default_factory=dict)
 
     @property
@@ -561,7 +561,7 @@ class ToolParsing:
         return self.parser_class(names, parallel=parallel)
 
     def grammar(self, tools: list[dict], tool_choice, parallel: bool) -> str:
-        return self.parser_class.grammar(tools, tool_choice, parallel, self.special_tokens, **self.variant)
+        return self.parser_class.grammar(tools, tool_choice, parallel, self.marker_tokens, **self.variant)
 
 
 class UnknownToolParser(ValueError):

@@ -199,7 +199,7 @@ TOOLS = [{"type": "function", "function": {"name": name, "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}} for name in ("get_weather", "get_time")]
 
 
-def test_the_hermes_grammar_writes_the_markers_as_text_or_as_their_special_tokens():
+def test_the_hermes_grammar_writes_the_markers_as_text_or_as_their_marker_tokens():
     grammar = HermesParser.grammar(TOOLS, {"name": "get_time"}, False)
     assert grammar.startswith('start: call\ncall: "<tool_call>\\n" body "\\n</tool_call>"\nbody: %json ')
     grammar = HermesParser.grammar(TOOLS, "required", True, {"<tool_call>": 7, "</tool_call>": 8})
@@ -274,7 +274,7 @@ def test_the_format_is_detected_from_the_real_chat_template(template, expected):
     assert detect_tool_parser((TEMPLATES / template).read_text()) == expected
 
 
-def test_a_model_folder_gets_its_format_its_special_tokens_and_its_variant(tmp_path):
+def test_a_model_folder_gets_its_format_its_marker_tokens_and_its_variant(tmp_path):
     assert select_tool_parser(ROOT / "models" / "demo").name == "hermes"
     assert select_tool_parser(ROOT / "models" / "demo", "none") is None
     with pytest.raises(UnknownToolParser, match="unknown tool_parser 'hermez' \\(one of: auto, none, hermes, "):
@@ -284,7 +284,7 @@ def test_a_model_folder_gets_its_format_its_special_tokens_and_its_variant(tmp_p
         {"id": 5, "content": "[TOOL_CALLS]", "special": True}, {"id": 32, "content": "[ARGS]", "special": True},
         {"id": 2, "content": "</s>", "special": True}]}))
     parsing = select_tool_parser(tmp_path)
-    assert (parsing.name, parsing.special_tokens, parsing.variant) == (
+    assert (parsing.name, parsing.marker_tokens, parsing.variant) == (
         "mistral", {"[TOOL_CALLS]": 5, "[ARGS]": 32}, {"args_form": True})
     assert select_tool_parser(tmp_path, "phi4_mini").name == "phi4_mini"
 
@@ -297,4 +297,4 @@ def test_a_template_that_names_no_format_leaves_it_to_the_tokenizers_markers(tmp
     tokens.append({"id": 200026, "content": "<|/tool_call|>", "special": True})
     (tmp_path / "tokenizer.json").write_text(json.dumps({"added_tokens": tokens}))
     parsing = select_tool_parser(tmp_path)
-    assert (parsing.name, parsing.special_tokens) == ("phi4_mini", {"<|tool_call|>": 200025, "<|/tool_call|>": 200026})
+    assert (parsing.name, parsing.marker_tokens) == ("phi4_mini", {"<|tool_call|>": 200025, "<|/tool_call|>": 200026})
