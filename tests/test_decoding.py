@@ -116,3 +116,20 @@ def test_deepseek_markers_and_qwen_tags_that_are_ordinary_added_tokens_stay_text
     text = '<think>\nok\n</think>\n\n<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>'
     tokens = ids(tokenizer, text) + ids(tokenizer, "<|im_end|>")
     assert "".join(decode(decoder, tokens)) == text
+
+
+@pytest.mark.parametrize("decoder, strips", [
+    ({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True}, True),
+    ({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": True}, True),
+    ({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never", "split": True}, False),
+    ({"type": "Metaspace", "replacement": "▁", "add_prefix_space": True}, True),
+    ({"type": "Metaspace", "replacement": "▁", "add_prefix_space": False}, False),
+    ({"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                                       {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}, True),
+    ({"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}, False),
+    (None, False),
+])
+def test_which_tokenizer_decoders_drop_the_first_words_space(decoder, strips):
+    from inference.decoding import _strips_leading_space
+
+    assert _strips_leading_space(decoder) is strips
