@@ -194,3 +194,17 @@ def test_an_unknown_tool_parser_is_a_load_error_naming_it():
                                              "mistral, phi4_mini, deepseek\\)"):
         worker.start()
     assert worker.state == "stopped"
+
+
+def test_an_unknown_tool_parser_in_models_config_names_its_entry(tmp_path):
+    from inference.registry import ModelsConfigError, read_models_config
+
+    config = tmp_path / "models.toml"
+    config.write_text(f'[[models]]\nid = "demo"\npath = "{ROOT / "models" / "demo"}"\ntool_parser = "mistral"\n\n'
+                      f'[[models]]\nid = "other"\npath = "{ROOT / "models" / "demo"}"\ntool_parser = "qwen"\n')
+    with pytest.raises(ModelsConfigError, match="unknown tool_parser 'qwen' \\(one of: auto, none, hermes, "):
+        read_models_config(str(config))
+    config.write_text(config.read_text().replace('"qwen"', '"hermes"'))
+    specs, _ = read_models_config(str(config))
+    assert [spec.model_options.tool_parser for spec in specs] == ["mistral", "hermes"]
+
