@@ -45,9 +45,11 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.decoding import TokenDecoder
 from inference.grammar import GrammarCheck
 from inference.model_options import ModelOptions
 from inference.reasoning import resolve_parser, template_source
+from inference.tool_parsers import ToolParsing, UnknownToolParser, select_tool_parser
 
 log = logging.getLogger("llmserver.engine")
 
@@ -142,7 +144,7 @@ class Turn:
     # Engine-thread state, never touched from asyncio:
     _request: object = None
     _turn_id: int = -1
-    _stream: object = None  # og.TokenizerStream, kept across re-forms
+    _stream: object = None  # inference.decoding.DecodeStream, kept across re-forms
     _generated: list[int] = field(default_factory=list)
     _carried: int = 0  # tokens generated before the last re-form
     _cached_tokens: int = 0
@@ -274,6 +276,8 @@ class EngineWorker:
         self.vocab_size = 0
         self.batch_limit = max_batch_size  # measured at load: sequences one step serves
         self.tokenizer = None  # og.Tokenizer; its encode/decode may be called from any thread
+        self.token_decoder: TokenDecoder | None = None  # generated tokens to text (engine thread)
+        self.tool_parsing: ToolParsing | None = None  # how its tool calls are written; None: not read
         self.grammar: GrammarCheck | None = None  # checks a turn's grammar before it is submitted
         # How its chat output separates reasoning from the answer (inference.reasoning), or
         # None: all of it is the answer. Read off its chat template at load for "auto".
@@ -303,6 +307,13 @@ class EngineWorker:
     def start(self, timeout: float = 300.0) -> None:
         """Load the model on the owner thread; raise ModelLoadError if it cannot be served."""
         check_model_folder(self.path)
+        try:
+            self.tool_parsing = select_tool_parser(self.path, self.model_options.tool_parser,
+                                                   self.model_options.chat_template)
+        except UnknownToolParser as exc:
+            raise ModelLoadError(f"model {self.model_id} ({self.path}): {exc}") from None
+        log.info("model %s: tool calls read as %s", self.model_id,
+                 self.tool_parsing.name if self.tool_parsing else "nothing (tool_parser none or no known format)")
         self.state = "loading"
         self._thread = threading.Thread(target=self._main, name=f"engine:{self.model_id}", daemon=True)
         self._thread.start()
@@ -419,6 +430,7 @@ class EngineWorker:
         self._execution_failure = og.EngineErrorCode.ENGINE_EXECUTION_FAILURE
         self._model = og.Model(config)
         self.tokenizer = og.Tokenizer(self._model)
+        self.token_decoder = TokenDecoder(self.tokenizer, self.path)
         genai_config = json.loads((Path(self.path) / "genai_config.json").read_text())
         self.context_length = _context_length(genai_config, self.options)
         self.vocab_size = int(genai_config["model"]["vocab_size"])
@@ -712,7 +724,7 @@ class EngineWorker:
         turn._request = request
         turn._resuming = False
         if turn._stream is None:
-            turn._stream = self.tokenizer.create_stream()
+            turn._stream = self.token_decoder.create_stream()
             self.stats.turns_started += 1
         self._running[request] = turn
         self.stats.running = len(self._running)

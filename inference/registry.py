@@ -29,6 +29,7 @@ from django.utils.module_loading import import_string
 
 from inference.engine import EngineWorker, ModelLoadError
 from inference.model_options import ModelOptions
+from inference.tool_parsers import PARSERS
 from llmserver.errors import APIError, model_not_found
 
 log = logging.getLogger("llmserver.registry")
@@ -361,6 +362,9 @@ def _model_options(entry: dict, where: str) -> ModelOptions:
     for key in ("chat_template", "tool_parser", "reasoning_parser"):
         if key in entry and (not isinstance(entry[key], str) or not entry[key]):
             raise ModelsConfigError(f"{where}: '{key}' must be a non-empty string")
+    tool_parser = entry.get("tool_parser", "auto")
+    if tool_parser not in ("auto", "none", *PARSERS):
+        raise ModelsConfigError(f"{where}: unknown tool_parser '{tool_parser}' (one of: auto, none, {', '.join(PARSERS)})")
     defaults = entry.get("generation_defaults", False)
     if not isinstance(defaults, bool):
         raise ModelsConfigError(f"{where}: 'generation_defaults' must be true or false")

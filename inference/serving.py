@@ -26,7 +26,8 @@ from inference.engine import (GRAMMAR_FAILURE, REFUSED, SHUTTING_DOWN, EngineUna
                               SamplingParams, Turn, Usage, after_pending_reads)
 from inference.reasoning import ReasoningSplitter, splitter_for
 from inference.stop import StopMatcher
-from inference.tools import ToolCall, ToolCallParser, parse_tool_calls, template_messages, tool_call_grammar
+from inference.tool_parsers import ToolParser, parse_tool_calls
+from inference.tools import ToolCall, template_messages
 from llmserver.errors import APIError, error_body, shutting_down
 
 # The engine's FinishReason names, as OpenAI's finish_reason.
@@ -385,7 +386,7 @@ class ChatServing(_Serving):
         super().__init__(worker, model_name)
         self.tools: list[dict] = []  # offered to the model (none with tool_choice "none")
         self.parallel_tool_calls = True
-        self._parsers: dict[int, ToolCallParser] = {}
+        self._parsers: dict[int, ToolParser] = {}
 
     def generation(self, data: dict) -> Generation:
         tokenizer = self.worker.tokenizer
@@ -398,7 +399,11 @@ class ChatServing(_Serving):
         params = self.sampling(data, max_tokens)
         calls = bool(self.tools) and choice != "auto"  # "required" or a named function: a call it will be
         if calls:
-            grammar = tool_call_grammar(self.tools, choice, parallel=self.parallel_tool_calls)
+            if self.worker.tool_parsing is None:
+                raise APIError(400, f"Model '{self.model_name}' reads no tool calls (its tool_parser is 'none', or its "
+                               "chat template writes calls in no known format), so tool_choice cannot require one.",
+                               code="invalid_value", param="tool_choice")
+            grammar = self.worker.tool_parsing.grammar(self.tools, choice, self.parallel_tool_calls)
             params = dataclasses.replace(params, guidance=("lark_grammar", grammar))
         # A grammar (response_format, or a required tool call) holds the whole output from
         # its first token: what it makes the model write is the answer, never reasoning.
@@ -416,14 +421,19 @@ class ChatServing(_Serving):
             return settings.DEFAULT_REASONING_MAX_TOKENS
         return settings.DEFAULT_MAX_TOKENS
 
-    @property
-    def tool_names(self) -> set[str]:
-        return {tool["function"]["name"] for tool in self.tools}
+    def tool_parser(self) -> ToolParser | None:
+        """A parser for one choice's text in the model's tool-call format; None when no
+        tools are offered or the model's calls are not read."""
+        if not self.tools or self.worker.tool_parsing is None:
+            return None
+        names = {tool["function"]["name"] for tool in self.tools}
+        return self.worker.tool_parsing.parser(names, parallel=self.parallel_tool_calls)
 
     def choice(self, text, index, finish_reason):
         message = {"role": "assistant", "content": text, "refusal": None}
-        if self.tools:
-            content, calls = parse_tool_calls(text, self.tool_names, parallel=self.parallel_tool_calls)
+        parser = self.tool_parser()
+        if parser is not None:
+            content, calls = parse_tool_calls(text, parser)
             if calls:
                 message = {"role": "assistant", "content": content, "refusal": None,
                            "tool_calls": [call.as_message_part() for call in calls]}
@@ -448,11 +458,12 @@ class ChatServing(_Serving):
     def chunk_choices(self, update):
         """With tools, a call streams as OpenAI's: its id and name first, then its
         arguments; text that may begin a call is held back until it is known."""
-        if not self.tools:
-            return [self.chunk_choice(update)]
         parser = self._parsers.get(update.index)
         if parser is None:
-            parser = self._parsers[update.index] = ToolCallParser(self.tool_names, parallel=self.parallel_tool_calls)
+            parser = self.tool_parser()
+            if parser is None:
+                return [self.chunk_choice(update)]
+            self._parsers[update.index] = parser
         index, chunks = update.index, []
         content, calls = parser.feed(update.text) if update.text else ("", [])
         if update.finish_reason:
@@ -654,8 +665,8 @@ class ResponsesServing(ChatServing):
         except GenerationFailed as failed:
             raise failed.api_error from None
         text = "".join(parts)
-        content, calls = (parse_tool_calls(text, self.tool_names, parallel=self.parallel_tool_calls)
-                          if self.tools else (text, []))
+        parser = self.tool_parser()
+        content, calls = parse_tool_calls(text, parser) if parser is not None else (text, [])
         output = [_reasoning_item(f"rs_{uuid.uuid4().hex}", "".join(thoughts), "completed")] if thoughts else []
         if content or not calls:
             output.append(_message_item(f"msg_{uuid.uuid4().hex}", content or "", "completed"))
@@ -671,7 +682,7 @@ class ResponsesServing(ChatServing):
         yield events.next("response.in_progress", response=self.response(response_id, created, "in_progress", [], None))
         output: list[dict] = []
         message = None  # the output message item while its text streams
-        parser = ToolCallParser(self.tool_names, parallel=self.parallel_tool_calls) if self.tools else None
+        parser = self.tool_parser()
         text, reason = [], None
         reasoning_item, thoughts = None, []  # the reasoning output item while its text streams
 

@@ -1,17 +1,18 @@
-"""Reading Hermes-style tool calls out of a model's text, whole or as it streams."""
+"""Reading Hermes-style tool calls out of a model's text (inference/tool_parsers.py
+HermesParser), whole or as it streams."""
 
 import json
 
 import pytest
 
-from inference.tools import ToolCallParser, parse_tool_calls, tool_call_grammar
+from inference.tool_parsers import HermesParser, parse_tool_calls
 
 NAMES = {"get_weather", "get_time"}
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 
 
 def test_a_lone_call_has_no_content():
-    content, calls = parse_tool_calls(CALL, NAMES)
+    content, calls = parse_tool_calls(CALL, HermesParser(NAMES))
     assert content is None
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Paris"})]
     assert calls[0].id.startswith("call_") and len(calls[0].id) == 29
@@ -19,11 +20,11 @@ def test_a_lone_call_has_no_content():
 
 def test_text_before_a_call_is_content_and_two_calls_are_two():
     second = CALL.replace("get_weather", "get_time").replace("Paris", "Rome")
-    content, calls = parse_tool_calls(f"Let me look.\n{CALL}\n{second}", NAMES)
+    content, calls = parse_tool_calls(f"Let me look.\n{CALL}\n{second}", HermesParser(NAMES))
     assert content == "Let me look."
     assert [c.name for c in calls] == ["get_weather", "get_time"]
-    assert parse_tool_calls(f"{CALL}\n{second}", NAMES, parallel=False)[1][0].name == "get_weather"
-    assert len(parse_tool_calls(f"{CALL}\n{second}", NAMES, parallel=False)[1]) == 1
+    assert parse_tool_calls(f"{CALL}\n{second}", HermesParser(NAMES, parallel=False))[1][0].name == "get_weather"
+    assert len(parse_tool_calls(f"{CALL}\n{second}", HermesParser(NAMES, parallel=False))[1]) == 1
 
 
 @pytest.mark.parametrize("text", [
@@ -34,12 +35,12 @@ def test_text_before_a_call_is_content_and_two_calls_are_two():
     "a < b and <tool_ is not a call",
 ])
 def test_what_is_not_a_call_of_an_offered_tool_stays_text(text):
-    assert parse_tool_calls(text, NAMES) == (text.strip(), [])
+    assert parse_tool_calls(text, HermesParser(NAMES)) == (text.strip(), [])
 
 
 def test_streamed_pieces_give_the_same_content_and_calls_holding_back_a_possible_opening():
     text = f"Sure. {CALL}"
-    parser = ToolCallParser(NAMES)
+    parser = HermesParser(NAMES)
     contents, calls = [], []
     for piece in [text[i:i + 3] for i in range(0, len(text), 3)]:
         content, new = parser.feed(piece)
@@ -52,19 +53,19 @@ def test_streamed_pieces_give_the_same_content_and_calls_holding_back_a_possible
 
 
 def test_arguments_written_as_a_string_are_read_as_the_object():
-    _, calls = parse_tool_calls('<tool_call>\n{"name": "get_time", "arguments": "{\\"city\\": \\"Rome\\"}"}\n</tool_call>', NAMES)
+    _, calls = parse_tool_calls('<tool_call>\n{"name": "get_time", "arguments": "{\\"city\\": \\"Rome\\"}"}\n</tool_call>', HermesParser(NAMES))
     assert json.loads(calls[0].arguments) == {"city": "Rome"}
 
 
 def test_the_grammar_names_only_the_chosen_function_and_its_schema():
     tools = [{"type": "function", "function": {"name": n, "parameters": {"type": "object", "properties": {
         "city": {"type": "string"}}, "required": ["city"]}}} for n in ("get_weather", "get_time")]
-    named = tool_call_grammar(tools, {"name": "get_time"}, parallel=False)
+    named = HermesParser.grammar(tools, {"name": "get_time"}, False)
     assert named.startswith('start: call\ncall: "<tool_call>\\n" body "\\n</tool_call>"\nbody: %json ')
     schema = json.loads(named.split("%json ", 1)[1])
     assert schema["properties"]["name"] == {"const": "get_time"}
     assert schema["properties"]["arguments"]["required"] == ["city"]
-    required = tool_call_grammar(tools, "required", parallel=True)
+    required = HermesParser.grammar(tools, "required", True)
     assert required.startswith('start: call ("\\n" call)*\n')
     assert [b["properties"]["name"]["const"] for b in json.loads(required.split("%json ", 1)[1])["anyOf"]] == [
         "get_weather", "get_time"]
