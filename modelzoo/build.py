@@ -224,11 +224,19 @@ def recipe(name: str) -> dict:
     """Everything a model is made from; its digest decides whether to rebuild."""
     from importlib.metadata import version
 
-    family = FAMILIES[name]
+    from modelzoo import trained
+
+    spec = trained.TRAINED.get(name)
+    family = FAMILIES[spec.family if spec else name]
     sources = {f"tokenizers/{family.tokenizer}/{f}": _digest(TOKENIZERS / family.tokenizer / f)
                for f in ("tokenizer.json", "tokenizer_config.json")}
     if family.template:
         sources[f"templates/{family.template}"] = _digest(TEMPLATES / family.template)
+    extra = {}
+    if spec:
+        sources[f"modelzoo/trained/{name}.safetensors"] = _digest(trained.weights_path(name))
+        extra = {"trained": dataclasses.asdict(spec), "trained_shape": trained.SHAPE,
+                 "expand": _digest(Path(trained.__file__))}
     return {
         "name": name,
         "build_revision": BUILD_REVISION,
@@ -236,6 +244,7 @@ def recipe(name: str) -> dict:
         "family": dataclasses.asdict(family),
         "sources": sources,
         "packages": {p: version(p) for p in ("onnxruntime-genai", "transformers", "torch", "tokenizers")},
+        **extra,
     }
 
 
@@ -320,8 +329,9 @@ def set_search(out_dir: Path, search: dict) -> None:
     path.write_text(json.dumps(config, indent=4) + "\n")
 
 
-def check(out_dir: Path) -> str:
-    """Load the export with onnxruntime-genai, render a chat and generate 8 tokens greedily."""
+def check(out_dir: Path, tokens: int | None = 8) -> str:
+    """Load the export with onnxruntime-genai, render a chat and generate ``tokens`` tokens
+    greedily (None: until the model ends its answer, within 64)."""
     import numpy as np
     import onnxruntime_genai as og
 
@@ -336,11 +346,13 @@ def check(out_dir: Path) -> str:
     gen = og.Generator(model, params)
     gen.append_tokens(ids)
     out = []
-    while not gen.is_done() and len(out) < 8:
+    while not gen.is_done() and len(out) < (tokens or 64):
         gen.generate_next_token()
         out.append(int(gen.get_next_tokens()[0]))
-    if len(out) != 8:
-        raise SystemExit(f"modelzoo: {out_dir} generated {len(out)} tokens, not 8")
+    if tokens is not None and len(out) != tokens:
+        raise SystemExit(f"modelzoo: {out_dir} generated {len(out)} tokens, not {tokens}")
+    if tokens is None and not gen.is_done():
+        raise SystemExit(f"modelzoo: {out_dir} did not end its answer to Hello within 64 tokens")
     return tok.decode(out)
 
 
@@ -361,19 +373,24 @@ def build(name: str, force: bool = False, seed: int = 1234) -> bool:
     if not force and built_digest(name) == digest:
         print(f"[zoo] {name}: up to date", flush=True)
         return False
+    from modelzoo import trained
+
     t0 = time.monotonic()
-    family = FAMILIES[name]
+    family = FAMILIES.get(name)
     MODELS.mkdir(parents=True, exist_ok=True)
     work = MODELS / f".{name}.building"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
-        info = make_hf(family, work / "hf", seed)
+        if name in trained.TRAINED:
+            info = trained.expand(name, work / "hf")
+        else:
+            info = make_hf(family, work / "hf", seed)
         out = work / "model"
         export(work / "hf", out, work / "cache")
-        if family.search:
+        if family and family.search:
             set_search(out, family.search)
-        text = check(out)
+        text = check(out, None if name in trained.TRAINED else 8)
         (out / RECIPE_FILE).write_text(json.dumps({"digest": digest, "recipe": r, "seed": seed, **info},
                                                   indent=2, ensure_ascii=False) + "\n")
         final = MODELS / name
@@ -388,14 +405,17 @@ def build(name: str, force: bool = False, seed: int = 1234) -> bool:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", action="append", choices=sorted(FAMILIES), help="build only this model (repeatable)")
+    from modelzoo.trained import TRAINED
+
+    p.add_argument("--only", action="append", choices=sorted([*FAMILIES, *TRAINED]),
+                   help="build only this model (repeatable)")
     p.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged")
     args = p.parse_args(argv)
     missing = [t for t in {f.tokenizer for f in FAMILIES.values()} if not (TOKENIZERS / t / "tokenizer.json").is_file()]
     if missing:
         raise SystemExit(f"modelzoo: no tokenizer in .zoo/tokenizers/ for {missing}: run `make zoo-sources` first")
     t0 = time.monotonic()
-    for name in args.only or FAMILIES:
+    for name in args.only or [*FAMILIES, *TRAINED]:
         build(name, force=args.force)
     print(f"[zoo] done in {time.monotonic() - t0:.1f}s", flush=True)
     return 0
