@@ -434,7 +434,13 @@ class EngineWorker:
         # a 128k context costs what max_model_len allows, also for requests made without
         # RequestOptions (_measure_batch_limit's).
         config.overlay(json.dumps({"search": {"max_length": self.context_length}}))
-        config.overlay(json.dumps({"engine": {"static_batching": {"max_batch_size": self.max_batch_size}}}))
+        # A model exported with paged attention has an engine.dynamic_batching section
+        # (its batch size among its settings). Given a static_batching section beside it,
+        # og made a static Engine, so none is added to such a model.
+        engine_section = {**genai_config.get("engine", {}), **self.options.get("engine", {})}
+        dynamic_configured = "dynamic_batching" in engine_section and "static_batching" not in engine_section
+        if not dynamic_configured:
+            config.overlay(json.dumps({"engine": {"static_batching": {"max_batch_size": self.max_batch_size}}}))
         self._og = og
         self._execution_failure = og.EngineErrorCode.ENGINE_EXECUTION_FAILURE
         self._model = og.Model(config)
@@ -442,12 +448,17 @@ class EngineWorker:
         self.vocab_size = int(genai_config["model"]["vocab_size"])
         self.grammar = GrammarCheck(self.path, self.vocab_size, list(self.tokenizer.eos_token_ids))
         self._new_engine()
-        # og reports a positive max_scheduled_tokens only for a dynamic-batching Engine
-        # (it refuses such a configuration with 0); the static scheduler reports 0.
-        self.dynamic_batching = self._engine.get_capabilities().max_scheduled_tokens > 0
-        # A dynamic-batching Engine takes new turns at any step: the configured size is
+        # The static scheduler reports max_scheduled_tokens 0; og refuses a dynamic
+        # configuration with 0 there. An Engine made from a dynamic_batching section
+        # (og fails to make one from a model without paged attention) is dynamic too.
+        capabilities = self._engine.get_capabilities()
+        self.dynamic_batching = capabilities.max_scheduled_tokens > 0 or dynamic_configured
+        # A dynamic-batching Engine takes new turns at any step: its configured size is
         # what it serves. The static one is measured.
-        self.batch_limit = self.max_batch_size if self.dynamic_batching else self._measure_batch_limit()
+        if self.dynamic_batching:
+            self.batch_limit = int(capabilities.configured_max_batch_size) or self.max_batch_size
+        else:
+            self.batch_limit = self._measure_batch_limit()
         if self.batch_limit < self.max_batch_size:
             log.warning(
                 "model %s: the engine serves at most %d sequences per step on this build "

@@ -190,3 +190,18 @@ async def test_a_failure_that_is_not_retryable_is_a_500_engine_error(api):
     error = json.loads(body)["error"]
     assert (status, error["code"]) == (500, "engine_error")
     assert error["message"] == "The model failed while generating: engine error REQUEST_UNSERVICEABLE"
+
+
+def test_a_model_configured_for_dynamic_batching_keeps_its_engine_section(tmp_path, live_db):
+    """No static_batching section is added beside a dynamic_batching one (og would make a
+    static Engine of both): the demo model, which has no paged attention, is refused."""
+    from inference.engine import ModelLoadError
+    from tests.test_context_and_sampling import model_copy
+
+    folder = model_copy(tmp_path / "paged")
+    config = json.loads((tmp_path / "paged" / "genai_config.json").read_text())
+    config["engine"] = {"dynamic_batching": {"block_size": 256, "max_batch_size": 8}}
+    (tmp_path / "paged" / "genai_config.json").write_text(json.dumps(config))
+
+    with pytest.raises(ModelLoadError, match="Paged cache input must have rank four"):
+        EngineWorker(MODEL_ID, folder, max_batch_size=4).start()
