@@ -448,17 +448,7 @@ class EngineWorker:
         self.vocab_size = int(genai_config["model"]["vocab_size"])
         self.grammar = GrammarCheck(self.path, self.vocab_size, list(self.tokenizer.eos_token_ids))
         self._new_engine()
-        # The static scheduler reports max_scheduled_tokens 0; og refuses a dynamic
-        # configuration with 0 there. An Engine made from a dynamic_batching section
-        # (og fails to make one from a model without paged attention) is dynamic too.
-        capabilities = self._engine.get_capabilities()
-        self.dynamic_batching = capabilities.max_scheduled_tokens > 0 or dynamic_configured
-        # A dynamic-batching Engine takes new turns at any step: its configured size is
-        # what it serves. The static one is measured.
-        if self.dynamic_batching:
-            self.batch_limit = int(capabilities.configured_max_batch_size) or self.max_batch_size
-        else:
-            self.batch_limit = self._measure_batch_limit()
+        self._learn_scheduler(dynamic_configured)
         if self.batch_limit < self.max_batch_size:
             log.warning(
                 "model %s: the engine serves at most %d sequences per step on this build "
@@ -475,6 +465,21 @@ class EngineWorker:
         from django.conf import settings
 
         return settings.MAX_MODEL_LEN
+
+    def _learn_scheduler(self, dynamic_configured: bool) -> None:
+        """Set :attr:`dynamic_batching` and :attr:`batch_limit` from the new Engine.
+
+        The static scheduler reports max_scheduled_tokens 0; og refuses a dynamic
+        configuration with 0 there. An Engine made from a dynamic_batching section (og
+        fails to make one of a model without paged attention) is dynamic too. A
+        dynamic-batching Engine takes new turns at any step, so its configured size is
+        what it serves; the static one is measured."""
+        capabilities = self._engine.get_capabilities()
+        self.dynamic_batching = capabilities.max_scheduled_tokens > 0 or dynamic_configured
+        if self.dynamic_batching:
+            self.batch_limit = int(capabilities.configured_max_batch_size) or self.max_batch_size
+        else:
+            self.batch_limit = self._measure_batch_limit()
 
     def _measure_batch_limit(self) -> int:
         """How many sequences one engine step really serves.

@@ -544,6 +544,7 @@ class ResponsesServing(ChatServing):
                 "total_tokens": counts["total_tokens"],
             }
         choice = request.get("tool_choice", "auto" if self.tools else "none")
+        temperature, top_p, _ = sampling_settings(request, self.worker)  # the model's defaults filled in
         return {
             "id": response_id,
             "object": "response",
@@ -559,11 +560,11 @@ class ResponsesServing(ChatServing):
             "previous_response_id": None,
             "reasoning": {"effort": None, "summary": None},
             "store": False,  # stateless: nothing is kept, whatever the request said
-            "temperature": request.get("temperature", settings.DEFAULT_TEMPERATURE),
+            "temperature": temperature,
             "text": {"format": request.get("text", {}).get("format") or {"type": "text"}},
             "tool_choice": {"type": "function", **choice} if isinstance(choice, dict) else choice,
             "tools": request.get("tools", []),
-            "top_p": request.get("top_p", 1.0),
+            "top_p": 1.0 if top_p is None else top_p,
             "truncation": "disabled",
             "usage": usage,
             "user": request.get("user"),

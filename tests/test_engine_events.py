@@ -146,6 +146,21 @@ async def test_a_retryable_failure_after_tokens_fails_the_turn_with_the_tokens_s
     assert cut.finish.usage.completion_tokens == 3
 
 
+async def test_a_turn_whose_options_the_engine_refuses_of_any_exception_type_fails_alone(worker):
+    """og's bindings raise TypeError for a negative token count (RuntimeError for what the
+    engine refuses): either fails that turn, not the batch it was to join."""
+    restarts = worker.stats.restarts
+    refused = Turn(chat_tokens(worker, count_prompt(5)), SamplingParams(max_tokens=-5), asyncio.get_running_loop(),
+                   asyncio.Event())
+    beside = turn_for(worker, count_prompt(7), 600)
+    worker.reserve([refused, beside])
+
+    assert await run(worker, refused, beside) == ["", count_answer(7)]
+    assert refused.finish.reason == "FAILED"
+    assert refused.finish.error.startswith("set_max_generated_tokens(): incompatible function arguments")
+    assert (worker.stats.restarts, worker.running) == (restarts, True)
+
+
 # --- over HTTP ----------------------------------------------------------------------------
 
 
