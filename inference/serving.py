@@ -265,11 +265,11 @@ class _Serving:
             # to sample with top_k 1.)
             temperature = 0.0
         seed = data.get("seed")
-        if seed is not None and temperature > 0:
-            if not self.worker.dynamic_batching:
-                raise APIError(400, "'seed' is supported only with temperature 0 (greedy decoding, deterministic "
-                                    "without a seed): this engine's CPU scheduler cannot seed sampling per request.",
-                               code="unsupported_parameter", param="seed")
+        if seed is not None and temperature > 0 and not self.worker.dynamic_batching:
+            # Only an engine with dynamic batching seeds one turn (og's set_seed).
+            raise APIError(400, "'seed' is supported only with temperature 0 (greedy decoding, deterministic "
+                                "without a seed): this engine's CPU scheduler cannot seed sampling per request.",
+                           code="unsupported_parameter", param="seed")
         return SamplingParams(
             # The context bounds any turn; the engine ends it there with "length".
             max_tokens=min(max_tokens or settings.DEFAULT_MAX_TOKENS, self.worker.context_length),
