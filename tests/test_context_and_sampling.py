@@ -146,6 +146,29 @@ async def test_v1_models_shows_each_models_effective_context_loaded_or_not(serve
     assert (await (await api.get("/v1/models/long")).json())["max_model_len"] == 8192
 
 
+async def test_max_model_len_comes_from_models_config_else_from_max_model_len(serve, folders, tmp_path, settings):
+    settings.MAX_MODEL_LEN = 200
+    (tmp_path / "models.toml").write_text(f"""
+[[models]]
+id = "own"
+path = "{folders['long']}"
+max_model_len = 300
+
+[[models]]
+id = "default"
+path = "{folders['long']}"
+""")
+    specs, _ = read_models_config(str(tmp_path / "models.toml"))
+    api = serve(*specs)
+
+    listed = await (await api.get("/v1/models")).json()
+    status, body = await post(api, "/v1/completions", {"model": "default", "prompt": "1 2 3", "max_tokens": 500})
+
+    assert [(m["id"], m["max_model_len"]) for m in listed["data"]] == [("own", 300), ("default", 200)]
+    assert registry.slots()[0].worker.context_length == 300
+    assert (status, body["usage"]["total_tokens"], registry.slots()[1].worker.context_length) == (200, 200, 200)
+
+
 async def test_the_docs_engine_options_example_runs_as_written(serve, tmp_path):
     """models.example.toml with its commented ``search = { max_length = 256 }`` lines on."""
     text = (ROOT / "models.example.toml").read_text()
