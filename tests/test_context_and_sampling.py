@@ -18,8 +18,8 @@ from inference.serving import ChatServing
 from tests.asgi import InProcessAPI
 from tests.conftest import DEMO_MODEL, ROOT
 
-# /v1/completions on this prompt: sampled at temperature 0.6 and top_k 20, five answers
-# of the demo model were five different texts.
+# A /v1/completions prompt the demo model continues in many ways when it samples (at
+# temperature 0.6 and top_k 20 too), and in one way greedily.
 UNSURE_PROMPT = "Hi there, my"
 
 
