@@ -231,13 +231,8 @@ class OpenAIRequestSerializer(serializers.Serializer):
     def validate(self, attrs):
         if "stream_options" in attrs and not attrs.get("stream", False):
             _refuse("stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
-        if attrs.get("seed") is not None and attrs.get("temperature", 0) > 0:
-            _refuse(
-                "seed",
-                "'seed' is supported only with temperature 0 (greedy decoding, deterministic without a "
-                "seed): this engine's CPU scheduler cannot seed sampling per request.",
-                code="unsupported_parameter",
-            )
+        # 'seed' with sampling is checked against the model's engine (inference.serving):
+        # only one with dynamic batching seeds a turn.
         return attrs
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 
-from inference.engine import (GRAMMAR_FAILURE, REFUSED, SHUTTING_DOWN, EngineUnavailable, EngineWorker,
-                              SamplingParams, Turn, Usage, after_pending_reads)
+from inference.engine import (GRAMMAR_FAILURE, REFUSED, RETRYABLE_FAILURE, SHUTTING_DOWN, EngineUnavailable,
+                              EngineWorker, SamplingParams, Turn, Usage, after_pending_reads)
 from inference.reasoning import ReasoningSplitter, splitter_for
 from inference.stop import StopMatcher
 from inference.tool_parsers import ToolParser, parse_tool_calls
@@ -234,6 +234,10 @@ def _engine_error(message: str, worker: EngineWorker, guidance_param: str = "res
         return shutting_down("The server is shutting down: the generation was stopped before it finished.")
     if "max_session_tokens" in message and not message.startswith(REFUSED):  # the prompt leaves no room
         return _context_length_exceeded(worker, None, "messages")
+    if message.startswith(RETRYABLE_FAILURE):
+        return APIError(503, f"The engine is currently overloaded: the model '{worker.model_id}' had no room for "
+                             "this generation. Please try again later.",
+                        code="engine_overloaded", type="server_error", headers={"Retry-After": "1"})
     if message == GRAMMAR_FAILURE:
         return APIError(400, f"The engine failed while following the grammar of this '{guidance_param}' and stopped; "
                              "simplify it (fewer levels, no required recursion).",
@@ -243,6 +247,25 @@ def _engine_error(message: str, worker: EngineWorker, guidance_param: str = "res
         return APIError(400, f"The engine cannot follow this '{guidance_param}' schema: {detail}",
                         code="invalid_value", param=guidance_param)
     return APIError(500, f"The model failed while generating: {message}", code="engine_error", type="server_error")
+
+
+def sampling_settings(data: dict, worker: EngineWorker) -> tuple[float, float | None, int | None]:
+    """A request's temperature, top_p and top_k (None: not set, off). What the request
+    leaves out comes from the model's own ``search`` block where the model opts in
+    (ModelOptions.generation_defaults), else temperature is DEFAULT_TEMPERATURE and the
+    others are off. A search block with ``do_sample`` false means greedy."""
+    temperature, top_p, top_k = data.get("temperature"), data.get("top_p"), data.get("top_k")
+    if worker.model_options.generation_defaults:
+        search = worker.search_defaults
+        if temperature is None:
+            temperature = float(search.get("temperature", 1.0)) if search.get("do_sample") else 0.0
+        if top_p is None and "top_p" in search:
+            top_p = float(search["top_p"])
+        if top_k is None and "top_k" in search:
+            top_k = int(search["top_k"])
+    if temperature is None:
+        temperature = settings.DEFAULT_TEMPERATURE
+    return temperature, top_p, top_k or None
 
 
 def _context_length_exceeded(worker: EngineWorker, prompt_tokens: int | None, param: str) -> APIError:
@@ -269,17 +292,28 @@ class _Serving:
         self.model_name = model_name
 
     def sampling(self, data: dict, max_tokens: int | None) -> SamplingParams:
-        top_k = data.get("top_k") or None
+        temperature, top_p, top_k = sampling_settings(data, self.worker)
         if top_k is not None:
             # Past the vocabulary the engine fails the turn; the k most likely of fewer
             # than k tokens are all of them, which is what the request asks.
             top_k = min(top_k, self.worker.vocab_size)
+        if top_p == 0 or top_k == 1:
+            # Only the most likely token: greedy. (og reads top_p 0 as "off", and refuses
+            # to sample with top_k 1.)
+            temperature = 0.0
+        seed = data.get("seed")
+        if seed is not None and temperature > 0 and not self.worker.dynamic_batching:
+            # Only an engine with dynamic batching seeds one turn (og's set_seed).
+            raise APIError(400, "'seed' is supported only with temperature 0 (greedy decoding, deterministic "
+                                "without a seed): this engine's CPU scheduler cannot seed sampling per request.",
+                           code="unsupported_parameter", param="seed")
         return SamplingParams(
             # The context bounds any turn; the engine ends it there with "length".
             max_tokens=min(max_tokens or self.default_max_tokens, self.worker.context_length),
-            temperature=data.get("temperature", settings.DEFAULT_TEMPERATURE),
-            top_p=data.get("top_p"),
+            temperature=temperature,
+            top_p=top_p,
             top_k=top_k,
+            seed=seed if temperature > 0 else None,  # greedy needs none
             guidance=response_format_guidance(data.get("response_format")),
         )
 
@@ -626,6 +660,7 @@ class ResponsesServing(ChatServing):
                 "total_tokens": counts["total_tokens"],
             }
         choice = request.get("tool_choice", "auto" if self.tools else "none")
+        temperature, top_p, _ = sampling_settings(request, self.worker)  # the model's defaults filled in
         return {
             "id": response_id,
             "object": "response",
@@ -641,11 +676,11 @@ class ResponsesServing(ChatServing):
             "previous_response_id": None,
             "reasoning": {"effort": None, "summary": None},
             "store": False,  # stateless: nothing is kept, whatever the request said
-            "temperature": request.get("temperature", settings.DEFAULT_TEMPERATURE),
+            "temperature": temperature,
             "text": {"format": request.get("text", {}).get("format") or {"type": "text"}},
             "tool_choice": {"type": "function", **choice} if isinstance(choice, dict) else choice,
             "tools": request.get("tools", []),
-            "top_p": request.get("top_p", 1.0),
+            "top_p": 1.0 if top_p is None else top_p,
             "truncation": "disabled",
             "usage": usage,
             "user": request.get("user"),
