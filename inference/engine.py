@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.chat_template import PromptFormat
 from inference.grammar import GrammarCheck
 from inference.model_options import ModelOptions
 
@@ -270,6 +271,7 @@ class EngineWorker:
         self.vocab_size = 0
         self.batch_limit = max_batch_size  # measured at load: sequences one step serves
         self.tokenizer = None  # og.Tokenizer; its encode/decode may be called from any thread
+        self.prompt_format: PromptFormat | None = None  # chat template and BOS, read at load
         self.grammar: GrammarCheck | None = None  # checks a turn's grammar before it is submitted
         # Turns taken in and not yet begun nor finished, counted on the event loop (see
         # the module docstring): what a bound on waiting requests is checked against.
@@ -412,6 +414,7 @@ class EngineWorker:
         self._execution_failure = og.EngineErrorCode.ENGINE_EXECUTION_FAILURE
         self._model = og.Model(config)
         self.tokenizer = og.Tokenizer(self._model)
+        self.prompt_format = PromptFormat.load(self.model_id, self.path, self.model_options.chat_template)
         genai_config = json.loads((Path(self.path) / "genai_config.json").read_text())
         self.context_length = _context_length(genai_config, self.options)
         self.vocab_size = int(genai_config["model"]["vocab_size"])

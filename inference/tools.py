@@ -16,8 +16,9 @@ through its chat template (``apply_chat_template(..., tools=...)``).
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
+
+from inference.chat_template import new_tool_call_id
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 # How the template's tojson writes JSON (", " and ": "): the grammar writes it the same way.
@@ -31,7 +32,7 @@ class ToolCall:
     id: str = ""
 
     def __post_init__(self):
-        self.id = self.id or f"call_{uuid.uuid4().hex[:24]}"
+        self.id = self.id or new_tool_call_id()  # 9 letters and digits: see inference.chat_template
 
     def as_message_part(self) -> dict:
         return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
@@ -150,27 +151,3 @@ def tool_call_grammar(tools: list[dict], choice, *, parallel: bool) -> str:
             f'call: "{OPEN}\\n" body "\\n{CLOSE}"\n'
             f"body: %json {json.dumps({'x-guidance': _JSON_STYLE, **schema})}\n")
 
-
-def template_messages(messages: list[dict]) -> list[dict]:
-    """Validated messages as a chat template receives them: an assistant's tool calls
-    with their arguments as objects (as templates write them back with tojson)."""
-    rendered = []
-    for message in messages:
-        out = {"role": message["role"], "content": message["content"]}
-        for key in ("name", "tool_call_id"):
-            if key in message:
-                out[key] = message[key]
-        if "tool_calls" in message:
-            out["tool_calls"] = [{
-                "id": call["id"], "type": "function",
-                "function": {"name": call["function"]["name"], "arguments": _as_object(call["function"]["arguments"])},
-            } for call in message["tool_calls"]]
-        rendered.append(out)
-    return rendered
-
-
-def _as_object(arguments: str):
-    try:
-        return json.loads(arguments)
-    except ValueError:
-        return arguments
