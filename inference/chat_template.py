@@ -10,9 +10,9 @@ as variables. Rendered any other way, the same template writes a different promp
 
 :class:`PromptFormat` is read once per model at load: the template (compiled once),
 what it cannot show the model (learnt by rendering a probe conversation), and the BOS
-id a ``/v1/completions`` text prompt begins with. The rendered text is tokenized by the
-model's own tokenizer, whose ``encode`` maps special-token text to ids and adds no BOS:
-a template that wants one writes ``{{ bos_token }}``.
+id a ``/v1/completions`` text prompt begins with. The rendered text is encoded as
+transformers encodes it (``add_special_tokens=False``: special-token text becomes its
+token, and no BOS is added; a template that wants one writes ``{{ bos_token }}``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import jinja2
 import jinja2.ext
 import jinja2.nodes
 import jinja2.utils
+import tokenizers
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from llmserver.errors import APIError
@@ -379,56 +380,37 @@ def _template_sources(folder: Path, tokenizer_config: dict, override: str | None
     return {}, origin
 
 
-def prompt_bos_id(tokenizer_json: dict, tokenizer_config: dict) -> int | None:
+def prompt_bos_id(tokenizer: tokenizers.Tokenizer, tokenizer_config: dict) -> int | None:
     """The id a text prompt begins with, as the tokenizer adds it to ``tokenizer(text)``:
-    when tokenizer_config.json has ``add_bos_token`` true, or tokenizer.json's
-    post_processor puts a special token before the text (llama3's and gemma's
-    TemplateProcessing). None when nothing is added."""
-    added = {token["content"]: token["id"] for token in tokenizer_json.get("added_tokens", [])
-             if isinstance(token, dict) and "content" in token and "id" in token}
-    leading = _post_processor_leading_id(tokenizer_json.get("post_processor"))
-    if leading is not None:
-        return leading
+    the special token tokenizer.json's post_processor puts before a text (llama3's and
+    gemma's TemplateProcessing), else the BOS when tokenizer_config.json has
+    ``add_bos_token`` true (as transformers 4's Llama tokenizers build that processor
+    from the flag). None when nothing is added."""
+    plain = tokenizer.encode("a", add_special_tokens=False).ids
+    special = tokenizer.encode("a", add_special_tokens=True).ids
+    if len(special) > len(plain) and special[1:1 + len(plain)] == plain:
+        return special[0]
     if tokenizer_config.get("add_bos_token") is True:
         bos = _token_text(tokenizer_config.get("bos_token"))
         if bos is not None:
-            if bos in added:
-                return added[bos]
-            vocab = (tokenizer_json.get("model") or {}).get("vocab")
-            if isinstance(vocab, dict) and bos in vocab:
-                return int(vocab[bos])
-    return None
-
-
-def _post_processor_leading_id(processor) -> int | None:
-    if not isinstance(processor, dict):
-        return None
-    if processor.get("type") == "Sequence":
-        for inner in processor.get("processors", []):
-            found = _post_processor_leading_id(inner)
-            if found is not None:
-                return found
-        return None
-    if processor.get("type") in ("TemplateProcessing",):
-        single = processor.get("single") or []
-        first = single[0] if single else None
-        if isinstance(first, dict) and "SpecialToken" in first:
-            name = first["SpecialToken"].get("id")
-            ids = (processor.get("special_tokens", {}).get(name) or {}).get("ids") or []
-            return int(ids[0]) if ids else None
-    if processor.get("type") in ("BertProcessing", "RobertaProcessing"):
-        cls = processor.get("cls")
-        return int(cls[1]) if isinstance(cls, list) and len(cls) == 2 else None
+            return tokenizer.token_to_id(bos)
     return None
 
 
 @dataclass
 class PromptFormat:
-    """How one model's requests become prompt text: its chat template (None: it has
-    none) and the BOS id its text prompts begin with (None: none)."""
+    """How one model's requests become prompt ids: its chat template (None: it has
+    none), its tokenizer as Hugging Face's ``tokenizers`` runs it, and the BOS id its
+    text prompts begin with (None: none).
+
+    Prompts are encoded here rather than by onnxruntime-genai's tokenizer, whose BPE
+    merges differ from Hugging Face's on SentencePiece vocabularies (llama2's and
+    gemma's: "}}}," and "|>" come out as other tokens than the model was trained on).
+    Generated tokens are still decoded by the engine's tokenizer."""
 
     model_id: str
     chat_template: ChatTemplate | None
+    tokenizer: tokenizers.Tokenizer
     bos_id: int | None
 
     @classmethod
@@ -439,8 +421,11 @@ class PromptFormat:
         config = _read_json(folder / "tokenizer_config.json")
         sources, origin = _template_sources(folder, config, override)
         template = ChatTemplate(sources, special_tokens(folder, config), origin) if sources else None
-        bos = prompt_bos_id(_read_json(folder / "tokenizer.json"), config)
-        prompt_format = cls(model_id, template, bos)
+        try:
+            tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as exc:  # noqa: BLE001 - the library raises its own Exception
+            raise ChatTemplateLoadError(f"cannot read {folder / 'tokenizer.json'}: {exc}") from None
+        prompt_format = cls(model_id, template, tokenizer, prompt_bos_id(tokenizer, config))
         if template is None:
             log.warning("model %s has no chat template: chat requests are refused; /v1/completions works "
                         "(set chat_template to serve chats)", model_id)
@@ -476,7 +461,9 @@ class PromptFormat:
         raise APIError(400, f"The chat template of model '{self.model_id}' cannot render these messages: {message}",
                        code="chat_template_error", param="messages")
 
-    def text_prompt(self, tokens) -> list[int]:
-        """A text prompt's token ids with the model's BOS first, when it has one."""
-        ids = [int(token) for token in tokens]
-        return [self.bos_id, *ids] if self.bos_id is not None else ids
+    def encode(self, text: str, *, bos: bool = False) -> list[int]:
+        """The ids of ``text``, special-token text as its token (a rendered chat prompt
+        holds them); with ``bos``, the model's BOS first when its tokenizer adds one to
+        a text (``tokenizer(text).input_ids``, what /v1/completions generates from)."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        return [self.bos_id, *ids] if bos and self.bos_id is not None else ids

@@ -391,9 +391,8 @@ class ChatTemplateKwargsField(serializers.DictField):
         data = super().to_internal_value(data)
         taken = sorted(name for name in data if name in RESERVED_VARIABLES)
         if taken:
-            raise serializers.ValidationError(
-                f"'{taken[0]}' is set by the server for the chat template and cannot be given in "
-                f"chat_template_kwargs.", code="invalid_value")
+            raise serializers.ValidationError(f"'{taken[0]}' is a variable the server sets for the chat template.",
+                                              code="invalid_value")
         return data
 
 

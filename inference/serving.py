@@ -332,13 +332,12 @@ class ChatServing(_Serving):
         self._parsers: dict[int, ToolCallParser] = {}
 
     def generation(self, data: dict) -> Generation:
-        tokenizer = self.worker.tokenizer
         choice = data.get("tool_choice", "none")
         self.tools = data.get("tools", []) if choice != "none" else []
         self.parallel_tool_calls = data.get("parallel_tool_calls", True)
         prompt = chat_prompt(self.worker, data["messages"], tools=self.tools,
                              template_kwargs=data.get("chat_template_kwargs"))
-        tokens = self.check_prompt(tokenizer.encode(prompt))
+        tokens = self.check_prompt(np.asarray(self.worker.prompt_format.encode(prompt), dtype=np.int32))
         max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
         params = self.sampling(data, max_tokens)
         calls = bool(self.tools) and choice != "auto"  # "required" or a named function: a call it will be
@@ -407,12 +406,11 @@ class CompletionServing(_Serving):
     prompt_param = "prompt"
 
     def generation(self, data: dict) -> Generation:
-        tokenizer = self.worker.tokenizer
         prompts = []
         for prompt in data["prompt"]:
             if isinstance(prompt, str):
                 # As the model's tokenizer makes a text's ids: its BOS first, if it adds one.
-                tokens = np.asarray(self.worker.prompt_format.text_prompt(tokenizer.encode(prompt)), dtype=np.int32)
+                tokens = np.asarray(self.worker.prompt_format.encode(prompt, bos=True), dtype=np.int32)
             else:
                 tokens = np.asarray(prompt, dtype=np.int32)
                 if int(tokens.max()) >= self.worker.vocab_size:
@@ -462,17 +460,14 @@ class TokenizeServing:
         self.worker = worker
 
     def tokenize(self, data: dict) -> dict:
-        tokenizer = self.worker.tokenizer
         if "messages" in data:
             text = chat_prompt(self.worker, data["messages"], add_generation_prompt=data["add_generation_prompt"],
                                tools=data.get("tools"), template_kwargs=data.get("chat_template_kwargs"))
         else:
             text = data["prompt"]
-        tokens = [int(token) for token in tokenizer.encode(text)]
         # vLLM's add_special_tokens: the BOS the tokenizer adds to a text (by default for
         # a prompt; a chat template writes its own).
-        if data.get("add_special_tokens", "messages" not in data):
-            tokens = self.worker.prompt_format.text_prompt(tokens)
+        tokens = self.worker.prompt_format.encode(text, bos=data.get("add_special_tokens", "messages" not in data))
         return {"count": len(tokens), "max_model_len": self.worker.context_length, "tokens": tokens}
 
     def detokenize(self, data: dict) -> dict:
