@@ -354,7 +354,7 @@ def _template_sources(folder: Path, tokenizer_config: dict, override: str | None
     over tokenizer_config.json's chat_template (a string, or a list of {name, template})
     as in transformers."""
     if override:
-        path = Path(override)
+        path = Path(override).expanduser()
         path = path if path.is_absolute() else folder / path
         try:
             return {"default": path.read_text(encoding="utf-8")}, str(path)

@@ -309,14 +309,31 @@ SERVED = {
 def served(live_db, tmp_path_factory):
     """The models of :data:`SERVED` in this process's registry, each a folder with the
     demo network and a real tokenizer and template."""
+    from inference.model_options import ModelOptions
     from inference.registry import ModelSpec, registry
 
     where = tmp_path_factory.mktemp("served")
     folders = {name: model_folder(where, name, *source, onnx=True) for name, source in SERVED.items()}
-    registry.configure([ModelSpec(name, str(folder), max_batch_size=2) for name, folder in folders.items()],
-                       default="qwen3", max_loaded=len(folders))
+    specs = [ModelSpec(name, str(folder), max_batch_size=2) for name, folder in folders.items()]
+    # The per-model option: a template file beside the model replaces its own.
+    folders["overridden"] = model_folder(where, "overridden", *FAMILIES["qwen3"], onnx=True)
+    (folders["overridden"] / "plain.jinja").write_text(OVERRIDE)
+    specs.append(ModelSpec("overridden", str(folders["overridden"]), max_batch_size=2,
+                           model_options=ModelOptions(chat_template="plain.jinja")))
+    registry.configure(specs, default="qwen3", max_loaded=len(specs))
     yield folders
     registry.stop_all()
+
+
+OVERRIDE = "{% for m in messages %}<|im_start|>{{ m.role }}: {{ m.content }}<|im_end|>{% endfor %}{{ eos_token }}"
+
+
+async def test_a_models_chat_template_option_replaces_its_template(served, api_key):
+    status, counted = await post(api_key, "/tokenize", {"model": "overridden", "messages": CONVERSATIONS["system"][0]})
+    assert status == 200, counted
+    text = "<|im_start|>system: You are terse.<|im_end|><|im_start|>user: What is the capital of France?<|im_end|><|im_end|>"
+    assert counted["tokens"] == hf_tokenizer(served["overridden"])(text, add_special_tokens=False).input_ids
+    assert counted["tokens"][-2:] == [151645, 151645]  # <|im_end|> from the text and from eos_token
 
 
 async def post(api_key, path, body):
