@@ -155,6 +155,11 @@ def template_messages(messages: list[dict]) -> list[dict]:
         for key in ("name", "tool_call_id"):
             if key in message:
                 out[key] = message[key]
+        # An assistant's reasoning, under each name templates read it by (Qwen3 and
+        # DeepSeek "reasoning_content", gpt-oss "thinking"), as transformers passes it.
+        reasoning = next((message[key] for key in _REASONING_FIELDS if message.get(key) is not None), None)
+        if reasoning is not None:
+            out["thinking"] = out["reasoning_content"] = reasoning
         if "tool_calls" in message:
             out["tool_calls"] = [{
                 "id": call["id"], "type": "function",
@@ -162,6 +167,9 @@ def template_messages(messages: list[dict]) -> list[dict]:
             } for call in message["tool_calls"]]
         rendered.append(out)
     return rendered
+
+
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 
 
 def _as_object(arguments: str):

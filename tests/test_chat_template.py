@@ -91,6 +91,10 @@ CONVERSATIONS = {
     "thinking_history": ([{"role": "user", "content": "Capital of France?"},
                           {"role": "assistant", "content": "<think>\nThe user asks about France.\n</think>\n\nParis."},
                           {"role": "user", "content": "And of Italy?"}], None, {"enable_thinking": False}),
+    "reasoning_history": ([{"role": "user", "content": "Capital of France?"},
+                           {"role": "assistant", "content": "Paris.", "reasoning_content": "France's capital is Paris."},
+                           {"role": "user", "content": "And of Italy?"},
+                           {"role": "assistant", "content": "Rome.", "reasoning_content": "Italy's is Rome."}], None, {}),
     "multibyte": ([{"role": "user", "content": "東京の天気は？ Ça va, naïve café — 🎉🇫🇷 Ünïcödé"}], None, {}),
 }
 
@@ -183,6 +187,9 @@ def test_the_templates_render_what_each_conversation_is_about(folders):
     thinking = ours("qwen3", "thinking_history")
     assert "The user asks about France" not in thinking and "Paris." in thinking
     assert thinking.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    # A message's reasoning_content reaches the template: Qwen3 keeps the last turn's.
+    reasoning = ours("qwen3", "reasoning_history")
+    assert "<think>\nItaly's is Rome.\n</think>\n\nRome." in reasoning and "France's capital" not in reasoning
     # Parallel calls and their results, in order; multibyte text as it is.
     parallel = ours("qwen2.5", "parallel_calls")
     assert parallel.index('"get_weather"') < parallel.index('"get_time"') < parallel.index("2 degrees") < parallel.index("14:05")
