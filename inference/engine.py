@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.chat_template import PromptFormat
 from inference.decoding import TokenDecoder
 from inference.grammar import GrammarCheck
 from inference.model_options import ModelOptions
@@ -297,6 +298,7 @@ class EngineWorker:
         self.tokenizer = None  # og.Tokenizer; its encode/decode may be called from any thread
         self.token_decoder: TokenDecoder | None = None  # generated tokens to text (engine thread)
         self.tool_parsing: ToolParsing | None = None  # how its tool calls are written; None: not read
+        self.prompt_format: PromptFormat | None = None  # chat template and BOS, read at load
         self.grammar: GrammarCheck | None = None  # checks a turn's grammar before it is submitted
         # How its chat output separates reasoning from the answer (inference.reasoning), or
         # None: all of it is the answer. Read off its chat template at load for "auto".
@@ -464,6 +466,7 @@ class EngineWorker:
         self._model = og.Model(config)
         self.tokenizer = og.Tokenizer(self._model)
         self.token_decoder = TokenDecoder(self.tokenizer, self.path)
+        self.prompt_format = PromptFormat.load(self.model_id, self.path, self.model_options.chat_template)
         self.vocab_size = int(genai_config["model"]["vocab_size"])
         self.grammar = GrammarCheck(self.path, self.vocab_size, list(self.tokenizer.eos_token_ids))
         self.reasoning_parser = self._reasoning_parser()

@@ -27,7 +27,7 @@ from inference.engine import (GRAMMAR_FAILURE, REFUSED, RETRYABLE_FAILURE, SHUTT
 from inference.reasoning import ReasoningSplitter, splitter_for
 from inference.stop import StopMatcher
 from inference.tool_parsers import ToolParser, parse_tool_calls
-from inference.tools import ToolCall, template_messages
+from inference.tools import ToolCall
 from llmserver.errors import APIError, error_body, shutting_down
 
 # The engine's FinishReason names, as OpenAI's finish_reason.
@@ -423,12 +423,12 @@ class ChatServing(_Serving):
         self._parsers: dict[int, ToolParser] = {}
 
     def generation(self, data: dict) -> Generation:
-        tokenizer = self.worker.tokenizer
         choice = data.get("tool_choice", "none")
         self.tools = data.get("tools", []) if choice != "none" else []
         self.parallel_tool_calls = data.get("parallel_tool_calls", True)
-        prompt = chat_prompt(tokenizer, data["messages"], tools=self.tools)
-        tokens = self.check_prompt(tokenizer.encode(prompt))
+        prompt = chat_prompt(self.worker, data["messages"], tools=self.tools,
+                             template_kwargs=data.get("chat_template_kwargs"))
+        tokens = self.check_prompt(np.asarray(self.worker.prompt_format.encode(prompt), dtype=np.int32))
         max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
         params = self.sampling(data, max_tokens)
         calls = bool(self.tools) and choice != "auto"  # "required" or a named function: a call it will be
@@ -526,11 +526,11 @@ class CompletionServing(_Serving):
     prompt_param = "prompt"
 
     def generation(self, data: dict) -> Generation:
-        tokenizer = self.worker.tokenizer
         prompts = []
         for prompt in data["prompt"]:
             if isinstance(prompt, str):
-                tokens = tokenizer.encode(prompt)
+                # As the model's tokenizer makes a text's ids: its BOS first, if it adds one.
+                tokens = np.asarray(self.worker.prompt_format.encode(prompt, bos=True), dtype=np.int32)
             else:
                 tokens = np.asarray(prompt, dtype=np.int32)
                 if int(tokens.max()) >= self.worker.vocab_size:
@@ -563,13 +563,14 @@ def response_format_guidance(response_format: dict | None) -> tuple[str, str] | 
     return "json_schema", json.dumps({"x-guidance": _COMPACT_JSON, **schema})
 
 
-def chat_prompt(tokenizer, messages: list[dict], *, add_generation_prompt: bool = True,
-                tools: list[dict] | None = None) -> str:
+def chat_prompt(worker: EngineWorker, messages: list[dict], *, add_generation_prompt: bool = True,
+                tools: list[dict] | None = None, template_kwargs: dict | None = None) -> str:
     """The prompt text of validated chat messages (and the tools offered), rendered by
-    the model's own chat template: what /v1/chat/completions generates from and
-    /tokenize counts."""
-    return tokenizer.apply_chat_template(json.dumps(template_messages(messages)), add_generation_prompt=add_generation_prompt,
-                                         tools=json.dumps(tools) if tools else None)
+    the model's own chat template as Hugging Face renders it (inference.chat_template):
+    what /v1/chat/completions generates from and /tokenize counts. A 400 if the
+    template cannot render them."""
+    return worker.prompt_format.chat_prompt(messages, tools=tools or None, add_generation_prompt=add_generation_prompt,
+                                            template_kwargs=template_kwargs)
 
 
 class TokenizeServing:
@@ -579,13 +580,14 @@ class TokenizeServing:
         self.worker = worker
 
     def tokenize(self, data: dict) -> dict:
-        tokenizer = self.worker.tokenizer
         if "messages" in data:
-            text = chat_prompt(tokenizer, data["messages"], add_generation_prompt=data["add_generation_prompt"],
-                               tools=data.get("tools"))
+            text = chat_prompt(self.worker, data["messages"], add_generation_prompt=data["add_generation_prompt"],
+                               tools=data.get("tools"), template_kwargs=data.get("chat_template_kwargs"))
         else:
             text = data["prompt"]
-        tokens = [int(token) for token in tokenizer.encode(text)]
+        # vLLM's add_special_tokens: the BOS the tokenizer adds to a text (by default for
+        # a prompt; a chat template writes its own).
+        tokens = self.worker.prompt_format.encode(text, bos=data.get("add_special_tokens", "messages" not in data))
         return {"count": len(tokens), "max_model_len": self.worker.context_length, "tokens": tokens}
 
     def detokenize(self, data: dict) -> dict:
