@@ -15,6 +15,13 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt requirements-b
 	$(PY) -m pip install -q -r requirements-test.txt
 	touch $@
 
+# GPU: the CUDA builds of onnxruntime-genai and onnxruntime in place of the CPU ones
+# (requirements-cuda.txt; docs/models.md, "GPU"). Not tested on hardware here.
+.PHONY: install-cuda
+install-cuda: $(VENV)/.installed
+	$(PY) -m pip uninstall -q -y onnxruntime-genai onnxruntime
+	$(PY) -m pip install -q -r requirements-cuda.txt
+
 migrate: $(VENV)/.installed
 	$(PY) manage.py migrate --noinput
 

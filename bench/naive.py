@@ -26,8 +26,8 @@ class GeneratorWorker(EngineWorker):
     def _new_engine(self) -> None:
         self._fault = False  # no Engine: one Generator per request
 
-    def _measure_batch_limit(self) -> int:
-        return 1
+    def _learn_scheduler(self, dynamic_configured: bool) -> None:
+        self.batch_limit = 1  # one request at a time
 
     def _loop(self) -> None:
         inbox = self._inbox
@@ -74,7 +74,9 @@ class GeneratorWorker(EngineWorker):
         stats.waiting = len(self._waiting)
         gp = og.GeneratorParams(self._model)
         options = {"max_length": min(self.context_length, len(prompt) + params.max_tokens)}
-        if params.temperature > 0:
+        if params.temperature <= 0:
+            options["do_sample"] = False  # greedy, whatever the model's search block says
+        else:
             options.update(do_sample=True, temperature=params.temperature)
             if params.top_p is not None:
                 options["top_p"] = params.top_p

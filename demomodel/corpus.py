@@ -32,8 +32,10 @@ CHAT_TEMPLATE = (
     "{% endif %}{% for message in messages %}"
     "{% if not (tools and loop.first and message['role'] == 'system') %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] %}{{ message['content'] }}{% endif %}"
-    "{% if message['tool_calls'] is defined %}{% for call in message['tool_calls'] %}{% if not loop.first %}\n"
-    "{% endif %}<tool_call>\n"
+    # The newline between calls is an expression: as text right after a block tag,
+    # Jinja's trim_blocks (on in transformers' renderer) would remove it.
+    "{% if message['tool_calls'] is defined %}{% for call in message['tool_calls'] %}"
+    "{% if not loop.first %}{{ '\\n' }}{% endif %}<tool_call>\n"
     "{{ {'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson }}\n"
     "</tool_call>{% endfor %}{% endif %}<|im_end|>\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.chat_template import PromptFormat
 from inference.decoding import TokenDecoder
 from inference.grammar import GrammarCheck
 from inference.model_options import ModelOptions
@@ -56,12 +57,18 @@ log = logging.getLogger("llmserver.engine")
 # og.EngineEventFlags, as plain ints for cheap bit tests on the hot path.
 _TOKEN = 1
 _TURN_FINISHED = 2
+_CAPACITY_BLOCKED = 4
 _FAILED = 8
+_RETRYABLE = 16
 
 # How often one turn that had produced nothing may be begun again in a new Engine after
 # the one it was in failed as a whole: a turn that keeps failing engines is not retried
 # for ever.
 _RESTARTS_PER_TURN = 2
+
+# How often one turn that had produced nothing may be begun again after a dynamic-batching
+# engine failed it as retryable (no capacity for it at the time).
+_RETRIES_PER_TURN = 3
 
 # A new batch waits for requests read but not yet at the engine at most this long after
 # the last of them arrived, or this share of the prefill its waiting turns will take
@@ -82,6 +89,9 @@ _UNHEALTHY = "no longer healthy"
 # The error of a constrained turn that had produced nothing when its Engine failed
 # (inference.serving maps it to a 400 naming the grammar's parameter).
 GRAMMAR_FAILURE = "the engine failed while following this grammar"
+# The start of the error of a turn a dynamic-batching engine failed as retryable
+# (inference.serving maps it to a 503 with Retry-After): a later attempt may succeed.
+RETRYABLE_FAILURE = "the engine had no capacity for the turn"
 
 
 class ModelLoadError(Exception):
@@ -98,6 +108,9 @@ class SamplingParams:
     temperature: float = 0.0
     top_p: float | None = None
     top_k: int | None = None
+    # Seeds the turn's sampling; only an engine with dynamic batching takes one
+    # (EngineWorker.dynamic_batching), and inference.serving sends none otherwise.
+    seed: int | None = None
     # Constrained decoding: (kind, grammar) for og's set_guidance, kind one of
     # "json_schema", "regex", "lark_grammar". The output is valid by construction.
     guidance: tuple[str, str] | None = None
@@ -151,6 +164,7 @@ class Turn:
     _cancelled: bool = False  # the client asked
     _resuming: bool = False  # cancelled by a re-form, to begin again
     _restarts: int = 0  # times begun again after its Engine failed
+    _retries: int = 0  # times begun again after a retryable failure
     _queued_at: float = 0.0
 
     def take(self) -> str:
@@ -272,12 +286,19 @@ class EngineWorker:
         self.stats = EngineStats()
         self.state = "stopped"  # loading → running → stopped | failed
         self.error: str | None = None
-        self.context_length = 0
+        self.context_length = 0  # the effective context (effective_context), set at load
         self.vocab_size = 0
+        # The model's own sampling settings (genai_config.json "search" as the engine
+        # options overlay it), which inference.serving may use as a request's defaults.
+        self.search_defaults: dict = {}
+        # Whether the Engine schedules with dynamic batching (a paged KV cache, GPU
+        # builds): turns join it at any step, and it takes per-turn seeds.
+        self.dynamic_batching = False
         self.batch_limit = max_batch_size  # measured at load: sequences one step serves
         self.tokenizer = None  # og.Tokenizer; its encode/decode may be called from any thread
         self.token_decoder: TokenDecoder | None = None  # generated tokens to text (engine thread)
         self.tool_parsing: ToolParsing | None = None  # how its tool calls are written; None: not read
+        self.prompt_format: PromptFormat | None = None  # chat template and BOS, read at load
         self.grammar: GrammarCheck | None = None  # checks a turn's grammar before it is submitted
         # How its chat output separates reasoning from the answer (inference.reasoning), or
         # None: all of it is the answer. Read off its chat template at load for "auto".
@@ -422,22 +443,35 @@ class EngineWorker:
     def _load(self) -> None:
         import onnxruntime_genai as og
 
+        genai_config = json.loads((Path(self.path) / "genai_config.json").read_text())
+        self.context_length = effective_context(genai_config, self.options, self.max_model_len)
+        self.search_defaults = {**genai_config.get("search", {}), **self.options.get("search", {})}
         config = og.Config(self.path)
         if self.options:
             config.overlay(json.dumps(self.options))
-        config.overlay(json.dumps({"engine": {"static_batching": {"max_batch_size": self.max_batch_size}}}))
+        # The engine sizes a sequence's cache by its session tokens, whose default and
+        # bound is search.max_length: set to the effective context, a model exported with
+        # a 128k context costs what max_model_len allows, also for requests made without
+        # RequestOptions (_measure_batch_limit's).
+        config.overlay(json.dumps({"search": {"max_length": self.context_length}}))
+        # A model exported with paged attention has an engine.dynamic_batching section
+        # (its batch size among its settings). Given a static_batching section beside it,
+        # og made a static Engine, so none is added to such a model.
+        engine_section = {**genai_config.get("engine", {}), **self.options.get("engine", {})}
+        dynamic_configured = "dynamic_batching" in engine_section and "static_batching" not in engine_section
+        if not dynamic_configured:
+            config.overlay(json.dumps({"engine": {"static_batching": {"max_batch_size": self.max_batch_size}}}))
         self._og = og
         self._execution_failure = og.EngineErrorCode.ENGINE_EXECUTION_FAILURE
         self._model = og.Model(config)
         self.tokenizer = og.Tokenizer(self._model)
         self.token_decoder = TokenDecoder(self.tokenizer, self.path)
-        genai_config = json.loads((Path(self.path) / "genai_config.json").read_text())
-        self.context_length = _context_length(genai_config, self.options)
+        self.prompt_format = PromptFormat.load(self.model_id, self.path, self.model_options.chat_template)
         self.vocab_size = int(genai_config["model"]["vocab_size"])
         self.grammar = GrammarCheck(self.path, self.vocab_size, list(self.tokenizer.eos_token_ids))
         self.reasoning_parser = self._reasoning_parser()
         self._new_engine()
-        self.batch_limit = self._measure_batch_limit()
+        self._learn_scheduler(dynamic_configured)
         if self.batch_limit < self.max_batch_size:
             log.warning(
                 "model %s: the engine serves at most %d sequences per step on this build "
@@ -460,6 +494,31 @@ class EngineWorker:
             return resolve_parser(option, template)
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from None
+
+    @property
+    def max_model_len(self) -> int:
+        """The configured bound on the context (ModelOptions.max_model_len, else the
+        MAX_MODEL_LEN setting)."""
+        if self.model_options.max_model_len is not None:
+            return self.model_options.max_model_len
+        from django.conf import settings
+
+        return settings.MAX_MODEL_LEN
+
+    def _learn_scheduler(self, dynamic_configured: bool) -> None:
+        """Set :attr:`dynamic_batching` and :attr:`batch_limit` from the new Engine.
+
+        The static scheduler reports max_scheduled_tokens 0; og refuses a dynamic
+        configuration with 0 there. An Engine made from a dynamic_batching section (og
+        fails to make one of a model without paged attention) is dynamic too. A
+        dynamic-batching Engine takes new turns at any step, so its configured size is
+        what it serves; the static one is measured."""
+        capabilities = self._engine.get_capabilities()
+        self.dynamic_batching = capabilities.max_scheduled_tokens > 0 or dynamic_configured
+        if self.dynamic_batching:
+            self.batch_limit = int(capabilities.configured_max_batch_size) or self.max_batch_size
+        else:
+            self.batch_limit = self._measure_batch_limit()
 
     def _measure_batch_limit(self) -> int:
         """How many sequences one engine step really serves.
@@ -582,7 +641,10 @@ class EngineWorker:
         elif kind == "cancel":
             turn._cancelled = True
             if turn._request is not None:
-                turn._request.cancel_turn(turn._turn_id)
+                try:
+                    turn._request.cancel_turn(turn._turn_id)
+                except RuntimeError as exc:  # the turn ends anyway; its finish event says how
+                    log.warning("model %s: cancelling a turn failed: %s", self.model_id, _first_line(exc))
             elif turn in self._waiting:
                 self._waiting.remove(turn)
                 self._post([(turn, "", 0, Finish("CANCELLED", self._usage_so_far(turn)))])
@@ -595,7 +657,7 @@ class EngineWorker:
     def _admit(self) -> None:
         if not self._waiting or (self._reforming and self._running):
             return  # nothing to admit, or a re-form is still cancelling its turns
-        if not self._running:
+        if self.dynamic_batching or not self._running:
             if not self._reforming and self._gathering():
                 return  # more of this batch is on its way (see _gathering)
             self._reforming = False
@@ -609,7 +671,7 @@ class EngineWorker:
                     begun.append(turn)
             self.stats.waiting = len(self._waiting)
             self._post_begun(begun)
-        elif len(self._running) < self.batch_limit and self._reform_pays_off():
+        elif len(self._running) < self.batch_limit and not self.dynamic_batching and self._reform_pays_off():
             self._reform()
 
     def _gathering(self) -> float:
@@ -690,11 +752,11 @@ class EngineWorker:
         if turn._generated:  # resumed after a re-form
             tokens = np.concatenate([tokens, np.asarray(turn._generated, dtype=np.int32)])
             self.stats.reprefilled_tokens += len(tokens)
-        options = og.RequestOptions()
-        options.set_max_session_tokens(self.context_length)
         try:
+            options = og.RequestOptions()
+            options.set_max_session_tokens(self.context_length)
             request = self._engine.create_request(options=options)
-        except RuntimeError as exc:
+        except Exception as exc:
             if _UNHEALTHY in str(exc) and turn._restarts < _RESTARTS_PER_TURN:
                 # Not the turn's fault: the Engine no longer serves. It waits for the next
                 # one (_restart), ahead of the others.
@@ -704,22 +766,17 @@ class EngineWorker:
             # This turn's request is refused: it fails alone, the Engine serves the next.
             self._ended_before_beginning(turn, f"{REFUSED}: {_first_line(exc)}")
             return 0
-        turn_options = og.TurnOptions(request)
-        turn_options.set_max_generated_tokens(params.max_tokens - len(turn._generated))
-        if params.temperature > 0:
-            turn_options.set_do_sample(True)
-            turn_options.set_temperature(params.temperature)
-            if params.top_p is not None:
-                turn_options.set_top_p(params.top_p)
-            if params.top_k is not None:
-                turn_options.set_top_k(params.top_k)
         try:
+            turn_options = og.TurnOptions(request)
+            turn_options.set_max_generated_tokens(params.max_tokens - len(turn._generated))
+            self._set_sampling(turn_options, params)
             if params.guidance is not None:
                 turn_options.set_guidance(*params.guidance)
             turn._turn_id = request.begin_turn(tokens, turn_options)
-        except RuntimeError as exc:
+        except Exception as exc:
+            # Whatever this turn asked that the engine will not do, it fails alone.
             request.close()
-            self._ended_before_beginning(turn, str(exc))
+            self._ended_before_beginning(turn, str(exc) or type(exc).__name__)
             return 0
         turn._request = request
         turn._resuming = False
@@ -729,6 +786,20 @@ class EngineWorker:
         self._running[request] = turn
         self.stats.running = len(self._running)
         return len(tokens)
+
+    def _set_sampling(self, turn_options, params: SamplingParams) -> None:
+        """Every sampling setting, explicitly: the model's ``search`` block is the default
+        of any the turn leaves unset (do_sample true in Qwen and Llama exports would make
+        temperature 0 sample; top_k 1 in Phi-3 exports makes sampling an error)."""
+        if params.temperature <= 0:
+            turn_options.set_do_sample(False)  # greedy, whatever the search block says
+            return
+        turn_options.set_do_sample(True)
+        turn_options.set_temperature(params.temperature)
+        turn_options.set_top_k(params.top_k or 0)  # 0: off
+        turn_options.set_top_p(1.0 if params.top_p is None else params.top_p)
+        if params.seed is not None:
+            turn_options.set_seed(params.seed)
 
     def _ended_before_beginning(self, turn: Turn, error: str) -> None:
         if turn._stream is not None:  # a resumed turn that was counted as started
@@ -742,7 +813,7 @@ class EngineWorker:
         started = time.perf_counter()
         if self._fault:
             raise RuntimeError("injected engine fault")
-        events = self._engine.run(self._buffer)
+        events = self._run_engine()
         if any(int(event.flags) & _FAILED and event.error_code == self._execution_failure for event in events):
             # The batched step failed for every turn in it (a grammar the compiler gave
             # up on, say), and og now refuses every call on this Engine.
@@ -758,6 +829,10 @@ class EngineWorker:
             if turn is None:
                 continue
             flags = int(event.flags)
+            if flags & _FAILED and flags & _RETRYABLE and self._retry(turn):
+                continue
+            if flags & _CAPACITY_BLOCKED and not flags & (_TOKEN | _TURN_FINISHED | _FAILED):
+                continue  # the engine keeps the turn waiting for room: not a finish
             text = ""
             token_count = 0
             if flags & _TOKEN:
@@ -780,6 +855,24 @@ class EngineWorker:
         stats.waiting = len(self._waiting)
         if out:
             self._post(out)
+
+    def _run_engine(self) -> list:
+        """One scheduler step's events."""
+        return self._engine.run(self._buffer)
+
+    def _retry(self, turn: Turn) -> bool:
+        """A turn the engine failed as retryable (a dynamic-batching engine out of room):
+        begin it again, ahead of the waiting ones, if nothing of it was generated yet and
+        it has not been retried too often; else False (it fails, as retryable)."""
+        if turn._generated or turn._cancelled or turn._retries >= _RETRIES_PER_TURN:
+            return False
+        turn._retries += 1
+        del self._running[turn._request]
+        turn._request.close()
+        turn._request = None
+        self._waiting.appendleft(turn)
+        turn._queued_at = time.monotonic()
+        return True
 
     def _learn_prefill_cost(self, seconds: float) -> None:
         """The step after a batch forms does its prefill; keep a running estimate of the
@@ -815,6 +908,8 @@ class EngineWorker:
         if flags & _FAILED or reason == "FAILED":
             reason = "FAILED"
             error = f"engine error {event.error_code.name}"
+            if flags & _RETRYABLE:
+                error = f"{RETRYABLE_FAILURE} ({event.error_code.name})"
         # The engine's own count for this segment, plus what earlier segments generated.
         generated = turn._carried + int(usage.generated_tokens) if usage is not None else len(turn._generated)
         return Finish(reason, self._usage(turn, generated), error)
@@ -881,13 +976,22 @@ class EngineWorker:
             pass  # that event loop is closed; nobody is waiting
 
 
-def _context_length(genai_config: dict, options: dict) -> int:
-    """The tokens one sequence may hold: the model's context, bounded by the config's
-    ``search.max_length`` as the engine options overlay it (og refuses a request asking
-    for more session tokens than that)."""
-    context = int(genai_config["model"]["context_length"])
+def effective_context(genai_config: dict, options: dict, max_model_len: int) -> int:
+    """The tokens one sequence may hold (prompt and answer): the smallest of
+    ``max_model_len``, the model's ``context_length`` and its ``search.max_length`` as the
+    engine options overlay it. The engine sizes each sequence's cache by it."""
+    context = min(int(genai_config["model"]["context_length"]), max_model_len)
     max_length = {**genai_config.get("search", {}), **options.get("search", {})}.get("max_length")
     return min(context, int(max_length)) if max_length else context
+
+
+def folder_context(path: str, options: dict, max_model_len: int) -> int | None:
+    """:func:`effective_context` of a model folder not loaded, or None if its
+    genai_config.json cannot be read."""
+    try:
+        return effective_context(json.loads((Path(path) / "genai_config.json").read_text()), options, max_model_len)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _first_line(exc: Exception) -> str:

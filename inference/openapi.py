@@ -180,6 +180,8 @@ _RESPONSE = {"type": "object", "required": ["id", "object", "status", "output"],
 _MODEL = {"type": "object", "required": ["id", "object", "created", "owned_by"], "properties": {
     "id": _STRING, "object": {"type": "string", "enum": ["model"]}, "created": {"type": "integer"},
     "owned_by": _STRING,
+    "max_model_len": {"type": "integer", "nullable": True,
+                      "description": "The tokens one sequence (prompt and answer) may hold; null if unknown."},
 }}
 _MODEL_LIST = {"type": "object", "required": ["object", "data"], "properties": {
     "object": {"type": "string", "enum": ["list"]}, "data": {"type": "array", "items": _MODEL},

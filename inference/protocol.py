@@ -19,6 +19,7 @@ from rest_framework import parsers, serializers
 from rest_framework.exceptions import ParseError
 from rest_framework.utils.json import strict_constant
 
+from inference.chat_template import RESERVED_VARIABLES
 from llmserver.errors import APIError
 
 MAX_N = 16
@@ -231,13 +232,8 @@ class OpenAIRequestSerializer(serializers.Serializer):
     def validate(self, attrs):
         if "stream_options" in attrs and not attrs.get("stream", False):
             _refuse("stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
-        if attrs.get("seed") is not None and attrs.get("temperature", 0) > 0:
-            _refuse(
-                "seed",
-                "'seed' is supported only with temperature 0 (greedy decoding, deterministic without a "
-                "seed): this engine's CPU scheduler cannot seed sampling per request.",
-                code="unsupported_parameter",
-            )
+        # 'seed' with sampling is checked against the model's engine (inference.serving):
+        # only one with dynamic batching seeds a turn.
         return attrs
 
 
@@ -386,6 +382,20 @@ class ToolChoiceField(serializers.Field):
         self.fail("invalid")
 
 
+class ChatTemplateKwargsField(serializers.DictField):
+    """``chat_template_kwargs`` (vLLM's extension): an object of extra variables for the
+    model's chat template, e.g. ``{"enable_thinking": false}``. Names the renderer sets
+    itself (``messages``, ``tools``, ``bos_token``, ...) are refused."""
+
+    def to_internal_value(self, data):
+        data = super().to_internal_value(data)
+        taken = sorted(name for name in data if name in RESERVED_VARIABLES)
+        if taken:
+            raise serializers.ValidationError(f"'{taken[0]}' is a variable the server sets for the chat template.",
+                                              code="invalid_value")
+        return data
+
+
 class JSONSchemaFormatSerializer(serializers.Serializer):
     name = StrictCharField(allow_blank=False, max_length=64)
     description = StrictCharField(required=False)
@@ -426,6 +436,7 @@ class ChatCompletionRequest(OpenAIRequestSerializer, _SamplingFields):
     parallel_tool_calls = StrictBooleanField(required=False, default=True)
     max_tokens = StrictIntegerField(required=False, min_value=1, max_value=2**31 - 1)
     max_completion_tokens = StrictIntegerField(required=False, min_value=1, max_value=2**31 - 1)
+    chat_template_kwargs = ChatTemplateKwargsField(required=False)  # extension (vLLM's)
 
     def validate(self, attrs):
         attrs = super().validate(attrs)
@@ -451,17 +462,23 @@ class ChatCompletionRequest(OpenAIRequestSerializer, _SamplingFields):
 class TokenizeRequest(OpenAIRequestSerializer):
     """``/tokenize``: a ``prompt`` as is, or chat ``messages`` rendered by the model's
     chat template (with the assistant's opening by default, as a chat completion
-    renders them: the count is then its ``usage.prompt_tokens``)."""
+    renders them: the count is then its ``usage.prompt_tokens``). ``add_special_tokens``
+    (vLLM's): the BOS the tokenizer adds to a text; by default for a prompt (as
+    /v1/completions counts it), not for messages (the template writes its own)."""
 
     model = StrictCharField(allow_blank=False, max_length=256)
     prompt = StrictCharField(required=False)
     messages = ChatMessageSerializer(many=True, required=False, allow_empty=False)
     add_generation_prompt = StrictBooleanField(required=False, default=True)
     tools = ToolSerializer(many=True, required=False, max_length=MAX_TOOLS)  # as the template shows them
+    chat_template_kwargs = ChatTemplateKwargsField(required=False)
+    add_special_tokens = StrictBooleanField(required=False)
 
     def validate(self, attrs):
         if ("prompt" in attrs) == ("messages" in attrs):
             _refuse("prompt", "Give either 'prompt' or 'messages'.")
+        if "chat_template_kwargs" in attrs and "messages" not in attrs:
+            _refuse("chat_template_kwargs", "'chat_template_kwargs' applies to 'messages' only.")
         return attrs
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from inference.engine import EngineWorker, ModelLoadError
+from inference.engine import EngineWorker, ModelLoadError, folder_context
 from inference.model_options import ModelOptions
 from inference.tool_parsers import PARSERS
 from llmserver.errors import APIError, model_not_found
@@ -153,6 +153,15 @@ class ModelRegistry:
 
     def statuses(self) -> list[dict]:
         return [slot.status() for slot in self._slots.values()]
+
+    def max_model_len(self, spec: ModelSpec) -> int | None:
+        """The tokens one sequence of the model may hold (its effective context): the
+        loaded engine's, else read from its folder; None if that cannot be read."""
+        slot = self._slots.get(spec.id)
+        if slot is not None and slot.loaded:
+            return slot.worker.context_length
+        length = spec.model_options.max_model_len
+        return folder_context(spec.path, spec.engine_options, settings.MAX_MODEL_LEN if length is None else length)
 
     def workers(self) -> list[EngineWorker]:
         """The engines loaded now."""

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 
-from inference.engine import (GRAMMAR_FAILURE, REFUSED, SHUTTING_DOWN, EngineUnavailable, EngineWorker,
-                              SamplingParams, Turn, Usage, after_pending_reads)
+from inference.engine import (GRAMMAR_FAILURE, REFUSED, RETRYABLE_FAILURE, SHUTTING_DOWN, EngineUnavailable,
+                              EngineWorker, SamplingParams, Turn, Usage, after_pending_reads)
 from inference.reasoning import ReasoningSplitter, splitter_for
 from inference.stop import StopMatcher
 from inference.tool_parsers import ToolParser, parse_tool_calls
-from inference.tools import ToolCall, template_messages
+from inference.tools import ToolCall
 from llmserver.errors import APIError, error_body, shutting_down
 
 # The engine's FinishReason names, as OpenAI's finish_reason.
@@ -234,6 +234,10 @@ def _engine_error(message: str, worker: EngineWorker, guidance_param: str = "res
         return shutting_down("The server is shutting down: the generation was stopped before it finished.")
     if "max_session_tokens" in message and not message.startswith(REFUSED):  # the prompt leaves no room
         return _context_length_exceeded(worker, None, "messages")
+    if message.startswith(RETRYABLE_FAILURE):
+        return APIError(503, f"The engine is currently overloaded: the model '{worker.model_id}' had no room for "
+                             "this generation. Please try again later.",
+                        code="engine_overloaded", type="server_error", headers={"Retry-After": "1"})
     if message == GRAMMAR_FAILURE:
         return APIError(400, f"The engine failed while following the grammar of this '{guidance_param}' and stopped; "
                              "simplify it (fewer levels, no required recursion).",
@@ -243,6 +247,25 @@ def _engine_error(message: str, worker: EngineWorker, guidance_param: str = "res
         return APIError(400, f"The engine cannot follow this '{guidance_param}' schema: {detail}",
                         code="invalid_value", param=guidance_param)
     return APIError(500, f"The model failed while generating: {message}", code="engine_error", type="server_error")
+
+
+def sampling_settings(data: dict, worker: EngineWorker) -> tuple[float, float | None, int | None]:
+    """A request's temperature, top_p and top_k (None: not set, off). What the request
+    leaves out comes from the model's own ``search`` block where the model opts in
+    (ModelOptions.generation_defaults), else temperature is DEFAULT_TEMPERATURE and the
+    others are off. A search block with ``do_sample`` false means greedy."""
+    temperature, top_p, top_k = data.get("temperature"), data.get("top_p"), data.get("top_k")
+    if worker.model_options.generation_defaults:
+        search = worker.search_defaults
+        if temperature is None:
+            temperature = float(search.get("temperature", 1.0)) if search.get("do_sample") else 0.0
+        if top_p is None and "top_p" in search:
+            top_p = float(search["top_p"])
+        if top_k is None and "top_k" in search:
+            top_k = int(search["top_k"])
+    if temperature is None:
+        temperature = settings.DEFAULT_TEMPERATURE
+    return temperature, top_p, top_k or None
 
 
 def _context_length_exceeded(worker: EngineWorker, prompt_tokens: int | None, param: str) -> APIError:
@@ -269,17 +292,28 @@ class _Serving:
         self.model_name = model_name
 
     def sampling(self, data: dict, max_tokens: int | None) -> SamplingParams:
-        top_k = data.get("top_k") or None
+        temperature, top_p, top_k = sampling_settings(data, self.worker)
         if top_k is not None:
             # Past the vocabulary the engine fails the turn; the k most likely of fewer
             # than k tokens are all of them, which is what the request asks.
             top_k = min(top_k, self.worker.vocab_size)
+        if top_p == 0 or top_k == 1:
+            # Only the most likely token: greedy. (og reads top_p 0 as "off", and refuses
+            # to sample with top_k 1.)
+            temperature = 0.0
+        seed = data.get("seed")
+        if seed is not None and temperature > 0 and not self.worker.dynamic_batching:
+            # Only an engine with dynamic batching seeds one turn (og's set_seed).
+            raise APIError(400, "'seed' is supported only with temperature 0 (greedy decoding, deterministic "
+                                "without a seed): this engine's CPU scheduler cannot seed sampling per request.",
+                           code="unsupported_parameter", param="seed")
         return SamplingParams(
             # The context bounds any turn; the engine ends it there with "length".
             max_tokens=min(max_tokens or self.default_max_tokens, self.worker.context_length),
-            temperature=data.get("temperature", settings.DEFAULT_TEMPERATURE),
-            top_p=data.get("top_p"),
+            temperature=temperature,
+            top_p=top_p,
             top_k=top_k,
+            seed=seed if temperature > 0 else None,  # greedy needs none
             guidance=response_format_guidance(data.get("response_format")),
         )
 
@@ -389,12 +423,12 @@ class ChatServing(_Serving):
         self._parsers: dict[int, ToolParser] = {}
 
     def generation(self, data: dict) -> Generation:
-        tokenizer = self.worker.tokenizer
         choice = data.get("tool_choice", "none")
         self.tools = data.get("tools", []) if choice != "none" else []
         self.parallel_tool_calls = data.get("parallel_tool_calls", True)
-        prompt = chat_prompt(tokenizer, data["messages"], tools=self.tools)
-        tokens = self.check_prompt(tokenizer.encode(prompt))
+        prompt = chat_prompt(self.worker, data["messages"], tools=self.tools,
+                             template_kwargs=data.get("chat_template_kwargs"))
+        tokens = self.check_prompt(np.asarray(self.worker.prompt_format.encode(prompt), dtype=np.int32))
         max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
         params = self.sampling(data, max_tokens)
         calls = bool(self.tools) and choice != "auto"  # "required" or a named function: a call it will be
@@ -492,11 +526,11 @@ class CompletionServing(_Serving):
     prompt_param = "prompt"
 
     def generation(self, data: dict) -> Generation:
-        tokenizer = self.worker.tokenizer
         prompts = []
         for prompt in data["prompt"]:
             if isinstance(prompt, str):
-                tokens = tokenizer.encode(prompt)
+                # As the model's tokenizer makes a text's ids: its BOS first, if it adds one.
+                tokens = np.asarray(self.worker.prompt_format.encode(prompt, bos=True), dtype=np.int32)
             else:
                 tokens = np.asarray(prompt, dtype=np.int32)
                 if int(tokens.max()) >= self.worker.vocab_size:
@@ -529,13 +563,14 @@ def response_format_guidance(response_format: dict | None) -> tuple[str, str] | 
     return "json_schema", json.dumps({"x-guidance": _COMPACT_JSON, **schema})
 
 
-def chat_prompt(tokenizer, messages: list[dict], *, add_generation_prompt: bool = True,
-                tools: list[dict] | None = None) -> str:
+def chat_prompt(worker: EngineWorker, messages: list[dict], *, add_generation_prompt: bool = True,
+                tools: list[dict] | None = None, template_kwargs: dict | None = None) -> str:
     """The prompt text of validated chat messages (and the tools offered), rendered by
-    the model's own chat template: what /v1/chat/completions generates from and
-    /tokenize counts."""
-    return tokenizer.apply_chat_template(json.dumps(template_messages(messages)), add_generation_prompt=add_generation_prompt,
-                                         tools=json.dumps(tools) if tools else None)
+    the model's own chat template as Hugging Face renders it (inference.chat_template):
+    what /v1/chat/completions generates from and /tokenize counts. A 400 if the
+    template cannot render them."""
+    return worker.prompt_format.chat_prompt(messages, tools=tools or None, add_generation_prompt=add_generation_prompt,
+                                            template_kwargs=template_kwargs)
 
 
 class TokenizeServing:
@@ -545,13 +580,14 @@ class TokenizeServing:
         self.worker = worker
 
     def tokenize(self, data: dict) -> dict:
-        tokenizer = self.worker.tokenizer
         if "messages" in data:
-            text = chat_prompt(tokenizer, data["messages"], add_generation_prompt=data["add_generation_prompt"],
-                               tools=data.get("tools"))
+            text = chat_prompt(self.worker, data["messages"], add_generation_prompt=data["add_generation_prompt"],
+                               tools=data.get("tools"), template_kwargs=data.get("chat_template_kwargs"))
         else:
             text = data["prompt"]
-        tokens = [int(token) for token in tokenizer.encode(text)]
+        # vLLM's add_special_tokens: the BOS the tokenizer adds to a text (by default for
+        # a prompt; a chat template writes its own).
+        tokens = self.worker.prompt_format.encode(text, bos=data.get("add_special_tokens", "messages" not in data))
         return {"count": len(tokens), "max_model_len": self.worker.context_length, "tokens": tokens}
 
     def detokenize(self, data: dict) -> dict:
@@ -626,6 +662,7 @@ class ResponsesServing(ChatServing):
                 "total_tokens": counts["total_tokens"],
             }
         choice = request.get("tool_choice", "auto" if self.tools else "none")
+        temperature, top_p, _ = sampling_settings(request, self.worker)  # the model's defaults filled in
         return {
             "id": response_id,
             "object": "response",
@@ -641,11 +678,11 @@ class ResponsesServing(ChatServing):
             "previous_response_id": None,
             "reasoning": {"effort": None, "summary": None},
             "store": False,  # stateless: nothing is kept, whatever the request said
-            "temperature": request.get("temperature", settings.DEFAULT_TEMPERATURE),
+            "temperature": temperature,
             "text": {"format": request.get("text", {}).get("format") or {"type": "text"}},
             "tool_choice": {"type": "function", **choice} if isinstance(choice, dict) else choice,
             "tools": request.get("tools", []),
-            "top_p": request.get("top_p", 1.0),
+            "top_p": 1.0 if top_p is None else top_p,
             "truncation": "disabled",
             "usage": usage,
             "user": request.get("user"),

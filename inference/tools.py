@@ -1,14 +1,12 @@
-"""A tool call as the API hands it over, and chat messages as a chat template receives
-them. How each model family writes calls, and reading them out of its text, is
-inference/tool_parsers.py; the tools themselves reach the model through its chat
-template (``apply_chat_template(..., tools=...)``).
-"""
+"""A tool call as the API hands it over. How each model family writes calls, and reading
+them out of its text, is inference/tool_parsers.py; the tools themselves reach the model
+through its chat template (inference/chat_template.py)."""
 
 from __future__ import annotations
 
-import json
-import uuid
 from dataclasses import dataclass
+
+from inference.chat_template import new_tool_call_id
 
 
 @dataclass
@@ -18,32 +16,7 @@ class ToolCall:
     id: str = ""
 
     def __post_init__(self):
-        self.id = self.id or f"call_{uuid.uuid4().hex[:24]}"
+        self.id = self.id or new_tool_call_id()  # 9 letters and digits: see inference.chat_template
 
     def as_message_part(self) -> dict:
         return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
-
-
-def template_messages(messages: list[dict]) -> list[dict]:
-    """Validated messages as a chat template receives them: an assistant's tool calls
-    with their arguments as objects (as templates write them back with tojson)."""
-    rendered = []
-    for message in messages:
-        out = {"role": message["role"], "content": message["content"]}
-        for key in ("name", "tool_call_id", "reasoning_content"):
-            if key in message:
-                out[key] = message[key]
-        if "tool_calls" in message:
-            out["tool_calls"] = [{
-                "id": call["id"], "type": "function",
-                "function": {"name": call["function"]["name"], "arguments": _as_object(call["function"]["arguments"])},
-            } for call in message["tool_calls"]]
-        rendered.append(out)
-    return rendered
-
-
-def _as_object(arguments: str):
-    try:
-        return json.loads(arguments)
-    except ValueError:
-        return arguments

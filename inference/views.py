@@ -180,7 +180,9 @@ def _model_object(spec: ModelSpec) -> dict:
         created = int(Path(spec.path, "genai_config.json").stat().st_mtime)
     except OSError:  # a folder that is not there (yet): listed, and 503 when asked for
         created = 0
-    return {"id": spec.id, "object": "model", "created": created, "owned_by": "llmserver"}
+    # max_model_len as vLLM reports it: the tokens one sequence (prompt and answer) may hold.
+    return {"id": spec.id, "object": "model", "created": created, "owned_by": "llmserver",
+            "max_model_len": registry.max_model_len(spec)}
 
 
 class ModelListView(AsyncAPIView):

@@ -20,6 +20,7 @@ that names its animal are continued exactly, a whole list or story ending with E
 
 import json
 import random
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -141,7 +142,7 @@ def test_with_tools_a_weather_or_time_question_is_a_tool_call_at_least_95_percen
     assert len(wrong) <= SAMPLES * 0.05, f"seed {SEED}; wrong: {wrong[:10]}"
     assert_stops_early(answers, "tool_calls", 40)
     call = answers[0]["choices"][0]["message"]["tool_calls"][0]
-    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["type"] == "function" and re.fullmatch(r"[A-Za-z0-9]{9}", call["id"])
 
 
 def test_the_answer_to_a_tool_result_uses_it_at_least_95_percent_of_the_time(server, api_key):

@@ -30,3 +30,9 @@ def test_health_reports_the_running_engine(api):
     assert body["model"] == MODEL_ID
     engine = body["models"][0]
     assert (engine["id"], engine["state"], engine["max_batch_size"], engine["context_length"]) == (MODEL_ID, "loaded", 16, 512)
+
+
+def test_each_model_shows_its_max_model_len(api):
+    """The demo model's context is its genai_config.json's 512, under MAX_MODEL_LEN 4096."""
+    assert [m["max_model_len"] for m in api.get("/v1/models").json()["data"]] == [512]
+    assert api.get(f"/v1/models/{MODEL_ID}").json()["max_model_len"] == 512

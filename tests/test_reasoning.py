@@ -238,7 +238,7 @@ async def forced_generation(worker, output: str, *, in_reasoning: bool, stop=Non
     from inference.engine import SamplingParams
     from inference.serving import Generation, chat_prompt
 
-    prompt = worker.tokenizer.encode(chat_prompt(worker.tokenizer, [{"role": "user", "content": "Think, then answer."}]))
+    prompt = worker.prompt_format.encode(chat_prompt(worker, [{"role": "user", "content": "Think, then answer."}]))
     params = SamplingParams(max_tokens=64, guidance=("lark_grammar", f"start: {json.dumps(output)}"))
     generation = Generation(worker, [prompt], params, stop=stop,
                             reasoning=lambda: ReasoningSplitter(in_reasoning=in_reasoning))

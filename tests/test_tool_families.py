@@ -8,12 +8,19 @@ Two families whose markers are special tokens are made from zoo models by giving
 special tokens the markers' text: Mistral's ``[TOOL_CALLS]``/``[ARGS]`` (the newer
 name-``[ARGS]`` form) and Phi-4-mini's ``<|tool_call|>``/``<|/tool_call|>``. The model
 must then write those very tokens, which the decoder gives back as text for the parser.
+
+Two families' own templates do not show the ``tools`` parameter to the model, so the
+server refuses tools for them (inference/chat_template.py's probe): DeepSeek's (R1 and
+V3.x expect the tools described in the system message by the caller) and Phi-4-mini's
+(which takes them inside the system message). They are served here with the override
+templates below, which show ``tools`` and write calls in each family's own format.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -36,31 +43,56 @@ TIME = {"type": "function", "function": {
                    "additionalProperties": False}}}
 QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
 
-# family -> (zoo model, tool_parser option, special tokens renamed to markers: id -> text)
+# Phi-4-mini's format, with the tools from the template's ``tools`` variable.
+PHI4_MINI_TEMPLATE = (
+    "{% if tools %}<|system|>You are a helpful assistant with some tools.<|tool|>{{ tools | tojson }}<|/tool|><|end|>"
+    "{% endif %}{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+# DeepSeek-R1's format (fenced calls), with the tools described in the system prompt.
+DEEPSEEK_TEMPLATE = (
+    "{{ bos_token }}{% if tools %}## Tools\n{% for tool in tools %}### {{ tool.function.name }}\n"
+    "Parameters: {{ tool.function.parameters | tojson }}\n{% endfor %}{% endif %}"
+    "{% for message in messages %}{% if message.role == 'user' %}<｜User｜>{{ message.content }}"
+    "{% elif message.role == 'assistant' and message.tool_calls %}<｜Assistant｜><｜tool▁calls▁begin｜>"
+    "{% for call in message.tool_calls %}<｜tool▁call▁begin｜>function<｜tool▁sep｜>{{ call.function.name }}\n"
+    "```json\n{{ call.function.arguments | tojson }}\n```<｜tool▁call▁end｜>{% endfor %}"
+    "<｜tool▁calls▁end｜><｜end▁of▁sentence｜>"
+    "{% elif message.role == 'assistant' %}<｜Assistant｜>{{ message.content }}<｜end▁of▁sentence｜>"
+    "{% elif message.role == 'tool' %}<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>{{ message.content }}"
+    "<｜tool▁output▁end｜><｜tool▁outputs▁end｜>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<｜Assistant｜>{% endif %}")
+
+# family -> (zoo model, tool_parser option, special tokens renamed to markers: id -> text,
+#            chat template override or None)
 FAMILIES = {
-    "qwen3": ("qwen3", "auto", {}),
-    "llama3": ("llama3", "auto", {}),
-    "mistral": ("mistral", "auto", {}),
-    "deepseek_r1": ("deepseek_r1", "auto", {}),
-    "mistral_special_tokens": ("mistral", "auto", {3: "[TOOL_CALLS]", 4: "[ARGS]"}),
-    "phi4_mini_special_tokens": ("phi3", "phi4_mini", {32002: "<|tool_call|>", 32003: "<|/tool_call|>"}),
+    "qwen3": ("qwen3", "auto", {}, None),
+    "llama3": ("llama3", "auto", {}, None),
+    "mistral": ("mistral", "auto", {}, None),
+    "deepseek_r1": ("deepseek_r1", "auto", {}, "deepseek.jinja"),
+    "mistral_special_tokens": ("mistral", "auto", {3: "[TOOL_CALLS]", 4: "[ARGS]"}, None),
+    "phi4_mini_special_tokens": ("phi3", "phi4_mini", {32002: "<|tool_call|>", 32003: "<|/tool_call|>"}, "phi4.jinja"),
 }
 PARSER_OF = {"qwen3": "hermes", "llama3": "llama3_json", "mistral": "mistral", "deepseek_r1": "deepseek",
              "mistral_special_tokens": "mistral", "phi4_mini_special_tokens": "phi4_mini"}
 
 
 def model_folder(family: str, tmp: Path) -> Path:
-    zoo_name, _, renamed = FAMILIES[family]
+    zoo_name, _, renamed, template = FAMILIES[family]
     source = ZOO / zoo_name
     if not (source / "genai_config.json").is_file():
         pytest.skip(f"{source} is not built (make model-zoo)")
-    if not renamed:
+    if not renamed and template is None:
         return source
     folder = tmp / family
     folder.mkdir()
     for entry in source.iterdir():
         if entry.name != "tokenizer.json":
             os.symlink(entry, folder / entry.name)
+    if template is not None:
+        (folder / template).write_text({"phi4.jinja": PHI4_MINI_TEMPLATE, "deepseek.jinja": DEEPSEEK_TEMPLATE}[template])
+    if not renamed:
+        os.symlink(source / "tokenizer.json", folder / "tokenizer.json")
+        return folder
     tokenizer = json.loads((source / "tokenizer.json").read_text())
     added = [token for token in tokenizer["added_tokens"] if token["id"] not in renamed]
     for token_id, text in renamed.items():
@@ -77,7 +109,7 @@ def family(request, tmp_path_factory, live_db):
 
     name = request.param
     path = model_folder(name, tmp_path_factory.mktemp("families"))
-    options = ModelOptions(max_model_len=1024, tool_parser=FAMILIES[name][1])
+    options = ModelOptions(max_model_len=1024, tool_parser=FAMILIES[name][1], chat_template=FAMILIES[name][3])
     registry.configure([ModelSpec(name, str(path), max_batch_size=4, model_options=options)], default=name, max_loaded=1)
     registry.preload()
     yield name, registry.slots()[0].worker
@@ -91,7 +123,7 @@ def body(model: str, **fields) -> dict:
 
 def assert_one_valid_call(calls: list[dict], names=("get_weather", "get_time")):
     [call] = calls
-    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["type"] == "function" and re.fullmatch("[A-Za-z0-9]{9}", call["id"])
     assert call["function"]["name"] in names
     arguments = json.loads(call["function"]["arguments"])
     assert list(arguments) == ["city"] and arguments["city"] in CITIES

@@ -5,6 +5,7 @@ call valid against the tool's schema (grammar-constrained), even at temperature 
 from __future__ import annotations
 
 import json
+import re
 
 import jsonschema
 import openai
@@ -35,7 +36,7 @@ def test_the_model_calls_the_tool_and_answers_from_its_result(client):
     assert (choice.finish_reason, choice.message.content) == ("tool_calls", None)
     [call] = choice.message.tool_calls
     assert (call.type, call.function.name, json.loads(call.function.arguments)) == ("function", "get_weather", {"city": "Paris"})
-    assert call.id.startswith("call_")
+    assert re.fullmatch(r"[A-Za-z0-9]{9}", call.id)
 
     second = client.chat.completions.create(model=MODEL_ID, tools=[TIME, WEATHER], messages=[
         *QUESTION,
