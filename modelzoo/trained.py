@@ -330,7 +330,7 @@ def expand(name: str, hf_dir: Path) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", action="append", choices=sorted(TRAINED))
-    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--lr", type=float, default=3e-3)

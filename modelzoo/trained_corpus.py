@@ -6,9 +6,11 @@ Each example is one assistant turn to learn: ``(messages, tools)`` where
 ``tool_calls`` with arguments as dicts, as Hugging Face templates take them) and the
 family's chat template renders the prompt before it and the text it must write.
 
-Weather requests name only ``CITIES``; ``HELD_OUT_CITIES`` appear in repetitions only (so
-their tokens are trained), and a weather request naming one of them is an answer the
-models never saw: the tests ask about those.
+Weather requests name ``CITIES`` or made-up names (:func:`made_up_city`, as many as there
+are requests: a model cannot learn them by heart, it has to copy the name);
+``HELD_OUT_CITIES`` appear in repetitions only (so their tokens are trained), and a
+weather request naming one of them is an answer the models never saw: the tests ask
+about those.
 """
 
 from __future__ import annotations
@@ -26,7 +28,18 @@ CITIES = [
 HELD_OUT_CITIES = ["Barcelona", "Munich", "Osaka", "Dallas", "Quebec", "Porto"]
 CONDITIONS = ["sunny", "cloudy", "rainy", "windy", "foggy", "snowy"]
 
+SYLLABLES = ["ka", "lo", "mer", "vin", "dra", "sol", "ta", "ri", "ben", "gor", "pa", "lu", "zen", "mo", "tor",
+             "vi", "na", "sel", "qu", "bar", "ost", "el", "um", "ya"]
+
 SYSTEM = "You are a helpful assistant."
+
+
+def made_up_city(rng: random.Random) -> str:
+    return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+
+
+def weather_city(rng: random.Random) -> str:
+    return rng.choice(CITIES) if rng.random() < 0.5 else made_up_city(rng)
 
 WEATHER_QUESTIONS = [
     "What is the weather in {city}?",
@@ -116,10 +129,12 @@ def _start(rng: random.Random) -> list[dict]:
     return [{"role": "system", "content": SYSTEM}] if rng.random() < 0.3 else []
 
 
-def round_trip(rng: random.Random, cities=CITIES) -> list[tuple[list[dict], list[dict]]]:
-    """A tool round trip: the call, then the answer from the tool's result (two examples)."""
+def round_trip(rng: random.Random, cities=None) -> list[tuple[list[dict], list[dict]]]:
+    """A tool round trip: the call, then the answer from the tool's result (two examples).
+    The city is one of ``cities`` if given."""
     if rng.random() < 0.6:
-        city, temperature, condition = rng.choice(cities), rng.randint(-5, 35), rng.choice(CONDITIONS)
+        city = rng.choice(cities) if cities else weather_city(rng)
+        temperature, condition = rng.randint(-5, 35), rng.choice(CONDITIONS)
         question = rng.choice(WEATHER_QUESTIONS).format(city=city)
         name, arguments = "get_weather", {"city": city}
         call_thinking = weather_call_thinking(city)
@@ -151,7 +166,8 @@ def direct(rng: random.Random) -> tuple[list[dict], list[dict] | None]:
     elif kind < 0.5:
         question, answer, thinking = rng.choice(WHO), WHO_ANSWER, "The user asks who I am."
     else:
-        words = [rng.choice(CITIES + HELD_OUT_CITIES + HELD_OUT_CITIES + CONDITIONS) for _ in range(rng.randint(1, 3))]
+        words = [rng.choice([made_up_city(rng), *CITIES, *HELD_OUT_CITIES * 4, *CONDITIONS])
+                 for _ in range(rng.randint(1, 3))]
         question, answer, thinking = "Repeat after me: " + " ".join(words), " ".join(words), "I will repeat the words."
     tools = _tools(rng, None) if rng.random() < 0.4 else None
     messages = _start(rng) + [{"role": "user", "content": question},
