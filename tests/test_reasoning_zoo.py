@@ -3,7 +3,6 @@ Qwen3 and DeepSeek-R1 tokenizers and chat templates, with weights that know noth
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
