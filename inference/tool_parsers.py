@@ -282,10 +282,10 @@ def _arguments_schema(function: dict) -> dict:
     return function.get("parameters") or {"type": "object"}
 
 
-class HermesParser(ToolParser):
-    name = "hermes"
-    OPEN, CLOSE = "<tool_call>", "</tool_call>"
-    markers = (OPEN, CLOSE)
+class _BlockParser(ToolParser):
+    """Calls written between an opening and a closing marker."""
+
+    OPEN = CLOSE = ""
 
     def _start(self, buffer):
         return _find_marker(buffer, self.OPEN)
@@ -293,6 +293,12 @@ class HermesParser(ToolParser):
     def _end(self, body):
         end = body.find(self.CLOSE)
         return None if end < 0 else (end, end + len(self.CLOSE))
+
+
+class HermesParser(_BlockParser):
+    name = "hermes"
+    OPEN, CLOSE = "<tool_call>", "</tool_call>"
+    markers = (OPEN, CLOSE)
 
     def _parse(self, body):
         try:
@@ -447,17 +453,10 @@ class MistralParser(ToolParser):
         return "\n".join(rules) + "\n"
 
 
-class Phi4MiniParser(ToolParser):
+class Phi4MiniParser(_BlockParser):
     name = "phi4_mini"
     OPEN, CLOSE = "<|tool_call|>", "<|/tool_call|>"
     markers = (OPEN, CLOSE)
-
-    def _start(self, buffer):
-        return _find_marker(buffer, self.OPEN)
-
-    def _end(self, body):
-        end = body.find(self.CLOSE)
-        return None if end < 0 else (end, end + len(self.CLOSE))
 
     def _parse(self, body):
         return self._list_calls(body.strip())
