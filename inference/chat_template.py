@@ -388,6 +388,15 @@ def _template_sources(folder: Path, tokenizer_config: dict, override: str | None
     return {}, origin
 
 
+def template_text(folder: str | Path, override: str | None = None) -> str:
+    """Every template the model has (or the override's), as one text: what the tool-call
+    and reasoning parsers are detected from. "" when it has none; ChatTemplateLoadError
+    when the override cannot be read."""
+    folder = Path(folder)
+    sources, _ = _template_sources(folder, _read_json(folder / "tokenizer_config.json"), override)
+    return "\n".join(sources.values())
+
+
 def prompt_bos_id(tokenizer: tokenizers.Tokenizer, tokenizer_config: dict) -> int | None:
     """The id a text prompt begins with, as the tokenizer adds it to ``tokenizer(text)``:
     the special token tokenizer.json's post_processor puts before a text (llama3's and

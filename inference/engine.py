@@ -45,11 +45,11 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.chat_template import PromptFormat
+from inference.chat_template import ChatTemplateLoadError, PromptFormat, template_text
 from inference.decoding import TokenDecoder
 from inference.grammar import GrammarCheck
 from inference.model_options import ModelOptions
-from inference.reasoning import resolve_parser, template_source
+from inference.reasoning import resolve_parser
 from inference.tool_parsers import ToolParsing, UnknownToolParser, select_tool_parser
 
 log = logging.getLogger("llmserver.engine")
@@ -328,10 +328,14 @@ class EngineWorker:
     def start(self, timeout: float = 300.0) -> None:
         """Load the model on the owner thread; raise ModelLoadError if it cannot be served."""
         check_model_folder(self.path)
+        options = self.model_options
+        # How its output is read (tool calls, reasoning): known before the weights load,
+        # so that a misnamed parser fails at once.
         try:
-            self.tool_parsing = select_tool_parser(self.path, self.model_options.tool_parser,
-                                                   self.model_options.chat_template)
-        except UnknownToolParser as exc:
+            self.tool_parsing = select_tool_parser(self.path, options.tool_parser, options.chat_template)
+            self.reasoning_parser = resolve_parser(options.reasoning_parser,
+                                                   template_text(self.path, options.chat_template))
+        except (UnknownToolParser, ValueError, ChatTemplateLoadError) as exc:
             raise ModelLoadError(f"model {self.model_id} ({self.path}): {exc}") from None
         log.info("model %s: tool calls read as %s", self.model_id,
                  self.tool_parsing.name if self.tool_parsing else "nothing (tool_parser none or no known format)")
@@ -469,7 +473,6 @@ class EngineWorker:
         self.prompt_format = PromptFormat.load(self.model_id, self.path, self.model_options.chat_template)
         self.vocab_size = int(genai_config["model"]["vocab_size"])
         self.grammar = GrammarCheck(self.path, self.vocab_size, list(self.tokenizer.eos_token_ids))
-        self.reasoning_parser = self._reasoning_parser()
         self._new_engine()
         self._learn_scheduler(dynamic_configured)
         if self.batch_limit < self.max_batch_size:
@@ -478,22 +481,6 @@ class EngineWorker:
                 "(MAX_BATCH_SIZE=%d asked); admitting %d at a time",
                 self.model_id, self.batch_limit, self.max_batch_size, self.batch_limit,
             )
-
-    def _reasoning_parser(self) -> str | None:
-        option, template_file = self.model_options.reasoning_parser, self.model_options.chat_template
-        if option != "auto":
-            template = None
-        elif template_file:
-            try:
-                template = (Path(self.path) / Path(template_file).expanduser()).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ModelLoadError(f"chat template {template_file}: {exc}") from None
-        else:
-            template = template_source(self.path)
-        try:
-            return resolve_parser(option, template)
-        except ValueError as exc:
-            raise ModelLoadError(str(exc)) from None
 
     @property
     def max_model_len(self) -> int:

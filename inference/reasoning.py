@@ -28,9 +28,7 @@ Whitespace around the reasoning (the newline after ``<think>``, before and after
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 THINK_START = "<think>"
 THINK_END = "</think>"
@@ -195,22 +193,3 @@ def detect_parser(template: str | None) -> str | None:
     return "deepseek_r1" if _OPENS_IN_PROMPT.search(generation_prompt) else "qwen3"
 
 
-def template_source(model_path: str | Path) -> str | None:
-    """The chat template a model folder ships: ``chat_template.jinja``, else
-    ``tokenizer_config.json``'s ``chat_template`` (a string, or named templates of which
-    "default" is the chat one); None if it has none."""
-    folder = Path(model_path)
-    jinja = folder / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
-    config = folder / "tokenizer_config.json"
-    if not config.is_file():
-        return None
-    try:
-        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
-    except (ValueError, AttributeError):
-        return None
-    if isinstance(template, list):
-        named = {entry.get("name"): entry.get("template") for entry in template if isinstance(entry, dict)}
-        template = named.get("default")
-    return template if isinstance(template, str) else None

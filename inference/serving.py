@@ -723,52 +723,44 @@ class ResponsesServing(ChatServing):
         text, reason = [], None
         reasoning_item, thoughts = None, []  # the reasoning output item while its text streams
 
+        def opened(item: dict, part: dict) -> list[dict]:
+            """An output item (reasoning or message) and its one content part begin."""
+            output.append(item)
+            index = len(output) - 1
+            return [events.next("response.output_item.added", output_index=index, item={**item, "content": []}),
+                    events.next("response.content_part.added", item_id=item["id"], output_index=index,
+                                content_index=0, part=part)]
+
+        def closed(item: dict, done_text: str, done_event: str) -> list[dict]:
+            """The item's text is complete: its done events, last the item's."""
+            index = output.index(item)
+            item["content"][0]["text"] = done_text
+            item["status"] = "completed"
+            return [
+                events.next(done_event, item_id=item["id"], output_index=index, content_index=0, text=done_text),
+                events.next("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
+                            part=item["content"][0]),
+                events.next("response.output_item.done", output_index=index, item=item),
+            ]
+
         def open_reasoning():
             nonlocal reasoning_item
             reasoning_item = _reasoning_item(f"rs_{uuid.uuid4().hex}", "", "in_progress")
-            output.append(reasoning_item)
-            index = len(output) - 1
-            return [events.next("response.output_item.added", output_index=index, item={**reasoning_item, "content": []}),
-                    events.next("response.content_part.added", item_id=reasoning_item["id"], output_index=index,
-                                content_index=0, part={"type": "reasoning_text", "text": ""})]
+            return opened(reasoning_item, {"type": "reasoning_text", "text": ""})
 
         def close_reasoning():
             nonlocal reasoning_item
-            index, done_text = output.index(reasoning_item), "".join(thoughts)
-            reasoning_item["content"][0]["text"] = done_text
-            reasoning_item["status"] = "completed"
-            closing = [
-                events.next("response.reasoning_text.done", item_id=reasoning_item["id"], output_index=index,
-                            content_index=0, text=done_text),
-                events.next("response.content_part.done", item_id=reasoning_item["id"], output_index=index,
-                            content_index=0, part=reasoning_item["content"][0]),
-                events.next("response.output_item.done", output_index=index, item=reasoning_item),
-            ]
-            reasoning_item = None
+            closing, reasoning_item = closed(reasoning_item, "".join(thoughts), "response.reasoning_text.done"), None
             return closing
 
         def open_message():
             nonlocal message
             message = _message_item(f"msg_{uuid.uuid4().hex}", "", "in_progress")
-            output.append(message)
-            index = len(output) - 1
-            return [events.next("response.output_item.added", output_index=index, item={**message, "content": []}),
-                    events.next("response.content_part.added", item_id=message["id"], output_index=index,
-                                content_index=0, part={"type": "output_text", "text": "", "annotations": []})]
+            return opened(message, {"type": "output_text", "text": "", "annotations": []})
 
         def close_message():
             nonlocal message
-            index, done_text = output.index(message), "".join(text)
-            message["content"][0]["text"] = done_text
-            message["status"] = "completed"
-            closing = [
-                events.next("response.output_text.done", item_id=message["id"], output_index=index, content_index=0,
-                            text=done_text),
-                events.next("response.content_part.done", item_id=message["id"], output_index=index, content_index=0,
-                            part=message["content"][0]),
-                events.next("response.output_item.done", output_index=index, item=message),
-            ]
-            message = None
+            closing, message = closed(message, "".join(text), "response.output_text.done"), None
             return closing
 
         try:

@@ -49,6 +49,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from inference.chat_template import template_text
 from inference.tools import ToolCall
 
 # How templates' tojson writes JSON (", " and ": "): the grammars write it the same way.
@@ -281,10 +282,10 @@ def _arguments_schema(function: dict) -> dict:
     return function.get("parameters") or {"type": "object"}
 
 
-class HermesParser(ToolParser):
-    name = "hermes"
-    OPEN, CLOSE = "<tool_call>", "</tool_call>"
-    markers = (OPEN, CLOSE)
+class _BlockParser(ToolParser):
+    """Calls written between an opening and a closing marker."""
+
+    OPEN = CLOSE = ""
 
     def _start(self, buffer):
         return _find_marker(buffer, self.OPEN)
@@ -292,6 +293,12 @@ class HermesParser(ToolParser):
     def _end(self, body):
         end = body.find(self.CLOSE)
         return None if end < 0 else (end, end + len(self.CLOSE))
+
+
+class HermesParser(_BlockParser):
+    name = "hermes"
+    OPEN, CLOSE = "<tool_call>", "</tool_call>"
+    markers = (OPEN, CLOSE)
 
     def _parse(self, body):
         try:
@@ -446,17 +453,10 @@ class MistralParser(ToolParser):
         return "\n".join(rules) + "\n"
 
 
-class Phi4MiniParser(ToolParser):
+class Phi4MiniParser(_BlockParser):
     name = "phi4_mini"
     OPEN, CLOSE = "<|tool_call|>", "<|/tool_call|>"
     markers = (OPEN, CLOSE)
-
-    def _start(self, buffer):
-        return _find_marker(buffer, self.OPEN)
-
-    def _end(self, body):
-        end = body.find(self.CLOSE)
-        return None if end < 0 else (end, end + len(self.CLOSE))
 
     def _parse(self, body):
         return self._list_calls(body.strip())
@@ -587,30 +587,6 @@ def detect_tool_parser(template: str) -> str | None:
     return None
 
 
-def template_source(model_path: str | Path, chat_template: str | None = None) -> str:
-    """The model's chat template text (every named template of tokenizer_config.json),
-    or the configured file's; "" if it has none."""
-    folder = Path(model_path)
-    if chat_template:
-        path = Path(chat_template)
-        path = path if path.is_absolute() else folder / path
-        try:
-            return path.read_text()
-        except OSError:
-            return ""
-    jinja = folder / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text()
-    try:
-        config = json.loads((folder / "tokenizer_config.json").read_text())
-    except (OSError, ValueError):
-        return ""
-    template = config.get("chat_template") or ""
-    if isinstance(template, list):  # named templates, e.g. "default" and "tool_use"
-        template = "\n".join(entry.get("template", "") for entry in template if isinstance(entry, dict))
-    return template if isinstance(template, str) else ""
-
-
 def added_token_ids(model_path: str | Path) -> dict[str, int]:
     """The added tokens of the model's tokenizer.json (content -> id). A grammar must name
     them as tokens: llguidance does not match their text with them."""
@@ -630,7 +606,7 @@ def select_tool_parser(model_path: str | Path, option: str = "auto",
         return None
     if option != "auto" and option not in PARSERS:
         raise UnknownToolParser(f"unknown tool_parser '{option}' (one of: auto, none, {', '.join(PARSERS)})")
-    template = template_source(model_path, chat_template)
+    template = template_text(model_path, chat_template)
     added = added_token_ids(model_path)
     name = option
     if option == "auto":

@@ -28,7 +28,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys

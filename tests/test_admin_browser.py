@@ -79,7 +79,9 @@ def test_at_1280_pixels_the_key_and_usage_lists_fit_without_scrolling_sideways(a
     widths = admin_page.execute_script(_WIDTHS)
 
     assert widths["rows"] == 3
-    assert widths["table"] <= widths["container"], widths
+    # clientWidth is in whole pixels, the table's width in fractions: less than a pixel
+    # wider is the same width, and scrolls nothing.
+    assert widths["table"] < widths["container"] + 1, widths
     assert widths["page"] <= widths["window"], widths
 
 

@@ -4,19 +4,17 @@ by parsers tested on exact strings, by the real engine's turns, and through the 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from demomodel.corpus import CHAT_TEMPLATE, repeat_prompt
-from inference.reasoning import (ReasoningSplitter, detect_parser, resolve_parser, split_whole, splitter_for,
-                                 template_source)
+from inference.chat_template import template_text
+from inference.reasoning import ReasoningSplitter, detect_parser, resolve_parser, split_whole, splitter_for
 from tests.asgi import InProcessAPI
-from tests.conftest import DEMO_MODEL, ROOT, bearer, sse_events
+from tests.conftest import DEMO_MODEL, ROOT, bearer
 
 # (output, begins inside the block, reasoning, content)
 CASES = [
@@ -157,15 +155,17 @@ def test_the_option_names_a_parser_or_none_or_auto():
         resolve_parser("deepseek", CHAT_TEMPLATE)
 
 
-def test_the_template_source_is_the_jinja_file_else_the_tokenizer_config(tmp_path):
-    assert template_source(tmp_path) is None
+def test_the_parsers_read_the_jinja_file_else_the_tokenizer_configs_templates(tmp_path):
+    assert template_text(tmp_path) == ""
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": [
         {"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}))
-    assert template_source(tmp_path) == "D"
+    assert template_text(tmp_path) == "T\nD"
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "C"}))
-    assert template_source(tmp_path) == "C"
+    assert template_text(tmp_path) == "C"
     (tmp_path / "chat_template.jinja").write_text("J")
-    assert template_source(tmp_path) == "J"
+    assert template_text(tmp_path) == "J"
+    (tmp_path / "override.jinja").write_text("O")
+    assert template_text(tmp_path, "override.jinja") == "O"
 
 
 # --- demo-model copies whose chat templates make them reasoning models ---------------------

@@ -3,28 +3,21 @@ Qwen3 and DeepSeek-R1 tokenizers and chat templates, with weights that know noth
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from inference.reasoning import split_whole, splitter_for
-from tests.conftest import ROOT
 from tests.test_reasoning import expected_reasoning_tokens, forced_generation, post, token_texts
+from tests.zoo import zoo_model
 
-ZOO = ROOT / ".zoo" / "models"
 FAMILIES = ("qwen3", "deepseek_r1")
-
-pytestmark = pytest.mark.skipif(not all((ZOO / family / "genai_config.json").is_file() for family in FAMILIES),
-                                reason="the zoo's models are built by `make model-zoo`")
 
 
 @pytest.fixture(scope="module")
 def zoo_models(live_db):
     from inference.registry import ModelSpec, registry
 
-    # Greedy whatever the request says: their generation_config.json samples.
-    specs = [ModelSpec(family, str(ZOO / family), max_batch_size=4, preload=True,
-                       engine_options={"search": {"max_length": 1024, "do_sample": False}}) for family in FAMILIES]
+    specs = [ModelSpec(family, str(zoo_model(family)), max_batch_size=4, preload=True,
+                       engine_options={"search": {"max_length": 1024}}) for family in FAMILIES]
     registry.configure(specs, default=FAMILIES[0], max_loaded=2)
     registry.preload()
     yield {slot.spec.id: slot.worker for slot in registry.slots()}

@@ -3,7 +3,6 @@ the schema when one is given; refused in OpenAI's shape when malformed."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 

@@ -29,9 +29,9 @@ from inference.engine import EngineWorker, ModelLoadError
 from inference.model_options import ModelOptions
 from tests.asgi import InProcessAPI
 from tests.conftest import bearer
+from tests.zoo import zoo_model
 
 ROOT = Path(__file__).resolve().parent.parent
-ZOO = ROOT / ".zoo" / "models"
 CITIES = ["Paris", "Rome", "Tokyo"]
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather in a city.",
@@ -78,9 +78,7 @@ PARSER_OF = {"qwen3": "hermes", "llama3": "llama3_json", "mistral": "mistral", "
 
 def model_folder(family: str, tmp: Path) -> Path:
     zoo_name, _, renamed, template = FAMILIES[family]
-    source = ZOO / zoo_name
-    if not (source / "genai_config.json").is_file():
-        pytest.skip(f"{source} is not built (make model-zoo)")
+    source = zoo_model(zoo_name)
     if not renamed and template is None:
         return source
     folder = tmp / family
