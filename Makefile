@@ -28,8 +28,9 @@ migrate: $(VENV)/.installed
 run: migrate
 	$(PY) manage.py serve
 
+# PYTEST_ARGS: more for pytest, e.g. a subset (PYTEST_ARGS="tests/test_tools.py -k stream").
 test: $(VENV)/.installed-test browser nginx model-zoo
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The chat page's tests drive Debian's Chromium through its ChromeDriver (never a browser
 # download). Installed here when missing and apt-get can; else those tests skip, saying so.
