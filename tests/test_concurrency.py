@@ -115,7 +115,7 @@ def test_a_non_streaming_generation_never_holds_djangos_sync_thread(fresh_server
     behind them)."""
     with ThreadPoolExecutor(4) as pool, httpx.Client(base_url=fresh_server.base_url, timeout=120, headers=bearer(api_key)) as client:
         futures = [pool.submit(client.post, "/v1/chat/completions", json={
-            "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "n": 16})
+            "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(60)}], "n": 4})
             for _ in range(3)]
         wait_for(lambda: fresh_server.engine()["running"] > 0)
         admin = client.get("/admin/login/")
