@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import json
 import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from django.conf import settings
@@ -596,36 +594,11 @@ class TokenizeServing:
             raise APIError(400, f"Token id {max(tokens)} is out of the model's vocabulary.",
                            code="invalid_value", param="tokens")
         text = self.worker.tokenizer.decode(np.asarray(tokens, dtype=np.int32))
-        return {"prompt": strip_decoded_start(self.worker.path, text)}
-
-
-def strip_decoded_start(model_path: str, text: str) -> str:
-    """``text`` (onnxruntime-genai's decoding of some ids) as the Hugging Face tokenizer
-    decodes the same ids: SentencePiece tokenizers that prepend "\u2581" when encoding
-    (Llama 2, Mistral, Phi-3) drop the leading space when decoding, which
-    onnxruntime-genai's decode keeps."""
-    if text.startswith(" ") and _decoder_strips_leading_space(model_path):
-        return text[1:]
-    return text
-
-
-@functools.lru_cache(maxsize=None)
-def _decoder_strips_leading_space(model_path: str) -> bool:
-    """Whether the decoder of the model's tokenizer.json drops a decoded text's leading
-    space (a Strip step, or a Metaspace decoder that prepends one when encoding). Read
-    once per model folder."""
-    try:
-        with open(Path(model_path) / "tokenizer.json", encoding="utf-8") as f:
-            decoder = json.load(f).get("decoder") or {}
-    except (OSError, ValueError):
-        return False
-    for step in decoder.get("decoders", [decoder]):
-        if step.get("type") == "Strip" and step.get("content") == " " and int(step.get("start", 0)) > 0:
-            return True
-        if step.get("type") == "Metaspace" and step.get(
-                "prepend_scheme", "always" if step.get("add_prefix_space", True) else "never") != "never":
-            return True
-    return False
+        # As Hugging Face decodes the same ids: SentencePiece tokenizers that prepend "▁"
+        # when encoding (Llama 2, Mistral, Phi-3) drop the leading space og's decode keeps.
+        if text.startswith(" ") and self.worker.token_decoder.strips_leading_space:
+            text = text[1:]
+        return {"prompt": text}
 
 
 class ResponsesServing(ChatServing):
