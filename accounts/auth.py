@@ -29,12 +29,12 @@ from collections import OrderedDict
 from datetime import datetime
 
 from django.conf import settings
-from django.utils import timezone
 
 from accounts.books import books
 from accounts.models import LAST_USED_RESOLUTION, APIKey, hash_secret
 from accounts.refusals import UnknownKey, invalid_key, key_refusal, too_many_unknown_keys
 from accounts.throttle import FailureCounter
+from llmserver import clock
 
 log = logging.getLogger("llmserver.auth")
 
@@ -153,7 +153,7 @@ def _key_with_digest(digest: str, now: datetime | None = None) -> APIKey | None:
     # A raw query: a third of the CPU of .filter().first(), on every request.
     key = next(iter(APIKey.objects.raw(_KEY_BY_DIGEST, [digest])), None)
     if key is not None and key_refusal(key) is None:
-        now = now or timezone.now()
+        now = now or clock.now()
         if key.last_used_at is None or key.last_used_at < now - LAST_USED_RESOLUTION:
             APIKey.objects.filter(pk=key.pk).update(last_used_at=now)
             key.last_used_at = now

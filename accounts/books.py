@@ -42,12 +42,12 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, connection
-from django.utils import timezone
 
 from accounts import hotsql
 from accounts.inline import inline
 from accounts.limits import add_to_counter, admit_many, minute_of, per_minute_limited, release_leases
 from accounts.models import APIKey, UsageCounter, UsageRecord, period_start
+from llmserver import clock
 
 log = logging.getLogger("llmserver.books")
 
@@ -122,7 +122,7 @@ class Books:
     def settle_later(self, lease_id: int | None, key: APIKey | None, record: dict | None, tokens: int) -> None:
         """Queue a finished request's settlement (from any thread; never waits)."""
         self._ensure_thread()
-        self._finished.append(Settlement(lease_id, key, record, tokens, timezone.now()))
+        self._finished.append(Settlement(lease_id, key, record, tokens, clock.now()))
         if self._idle:
             self._inbox.put(("wake", None))
 

@@ -40,12 +40,12 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import DatabaseError, connection
-from django.utils import timezone
 
 from accounts import hotsql
 from accounts.models import (LAST_USED_RESOLUTION, APIKey, Lease, LimitScope, UsageCounter, period_end,
                              period_start)
 from accounts.refusals import UnknownKey, check_model_access, invalid_key, key_refusal, too_many
+from llmserver import clock
 from llmserver.errors import APIError
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ def admit_inline(transaction, key: APIKey, request_id: str, model_names: tuple[s
 
 def _admit_together(admissions: Sequence[Admission], settling: Sequence[Settlement], *,
                     transaction=hotsql.transaction, postgres: bool | None = None, inline: bool = False) -> list:
-    now = timezone.now()
+    now = clock.now()
     if postgres is None:
         postgres = connection.vendor == "postgresql"
         _ensure_global_scope()
@@ -382,7 +382,7 @@ async def _renew_forever() -> None:
 
 
 def renew_leases() -> None:
-    now = timezone.now()
+    now = clock.now()
     if _held:
         Lease.objects.filter(pk__in=list(_held)).update(expires_at=now + timedelta(seconds=settings.LEASE_TTL_SECONDS))
     # Leases of dead processes stopped counting at their expiry; clear them away.

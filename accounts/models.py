@@ -13,6 +13,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
+from llmserver import clock
 
 SECRET_PREFIX = "sk-"
 # 32 random bytes -> 43 URL-safe characters after "sk-".
@@ -62,7 +63,7 @@ class KeyKind(models.TextChoices):
 
 class APIKeyQuerySet(models.QuerySet):
     def usable(self):
-        now = timezone.now()
+        now = clock.now()
         return self.filter(is_active=True).filter(models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now))
 
     def chat_key_for(self, user) -> APIKey:
@@ -145,11 +146,11 @@ class APIKey(models.Model):
 
     @property
     def is_expired(self) -> bool:
-        return self.expires_at is not None and self.expires_at <= timezone.now()
+        return self.expires_at is not None and self.expires_at <= clock.now()
 
     def revoke(self) -> None:
         self.is_active = False
-        self.revoked_at = timezone.now()
+        self.revoked_at = clock.now()
         self.save(update_fields=["is_active", "revoked_at"])
 
     def reactivate(self) -> None:

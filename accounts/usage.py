@@ -12,13 +12,13 @@ import asyncio
 import json
 import time
 
-from django.utils import timezone
 
 from accounts.auth import known_keys
 from accounts.books import books
 from accounts.limits import ensure_heartbeat
 from accounts.models import APIKey
 from accounts.refusals import UnknownKey
+from llmserver import clock
 from llmserver.errors import APIError
 
 
@@ -30,7 +30,7 @@ class RequestAccount:
         self.key_checked = key_checked
         self.request_id = request_id
         self.endpoint = endpoint
-        self.started_at = timezone.now()
+        self.started_at = clock.now()
         self._started = time.perf_counter()
         self.model = ""  # as recorded: the model's id (or the name asked for, if unknown)
         self.model_names: tuple[str, ...] = ()  # the model's id and aliases, for admission
