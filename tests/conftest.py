@@ -26,6 +26,27 @@ DEMO_MODEL = ROOT / "models" / "demo"
 MODEL_ID = "llmserver-demo"
 
 
+def _redis_of_this_worker() -> None:
+    """Under pytest-xdist, each worker's Redis is a database of its own (its number + 1), in
+    this process and in the servers it starts: throttle counts and channel groups of tests
+    running at the same time never meet. The settings are already loaded; Django creates
+    the cache and the channel layer at first use, after this."""
+    worker, url = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("REDIS_URL", "")
+    if not (worker.startswith("gw") and url):
+        return
+    from urllib.parse import urlsplit, urlunsplit
+
+    from django.conf import settings
+
+    url = urlunsplit(urlsplit(url)._replace(path=f"/{int(worker[2:]) + 1}"))
+    os.environ["REDIS_URL"] = settings.REDIS_URL = url
+    settings.CACHES["default"]["LOCATION"] = url
+    settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]["address"] = url
+
+
+_redis_of_this_worker()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -152,10 +173,11 @@ def start_server(tmp_path: Path, *, wait: bool = True, **overrides) -> LiveServe
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(django_test_environment, django_db_blocker):
+def django_db_setup(django_test_environment, django_db_modify_db_settings, django_db_blocker):
     """The test database, created once for the session. (pytest-django would create it
     only for tests marked django_db, and those run inside transactions the server
-    processes cannot see.)"""
+    processes cannot see.) Under pytest-xdist each worker has its own: PostgreSQL's name
+    gets the worker's suffix (django_db_modify_db_settings), SQLite's has the pid."""
     from django.test.utils import setup_databases, teardown_databases
 
     with django_db_blocker.unblock():
@@ -180,6 +202,21 @@ def _close_other_sessions() -> None:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                            "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+
+@pytest.fixture
+def empty_database(db):
+    """An empty database as this test sees it: the rows that other tests committed (keys,
+    usage, leases, users) are deleted inside this test's transaction, which pytest-django
+    rolls back at its end. For tests of views over everything (the admin's lists, the
+    dashboard), whatever ran before them."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.sessions.models import Session
+
+    from accounts.models import APIKey, Lease, LimitScope, UsageCounter, UsageRecord
+
+    for model in (UsageRecord, Lease, UsageCounter, LimitScope, APIKey, Session, get_user_model()):
+        model.objects.all().delete()
 
 
 @pytest.fixture(scope="session")
