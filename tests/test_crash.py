@@ -10,12 +10,15 @@ import time
 import uuid
 
 import httpx
+import pytest
 from django.db import connection
 
 from accounts.models import APIKey, Lease, UsageRecord
 from tests.conftest import bearer, issue_key, start_server, wait_for
 from tests.test_limits import HELLO, Stream
 from tests.test_usage_records import record_for
+
+pytestmark = pytest.mark.server_process
 
 TTL = 6
 
