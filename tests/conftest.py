@@ -213,6 +213,25 @@ def serve_in_process(step_delay: float = 0.0):
     return registry.slots()[0].worker
 
 
+@contextmanager
+def demo_model_in_process(step_delay: float = 0.0):
+    """:func:`serve_in_process` for a block (a module's fixture): the worker; afterwards
+    the settlements of the requests it served are written (not left for the exit, when
+    the test database is gone), the model is unloaded and the registry configured again
+    as it was before."""
+    from accounts.books import books
+    from inference.registry import registry
+
+    before = dict(vars(registry))
+    try:
+        yield serve_in_process(step_delay)
+    finally:
+        assert books.flush()
+        registry.stop_all()
+        vars(registry).clear()
+        vars(registry).update(before)
+
+
 @pytest.fixture
 def in_process_model(live_db):
     """The demo model served in-process at 5 ms a step, so that generations are in flight

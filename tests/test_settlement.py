@@ -16,7 +16,7 @@ from asgiref.sync import sync_to_async
 from accounts.books import books
 from accounts.models import Lease, UsageCounter, UsageRecord
 from tests.asgi import InProcessAPI
-from tests.conftest import MODEL_ID, bearer, issue_key, serve_in_process, start_server
+from tests.conftest import MODEL_ID, bearer, demo_model_in_process, issue_key, start_server
 
 HELLO = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]}
 TEN_MINUTES_MS = 600_000
@@ -38,13 +38,10 @@ def db(fn, *args, **kwargs):
 def waiting_ten_minutes(live_db, settings):
     """The demo model served in this process, whose settlements wait ten minutes
     (books reads USAGE_WRITE_DELAY_MS when a settlement starts waiting: none waits now)."""
-    from inference.registry import registry
-
     assert books.flush()
     settings.USAGE_WRITE_DELAY_MS = TEN_MINUTES_MS
-    serve_in_process()
-    yield InProcessAPI()
-    registry.stop_all()
+    with demo_model_in_process():
+        yield InProcessAPI()
     assert books.flush()  # nothing left waiting ten minutes for the tests after this one
 
 
