@@ -152,10 +152,11 @@ def start_server(tmp_path: Path, *, wait: bool = True, **overrides) -> LiveServe
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(django_test_environment, django_db_blocker):
+def django_db_setup(django_test_environment, django_db_modify_db_settings, django_db_blocker):
     """The test database, created once for the session. (pytest-django would create it
     only for tests marked django_db, and those run inside transactions the server
-    processes cannot see.)"""
+    processes cannot see.) Under pytest-xdist each worker has its own: pytest-django's
+    django_db_modify_db_settings gives its name the worker's suffix."""
     from django.test.utils import setup_databases, teardown_databases
 
     with django_db_blocker.unblock():
