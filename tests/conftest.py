@@ -250,6 +250,25 @@ def serve_in_process(step_delay: float = 0.0):
     return registry.slots()[0].worker
 
 
+@contextmanager
+def demo_model_in_process(step_delay: float = 0.0):
+    """:func:`serve_in_process` for a block (a module's fixture): the worker; afterwards
+    the settlements of the requests it served are written (not left for the exit, when
+    the test database is gone), the model is unloaded and the registry configured again
+    as it was before."""
+    from accounts.books import books
+    from inference.registry import registry
+
+    before = dict(vars(registry))
+    try:
+        yield serve_in_process(step_delay)
+    finally:
+        assert books.flush()
+        registry.stop_all()
+        vars(registry).clear()
+        vars(registry).update(before)
+
+
 @pytest.fixture
 def in_process_model(live_db):
     """The demo model served in-process at 5 ms a step, so that generations are in flight
@@ -313,6 +332,46 @@ def sse_events(response: httpx.Response) -> list:
         payload = line[len("data: "):]
         events.append(payload if payload == "[DONE]" else json.loads(payload))
     return events
+
+
+def server_record_for(request_id: str, timeout: float = 10.0):
+    """The usage record of a request a server process answered, once it has written it
+    (within its USAGE_WRITE_DELAY_MS of the response closing); exactly one. In-process
+    tests call ``accounts.books.books.flush()`` instead (tests/test_usage_records.py):
+    another process's accounting thread cannot be flushed from here, so a second record
+    is looked for after a pause."""
+    from accounts.models import UsageRecord
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = list(UsageRecord.objects.filter(request_id=request_id))
+        if records:
+            time.sleep(0.2)  # a second record would show up now
+            records = list(UsageRecord.objects.filter(request_id=request_id))
+            assert len(records) == 1
+            return records[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no usage record for {request_id}")
+
+
+class HeldStream:
+    """A long streaming chat completion sent to a server process, held open after its
+    first chunk; ``leave()`` disconnects."""
+
+    def __init__(self, base_url: str, secret: str):
+        from demomodel.corpus import count_prompt
+
+        self.client = httpx.Client(base_url=base_url, timeout=60, headers=bearer(secret))
+        self.context = self.client.stream("POST", "/v1/chat/completions", json={
+            "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "stream": True})
+        self.response = self.context.__enter__()
+        assert self.response.status_code == 200
+        self.lines = self.response.iter_lines()
+        assert next(self.lines).startswith("data: ")
+
+    def leave(self) -> None:
+        self.context.__exit__(None, None, None)
+        self.client.close()
 
 
 # --- the chat page: users, sessions, sockets -------------------------------------------
