@@ -249,6 +249,29 @@ def demo_tokenizer():
     return og.Tokenizer(og.Model(str(DEMO_MODEL)))
 
 
+async def wait_until(predicate, timeout: float = 30.0):
+    """:func:`wait_for` for tests on the event loop: ``predicate`` may return an awaitable
+    (an ORM query's ``afirst()``...), and the loop runs the application meanwhile."""
+    import asyncio
+    import inspect
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"condition not reached in {timeout:.0f}s")
+
+
+async def engine_state(api) -> dict:
+    """The in-process engine's entry of ``/health`` (``api``: a tests/asgi.py InProcessAPI),
+    as :meth:`LiveServer.engine` reads a server's."""
+    return (await (await api.get("/health")).json())["models"][0]
+
+
 def wait_for(predicate, timeout: float = 30.0):
     """Poll ``predicate`` until it returns something true; return that, or fail."""
     deadline = time.monotonic() + timeout
