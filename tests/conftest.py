@@ -152,10 +152,11 @@ def start_server(tmp_path: Path, *, wait: bool = True, **overrides) -> LiveServe
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(django_test_environment, django_db_blocker):
+def django_db_setup(django_test_environment, django_db_blocker, django_db_modify_db_settings):
     """The test database, created once for the session. (pytest-django would create it
     only for tests marked django_db, and those run inside transactions the server
-    processes cannot see.)"""
+    processes cannot see.) Under pytest-xdist each worker's has the worker's suffix
+    (pytest-django's django_db_modify_db_settings), as PostgreSQL's names are not per run."""
     from django.test.utils import setup_databases, teardown_databases
 
     with django_db_blocker.unblock():
@@ -188,6 +189,9 @@ def live_db(django_db_setup, django_db_blocker):
     rows must be committed for the server processes to see them."""
     with django_db_blocker.unblock():
         yield
+        from accounts.books import books
+
+        books.flush()  # the last in-process requests' settlements, while the database is open
 
 
 def issue_key(**fields) -> tuple:
