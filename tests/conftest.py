@@ -217,14 +217,27 @@ def serve_in_process(step_delay: float = 0.0):
     return registry.slots()[0].worker
 
 
+@contextmanager
+def model_in_process(step_delay: float = 0.0):
+    """:func:`serve_in_process` for the time of the block (a fixture's): yields the
+    worker; then unloads it and gives the registry back the configuration it had."""
+    from inference.registry import registry
+
+    saved = registry.specs(), registry.default, registry.max_loaded, registry.keep_alive, registry.step_delay
+    try:
+        yield serve_in_process(step_delay)
+    finally:
+        registry.stop_all()
+        specs, default, max_loaded, keep_alive, delay = saved
+        registry.configure(specs, default=default, max_loaded=max_loaded, keep_alive=keep_alive, step_delay=delay)
+
+
 @pytest.fixture
 def in_process_model(live_db):
     """The demo model served in-process at 5 ms a step, so that generations are in flight
     long enough for a test to act while they run."""
-    from inference.registry import registry
-
-    yield serve_in_process(0.005)
-    registry.stop_all()
+    with model_in_process(0.005) as worker:
+        yield worker
 
 
 def bearer(secret: str) -> dict:

@@ -22,9 +22,8 @@ from accounts.books import books
 from accounts.models import APIKey, KeyKind, Lease, UsageRecord
 from chat.routing import websocket_application
 from demomodel.corpus import count_prompt, repeat_prompt
-from inference.registry import registry
 from tests.asgi import InProcessAPI
-from tests.conftest import MODEL_ID, PASSWORD, engine_state, make_user, serve_in_process, wait_until
+from tests.conftest import MODEL_ID, PASSWORD, engine_state, make_user, model_in_process, wait_until
 
 HOST = "127.0.0.1:8000"  # the server, as the browser addressed it
 SAME_ORIGIN = f"http://{HOST}"
@@ -33,8 +32,8 @@ SAME_ORIGIN = f"http://{HOST}"
 @pytest.fixture(scope="module")
 def engine(live_db):
     """The demo model served in-process at 5 ms a step."""
-    yield serve_in_process(0.005)
-    registry.stop_all()
+    with model_in_process(0.005) as worker:
+        yield worker
 
 
 @pytest.fixture

@@ -20,9 +20,8 @@ from accounts.books import books
 from accounts.models import UsageRecord
 from demomodel.corpus import count_answer, count_prompt
 from inference import faults
-from inference.registry import registry
 from tests.asgi import InProcessAPI
-from tests.conftest import MODEL_ID, bearer, engine_state, serve_in_process, wait_until
+from tests.conftest import MODEL_ID, bearer, engine_state, model_in_process, wait_until
 
 ENGINE_ERROR = {"error": {
     "message": "The model failed while generating: engine failure: injected engine fault",
@@ -33,14 +32,15 @@ ENGINE_ERROR = {"error": {
 def fault_switch(live_db, settings):
     """The demo model served in-process at 20 ms a step (a 40-number answer takes most of
     a second, long enough to crash it), and SIGUSR1 crashing its engine."""
-    worker = serve_in_process(0.02)
     settings.ENGINE_FAULT_INJECTION = True
     previous = signal.getsignal(signal.SIGUSR1)
-    faults.install()
-    assert signal.getsignal(signal.SIGUSR1) is not previous
-    yield worker
-    signal.signal(signal.SIGUSR1, previous)
-    registry.stop_all()
+    with model_in_process(0.02) as worker:
+        faults.install()
+        try:
+            assert signal.getsignal(signal.SIGUSR1) is not previous
+            yield worker
+        finally:
+            signal.signal(signal.SIGUSR1, previous)
 
 
 async def record_for(request_id: str) -> UsageRecord:

@@ -11,15 +11,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from demomodel.corpus import repeat_prompt
-from inference.registry import registry
 from tests.asgi import InProcessAPI
-from tests.conftest import MODEL_ID, bearer, issue_key, serve_in_process
+from tests.conftest import MODEL_ID, bearer, issue_key, model_in_process
 
 
 @pytest.fixture(scope="module")
 def model(live_db):
-    yield serve_in_process()
-    registry.stop_all()
+    with model_in_process() as worker:
+        yield worker
 
 
 @pytest.fixture

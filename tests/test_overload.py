@@ -21,9 +21,8 @@ from accounts.books import books
 from accounts.models import Lease, UsageRecord
 from chat.routing import websocket_application
 from demomodel.corpus import count_prompt, repeat_prompt
-from inference.registry import registry
 from tests.asgi import Exchange, InProcessAPI
-from tests.conftest import MODEL_ID, bearer, engine_state, issue_key, make_user, serve_in_process, wait_until
+from tests.conftest import MODEL_ID, bearer, engine_state, issue_key, make_user, model_in_process, wait_until
 
 HELLO = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]}
 LONG = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "max_tokens": 400}
@@ -34,10 +33,9 @@ BATCH = 4  # sequences one engine step serves here (the tests check it)
 def engine(live_db):
     """The demo model served in this process, slow enough (100 ms a step) that a stream of
     some 200 tokens lasts 20 s."""
-    worker = serve_in_process(0.1)
-    assert worker.batch_limit == BATCH
-    yield worker
-    registry.stop_all()
+    with model_in_process(0.1) as worker:
+        assert worker.batch_limit == BATCH
+        yield worker
 
 
 @pytest.fixture
