@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import threading
 
+from django.conf import settings
+
 from llmserver.errors import APIError
 
 
 class ConcurrencyLimit:
-    def __init__(self, limit: int):
-        self.limit = limit
+    """At most ``settings.MAX_CONCURRENT_REQUESTS`` slots taken, the setting read at each
+    admission (as accounts.limits reads it with keys on)."""
+
+    def __init__(self):
         self.in_flight = 0
         # Taken on the event loop, given back from Django's sync thread (response close).
         self._lock = threading.Lock()
@@ -25,10 +29,11 @@ class ConcurrencyLimit:
             return self._acquire()
 
     def _acquire(self) -> Slot:
-        if self.in_flight >= self.limit:
+        limit = settings.MAX_CONCURRENT_REQUESTS
+        if self.in_flight >= limit:
             raise APIError(
                 429,
-                f"The server is at its limit of {self.limit} concurrent requests; retry shortly.",
+                f"The server is at its limit of {limit} concurrent requests; retry shortly.",
                 code="server_concurrency_limit",
                 headers={"Retry-After": "1"},
             )

@@ -172,7 +172,7 @@ def _nothing() -> None:
 
 
 # With API keys off, the concurrency limit of this process alone.
-in_flight = ConcurrencyLimit(settings.MAX_CONCURRENT_REQUESTS)
+in_flight = ConcurrencyLimit()
 
 
 def _model_object(spec: ModelSpec) -> dict:

@@ -24,6 +24,15 @@ class Response:
         self._done = done
         self._disconnected = disconnected
 
+    def leave(self) -> None:
+        """The client goes away: the application's next ``receive()`` is
+        ``http.disconnect``, as Daphne sends when the connection closes."""
+        self._disconnected.set()
+
+    async def finished(self) -> None:
+        """Wait until the application has returned."""
+        await self._done
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body's pieces, each as the application sent it."""
         while True:
@@ -47,8 +56,10 @@ class Response:
 
 
 class InProcessAPI:
-    def __init__(self):
-        self.application = CountArrivals(APIHandler())
+    def __init__(self, application=None):
+        """The API's chain, or ``application`` (e.g. llmserver.asgi's HTTP router, to
+        reach the web site's pages as well)."""
+        self.application = application or CountArrivals(APIHandler())
 
     async def post(self, path: str, body: dict, headers: dict[str, str] | None = None) -> Response:
         data = json.dumps(body).encode()
@@ -60,6 +71,11 @@ class InProcessAPI:
 
     async def request(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Response:
         """Send the request; return once the response's status has been sent."""
+        return await self.send(method, path, body, headers).response()
+
+    def send(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Exchange:
+        """Send the request and return at once: the exchange, whose response may not
+        have begun (a request waiting for the engine), and whose client may leave."""
         path, _, query = path.partition("?")
         scope = {
             "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
@@ -99,5 +115,33 @@ class InProcessAPI:
                     started.set_exception(AssertionError("the application sent no response"))
 
         done = asyncio.get_running_loop().create_task(run())
-        status, response_headers = await started
-        return Response(status, response_headers, chunks, done, disconnected)
+        return Exchange(started, chunks, done, disconnected)
+
+    def post_later(self, path: str, body: dict, headers: dict[str, str] | None = None) -> Exchange:
+        """:meth:`post`, returning the exchange at once (see :meth:`send`)."""
+        data = json.dumps(body).encode()
+        return self.send("POST", path, data, {"content-type": "application/json", "content-length": str(len(data)),
+                                              **(headers or {})})
+
+
+class Exchange:
+    """A request sent to the application, its response not necessarily begun."""
+
+    def __init__(self, started: asyncio.Future, chunks: asyncio.Queue, done: asyncio.Task,
+                 disconnected: asyncio.Event):
+        self._started, self._chunks, self._done, self._disconnected = started, chunks, done, disconnected
+
+    async def response(self) -> Response:
+        """The response, once its status has been sent."""
+        status, headers = await self._started
+        return Response(status, headers, self._chunks, self._done, self._disconnected)
+
+    def leave(self) -> None:
+        """The client goes away (see :meth:`Response.leave`); a response that never
+        began is then nobody's business."""
+        self._started.add_done_callback(lambda started: started.cancelled() or started.exception())
+        self._disconnected.set()
+
+    async def finished(self) -> None:
+        """Wait until the application has returned."""
+        await self._done

@@ -225,6 +225,9 @@ def live_db(django_db_setup, django_db_blocker):
     rows must be committed for the server processes to see them."""
     with django_db_blocker.unblock():
         yield
+        from accounts.books import books
+
+        books.flush()  # the last in-process requests' settlements, while the database is open
 
 
 def issue_key(**fields) -> tuple:
@@ -251,32 +254,30 @@ def serve_in_process(step_delay: float = 0.0):
 
 
 @contextmanager
-def demo_model_in_process(step_delay: float = 0.0):
-    """:func:`serve_in_process` for a block (a module's fixture): the worker; afterwards
-    the settlements of the requests it served are written (not left for the exit, when
-    the test database is gone), the model is unloaded and the registry configured again
-    as it was before."""
+def model_in_process(step_delay: float = 0.0):
+    """:func:`serve_in_process` for the time of the block (a fixture's): yields the
+    worker; then writes the settlements of the requests it served (not left for the exit,
+    when the test database is gone), unloads it and gives the registry back the
+    configuration it had."""
     from accounts.books import books
     from inference.registry import registry
 
-    before = dict(vars(registry))
+    saved = registry.specs(), registry.default, registry.max_loaded, registry.keep_alive, registry.step_delay
     try:
         yield serve_in_process(step_delay)
     finally:
         assert books.flush()
         registry.stop_all()
-        vars(registry).clear()
-        vars(registry).update(before)
+        specs, default, max_loaded, keep_alive, delay = saved
+        registry.configure(specs, default=default, max_loaded=max_loaded, keep_alive=keep_alive, step_delay=delay)
 
 
 @pytest.fixture
 def in_process_model(live_db):
     """The demo model served in-process at 5 ms a step, so that generations are in flight
     long enough for a test to act while they run."""
-    from inference.registry import registry
-
-    yield serve_in_process(0.005)
-    registry.stop_all()
+    with model_in_process(0.005) as worker:
+        yield worker
 
 
 def bearer(secret: str) -> dict:
@@ -303,6 +304,29 @@ def demo_tokenizer():
     import onnxruntime_genai as og
 
     return og.Tokenizer(og.Model(str(DEMO_MODEL)))
+
+
+async def wait_until(predicate, timeout: float = 30.0):
+    """:func:`wait_for` for tests on the event loop: ``predicate`` may return an awaitable
+    (an ORM query's ``afirst()``...), and the loop runs the application meanwhile."""
+    import asyncio
+    import inspect
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"condition not reached in {timeout:.0f}s")
+
+
+async def engine_state(api) -> dict:
+    """The in-process engine's entry of ``/health`` (``api``: a tests/asgi.py InProcessAPI),
+    as :meth:`LiveServer.engine` reads a server's."""
+    return (await (await api.get("/health")).json())["models"][0]
 
 
 def wait_for(predicate, timeout: float = 30.0):

@@ -1,46 +1,63 @@
 """Many clients, one continuously batched engine; nothing blocks the event loop or the
-sync thread; a client that leaves frees its slot at once."""
+sync thread; a client that leaves frees its slot at once.
+
+Driven in-process (tests/asgi.py) on the demo model served in this process at 5 ms a
+step (``in_process_model``), so that a generation is still in flight while the test acts
+(the demo model alone counts to 200 in ~60 ms). Each test gets a newly loaded engine:
+its counters start at zero."""
 
 import asyncio
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
+import json
+import logging
+import warnings
 
-import httpx
-import pytest
+from django.core.asgi import get_asgi_application
 from django.utils import timezone
 
 from accounts.models import Lease
 from demomodel.corpus import count_answer, count_prompt
-from tests.asgi import InProcessAPI
-from tests.conftest import MODEL_ID, bearer, sse_events, start_server, wait_for
+from llmserver.handlers import APIHandler, CountArrivals, HTTPRouter
+from tests.asgi import InProcessAPI, Response
+from tests.conftest import MODEL_ID, bearer, engine_state, wait_until
 
 
-@pytest.fixture(scope="module")
-def fresh_server(tmp_path_factory, live_db):
-    """A server no other test has used, so its engine counters start at zero. Its engine
-    sleeps 5 ms before each step, like a bigger model, so that a generation is still in
-    flight while the test acts (the demo model alone counts to 200 in ~60 ms)."""
-    live = start_server(tmp_path_factory.mktemp("fresh"), ENGINE_STEP_DELAY_MS=5)
-    yield live
-    live.stop()
+def events_of(body: bytes) -> list:
+    """The data payloads of an SSE body, in order ("[DONE]" kept as the string)."""
+    events = []
+    for line in body.decode().splitlines():
+        if not line:
+            continue
+        assert line.startswith("data: "), line
+        payload = line[len("data: "):]
+        events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
 
 
+async def read_events(response: Response, count: int) -> None:
+    """Read the stream until ``count`` data events have come."""
+    seen = 0
+    async for chunk in response.chunks():
+        seen += chunk.count(b"data: ")
+        if seen >= count:
+            return
+    raise AssertionError(f"the stream ended after {seen} events")
 
 
-def test_eight_concurrent_requests_share_engine_steps(fresh_server, api_key):
-    before = fresh_server.engine()
+async def test_eight_concurrent_requests_share_engine_steps(in_process_model, api_key):
+    api = InProcessAPI()
+    before = await engine_state(api)
     assert before["peak_batch"] == 0
 
-    def ask(_):
-        with httpx.Client(base_url=fresh_server.base_url, timeout=120, headers=bearer(api_key)) as client:
-            return client.post("/v1/chat/completions", json={
-                "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(40)}]}).json()
+    async def ask():
+        response = await api.post("/v1/chat/completions", {
+            "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(40)}]}, bearer(api_key))
+        return await response.json()
 
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(ask, range(8)))
+    answers = await asyncio.gather(*(ask() for _ in range(8)))
 
     assert [a["choices"][0]["message"]["content"] for a in answers] == [count_answer(40)] * 8
-    after = fresh_server.engine()
+    after = await engine_state(api)
     # One engine step produced a token for as many of the eight as the engine can serve
     # at once: onnxruntime-genai 0.18's CPU scheduler serves 4 per step on this machine
     # whatever MAX_BATCH_SIZE says; the worker measures that limit when it loads.
@@ -92,86 +109,113 @@ async def test_requests_sent_together_begin_together_without_keys(in_process_mod
         await _assert_began_as_one_batch(in_process_model, {})
 
 
-def test_a_client_that_disconnects_mid_stream_cancels_its_turn(fresh_server, api_key):
-    before = fresh_server.engine()
-    with httpx.Client(base_url=fresh_server.base_url, timeout=60, headers=bearer(api_key)) as client:
-        with client.stream("POST", "/v1/chat/completions", headers={"X-Request-ID": "leaver-1"}, json={
-            "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "stream": True,
-        }) as response:
-            lines = response.iter_lines()
-            for _ in range(3):
-                next(line for line in lines if line.startswith("data: "))
-        # Leaving the block closes the connection before the answer is complete.
-    after = wait_for(lambda: (e := fresh_server.engine())["running"] == 0 and e["turns_finished"] > before["turns_finished"] and e)
+async def test_a_client_that_disconnects_mid_stream_cancels_its_turn(in_process_model, api_key, caplog):
+    caplog.set_level(logging.INFO, logger="llmserver.access")
+    api = InProcessAPI()
+    before = await engine_state(api)
+    response = await api.post("/v1/chat/completions", {
+        "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "stream": True,
+    }, {**bearer(api_key), "X-Request-ID": "leaver-1"})
+    await read_events(response, 3)
+    response.leave()  # the connection closes before the answer is complete
+    after = await wait_until(lambda: _finished_since(api, before))
     assert after["turns_finished"] == before["turns_finished"] + 1
     assert after["tokens_generated"] - before["tokens_generated"] < 100  # counting to 200 takes ~200
-    line = wait_for(lambda: next((l for l in fresh_server.log().splitlines() if "rid=leaver-1" in l), None))
+    line = await wait_until(lambda: next((m for m in caplog.messages if "rid=leaver-1" in m), None))
     assert line.endswith("client disconnected")
 
 
-def test_a_non_streaming_generation_never_holds_djangos_sync_thread(fresh_server, api_key):
+async def _finished_since(api, before: dict) -> dict | None:
+    state = await engine_state(api)
+    return state if state["running"] == 0 and state["turns_finished"] > before["turns_finished"] else None
+
+
+async def test_a_non_streaming_generation_never_holds_djangos_sync_thread(in_process_model, api_key):
     """The admin login page is a sync view: Django runs it in its one sync thread. It must
     answer while generations are in flight (if they ran in that thread, it would queue
-    behind them)."""
-    with ThreadPoolExecutor(4) as pool, httpx.Client(base_url=fresh_server.base_url, timeout=120, headers=bearer(api_key)) as client:
-        futures = [pool.submit(client.post, "/v1/chat/completions", json={
-            "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(60)}], "n": 4})
-            for _ in range(3)]
-        wait_for(lambda: fresh_server.engine()["running"] > 0)
-        admin = client.get("/admin/login/")
-        still_generating = fresh_server.engine()["running"] > 0
-        results = [f.result() for f in futures]
-    assert admin.status_code == 200
-    assert "<form" in admin.text
+    behind them). The HTTP application is llmserver.asgi's: the API's chain beside
+    Django's own handler for the web site."""
+    api = InProcessAPI(CountArrivals(HTTPRouter(api=APIHandler(), web=get_asgi_application())))
+    generations = [api.post_later("/v1/chat/completions", {
+        "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(60)}], "n": 4}, bearer(api_key))
+        for _ in range(3)]
+    await wait_until(lambda: _running(api))
+    admin = await api.get("/admin/login/")
+    admin_body = (await admin.body()).decode()
+    still_generating = (await engine_state(api))["running"] > 0
+    results = [await generation.response() for generation in generations]
+    assert admin.status == 200
+    assert "<form" in admin_body
     assert still_generating
-    assert all(r.status_code == 200 for r in results)
+    assert [result.status for result in results] == [200] * 3
+    for result in results:
+        await result.body()
 
 
-def test_streams_are_served_as_async_iterators_under_daphne(fresh_server, api_key):
-    with httpx.Client(base_url=fresh_server.base_url, timeout=60, headers=bearer(api_key)) as client:
-        with client.stream("POST", "/v1/completions", headers={"X-Request-ID": "async-iter-1"},
-                           json={"model": MODEL_ID, "prompt": "Hi", "max_tokens": 5, "stream": True}) as response:
-            response.read()
-    log = fresh_server.log()
+async def _running(api) -> bool:
+    return (await engine_state(api))["running"] > 0
+
+
+async def test_streams_are_served_as_async_iterators_under_daphne(in_process_model, api_key, caplog):
+    """Through the ASGI handler Daphne runs, driven in-process."""
+    caplog.set_level(logging.INFO, logger="llmserver.access")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        response = await InProcessAPI().post("/v1/completions", {
+            "model": MODEL_ID, "prompt": "Hi", "max_tokens": 5, "stream": True},
+            {**bearer(api_key), "X-Request-ID": "async-iter-1"})
+        await response.body()
+        await response.finished()
     # Django warns when it must consume a sync iterator in a thread; ours is async, and
     # the access log's end-of-stream line is written only by the async stream wrapper.
-    assert "must consume synchronous iterators" not in log
-    assert next(l for l in log.splitlines() if "rid=async-iter-1" in l).endswith("stream ended")
+    assert not [w for w in caught if "must consume synchronous iterators" in str(w.message)]
+    assert not [m for m in caplog.messages if "must consume synchronous iterators" in m]
+    line = await wait_until(lambda: next((m for m in caplog.messages if "rid=async-iter-1" in m), None))
+    assert line.endswith("stream ended")
 
 
-def test_a_stream_arrives_token_by_token(fresh_server, api_key):
-    with httpx.Client(base_url=fresh_server.base_url, timeout=60, headers=bearer(api_key)) as client:
-        with client.stream("POST", "/v1/chat/completions", json={
-            "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(20)}], "stream": True,
-        }) as response:
-            chunks = sse_events(response)[1:-2]  # the content chunks, between the role and the finish
+async def test_a_stream_arrives_token_by_token(in_process_model, api_key):
+    response = await InProcessAPI().post("/v1/chat/completions", {
+        "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(20)}], "stream": True,
+    }, bearer(api_key))
+    chunks = events_of(await response.body())[1:-2]  # the content chunks, between the role and the finish
     assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == count_answer(20)
     # One chunk a token while the client keeps up (5 ms a step here); never one lump.
     assert len(chunks) >= 10
 
 
-def test_past_max_concurrent_requests_it_answers_429_and_a_leaving_stream_frees_its_slot(tmp_path, api_key):
-    # The limit is the deployment's: every lease in the shared test database counts, so
-    # start once other tests' requests have all ended.
-    wait_for(lambda: not Lease.objects.filter(expires_at__gt=timezone.now()).exists(), timeout=60)
-    server = start_server(tmp_path, MAX_CONCURRENT_REQUESTS=1, ENGINE_STEP_DELAY_MS=5)
-    try:
-        long_stream = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "stream": True}
-        with httpx.Client(base_url=server.base_url, timeout=60, headers=bearer(api_key)) as client:
-            with client.stream("POST", "/v1/chat/completions", json=long_stream) as response:
-                lines = response.iter_lines()  # kept: closing it would close the stream
-                assert next(lines).startswith("data: ")
-                refused = client.post("/v1/chat/completions", json={
-                    "model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]})
-            assert refused.status_code == 429
-            assert refused.headers["Retry-After"] == "1"
-            assert refused.json()["error"] == {
-                "message": "The server is at its limit of 1 concurrent requests; retry shortly.",
-                "type": "rate_limit_error", "param": None, "code": "server_concurrency_limit"}
-            # The stream's client left: its slot is free again.
-            wait_for(lambda: server.engine()["running"] == 0)
-            again = wait_for(lambda: (r := client.post("/v1/chat/completions", json={
-                "model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]})).status_code == 200 and r, timeout=10)
-            assert again.json()["choices"][0]["message"]["content"] == "Hello! How can I help you?"
-    finally:
-        server.stop()
+async def test_past_max_concurrent_requests_it_answers_429_and_a_leaving_stream_frees_its_slot(
+        in_process_model, api_key, settings):
+    # The limit is the deployment's: every lease in the test database counts, so start
+    # once other tests' requests have all ended. It is read at each admission.
+    await wait_until(lambda: _no_lease_held(), timeout=60)
+    settings.MAX_CONCURRENT_REQUESTS = 1
+    api = InProcessAPI()
+    hello = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]}
+    long_stream = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "stream": True}
+    response = await api.post("/v1/chat/completions", long_stream, bearer(api_key))
+    await read_events(response, 1)
+    refused = await api.post("/v1/chat/completions", hello, bearer(api_key))
+    assert refused.status == 429
+    assert refused.headers["retry-after"] == "1"
+    assert (await refused.json())["error"] == {
+        "message": "The server is at its limit of 1 concurrent requests; retry shortly.",
+        "type": "rate_limit_error", "param": None, "code": "server_concurrency_limit"}
+    # The stream's client left: its slot is free again.
+    response.leave()
+    await wait_until(lambda: _idle(api))
+
+    async def answered():
+        again = await api.post("/v1/chat/completions", hello, bearer(api_key))
+        return again.status == 200 and await again.json()
+
+    again = await wait_until(answered, timeout=10)
+    assert again["choices"][0]["message"]["content"] == "Hello! How can I help you?"
+
+
+async def _no_lease_held() -> bool:
+    return not await Lease.objects.filter(expires_at__gt=timezone.now()).aexists()
+
+
+async def _idle(api) -> bool:
+    return (await engine_state(api))["running"] == 0

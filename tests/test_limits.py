@@ -20,7 +20,7 @@ from accounts.models import Lease, UsageCounter, UsageRecord, period_end, period
 from demomodel.corpus import count_prompt
 from llmserver import clock
 from tests.asgi import InProcessAPI
-from tests.conftest import MODEL_ID, bearer, demo_model_in_process, issue_key
+from tests.conftest import MODEL_ID, bearer, model_in_process, issue_key
 
 HELLO = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]}
 LONG_STREAM = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "stream": True}
@@ -29,7 +29,7 @@ LONG_STREAM = {"model": MODEL_ID, "messages": [{"role": "user", "content": count
 @pytest.fixture(scope="module")
 def slow(live_db):
     """The demo model served in this process, 5 ms a step; the API's ASGI chain."""
-    with demo_model_in_process(0.005):
+    with model_in_process(0.005):
         yield InProcessAPI()
 
 

@@ -16,7 +16,7 @@ from asgiref.sync import sync_to_async
 from accounts.books import books
 from accounts.models import Lease, UsageCounter, UsageRecord
 from tests.asgi import InProcessAPI
-from tests.conftest import MODEL_ID, bearer, demo_model_in_process, issue_key, start_server
+from tests.conftest import MODEL_ID, bearer, model_in_process, issue_key, start_server
 
 HELLO = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]}
 TEN_MINUTES_MS = 600_000
@@ -40,7 +40,7 @@ def waiting_ten_minutes(live_db, settings):
     (books reads USAGE_WRITE_DELAY_MS when a settlement starts waiting: none waits now)."""
     assert books.flush()
     settings.USAGE_WRITE_DELAY_MS = TEN_MINUTES_MS
-    with demo_model_in_process():
+    with model_in_process():
         yield InProcessAPI()
     assert books.flush()  # nothing left waiting ten minutes for the tests after this one
 

@@ -17,13 +17,13 @@ from accounts.books import books
 from accounts.models import UsageRecord
 from demomodel.corpus import count_prompt
 from tests.asgi import InProcessAPI
-from tests.conftest import MODEL_ID, bearer, demo_model_in_process, issue_key
+from tests.conftest import MODEL_ID, bearer, model_in_process, issue_key
 
 
 @pytest.fixture(scope="module")
 def slow(live_db):
     """The demo model served in this process, 5 ms a step; the API's ASGI chain."""
-    with demo_model_in_process(0.005):
+    with model_in_process(0.005):
         yield InProcessAPI()
 
 
