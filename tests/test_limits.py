@@ -20,7 +20,7 @@ from accounts.models import Lease, UsageCounter, UsageRecord, period_end, period
 from demomodel.corpus import count_prompt
 from llmserver import clock
 from tests.asgi import InProcessAPI
-from tests.conftest import MODEL_ID, bearer, model_in_process, issue_key
+from tests.conftest import MODEL_ID, bearer, issue_key, model_in_process
 
 HELLO = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]}
 LONG_STREAM = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "stream": True}

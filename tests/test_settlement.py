@@ -16,7 +16,7 @@ from asgiref.sync import sync_to_async
 from accounts.books import books
 from accounts.models import Lease, UsageCounter, UsageRecord
 from tests.asgi import InProcessAPI
-from tests.conftest import MODEL_ID, bearer, model_in_process, issue_key, start_server
+from tests.conftest import MODEL_ID, bearer, issue_key, model_in_process, start_server
 
 HELLO = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]}
 TEN_MINUTES_MS = 600_000

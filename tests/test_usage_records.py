@@ -17,7 +17,7 @@ from accounts.books import books
 from accounts.models import UsageRecord
 from demomodel.corpus import count_prompt
 from tests.asgi import InProcessAPI
-from tests.conftest import MODEL_ID, bearer, model_in_process, issue_key
+from tests.conftest import MODEL_ID, bearer, issue_key, model_in_process
 
 
 @pytest.fixture(scope="module")
