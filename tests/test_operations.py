@@ -20,7 +20,7 @@ from tests.conftest import (
     MODEL_ID, ROOT, bearer, collect_static, collected_static_root, issue_key, log_in, make_user, sse_events,
     start_server, wait_for,
 )
-from tests.test_security import HOST, HTTPS, PRODUCTION, production  # noqa: F401  (a fixture)
+from tests.test_security import HOST, HTTPS, PRODUCTION
 
 CHAT_CSS = (ROOT / "chat" / "static" / "chat" / "chat.css").read_bytes()
 IMMUTABLE = "max-age=315360000, public, immutable"

@@ -23,17 +23,11 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import (
-    MODEL_ID, PASSWORD, ROOT, bearer, chat, chat_socket, issue_key, log_in, make_user, server_env, sse_events,
-    start_server,
+    MODEL_ID, PASSWORD, PRODUCTION, PRODUCTION_HOST, ROOT, bearer, chat, chat_socket, issue_key, log_in, make_user,
+    server_env, sse_events, start_server,
 )
 
-HOST = "llm.example.com"
-PRODUCTION = {
-    "PRODUCTION": "true",
-    "SECRET_KEY": secrets.token_urlsafe(50),
-    "ALLOWED_HOSTS": HOST,
-    "TRUST_X_FORWARDED_PROTO": "true",
-}
+HOST = PRODUCTION_HOST
 HSTS = "max-age=31536000; includeSubDomains"
 # The chat and login pages' policy (chat/views.py), spelled out.
 CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
@@ -125,11 +119,7 @@ def test_a_production_server_without_a_secret_key_stops_with_that_line(tmp_path,
 # --- a production server: HTTPS only, HSTS, secure cookies ------------------------------
 
 
-@pytest.fixture(scope="module")
-def production(tmp_path_factory, live_db):
-    server = start_server(tmp_path_factory.mktemp("production"), **PRODUCTION)
-    yield server
-    server.stop()
+# `production` (tests/conftest.py): the session's PRODUCTION=true server.
 
 
 @pytest.fixture
