@@ -188,21 +188,44 @@ def sharing_models_from(server, address: str, secret: str) -> httpx.Response:
                      timeout=30)
 
 
+# The servers' own limits: LIMIT wrong keys a minute behind a trusted proxy, and two failed
+# logins a username (the browser test's).
+GUARDED = {"TRUST_X_FORWARDED_FOR": "true", "API_KEY_FAILURES_PER_MINUTE": LIMIT, "LOGIN_FAILURES_PER_USERNAME": 2}
+
+
 @pytest.fixture(scope="module")
-def sharing(tmp_path_factory, live_db):
-    """Two servers sharing the counts through Redis (REDIS_URL, else a local Redis)."""
+def redis_answer() -> tuple[str, Exception | None]:
+    """REDIS_URL (else a local Redis), and why it does not answer (None if it does)."""
     import redis
 
     url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     try:
         redis.Redis.from_url(url, socket_timeout=3).ping()
     except redis.RedisError as error:
+        return url, error
+    return url, None
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory, live_db, redis_answer):
+    """A server with the GUARDED limits, counting in Redis when Redis answers (it is then
+    the first of ``sharing`` too)."""
+    url, error = redis_answer
+    live = start_server(tmp_path_factory.mktemp("guessing"), **GUARDED, **({} if error else {"REDIS_URL": url}))
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def sharing(request, tmp_path_factory, redis_answer):
+    """Two servers sharing the counts through Redis (REDIS_URL, else a local Redis)."""
+    url, error = redis_answer
+    if error is not None:
         pytest.skip(f"Redis does not answer at {url}: {error}")
-    servers = [start_server(tmp_path_factory.mktemp("sharing"), REDIS_URL=url, TRUST_X_FORWARDED_FOR="true",
-                            API_KEY_FAILURES_PER_MINUTE=LIMIT) for _ in range(2)]
-    yield servers
-    for server in servers:
-        server.stop()
+    first = request.getfixturevalue("guarded")
+    second = start_server(tmp_path_factory.mktemp("sharing"), REDIS_URL=url, **GUARDED)
+    yield [first, second]
+    second.stop()
 
 
 def test_with_redis_the_servers_count_an_addresss_wrong_keys_together(sharing):
@@ -317,14 +340,6 @@ def test_a_username_is_counted_whatever_its_case(clock):
 
     assert form_errors(log_in(client, "/login/", user.username, PASSWORD)) == [LOCKED]
     assert re.fullmatch(r"cased-[0-9a-f]{8}", user.username)
-
-
-@pytest.fixture(scope="module")
-def guarded(tmp_path_factory, live_db):
-    """A server for the browser, allowing two failed logins a username."""
-    live = start_server(tmp_path_factory.mktemp("guessing"), LOGIN_FAILURES_PER_USERNAME=2)
-    yield live
-    live.stop()
 
 
 def test_the_login_page_tells_a_refused_user_when_to_try_again(browser, guarded, live_db):
