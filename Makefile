@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test migrate browser screenshot soak
+.PHONY: run test check-long migrate browser screenshot soak
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,9 +28,19 @@ migrate: $(VENV)/.installed
 run: migrate
 	$(PY) manage.py serve
 
-# PYTEST_ARGS: more for pytest, e.g. a subset (PYTEST_ARGS="tests/test_tools.py -k stream").
+# The suite on PYTEST_WORKERS processes (0: in this one), each taking a whole test module
+# at a time, in a random order whose seed it prints; the long drills are left to
+# check-long. PYTEST_ARGS: more for pytest, e.g. a subset (PYTEST_ARGS="tests/test_tools.py
+# -k stream"), the file order ("-p no:randomly") or an order again ("--randomly-seed=N").
+# docs/testing.md says more.
+PYTEST_WORKERS ?= 2
 test: $(VENV)/.installed-test browser nginx model-zoo
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# The drills too long for every run (pytest -m long: a shortened make bench, a 20 s
+# soak); CI runs them after the suite.
+check-long: $(VENV)/.installed-test
+	$(PY) -m pytest -p no:randomly -m long $(PYTEST_ARGS)
 
 # The chat page's tests drive Debian's Chromium through its ChromeDriver (never a browser
 # download). Installed here when missing and apt-get can; else those tests skip, saying so.

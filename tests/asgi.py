@@ -16,11 +16,13 @@ from llmserver.handlers import APIHandler, CountArrivals
 
 
 class Response:
-    def __init__(self, status: int, headers: dict[str, str], chunks: asyncio.Queue, done: asyncio.Task):
+    def __init__(self, status: int, headers: dict[str, str], chunks: asyncio.Queue, done: asyncio.Task,
+                 disconnected: asyncio.Event):
         self.status = status
         self.headers = headers
         self._chunks = chunks
         self._done = done
+        self._disconnected = disconnected
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body's pieces, each as the application sent it."""
@@ -36,6 +38,12 @@ class Response:
 
     async def json(self):
         return json.loads(await self.body())
+
+    async def disconnect(self) -> None:
+        """The client leaves (``http.disconnect``, as Daphne sends when the socket
+        closes) without reading the rest; return once the application has finished."""
+        self._disconnected.set()
+        await self._done
 
 
 class InProcessAPI:
@@ -92,4 +100,4 @@ class InProcessAPI:
 
         done = asyncio.get_running_loop().create_task(run())
         status, response_headers = await started
-        return Response(status, response_headers, chunks, done)
+        return Response(status, response_headers, chunks, done, disconnected)

@@ -27,6 +27,27 @@ DEMO_MODEL = ROOT / "models" / "demo"
 MODEL_ID = "llmserver-demo"
 
 
+def _redis_of_this_worker() -> None:
+    """Under pytest-xdist, each worker's Redis is a database of its own (its number + 1), in
+    this process and in the servers it starts: throttle counts and channel groups of tests
+    running at the same time never meet. The settings are already loaded; Django creates
+    the cache and the channel layer at first use, after this."""
+    worker, url = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("REDIS_URL", "")
+    if not (worker.startswith("gw") and url):
+        return
+    from urllib.parse import urlsplit, urlunsplit
+
+    from django.conf import settings
+
+    url = urlunsplit(urlsplit(url)._replace(path=f"/{int(worker[2:]) + 1}"))
+    os.environ["REDIS_URL"] = settings.REDIS_URL = url
+    settings.CACHES["default"]["LOCATION"] = url
+    settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]["address"] = url
+
+
+_redis_of_this_worker()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -153,10 +174,11 @@ def start_server(tmp_path: Path, *, wait: bool = True, **overrides) -> LiveServe
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(django_test_environment, django_db_blocker):
+def django_db_setup(django_test_environment, django_db_modify_db_settings, django_db_blocker):
     """The test database, created once for the session. (pytest-django would create it
     only for tests marked django_db, and those run inside transactions the server
-    processes cannot see.)"""
+    processes cannot see.) Under pytest-xdist each worker has its own: PostgreSQL's name
+    gets the worker's suffix (django_db_modify_db_settings), SQLite's has the pid."""
     from django.test.utils import setup_databases, teardown_databases
 
     with django_db_blocker.unblock():
@@ -181,6 +203,21 @@ def _close_other_sessions() -> None:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                            "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+
+@pytest.fixture
+def empty_database(db):
+    """An empty database as this test sees it: the rows that other tests committed (keys,
+    usage, leases, users) are deleted inside this test's transaction, which pytest-django
+    rolls back at its end. For tests of views over everything (the admin's lists, the
+    dashboard), whatever ran before them."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.sessions.models import Session
+
+    from accounts.models import APIKey, Lease, LimitScope, UsageCounter, UsageRecord
+
+    for model in (UsageRecord, Lease, UsageCounter, LimitScope, APIKey, Session, get_user_model()):
+        model.objects.all().delete()
 
 
 @pytest.fixture(scope="session")
@@ -212,6 +249,25 @@ def serve_in_process(step_delay: float = 0.0):
                        step_delay=step_delay)
     registry.preload()
     return registry.slots()[0].worker
+
+
+@contextmanager
+def demo_model_in_process(step_delay: float = 0.0):
+    """:func:`serve_in_process` for a block (a module's fixture): the worker; afterwards
+    the settlements of the requests it served are written (not left for the exit, when
+    the test database is gone), the model is unloaded and the registry configured again
+    as it was before."""
+    from accounts.books import books
+    from inference.registry import registry
+
+    before = dict(vars(registry))
+    try:
+        yield serve_in_process(step_delay)
+    finally:
+        assert books.flush()
+        registry.stop_all()
+        vars(registry).clear()
+        vars(registry).update(before)
 
 
 @pytest.fixture
@@ -296,6 +352,46 @@ def sse_events(response: httpx.Response) -> list:
         payload = line[len("data: "):]
         events.append(payload if payload == "[DONE]" else json.loads(payload))
     return events
+
+
+def server_record_for(request_id: str, timeout: float = 10.0):
+    """The usage record of a request a server process answered, once it has written it
+    (within its USAGE_WRITE_DELAY_MS of the response closing); exactly one. In-process
+    tests call ``accounts.books.books.flush()`` instead (tests/test_usage_records.py):
+    another process's accounting thread cannot be flushed from here, so a second record
+    is looked for after a pause."""
+    from accounts.models import UsageRecord
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = list(UsageRecord.objects.filter(request_id=request_id))
+        if records:
+            time.sleep(0.2)  # a second record would show up now
+            records = list(UsageRecord.objects.filter(request_id=request_id))
+            assert len(records) == 1
+            return records[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no usage record for {request_id}")
+
+
+class HeldStream:
+    """A long streaming chat completion sent to a server process, held open after its
+    first chunk; ``leave()`` disconnects."""
+
+    def __init__(self, base_url: str, secret: str):
+        from demomodel.corpus import count_prompt
+
+        self.client = httpx.Client(base_url=base_url, timeout=60, headers=bearer(secret))
+        self.context = self.client.stream("POST", "/v1/chat/completions", json={
+            "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "stream": True})
+        self.response = self.context.__enter__()
+        assert self.response.status_code == 200
+        self.lines = self.response.iter_lines()
+        assert next(self.lines).startswith("data: ")
+
+    def leave(self) -> None:
+        self.context.__exit__(None, None, None)
+        self.client.close()
 
 
 # --- the chat page: users, sessions, sockets -------------------------------------------

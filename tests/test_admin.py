@@ -19,6 +19,12 @@ from django.utils import timezone
 
 from accounts.models import APIKey, LimitScope, Lease, UsageCounter, UsageRecord, hash_secret, period_start
 
+
+@pytest.fixture(autouse=True)
+def _nothing_but_this_tests_rows(empty_database):
+    """The admin lists and the dashboard show every row: each test sees only its own."""
+
+
 KEYS_URL = "/admin/accounts/apikey/"
 USAGE_URL = "/admin/accounts/usagerecord/"
 DASHBOARD_URL = "/admin/accounts/usagerecord/dashboard/"

@@ -12,14 +12,15 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import MODEL_ID, PASSWORD, make_user, start_server
+from tests.conftest import MODEL_ID, PASSWORD, make_user
+
+pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory, live_db):
-    server = start_server(tmp_path_factory.mktemp("admin-pages"))
-    yield server
-    server.stop()
+@pytest.fixture
+def site(server):
+    """The session's shared server: a browser needs a real socket to talk to."""
+    return server
 
 
 @pytest.fixture

@@ -9,7 +9,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
+
+# make check-long, not make test: about a minute (bench) and 20 s (soak) of a 2-core machine.
+pytestmark = pytest.mark.long
 
 
 def test_make_bench_runs_every_system_on_the_same_requests(tmp_path):

@@ -18,6 +18,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 from demomodel.corpus import count_answer, count_prompt, markup_repeat, repeat_prompt
 from tests.conftest import DEMO_MODEL, MODEL_ID, PASSWORD, chat_socket, make_user, start_server, wait_for
 
+pytestmark = pytest.mark.browser
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, live_db):

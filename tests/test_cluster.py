@@ -31,6 +31,8 @@ from tests.conftest import (
     MODEL_ID, PASSWORD, ROOT, bearer, chat_socket, free_port, log_in, start_server, wait_for,
 )
 
+pytestmark = pytest.mark.server_process
+
 CLUSTER = [sys.executable, str(ROOT / "deploy" / "cluster.py")]
 # Each engine step sleeps this long, so that a 40-token answer takes about 2 s.
 STEP_DELAY_MS = 50

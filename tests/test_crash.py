@@ -10,14 +10,16 @@ import time
 import uuid
 
 import httpx
+import pytest
 from django.db import connection
 
 from accounts.models import APIKey, Lease, UsageRecord
-from tests.conftest import bearer, issue_key, start_server, wait_for
-from tests.test_limits import HELLO, Stream
-from tests.test_usage_records import record_for
+from tests.conftest import MODEL_ID, HeldStream, bearer, issue_key, server_record_for, start_server, wait_for
+
+pytestmark = pytest.mark.server_process
 
 TTL = 6
+HELLO = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]}
 
 
 def test_a_killed_process_leases_expire_within_the_ttl_and_a_restarted_one_serves(tmp_path, live_db):
@@ -27,8 +29,8 @@ def test_a_killed_process_leases_expire_within_the_ttl_and_a_restarted_one_serve
     answered = httpx.post(f"{crashing.base_url}/v1/chat/completions", json=HELLO, timeout=60,
                           headers={**bearer(secret), "X-Request-ID": done_id})
     assert answered.status_code == 200
-    before = record_for(done_id)  # written before the crash
-    streams = [Stream(crashing.base_url, secret) for _ in range(3)]
+    before = server_record_for(done_id)  # written before the crash
+    streams = [HeldStream(crashing.base_url, secret) for _ in range(3)]
     assert Lease.objects.filter(api_key=key).count() == 3
 
     crashing.process.send_signal(signal.SIGKILL)
@@ -46,7 +48,7 @@ def test_a_killed_process_leases_expire_within_the_ttl_and_a_restarted_one_serve
         assert time.monotonic() - killed_at <= TTL + 1  # ...for at most LEASE_TTL_SECONDS
         assert admitted.json()["choices"][0]["message"]["content"] == "Hello! How can I help you?"
         # All three places are free again, in this process, at once.
-        three = [Stream(survivor.base_url, secret) for _ in range(3)]
+        three = [HeldStream(survivor.base_url, secret) for _ in range(3)]
         for stream in three:
             stream.leave()
     finally:

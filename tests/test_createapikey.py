@@ -97,7 +97,7 @@ def test_admin_makes_a_key_that_may_manage_models(db):
     assert key.is_admin is True
 
 
-def test_an_unknown_user_is_a_clear_error(db):
+def test_an_unknown_user_is_a_clear_error(empty_database):
     with pytest.raises(CommandError, match="^No user named 'nobody'"):
         call_command("createapikey", "--name", "x", "--user", "nobody", stdout=io.StringIO())
 
@@ -109,7 +109,7 @@ def test_an_unknown_user_is_a_clear_error(db):
     ["--expires-in-days", "-1"],
     ["--budget-period", "year"],
 ])
-def test_invalid_options_are_refused(db, args):
+def test_invalid_options_are_refused(empty_database, args):
     with pytest.raises(CommandError):
         call_command("createapikey", "--name", "x", *args, stdout=io.StringIO())
 

@@ -11,8 +11,7 @@ import uuid
 import httpx
 
 from demomodel.corpus import count_answer, count_prompt
-from tests.conftest import MODEL_ID, bearer, start_server, wait_for
-from tests.test_usage_records import record_for
+from tests.conftest import MODEL_ID, bearer, server_record_for as record_for, start_server, wait_for
 
 ENGINE_ERROR = {"error": {
     "message": "The model failed while generating: engine failure: injected engine fault",

@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from xml.etree import ElementTree
 from datetime import datetime, timezone as dt_timezone
 
 import pytest
@@ -25,19 +26,49 @@ from tests.conftest import ROOT, issue_key
 SQLITE = connection.vendor == "sqlite"
 
 
+# The tests below, run in this process on SQLite, and in a child pytest on PostgreSQL.
+ON_SQLITE = (
+    "test_a_key_without_token_limits_is_admitted_on_the_loop_at_once",
+    "test_a_key_with_a_token_budget_is_decided_on_the_accounting_thread",
+    "test_with_the_write_lock_taken_the_loop_does_not_wait_and_the_thread_admits",
+    "test_what_the_loop_would_refuse_is_refused_by_the_accounting_thread_with_the_same_error",
+    "test_a_revoked_key_is_refused_even_though_this_process_knew_it",
+)
+
+
 if not SQLITE:
     # The suite runs on PostgreSQL (CI): this file's tests need the process's database to
-    # be SQLite, so they run again in a child pytest on its own SQLite database.
+    # be SQLite (accounts.inline decides when the process starts whether it is on), so
+    # they run again in a child pytest on its own SQLite database, which reports each
+    # test's outcome in a JUnit XML file.
 
     def test_postgresql_never_admits_on_the_loop():
         assert inline.enabled is False
 
-    def test_on_sqlite_in_a_child_pytest():
+    @pytest.fixture(scope="module")
+    def child(tmp_path_factory) -> tuple[dict[str, str], str]:
+        """Each test of the child pytest by name: "passed", "failed", "error" or
+        "skipped"; and the end of its output, to show when one did not pass."""
+        report = tmp_path_factory.mktemp("inline-admission") / "report.xml"
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                               f"--junitxml={report}", __file__],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        assert "\n5 passed in " in done.stdout, done.stdout[-500:]
+        assert report.exists(), done.stdout[-3000:] + done.stderr[-3000:]
+        outcomes = {}
+        for case in ElementTree.parse(report).iter("testcase"):
+            problems = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
+            outcomes[case.get("name")] = {"failure": "failed"}.get(problems[0], problems[0]) if problems else "passed"
+        return outcomes, done.stdout[-3000:] + done.stderr[-3000:]
+
+    def test_the_child_pytest_ran_each_sqlite_test_once(child):
+        outcomes, output = child
+        assert sorted(outcomes) == sorted(ON_SQLITE), output
+
+    @pytest.mark.parametrize("name", ON_SQLITE)
+    def test_on_sqlite_in_a_child_pytest(child, name):
+        outcomes, output = child
+        assert outcomes.get(name) == "passed", output
 
 
 else:

@@ -14,10 +14,13 @@ import uuid
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
 from accounts.models import Lease, UsageRecord
 from demomodel.corpus import count_answer, count_prompt, repeat_prompt
 from tests.conftest import MODEL_ID, bearer, chat_socket, issue_key, log_in, make_user, start_server, wait_for
+
+pytestmark = pytest.mark.server_process
 
 COUNT_40 = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(40)}],
             "stream": True, "stream_options": {"include_usage": True}}

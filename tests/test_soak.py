@@ -1,8 +1,12 @@
 """The soak of `make soak`, shortened: the same clients, mix and checks for 20 seconds
 instead of 120 (drills/soak.py)."""
 
+import pytest
+
 from drills.soak import run_soak, summary
 from tests.conftest import start_server
+
+pytestmark = [pytest.mark.long, pytest.mark.server_process]
 
 
 def test_sixty_four_clients_for_twenty_seconds_lose_no_record_and_leak_nothing(tmp_path, live_db, demo_tokenizer):

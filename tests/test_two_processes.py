@@ -8,10 +8,13 @@ import time
 from collections import Counter
 
 import httpx
+import pytest
 
 from accounts.models import Lease
 from demomodel.corpus import count_prompt
 from tests.conftest import MODEL_ID, bearer, issue_key, log_in, make_user, start_server, wait_for
+
+pytestmark = pytest.mark.server_process
 
 HELLO = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]}
 
