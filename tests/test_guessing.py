@@ -228,6 +228,7 @@ def sharing(request, tmp_path_factory, redis_answer):
     second.stop()
 
 
+@pytest.mark.server_process
 def test_with_redis_the_servers_count_an_addresss_wrong_keys_together(sharing):
     first, second = sharing
     address = new_address()
@@ -342,6 +343,8 @@ def test_a_username_is_counted_whatever_its_case(clock):
     assert re.fullmatch(r"cased-[0-9a-f]{8}", user.username)
 
 
+@pytest.mark.browser
+@pytest.mark.server_process
 def test_the_login_page_tells_a_refused_user_when_to_try_again(browser, guarded, live_db):
     """Two wrong passwords (the server's limit), then the right one: refused, and told."""
     user = make_user("browser-guessed")

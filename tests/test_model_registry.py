@@ -15,6 +15,7 @@ import asyncio
 import json
 import re
 import shutil
+from contextlib import contextmanager
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -66,27 +67,31 @@ def config_file(tmp_path_factory, broken_path) -> str:
     return models_config(tmp_path_factory.mktemp("registry"), broken_path)
 
 
-def configure(config_file: str, **environment) -> None:
+@contextmanager
+def configured(config_file: str, **environment):
     """This process's registry as a server started with MODELS_CONFIG=config_file and
-    ``environment`` configures it (the settings are read once, here)."""
+    ``environment`` configures it (the settings are read once, here); afterwards the
+    settlements of its requests are written, its models unloaded, its keep-alive task
+    ended, and the registry as it was before."""
+    before = dict(vars(registry))
     with override_settings(MODELS_CONFIG=config_file, **environment):
         configure_registry()
-
-
-def unconfigure() -> None:
-    """Unload everything and leave the registry empty, as it is before a server starts."""
-    if registry._reaper is not None:
-        registry._reaper.cancel()
-    registry.stop_all()
-    registry.configure([], default=None, max_loaded=1)
+    try:
+        yield
+    finally:
+        if registry._reaper is not None:
+            registry._reaper.cancel()
+        assert books.flush()
+        registry.stop_all()
+        vars(registry).clear()
+        vars(registry).update(before)
 
 
 @pytest.fixture
 def catalogue(config_file, live_db):
     """MAX_LOADED_MODELS=2, ENGINE_STEP_DELAY_MS=20; no model loaded."""
-    configure(config_file, MAX_LOADED_MODELS=2, ENGINE_STEP_DELAY_MS=20)
-    yield
-    unconfigure()
+    with configured(config_file, MAX_LOADED_MODELS=2, ENGINE_STEP_DELAY_MS=20):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -370,11 +375,9 @@ async def test_staff_who_are_not_superusers_see_the_models_page_but_cannot_load(
 @pytest.fixture
 def kept_alive(config_file, live_db):
     """MODEL_KEEP_ALIVE_SECONDS=1, the clock held; the default model loaded as at start."""
-    with clock.frozen() as held:
-        configure(config_file, MODEL_KEEP_ALIVE_SECONDS=1)
+    with clock.frozen() as held, configured(config_file, MODEL_KEEP_ALIVE_SECONDS=1):
         registry.preload()
         yield held
-        unconfigure()
 
 
 async def test_an_idle_model_is_unloaded_after_its_keep_alive(kept_alive, admin_key):
@@ -388,6 +391,7 @@ async def test_an_idle_model_is_unloaded_after_its_keep_alive(kept_alive, admin_
     assert (await ask(client, "demo", max_tokens=3)).status_code == 200  # and loads again when asked
 
 
+@pytest.mark.server_process
 def test_a_models_config_with_a_mistake_stops_the_server_with_one_clear_line(tmp_path):
     config = tmp_path / "models.toml"
     config.write_text('[[models]]\nid = "a"\npath = "models/demo"\n\n[[models]]\nid = "a"\npath = "models/demo"\n')
