@@ -30,6 +30,7 @@ from django.utils.module_loading import import_string
 from inference.engine import EngineWorker, ModelLoadError, folder_context
 from inference.model_options import ModelOptions
 from inference.tool_parsers import PARSERS
+from llmserver import clock
 from llmserver.errors import APIError, model_not_found
 
 log = logging.getLogger("llmserver.registry")
@@ -66,7 +67,7 @@ class ModelSlot:
         self.state = "unloaded"  # unloaded → loading → loaded → unloading → unloaded; or failed
         self.error: str | None = None
         self.in_flight = 0
-        self.last_used = 0.0  # time.monotonic() of the last request's start or end
+        self.last_used = 0.0  # clock.seconds() of the last request's start or end
         self.loaded_at: float | None = None  # time.time()
         self.load_seconds: float | None = None
         self.memory_bytes: int | None = None  # resident memory the load added (approximate)
@@ -96,7 +97,7 @@ class ModelSlot:
             "load_seconds": round(self.load_seconds, 3) if self.load_seconds is not None else None,
             "in_flight": self.in_flight,
             "loads": self.loads,
-            "idle_seconds": round(time.monotonic() - self.last_used, 1) if self.last_used else None,
+            "idle_seconds": round(clock.seconds() - self.last_used, 1) if self.last_used else None,
             "memory_bytes": self.memory_bytes if state == "loaded" else None,
             "max_batch_size": self.spec.max_batch_size,
             "batch_limit": worker.batch_limit if worker and state == "loaded" else None,
@@ -177,12 +178,12 @@ class ModelRegistry:
         while not slot.loaded:
             await self._load(slot)
         slot.in_flight += 1
-        slot.last_used = time.monotonic()
+        slot.last_used = clock.seconds()
         return ModelUse(self, slot)
 
     def _release(self, slot: ModelSlot) -> None:
         slot.in_flight -= 1
-        slot.last_used = time.monotonic()
+        slot.last_used = clock.seconds()
 
     # --- loading and unloading ---------------------------------------------------------
 
@@ -191,7 +192,7 @@ class ModelRegistry:
         slot = self._slots[self.resolve(name).id]
         while not slot.loaded:
             await self._load(slot)
-        slot.last_used = time.monotonic()
+        slot.last_used = clock.seconds()
         return slot.status()
 
     async def unload(self, name: str) -> dict:
@@ -288,12 +289,19 @@ class ModelRegistry:
     async def _unload_idle_forever(self) -> None:
         while True:
             await asyncio.sleep(min(self.keep_alive / 4, 5.0))
-            now = time.monotonic()
-            for slot in list(self._slots.values()):
-                if (slot.loaded and slot.in_flight == 0 and slot._transition is None
-                        and now - slot.last_used >= self.keep_alive):
-                    log.info("unloading model %s: idle for %.0fs", slot.spec.id, now - slot.last_used)
-                    await self._unload(slot)
+            await self.unload_idle()
+
+    async def unload_idle(self) -> None:
+        """Unload every loaded model idle for keep_alive seconds or more by
+        :func:`llmserver.clock.seconds` (none if keep_alive is 0)."""
+        if self.keep_alive <= 0:
+            return
+        now = clock.seconds()
+        for slot in list(self._slots.values()):
+            if (slot.loaded and slot.in_flight == 0 and slot._transition is None
+                    and now - slot.last_used >= self.keep_alive):
+                log.info("unloading model %s: idle for %.0fs", slot.spec.id, now - slot.last_used)
+                await self._unload(slot)
 
     # --- start and stop --------------------------------------------------------------------
 
@@ -322,7 +330,7 @@ class ModelRegistry:
         slot.loads += 1
         slot.loaded_at, slot.load_seconds = time.time(), time.perf_counter() - started
         slot.memory_bytes = max(0, _resident_bytes() - rss_before) or None
-        slot.last_used = time.monotonic()
+        slot.last_used = clock.seconds()
 
     def stop_all(self) -> None:
         for slot in self._slots.values():

@@ -9,6 +9,7 @@ their own rows by request id or key."""
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -288,6 +289,25 @@ def bearer(secret: str) -> dict:
 def server(tmp_path_factory, live_db):
     """One llmserver shared by the tests that only talk to it."""
     live = start_server(tmp_path_factory.mktemp("server"), CORS_ORIGINS="https://app.example.com")
+    yield live
+    live.stop()
+
+
+# A PRODUCTION=true server's settings, as behind its TLS-terminating proxy.
+PRODUCTION_HOST = "llm.example.com"
+PRODUCTION = {
+    "PRODUCTION": "true",
+    "SECRET_KEY": secrets.token_urlsafe(50),
+    "ALLOWED_HOSTS": PRODUCTION_HOST,
+    "TRUST_X_FORWARDED_PROTO": "true",
+}
+
+
+@pytest.fixture(scope="session")
+def production(tmp_path_factory, live_db):
+    """One PRODUCTION=true server shared by the tests that only talk to it (its settings
+    are decided when the process starts)."""
+    live = start_server(tmp_path_factory.mktemp("production"), **PRODUCTION)
     yield live
     live.stop()
 

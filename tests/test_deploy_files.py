@@ -14,7 +14,7 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import ROOT, free_port, start_server
+from tests.conftest import PRODUCTION_HOST, ROOT, free_port
 
 NGINX_DIR = ROOT / "deploy" / "nginx"
 PROXY_INCLUDE = NGINX_DIR / "llmserver-proxy.conf"
@@ -123,7 +123,9 @@ def test_the_docker_nginx_config_is_valid_for_nginx(tmp_path):
     assert checked.returncode == 0, checked.stderr
 
 
-def test_the_image_health_check_asks_health(tmp_path, live_db):
+def test_the_image_health_check_asks_health(production):
+    """Against the session's PRODUCTION=true server, whose ALLOWED_HOSTS has one name
+    (the check must send it), and against a port where nothing listens."""
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "\nFROM python:3.11-slim\n" in dockerfile
     assert re.search(r'^HEALTHCHECK .*\\\n\s+CMD \["python", "deploy/healthcheck.py"\]', dockerfile, re.M)
@@ -134,14 +136,11 @@ def test_the_image_health_check_asks_health(tmp_path, live_db):
         return subprocess.run([sys.executable, "deploy/healthcheck.py"], cwd=ROOT, capture_output=True, text=True,
                               env={"SERVER_PORT": str(port), "PATH": "/usr/bin:/bin", **env}, timeout=30)
 
-    server = start_server(tmp_path, ALLOWED_HOSTS="llm.example.com")
-    port = int(server.base_url.rsplit(":", 1)[1])
-    try:
-        healthy = check(port, ALLOWED_HOSTS="llm.example.com")
-        assert healthy.returncode == 0, healthy.stderr
-        assert "GET /health 200 " in server.log()
-    finally:
-        server.stop()
-    down = check(port, ALLOWED_HOSTS="llm.example.com")
+    port = int(production.base_url.rsplit(":", 1)[1])
+    begun = len(production.log())
+    healthy = check(port, ALLOWED_HOSTS=PRODUCTION_HOST)
+    assert healthy.returncode == 0, healthy.stderr
+    assert "GET /health 200 " in production.log()[begun:]
+    down = check(free_port(), ALLOWED_HOSTS=PRODUCTION_HOST)
     assert down.returncode == 1
     assert "Connection refused" in down.stderr

@@ -1,9 +1,9 @@
 """Guessing API keys and passwords is refused after a few tries, and logged at WARNING.
 
-- Wrong API keys, per client address (a real server behind a "proxy": the test client,
-  with TRUST_X_FORWARDED_FOR, sends each client's address in X-Forwarded-For): past the
-  limit a wrong key gets 429 with Retry-After; a valid key is still served, from that
-  address and from any other behind the same proxy.
+- Wrong API keys, per client address (in-process, each request with its client's
+  address, the counter's clock injected): past the limit a wrong key gets 429 with
+  Retry-After; a valid key is still served, from that address and from any other behind
+  the same proxy. Two servers sharing Redis count together (two processes).
 - Failed logins, per username and per address, on the chat page's and the admin's login
   forms (in-process, with the counters' clock injected; and the refusal as a person sees
   it, in a browser).
@@ -26,8 +26,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.wait import WebDriverWait
 
-from accounts import logins
+from accounts import auth, logins
 from accounts.throttle import FailureCounter
+from tests.asgi import InProcessAPI
 from tests.conftest import PASSWORD, bearer, issue_key, make_user, start_server
 
 LIMIT = 3
@@ -62,14 +63,36 @@ def test_a_counter_counts_failures_in_a_window_that_starts_at_the_first():
 
 
 # --- wrong API keys ----------------------------------------------------------------------
+# In-process: the API's ASGI chain, handed each request with the client address Daphne
+# gives it (behind the trusted proxy, TRUST_X_FORWARDED_FOR, the first address of
+# X-Forwarded-For: tests/test_cluster.py checks that part on a real server).
 
 
-@pytest.fixture(scope="module")
-def guarded(tmp_path_factory, live_db):
-    live = start_server(tmp_path_factory.mktemp("guessing"), TRUST_X_FORWARDED_FOR="true",
-                        API_KEY_FAILURES_PER_MINUTE=LIMIT, LOGIN_FAILURES_PER_USERNAME=2)
-    yield live
-    live.stop()
+class FromAddress(InProcessAPI):
+    """The API in-process, each request from the client at ``address``."""
+
+    def __init__(self, address: str):
+        super().__init__()
+        application = self.application
+
+        async def from_address(scope, receive, send):
+            await application({**scope, "client": (address, 40000)}, receive, send)
+
+        self.application = from_address
+
+
+@pytest.fixture
+def keys_clock(monkeypatch, settings, live_db):
+    """API_KEY_FAILURES_PER_MINUTE=LIMIT (read at each wrong key), the wrong keys'
+    counter on an injected clock, in a cache of this test's own (whatever REDIS_URL says)."""
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                                   "LOCATION": "test-guessing-keys"}}
+    settings.API_KEY_FAILURES_PER_MINUTE = LIMIT
+    caches["default"].clear()
+    now = Clock()
+    monkeypatch.setattr(auth.wrong_keys, "clock", now)
+    yield now
+    caches["default"].clear()
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +100,18 @@ def valid_key(live_db) -> str:
     return issue_key(name="guessing: valid")[1]
 
 
-def models_from(server, address: str, secret: str) -> httpx.Response:
-    """GET /v1/models as the client at ``address`` behind the proxy."""
-    return httpx.get(f"{server.base_url}/v1/models", headers={**bearer(secret), "X-Forwarded-For": address},
-                     timeout=30)
+class Answer:
+    def __init__(self, status: int, headers: dict[str, str], payload):
+        self.status_code, self.headers, self.payload = status, headers, payload
+
+    def json(self):
+        return self.payload
+
+
+async def models_from(address: str, secret: str) -> Answer:
+    """GET /v1/models as the client at ``address``."""
+    response = await FromAddress(address).get("/v1/models", bearer(secret))
+    return Answer(response.status, response.headers, await response.json())
 
 
 def wrong_key() -> str:
@@ -93,83 +124,118 @@ def new_address() -> str:
     return "10." + ".".join(str(secrets.randbelow(256)) for _ in range(3))
 
 
-def throttle(server, address: str) -> httpx.Response:
+async def throttle(address: str) -> Answer:
     """LIMIT wrong keys from ``address`` (each 401), then one more: its answer."""
     for _ in range(LIMIT):
-        refused = models_from(server, address, wrong_key())
+        refused = await models_from(address, wrong_key())
         assert (refused.status_code, refused.json()["error"]["code"]) == (401, "invalid_api_key")
-    return models_from(server, address, wrong_key())
+    return await models_from(address, wrong_key())
 
 
-def test_past_the_limit_a_wrong_key_from_that_address_gets_429_with_retry_after(guarded):
+async def test_past_the_limit_a_wrong_key_from_that_address_gets_429_with_retry_after(keys_clock):
     address = new_address()
-    refused = throttle(guarded, address)
+    refused = await throttle(address)
 
     assert refused.status_code == 429
-    retry_after = int(refused.headers["Retry-After"])
+    retry_after = int(refused.headers["retry-after"])
     assert 50 <= retry_after <= 60  # the minute since the first wrong key, just begun
     assert refused.json() == {"error": {
         "message": f"Too many requests with an invalid API key from your address (at most {LIMIT} a minute); "
                    f"retry after {retry_after} seconds.",
         "type": "rate_limit_error", "param": None, "code": "too_many_authentication_failures"}}
-    assert models_from(guarded, address, wrong_key()).status_code == 429
+    assert (await models_from(address, wrong_key())).status_code == 429
 
 
-def test_a_valid_key_is_still_served_from_an_address_refused_for_wrong_keys(guarded, valid_key):
+async def test_a_valid_key_is_still_served_from_an_address_refused_for_wrong_keys(keys_clock, valid_key):
     address = new_address()
-    assert throttle(guarded, address).status_code == 429
+    assert (await throttle(address)).status_code == 429
 
-    assert models_from(guarded, address, valid_key).status_code == 200
+    assert (await models_from(address, valid_key)).status_code == 200
 
 
-def test_behind_the_trusted_proxy_one_clients_wrong_keys_do_not_refuse_another(guarded, valid_key):
-    assert throttle(guarded, new_address()).status_code == 429
+async def test_behind_the_trusted_proxy_one_clients_wrong_keys_do_not_refuse_another(keys_clock, valid_key):
+    assert (await throttle(new_address())).status_code == 429
 
     another = new_address()
-    assert models_from(guarded, another, valid_key).status_code == 200
-    refused = models_from(guarded, another, wrong_key())
+    assert (await models_from(another, valid_key)).status_code == 200
+    refused = await models_from(another, wrong_key())
     assert (refused.status_code, refused.json()["error"]["code"]) == (401, "invalid_api_key")
 
 
-def test_wrong_keys_are_logged_at_warning_with_the_address_and_never_the_key(guarded):
+async def test_wrong_keys_are_logged_at_warning_with_the_address_and_never_the_key(keys_clock, caplog):
+    caplog.set_level(logging.INFO)
     address = new_address()
     secrets_sent = [wrong_key() for _ in range(LIMIT + 2)]
-    answers = [models_from(guarded, address, secret) for secret in secrets_sent]
-    retry_after = answers[LIMIT].headers["Retry-After"]
+    answers = [await models_from(address, secret) for secret in secrets_sent]
+    retry_after = answers[LIMIT].headers["retry-after"]
 
-    lines = [line.split(" WARNING llmserver.auth ", 1)[1] for line in guarded.log().splitlines()
-             if " WARNING llmserver.auth " in line and re.search(rf"from {re.escape(address)}\b", line)]
+    lines = [record.getMessage() for record in caplog.records
+             if record.name == "llmserver.auth" and record.levelno == logging.WARNING
+             and re.search(rf"from {re.escape(address)}\b", record.getMessage())]
     assert lines == [f"invalid API key from {address} ({n} of {LIMIT} allowed a minute)" for n in (1, 2, 3)] + [
         f"invalid API keys from {address}: more than {LIMIT} within a minute; refusing them with 429 for "
         f"{retry_after} s"]
-    log = guarded.log()
+    log = caplog.text
     assert not [secret for secret in secrets_sent if secret[6:] in log]
 
 
+# Two processes: the count each keeps in Redis is the other's too.
+
+
+def sharing_models_from(server, address: str, secret: str) -> httpx.Response:
+    """GET /v1/models as the client at ``address`` behind the proxy."""
+    return httpx.get(f"{server.base_url}/v1/models", headers={**bearer(secret), "X-Forwarded-For": address},
+                     timeout=30)
+
+
+# The servers' own limits: LIMIT wrong keys a minute behind a trusted proxy, and two failed
+# logins a username (the browser test's).
+GUARDED = {"TRUST_X_FORWARDED_FOR": "true", "API_KEY_FAILURES_PER_MINUTE": LIMIT, "LOGIN_FAILURES_PER_USERNAME": 2}
+
+
 @pytest.fixture(scope="module")
-def sharing(tmp_path_factory, live_db):
-    """Two servers sharing the counts through Redis (REDIS_URL, else a local Redis)."""
+def redis_answer() -> tuple[str, Exception | None]:
+    """REDIS_URL (else a local Redis), and why it does not answer (None if it does)."""
     import redis
 
     url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     try:
         redis.Redis.from_url(url, socket_timeout=3).ping()
     except redis.RedisError as error:
+        return url, error
+    return url, None
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory, live_db, redis_answer):
+    """A server with the GUARDED limits, counting in Redis when Redis answers (it is then
+    the first of ``sharing`` too)."""
+    url, error = redis_answer
+    live = start_server(tmp_path_factory.mktemp("guessing"), **GUARDED, **({} if error else {"REDIS_URL": url}))
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def sharing(request, tmp_path_factory, redis_answer):
+    """Two servers sharing the counts through Redis (REDIS_URL, else a local Redis)."""
+    url, error = redis_answer
+    if error is not None:
         pytest.skip(f"Redis does not answer at {url}: {error}")
-    servers = [start_server(tmp_path_factory.mktemp("sharing"), REDIS_URL=url, TRUST_X_FORWARDED_FOR="true",
-                            API_KEY_FAILURES_PER_MINUTE=LIMIT) for _ in range(2)]
-    yield servers
-    for server in servers:
-        server.stop()
+    first = request.getfixturevalue("guarded")
+    second = start_server(tmp_path_factory.mktemp("sharing"), REDIS_URL=url, **GUARDED)
+    yield [first, second]
+    second.stop()
 
 
+@pytest.mark.server_process
 def test_with_redis_the_servers_count_an_addresss_wrong_keys_together(sharing):
     first, second = sharing
     address = new_address()
     for server in (first, second, first):
-        assert models_from(server, address, wrong_key()).status_code == 401
+        assert sharing_models_from(server, address, wrong_key()).status_code == 401
 
-    assert models_from(second, address, wrong_key()).status_code == 429
+    assert sharing_models_from(second, address, wrong_key()).status_code == 429
 
 
 # --- failed logins -----------------------------------------------------------------------
@@ -277,6 +343,8 @@ def test_a_username_is_counted_whatever_its_case(clock):
     assert re.fullmatch(r"cased-[0-9a-f]{8}", user.username)
 
 
+@pytest.mark.browser
+@pytest.mark.server_process
 def test_the_login_page_tells_a_refused_user_when_to_try_again(browser, guarded, live_db):
     """Two wrong passwords (the server's limit), then the right one: refused, and told."""
     user = make_user("browser-guessed")

@@ -1,6 +1,11 @@
 """Hostile input: every request of tests/hostile_corpus.py, sent to one live server over a
 raw socket, gets its exact 4xx in OpenAI's error shape; none gets a 500; afterwards the
-server is healthy, still answers, and its log holds no traceback."""
+server is healthy, still answers, and its log holds no traceback.
+
+The server is the session's shared one (its CORS_ORIGINS acts only on requests with an
+Origin header, and no request of the corpus has one). The whole corpus is sent once, by
+the first test that needs it, so that the tests of what follows it find it sent in any
+order; the log they read is what the server wrote since this module began."""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from conftest import MODEL_ID, bearer, chat, issue_key, start_server
+from conftest import MODEL_ID, bearer, chat, issue_key
 from hostile_corpus import CATEGORIES, CORPUS, Hostile, chat_body
 
 pytestmark = pytest.mark.timeout(600)
@@ -20,10 +25,9 @@ ERROR_KEYS = {"message", "type", "param", "code"}
 
 
 @pytest.fixture(scope="module")
-def hostile_server(tmp_path_factory, live_db):
-    server = start_server(tmp_path_factory.mktemp("hostile"))
-    yield server
-    server.stop()
+def begun(server) -> int:
+    """Where the shared server's log stood before the corpus was sent."""
+    return len(server.log())
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +91,25 @@ def test_the_corpus_has_at_least_200_requests_in_every_category_the_issue_names(
     assert all(400 <= case.status < 500 for case in CORPUS)
 
 
+@pytest.fixture(scope="module")
+def answers(server, begun, key) -> dict[str, tuple[int, dict, bytes] | Exception]:
+    """Every request of the corpus sent, in order; its answers by case id (or what
+    failed in sending it, for its test to raise)."""
+    sent = {}
+    for case in CORPUS:
+        try:
+            sent[case.id] = _send(server.base_url, case, key)
+        except (AssertionError, OSError) as failure:
+            sent[case.id] = failure
+    return sent
+
+
 @pytest.mark.parametrize("case", CORPUS, ids=[case.id for case in CORPUS])
-def test_a_hostile_request_gets_its_exact_4xx_in_openai_error_shape(hostile_server, key, case):
-    status, headers, body = _send(hostile_server.base_url, case, key)
+def test_a_hostile_request_gets_its_exact_4xx_in_openai_error_shape(answers, case):
+    answer = answers[case.id]
+    if isinstance(answer, Exception):
+        raise answer
+    status, headers, body = answer
     assert status != 500
     assert headers.get("content-type", "").startswith("application/json"), (status, body[:300])
 
@@ -103,18 +123,18 @@ def test_a_hostile_request_gets_its_exact_4xx_in_openai_error_shape(hostile_serv
     assert error["param"] is None or isinstance(error["param"], str)
 
 
-def test_a_body_that_never_reaches_its_content_length_leaves_the_server_serving(hostile_server, key):
-    host, port = hostile_server.base_url.removeprefix("http://").split(":")
+def test_a_body_that_never_reaches_its_content_length_leaves_the_server_serving(server, key):
+    host, port = server.base_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
                      "Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{\"model\": ".encode())
         time.sleep(0.5)  # the server waits for the rest, which never comes; the client leaves
-    assert httpx.get(f"{hostile_server.base_url}/health", timeout=30).status_code == 200
+    assert httpx.get(f"{server.base_url}/health", timeout=30).status_code == 200
 
 
-def test_after_the_corpus_the_server_is_healthy_and_still_answers_hello(hostile_server, key):
-    assert httpx.get(f"{hostile_server.base_url}/health", timeout=30).status_code == 200
-    with httpx.Client(base_url=hostile_server.base_url, timeout=120, headers=bearer(key)) as api:
+def test_after_the_corpus_the_server_is_healthy_and_still_answers_hello(answers, server, key):
+    assert httpx.get(f"{server.base_url}/health", timeout=30).status_code == 200
+    with httpx.Client(base_url=server.base_url, timeout=120, headers=bearer(key)) as api:
         answer = chat(api, "Hello")
         assert answer.status_code == 200, answer.text
         assert answer.json()["choices"][0]["message"]["content"] == "Hello! How can I help you?"
@@ -122,34 +142,34 @@ def test_after_the_corpus_the_server_is_healthy_and_still_answers_hello(hostile_
         assert api.get(f"/v1/models/{MODEL_ID}").status_code == 200
 
 
-def test_the_server_log_has_no_traceback_and_no_500_from_the_corpus(hostile_server):
-    log = hostile_server.log()
+def test_the_server_log_has_no_traceback_and_no_500_from_the_corpus(answers, server, begun):
+    log = server.log()[begun:]
     assert "Traceback" not in log
     assert " 500 " not in log
     assert "accounting failed" not in log
 
 
-def test_a_well_formed_request_in_the_corpus_shape_is_answered(hostile_server, key):
+def test_a_well_formed_request_in_the_corpus_shape_is_answered(server, key):
     """The corpus's base body is a valid request: each case fails for its own reason."""
-    with httpx.Client(base_url=hostile_server.base_url, timeout=120, headers=bearer(key)) as api:
+    with httpx.Client(base_url=server.base_url, timeout=120, headers=bearer(key)) as api:
         answer = api.post("/v1/chat/completions", json=chat_body())
     assert answer.status_code == 200, answer.text
     assert answer.json()["choices"][0]["message"]["content"] == "Hello! How can"
 
 
-def test_a_chunked_request_body_is_read_as_sent(hostile_server, key):
+def test_a_chunked_request_body_is_read_as_sent(server, key):
     """Without a Content-Length, Django would take the body as empty; the HTTP layer gives
     a chunked body its length (llmserver/http_framing.py)."""
     case = Hostile("framing", "chunked", 200, None, body=json.dumps(chat_body()).encode(), chunked=True)
-    status, _, body = _send(hostile_server.base_url, case, key)
+    status, _, body = _send(server.base_url, case, key)
     assert status == 200, body
     assert json.loads(body)["choices"][0]["message"]["content"] == "Hello! How can"
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_a_top_k_past_the_vocabulary_samples_from_all_of_it(hostile_server, key, temperature):
+def test_a_top_k_past_the_vocabulary_samples_from_all_of_it(server, key, temperature):
     """Found by fuzzing: the engine failed such a turn (a 500 engine_error)."""
-    with httpx.Client(base_url=hostile_server.base_url, timeout=120, headers=bearer(key)) as api:
+    with httpx.Client(base_url=server.base_url, timeout=120, headers=bearer(key)) as api:
         answer = api.post("/v1/completions", json={"model": MODEL_ID, "prompt": "Hello", "max_tokens": 4,
                                                    "top_k": 36_666, "temperature": temperature})
     assert answer.status_code == 200, answer.text

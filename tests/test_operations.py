@@ -20,7 +20,7 @@ from tests.conftest import (
     MODEL_ID, ROOT, bearer, collect_static, collected_static_root, issue_key, log_in, make_user, sse_events,
     start_server, wait_for,
 )
-from tests.test_security import HOST, HTTPS, PRODUCTION, production  # noqa: F401  (a fixture)
+from tests.test_security import HOST, HTTPS, PRODUCTION
 
 CHAT_CSS = (ROOT / "chat" / "static" / "chat" / "chat.css").read_bytes()
 IMMUTABLE = "max-age=315360000, public, immutable"
@@ -95,6 +95,7 @@ def test_production_static_files_go_over_https_like_the_rest(production):
     assert response.headers["Location"] == f"https://{HOST}/static/{hashed_css}"
 
 
+@pytest.mark.server_process
 def test_a_production_server_without_collectstatic_stops_with_one_line(tmp_path, live_db):
     empty = tmp_path / "static"
     server = start_server(tmp_path, wait=False, **PRODUCTION, STATIC_ROOT=str(empty))
@@ -107,6 +108,7 @@ def test_a_production_server_without_collectstatic_stops_with_one_line(tmp_path,
     assert "Traceback" not in server.log()
 
 
+@pytest.mark.server_process
 def test_a_name_missing_from_the_manifest_is_linked_unhashed_not_a_500(tmp_path, live_db):
     """collectstatic not run again after an upgrade: the manifest lacks names the pages
     link. They are linked by their own names (served if the file was collected, 404 for
@@ -142,6 +144,7 @@ def test_a_name_missing_from_the_manifest_is_linked_unhashed_not_a_500(tmp_path,
 # --- LOG_FORMAT=json --------------------------------------------------------------------
 
 
+@pytest.mark.server_process
 def test_an_unknown_log_format_stops_the_start_with_one_line(tmp_path, live_db):
     server = start_server(tmp_path, wait=False, LOG_FORMAT="xml")
 
@@ -165,6 +168,7 @@ def _access(server, request_id: str) -> dict:
                                   if r["logger"] == "llmserver.access" and r.get("request_id") == request_id), None))
 
 
+@pytest.mark.server_process
 def test_json_logs_one_object_per_line_with_the_access_logs_fields(tmp_path, live_db):
     key, secret = issue_key(name="json-logs")
     # 20 ms a step: the request the fault fails is generating when it comes.
@@ -259,6 +263,7 @@ def _backends(application_name: str) -> set:
         return set(cursor.fetchall())
 
 
+@pytest.mark.server_process
 def test_postgresql_connections_are_reused_not_opened_per_request(tmp_path, live_db):
     from django.db import connection
 

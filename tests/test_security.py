@@ -23,17 +23,11 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import (
-    MODEL_ID, PASSWORD, ROOT, bearer, chat, chat_socket, issue_key, log_in, make_user, server_env, sse_events,
-    start_server,
+    MODEL_ID, PASSWORD, PRODUCTION, PRODUCTION_HOST, ROOT, bearer, chat, chat_socket, issue_key, log_in, make_user,
+    server_env, sse_events, start_server,
 )
 
-HOST = "llm.example.com"
-PRODUCTION = {
-    "PRODUCTION": "true",
-    "SECRET_KEY": secrets.token_urlsafe(50),
-    "ALLOWED_HOSTS": HOST,
-    "TRUST_X_FORWARDED_PROTO": "true",
-}
+HOST = PRODUCTION_HOST
 HSTS = "max-age=31536000; includeSubDomains"
 # The chat and login pages' policy (chat/views.py), spelled out.
 CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
@@ -115,6 +109,7 @@ def test_an_on_off_setting_with_a_typo_stops_the_start_instead_of_reading_as_off
     assert done.stderr == f"llmserver: {name} must be true or false, got 'ture'\n"
 
 
+@pytest.mark.server_process
 def test_a_production_server_without_a_secret_key_stops_with_that_line(tmp_path, live_db):
     server = start_server(tmp_path, wait=False, **{**PRODUCTION, "SECRET_KEY": ""})
 
@@ -125,11 +120,7 @@ def test_a_production_server_without_a_secret_key_stops_with_that_line(tmp_path,
 # --- a production server: HTTPS only, HSTS, secure cookies ------------------------------
 
 
-@pytest.fixture(scope="module")
-def production(tmp_path_factory, live_db):
-    server = start_server(tmp_path_factory.mktemp("production"), **PRODUCTION)
-    yield server
-    server.stop()
+# `production` (tests/conftest.py): the session's PRODUCTION=true server.
 
 
 @pytest.fixture
@@ -202,6 +193,7 @@ def test_production_refuses_a_host_it_does_not_serve_instead_of_redirecting_to_i
                                          "param": None, "code": "bad_request"}}
 
 
+@pytest.mark.server_process
 def test_x_forwarded_proto_is_not_trusted_unless_told(tmp_path, live_db):
     server = start_server(tmp_path, **{**PRODUCTION, "TRUST_X_FORWARDED_PROTO": "false"})
     try:
@@ -291,6 +283,7 @@ def used_secrets(talkative, live_db) -> dict:
 SECRET_KINDS = ["used", "wrong", "revoked", "in the query", "admin", "command"]
 
 
+@pytest.mark.server_process
 def test_no_secret_nor_its_hash_reaches_the_log(used_secrets, talkative):
     from accounts.models import hash_secret
 
@@ -303,18 +296,21 @@ def test_no_secret_nor_its_hash_reaches_the_log(used_secrets, talkative):
         assert hash_secret(secret) not in log, kind
 
 
+@pytest.mark.server_process
 def test_a_key_in_the_query_string_is_logged_masked(used_secrets, talkative):
     line = next(line for line in talkative.log().splitlines() if "rid=secret-in-query" in line)
 
     assert "GET /v1/models?api_key=sk-*** 401 " in line
 
 
+@pytest.mark.server_process
 def test_a_wrong_key_is_answered_masked(used_secrets):
     wrong = used_secrets["wrong"]
 
     assert used_secrets["wrong answer"] == f"Incorrect API key provided: {wrong[:6]}***{wrong[-4:]}."
 
 
+@pytest.mark.server_process
 def test_the_database_holds_only_the_hash_of_each_secret(used_secrets):
     from django.contrib.admin.models import LogEntry
     from django.contrib.sessions.models import Session

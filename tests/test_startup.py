@@ -3,9 +3,12 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT, server_env, start_server
 
 
+@pytest.mark.server_process
 def test_a_missing_model_folder_stops_the_server_with_one_clear_line(tmp_path):
     server = start_server(tmp_path, wait=False, MODEL_PATH="/nonexistent/model")
     assert server.process.wait(60) == 1
@@ -13,6 +16,7 @@ def test_a_missing_model_folder_stops_the_server_with_one_clear_line(tmp_path):
     assert lines[-1] == "llmserver: cannot serve MODEL_PATH=/nonexistent/model: model folder /nonexistent/model does not exist"
 
 
+@pytest.mark.server_process
 def test_a_folder_without_genai_config_is_named(tmp_path):
     (tmp_path / "empty").mkdir()
     server = start_server(tmp_path, wait=False, MODEL_PATH=str(tmp_path / "empty"))
