@@ -379,23 +379,14 @@ def sse_events(response: httpx.Response) -> list:
 
 
 def server_record_for(request_id: str, timeout: float = 10.0):
-    """The usage record of a request a server process answered, once it has written it
-    (within its USAGE_WRITE_DELAY_MS of the response closing); exactly one. In-process
-    tests call ``accounts.books.books.flush()`` instead (tests/test_usage_records.py):
-    another process's accounting thread cannot be flushed from here, so a second record
-    is looked for after a pause."""
+    """The first usage record of a request a server process answered, once it has written
+    it (within its USAGE_WRITE_DELAY_MS of the response closing). In-process tests call
+    ``accounts.books.books.flush()`` instead (tests/test_usage_records.py); a test that
+    must know there is exactly one asks again once the process has written everything
+    (test_crash: after the process is gone)."""
     from accounts.models import UsageRecord
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        records = list(UsageRecord.objects.filter(request_id=request_id))
-        if records:
-            time.sleep(0.2)  # a second record would show up now
-            records = list(UsageRecord.objects.filter(request_id=request_id))
-            assert len(records) == 1
-            return records[0]
-        time.sleep(0.05)
-    raise AssertionError(f"no usage record for {request_id}")
+    return wait_for(lambda: UsageRecord.objects.filter(request_id=request_id).first(), timeout)
 
 
 class HeldStream:

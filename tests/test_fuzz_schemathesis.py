@@ -15,13 +15,15 @@ wrote since this module began.
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
 
-from conftest import MODEL_ID, bearer, issue_key
+from tests.conftest import MODEL_ID, bearer, issue_key, server_record_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -40,10 +42,14 @@ _MAX_N = 2
 
 @pytest.fixture(scope="module")
 def fuzzed(server):
-    """The shared server, its schema, a key, and where the server's log stood before."""
+    """The shared server after every case of CASES was fuzzed against it (first, whatever
+    order the tests run in), each case's outcome, and where the server's log stood
+    before."""
     begun = len(server.log())
     schema = schemathesis.openapi.from_dict(httpx.get(f"{server.base_url}/openapi.json", timeout=30).json())
-    return server, schema, issue_key(name="fuzzing")[1], begun
+    key = issue_key(name="fuzzing")[1]
+    outcomes = {case: _fuzz(server, schema, key, *case) for case in CASES}
+    return server, outcomes, begun
 
 
 def openai_error_shape(ctx, response, case) -> None:
@@ -87,9 +93,9 @@ CASES = [(method, path, mode) for method, path in OPERATIONS for mode in ("valid
 _MODES = {"valid": schemathesis.GenerationMode.POSITIVE, "invalid": schemathesis.GenerationMode.NEGATIVE}
 
 
-@pytest.mark.parametrize(("method", "path", "mode"), CASES, ids=[f"{m} {p} {mode}" for m, p, mode in CASES])
-def test_generated_requests_get_no_server_error_and_every_refusal_in_openai_shape(fuzzed, method, path, mode):
-    server, schema, key, _ = fuzzed
+def _fuzz(server, schema, key, method, path, mode) -> tuple[set[int], int, Exception | None]:
+    """One operation's generated requests: the statuses answered, /health's status after
+    them, and the failure of a check (None if every check held)."""
     operation = schema[path][method]
     statuses = set()
 
@@ -103,14 +109,32 @@ def test_generated_requests_get_no_server_error_and_every_refusal_in_openai_shap
         statuses.add(response.status_code)
         case.validate_response(response, checks=[not_a_server_error, openai_error_shape])
 
-    run()
+    try:
+        run()
+    except Exception as failure:  # reported by the case's own test
+        return statuses, httpx.get(f"{server.base_url}/health", timeout=30).status_code, failure
+    return statuses, httpx.get(f"{server.base_url}/health", timeout=30).status_code, None
+
+
+@pytest.mark.parametrize(("method", "path", "mode"), CASES, ids=[f"{m} {p} {mode}" for m, p, mode in CASES])
+def test_generated_requests_get_no_server_error_and_every_refusal_in_openai_shape(fuzzed, method, path, mode):
+    _, outcomes, _ = fuzzed
+    statuses, health, failure = outcomes[(method, path, mode)]
+    if failure is not None:
+        raise failure
     assert statuses and max(statuses) < 500, statuses
-    assert httpx.get(f"{server.base_url}/health", timeout=30).status_code == 200
+    assert health == 200
 
 
 def test_the_server_stays_healthy_and_its_log_has_no_traceback_after_fuzzing(fuzzed):
-    server, _, _, begun = fuzzed
+    server, _, begun = fuzzed
     assert httpx.get(f"{server.base_url}/health", timeout=30).status_code == 200
+    # The server writes usage in order: once a request sent now is recorded, so is every
+    # fuzzed one, and a failure to write them would be in the log.
+    sentinel = f"after-fuzzing-{uuid.uuid4().hex}"
+    assert httpx.get(f"{server.base_url}/v1/models", timeout=30,
+                     headers={**bearer(issue_key(name="after fuzzing")[1]), "X-Request-ID": sentinel}).status_code == 200
+    server_record_for(sentinel)
     log = server.log()[begun:]
     assert "Traceback" not in log
     assert "accounting failed" not in log
