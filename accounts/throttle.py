@@ -8,8 +8,9 @@ that every server process shares them; otherwise each process's own memory, and 
 deployment of N processes allows up to N times the limit. A cache that fails is logged
 and counts nothing: guessing is then unthrottled, but nobody is refused for it.
 
-``clock`` (seconds, ``time.time`` by default) is what decides windows; tests give their
-own. The cache's own expiry, in real time, only clears away windows long over.
+``clock`` (seconds; ``llmserver.clock.seconds`` by default) is what decides windows;
+tests give their own or hold that one. The cache's own expiry, in real time, only clears
+away windows long over.
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import time
 from collections.abc import Callable
 
 from django.core.cache import caches
+
+from llmserver.clock import seconds
 
 log = logging.getLogger("llmserver.throttle")
 
 
 class FailureCounter:
-    def __init__(self, kind: str, window_seconds: Callable[[], float], *, clock: Callable[[], float] = time.time,
+    def __init__(self, kind: str, window_seconds: Callable[[], float], *, clock: Callable[[], float] = seconds,
                  cache: str = "default"):
         self.kind = kind  # a prefix of its cache keys: "api-key-address", "login-username", ...
         self.window_seconds = window_seconds  # read at each use, so that settings can change it
