@@ -416,12 +416,12 @@ PASSWORD = "correct horse battery staple"
 
 
 @functools.cache
-def _password_hash() -> str:
-    """:data:`PASSWORD` hashed once per process (the default hasher's full work, 0.2 s of
-    CPU here) for every user :func:`make_user` makes; logging in still checks it."""
+def _password_hash(hasher: str) -> str:
+    """:data:`PASSWORD` hashed once per process and hasher (the default one's full work is
+    0.2 s of CPU here) for every user :func:`make_user` makes; logging in still checks it."""
     from django.contrib.auth.hashers import make_password
 
-    return make_password(PASSWORD)
+    return make_password(PASSWORD, hasher=hasher)
 
 
 def make_user(prefix: str = "user", **fields):
@@ -429,8 +429,9 @@ def make_user(prefix: str = "user", **fields):
     import uuid
 
     from django.contrib.auth import get_user_model
+    from django.contrib.auth.hashers import get_hasher
 
-    user = get_user_model()(username=f"{prefix}-{uuid.uuid4().hex[:8]}", password=_password_hash(), **fields)
+    user = get_user_model()(username=f"{prefix}-{uuid.uuid4().hex[:8]}", password=_password_hash(get_hasher().algorithm), **fields)
     user.save()
     return user
 

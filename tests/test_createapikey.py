@@ -17,6 +17,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from accounts.models import APIKey, hash_secret
+from llmserver import clock
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = re.compile(r"^sk-[A-Za-z0-9_-]{32,}$")
@@ -56,22 +57,23 @@ def test_each_run_makes_a_new_secret(db):
     assert APIKey.objects.filter(name="a").count() == 2
 
 
-def test_the_options_land_in_the_fields(db, django_user_model):
+def test_the_options_land_in_the_fields(empty_database, django_user_model):
     owner = django_user_model.objects.create_user("alice")
-    before = timezone.now()
 
-    _, key = create_key(
-        "--name", "batch jobs", "--user", "alice", "--max-concurrency", "3", "--models", "llmserver-demo, other,",
-        "--expires-in-days", "30", "--requests-per-minute", "60", "--tokens-per-minute", "5000",
-        "--token-budget", "1000000", "--budget-period", "week",
-    )
+    with clock.frozen() as frozen:
+        moment = frozen.now()
+        _, key = create_key(
+            "--name", "batch jobs", "--user", "alice", "--max-concurrency", "3", "--models", "llmserver-demo, other,",
+            "--expires-in-days", "30", "--requests-per-minute", "60", "--tokens-per-minute", "5000",
+            "--token-budget", "1000000", "--budget-period", "week",
+        )
 
     assert key.name == "batch jobs"
     assert key.owner == owner
     assert key.is_active is True
     assert key.max_concurrency == 3
     assert key.allowed_models == ["llmserver-demo", "other"]
-    assert before + timedelta(days=30) <= key.expires_at <= timezone.now() + timedelta(days=30)
+    assert key.expires_at == moment + timedelta(days=30)
     assert key.requests_per_minute == 60
     assert key.tokens_per_minute == 5000
     assert key.token_budget == 1000000

@@ -8,9 +8,9 @@ from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
 
 from accounts.models import APIKey, BudgetPeriod
+from llmserver import clock
 
 
 def positive_int(text: str) -> int:
@@ -57,7 +57,7 @@ class Command(BaseCommand):
 
         expires_at = None
         if options["expires_in_days"]:
-            expires_at = timezone.now() + timedelta(days=options["expires_in_days"])
+            expires_at = clock.now() + timedelta(days=options["expires_in_days"])
 
         key, secret = APIKey.issue(
             name=name,
