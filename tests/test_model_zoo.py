@@ -30,11 +30,8 @@ EXPECTED = {
 
 @pytest.fixture(scope="module", params=ZOO_FAMILIES)
 def zoo(request, live_db):
-    from inference.registry import registry
-
-    worker = serve_zoo_model(request.param)
-    yield request.param, worker
-    registry.stop_all()
+    with serve_zoo_model(request.param) as worker:
+        yield request.param, worker
 
 
 async def post(api_key: str, path: str, body: dict) -> dict:
