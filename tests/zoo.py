@@ -31,7 +31,8 @@ def serving(specs: list, *, default: str | None = None, max_loaded: int | None =
     """``specs`` (inference.registry.ModelSpec) as the whole catalogue of this process's
     registry, the default model and those marked ``preload`` loaded: {id: worker} of the
     loaded ones. On exit they are unloaded and the registry's previous catalogue and
-    settings are put back, so that a test or module that follows finds it as it was."""
+    settings are put back, so that a test or module that follows finds it as it was;
+    the usage of the requests they served is written."""
     from inference.registry import registry
 
     before = dict(specs=registry.specs(), default=registry.default, max_loaded=registry.max_loaded,
@@ -43,6 +44,11 @@ def serving(specs: list, *, default: str | None = None, max_loaded: int | None =
     finally:
         registry.stop_all()
         registry.configure(**before)
+        # The usage of the requests served is written now, while the tests' database
+        # access lasts (the accounting thread writes on its own schedule otherwise).
+        from accounts.books import books
+
+        books.flush()
 
 
 @contextmanager
