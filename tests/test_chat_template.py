@@ -9,7 +9,6 @@ generation; the demo network only ever generates from ids its own vocabulary has
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import shutil
@@ -17,11 +16,11 @@ from pathlib import Path
 
 import jinja2
 import pytest
-from transformers import AutoTokenizer
-
 from inference.chat_template import ChatTemplateLoadError, PromptFormat, template_messages
 from tests.asgi import InProcessAPI
 from tests.conftest import bearer
+from tests.real_tokenizers import hf_tokenizer, prompt_format
+from tests.zoo import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = ROOT / ".zoo"
@@ -114,14 +113,17 @@ def model_folder(where: Path, name: str, tokenizer: str, template, *, onnx: bool
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(ZOO / "tokenizers" / tokenizer / "tokenizer.json", folder)
     config = json.loads((ZOO / "tokenizers" / tokenizer / "tokenizer_config.json").read_text())
-    if isinstance(template, str):
+    if template is None:  # the tokenizer's own files as they are
+        shutil.copy(ZOO / "tokenizers" / tokenizer / "tokenizer_config.json", folder)
+    elif isinstance(template, str):
         config.pop("chat_template", None)
         (folder / "chat_template.jinja").write_text((ZOO / "templates" / template).read_text())
     elif isinstance(template, dict):
         config["chat_template"] = [
             {"name": name, "template": (ZOO / "templates" / source).read_text() if source.endswith(".jinja") else source}
             for name, source in template.items()]
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False))
+    if template is not None:
+        (folder / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False))
     if onnx:
         for name in ("genai_config.json", "model.onnx", "model.onnx.data"):
             (folder / name).symlink_to(DEMO / name)
@@ -132,16 +134,6 @@ def model_folder(where: Path, name: str, tokenizer: str, template, *, onnx: bool
 def folders(tmp_path_factory):
     where = tmp_path_factory.mktemp("templates")
     return {family: model_folder(where, family, *FAMILIES[family]) for family in FAMILIES}
-
-
-@functools.cache
-def hf_tokenizer(folder: Path):
-    return AutoTokenizer.from_pretrained(folder)
-
-
-@functools.cache
-def prompt_format(family: str, folder: Path) -> PromptFormat:
-    return PromptFormat.load(family, folder)
 
 
 def hf_render(folder: Path, messages, tools, kwargs, *, tokenize=False):
@@ -162,7 +154,7 @@ def outcome(render):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_conversation_renders_and_encodes_as_transformers_does(folders, family, conversation):
     messages, tools, kwargs = CONVERSATIONS[conversation]
-    prompt = prompt_format(family, folders[family])
+    prompt = prompt_format(folders[family], family)
     ours = outcome(lambda: prompt.chat_template.render(template_messages(messages), tools=tools, template_kwargs=kwargs))
     theirs = outcome(lambda: hf_render(folders[family], messages, tools, kwargs))
     assert ours == theirs
@@ -174,7 +166,7 @@ def test_the_templates_render_what_each_conversation_is_about(folders):
     """The comparisons above compare real renderings: spot checks of what they hold."""
     def ours(family, conversation):
         messages, tools, kwargs = CONVERSATIONS[conversation]
-        return prompt_format(family, folders[family]).chat_template.render(
+        return prompt_format(folders[family], family).chat_template.render(
             template_messages(messages), tools=tools, template_kwargs=kwargs)
 
     # Llama 3.1 keeps the whole schema of a tool (enum, nested objects, required),
@@ -202,7 +194,7 @@ def test_what_transformers_refuses_is_refused_with_its_own_message(folders):
     def raised(family, conversation):
         messages, tools, kwargs = CONVERSATIONS[conversation]
         with pytest.raises(jinja2.TemplateError) as info:
-            prompt_format(family, folders[family]).chat_template.render(
+            prompt_format(folders[family], family).chat_template.render(
                 template_messages(messages), tools=tools, template_kwargs=kwargs)
         return str(info.value)
 
@@ -211,7 +203,7 @@ def test_what_transformers_refuses_is_refused_with_its_own_message(folders):
 
 
 def test_the_tool_use_template_is_chosen_when_tools_are_given(folders):
-    template = prompt_format("hermes-3", folders["hermes-3"]).chat_template
+    template = prompt_format(folders["hermes-3"], "hermes-3").chat_template
     assert set(template.sources) == {"default", "tool_use"}
     plain = template.render([{"role": "user", "content": "Hi"}])
     assert plain == "<|begin_of_text|><|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
@@ -221,10 +213,11 @@ def test_the_tool_use_template_is_chosen_when_tools_are_given(folders):
 
 def test_special_tokens_are_those_transformers_gives_a_template(folders):
     for family, folder in folders.items():
-        template = prompt_format(family, folder).chat_template
+        template = prompt_format(folder, family).chat_template
         assert template.special_tokens.items() <= hf_tokenizer(folder).special_tokens_map.items(), family
     # An AddedToken object in tokenizer_config.json is its content.
-    assert prompt_format("r1-distill-qwen", folders["r1-distill-qwen"]).chat_template.special_tokens["bos_token"] == "<｜begin▁of▁sentence｜>"
+    r1 = prompt_format(folders["r1-distill-qwen"], "r1-distill-qwen").chat_template
+    assert r1.special_tokens["bos_token"] == "<｜begin▁of▁sentence｜>"
 
 
 def test_a_chat_template_jinja_file_wins_over_tokenizer_config_and_an_override_over_both(tmp_path):
@@ -258,7 +251,7 @@ def test_the_probe_finds_what_a_template_drops_and_logs_it_once(folders, caplog)
         "r1-distill-llama": {"tools", "tool_calls"},  # its calls need a content of None and text arguments
         "phi-3.5": {"tools", "tool_calls", "tool_results"},
     }
-    found = {family: set(prompt_format(family, folder).chat_template.drops) for family, folder in folders.items()}
+    found = {family: set(prompt_format(folder, family).chat_template.drops) for family, folder in folders.items()}
     assert found == expected
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="llmserver.chat_template"):
@@ -284,7 +277,7 @@ def test_a_text_prompt_begins_with_the_bos_the_tokenizer_adds(tmp_path, tokenize
         # as a generic tokenizer whose post_processor adds nothing, and ignores the flag.
         assert expected == plain
         expected = [hf.bos_token_id, *plain]
-    loaded = PromptFormat.load("m", folder)
+    loaded = prompt_format(folder)
     assert loaded.encode(text) == plain
     assert loaded.encode(text, bos=True) == expected
     assert loaded.bos_id == {"qwen3": None, "llama3_1": 128000, "gemma3": 2, "llama2": 1, "deepseek_v3": 0}[tokenizer]
@@ -317,7 +310,7 @@ def served(live_db, tmp_path_factory):
     """The models of :data:`SERVED` in this process's registry, each a folder with the
     demo network and a real tokenizer and template."""
     from inference.model_options import ModelOptions
-    from inference.registry import ModelSpec, registry
+    from inference.registry import ModelSpec
 
     where = tmp_path_factory.mktemp("served")
     folders = {name: model_folder(where, name, *source, onnx=True) for name, source in SERVED.items()}
@@ -327,9 +320,8 @@ def served(live_db, tmp_path_factory):
     (folders["overridden"] / "plain.jinja").write_text(OVERRIDE)
     specs.append(ModelSpec("overridden", str(folders["overridden"]), max_batch_size=2,
                            model_options=ModelOptions(chat_template="plain.jinja")))
-    registry.configure(specs, default="qwen3", max_loaded=len(specs))
-    yield folders
-    registry.stop_all()
+    with serving(specs, default="qwen3"):
+        yield folders
 
 
 OVERRIDE = "{% for m in messages %}<|im_start|>{{ m.role }}: {{ m.content }}<|im_end|>{% endfor %}{{ eos_token }}"

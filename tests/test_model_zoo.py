@@ -5,6 +5,7 @@ max_tokens, and the engine stops on the family's own EOS ids."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -30,11 +31,14 @@ EXPECTED = {
 
 @pytest.fixture(scope="module", params=ZOO_FAMILIES)
 def zoo(request, live_db):
-    from inference.registry import registry
+    with serve_zoo_model(request.param) as worker:
+        yield request.param, worker
 
-    worker = serve_zoo_model(request.param)
-    yield request.param, worker
-    registry.stop_all()
+
+@functools.cache
+def hf_encoder(name: str) -> Tokenizer:
+    """The ``tokenizers`` library's tokenizer of zoo model ``name``, loaded once."""
+    return Tokenizer.from_file(str(zoo_model(name) / "tokenizer.json"))
 
 
 async def post(api_key: str, path: str, body: dict) -> dict:
@@ -53,7 +57,7 @@ async def test_it_is_listed(zoo, api_key):
 async def test_tokenize_equals_the_tokenizers_library(zoo, api_key):
     name, _ = zoo
     # with the special tokens its post-processor adds (BOS for Llama, Mistral, Gemma, Phi-3)
-    expected = Tokenizer.from_file(str(zoo_model(name) / "tokenizer.json")).encode(TEXT)
+    expected = hf_encoder(name).encode(TEXT)
     counted = await post(api_key, "/tokenize", {"model": name, "prompt": TEXT})
     assert counted["tokens"] == expected.ids
     assert counted["count"] == len(expected.ids)
@@ -71,8 +75,7 @@ async def test_a_greedy_completion_runs_to_max_tokens_and_repeats(zoo, api_key):
     first = await post(api_key, "/v1/completions", body)
     second = await post(api_key, "/v1/completions", body)
     assert first["usage"]["completion_tokens"] == 8
-    assert first["usage"]["prompt_tokens"] == len(
-        Tokenizer.from_file(str(zoo_model(name) / "tokenizer.json")).encode(body["prompt"]).ids)
+    assert first["usage"]["prompt_tokens"] == len(hf_encoder(name).encode(body["prompt"]).ids)
     assert first["choices"][0]["finish_reason"] == "length"
     assert second["choices"][0]["text"] == first["choices"][0]["text"]
     assert second["usage"] == first["usage"]

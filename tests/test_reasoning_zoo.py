@@ -7,21 +7,19 @@ import pytest
 
 from inference.reasoning import split_whole, splitter_for
 from tests.test_reasoning import expected_reasoning_tokens, forced_generation, post, token_texts
-from tests.zoo import zoo_model
+from tests.zoo import serving, zoo_model
 
 FAMILIES = ("qwen3", "deepseek_r1")
 
 
 @pytest.fixture(scope="module")
 def zoo_models(live_db):
-    from inference.registry import ModelSpec, registry
+    from inference.registry import ModelSpec
 
     specs = [ModelSpec(family, str(zoo_model(family)), max_batch_size=4, preload=True,
                        engine_options={"search": {"max_length": 1024}}) for family in FAMILIES]
-    registry.configure(specs, default=FAMILIES[0], max_loaded=2)
-    registry.preload()
-    yield {slot.spec.id: slot.worker for slot in registry.slots()}
-    registry.stop_all()
+    with serving(specs, default=FAMILIES[0]) as workers:
+        yield workers
 
 
 def test_auto_reads_each_familys_parser_off_its_template(zoo_models):

@@ -29,7 +29,7 @@ from inference.engine import EngineWorker, ModelLoadError
 from inference.model_options import ModelOptions
 from tests.asgi import InProcessAPI
 from tests.conftest import bearer
-from tests.zoo import zoo_model
+from tests.zoo import serving, zoo_model
 
 ROOT = Path(__file__).resolve().parent.parent
 CITIES = ["Paris", "Rome", "Tokyo"]
@@ -103,15 +103,13 @@ def model_folder(family: str, tmp: Path) -> Path:
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def family(request, tmp_path_factory, live_db):
-    from inference.registry import ModelSpec, registry
+    from inference.registry import ModelSpec
 
     name = request.param
     path = model_folder(name, tmp_path_factory.mktemp("families"))
     options = ModelOptions(max_model_len=1024, tool_parser=FAMILIES[name][1], chat_template=FAMILIES[name][3])
-    registry.configure([ModelSpec(name, str(path), max_batch_size=4, model_options=options)], default=name, max_loaded=1)
-    registry.preload()
-    yield name, registry.slots()[0].worker
-    registry.stop_all()
+    with serving([ModelSpec(name, str(path), max_batch_size=4, model_options=options)], default=name) as workers:
+        yield name, workers[name]
 
 
 def body(model: str, **fields) -> dict:
@@ -191,25 +189,17 @@ async def test_the_responses_api_gives_a_function_call_item(family, api_key):
     assert (streamed_item["name"], json.loads(streamed_item["arguments"])["city"] in CITIES) == ("get_weather", True)
 
 
-def test_a_model_whose_calls_are_not_read_refuses_to_require_one(tmp_path, live_db, api_key):
+async def test_a_model_whose_calls_are_not_read_refuses_to_require_one(live_db, api_key):
     """tool_parser "none": tools still reach the template, the answer is content, and a
     required call is a 400 naming tool_choice (no grammar in a format it does not read)."""
-    import asyncio
+    from inference.registry import ModelSpec
 
-    from inference.registry import ModelSpec, registry
-
-    registry.configure([ModelSpec("plain", str(ROOT / "models" / "demo"), max_batch_size=4,
-                                  model_options=ModelOptions(tool_parser="none"))], default="plain", max_loaded=1)
-    registry.preload()
-    try:
-        async def ask():
-            required = await InProcessAPI().post("/v1/chat/completions", body("plain"), bearer(api_key))
-            offered = await InProcessAPI().post("/v1/chat/completions", body("plain", tool_choice="auto"), bearer(api_key))
-            return required.status, await required.json(), await offered.json()
-
-        status, refusal, offered = asyncio.run(ask())
-    finally:
-        registry.stop_all()
+    with serving([ModelSpec("plain", str(ROOT / "models" / "demo"), max_batch_size=4,
+                            model_options=ModelOptions(tool_parser="none"))], default="plain"):
+        required = await InProcessAPI().post("/v1/chat/completions", body("plain"), bearer(api_key))
+        status, refusal = required.status, await required.json()
+        offered = await InProcessAPI().post("/v1/chat/completions", body("plain", tool_choice="auto"), bearer(api_key))
+        offered = await offered.json()
     assert status == 400
     assert (refusal["error"]["param"], refusal["error"]["code"]) == ("tool_choice", "invalid_value")
     message = offered["choices"][0]["message"]

@@ -21,7 +21,7 @@ import pytest
 from modelzoo.trained_corpus import (TOOLS, weather_answer, weather_call_thinking, weather_result,
                                      weather_result_thinking)
 from tests.asgi import InProcessAPI
-from tests.zoo import zoo_model
+from tests.zoo import serving, zoo_model
 
 QWEN3, LLAMA3 = "qwen3-trained", "llama3-trained"
 
@@ -48,13 +48,11 @@ class Chunks(httpx.AsyncByteStream):
 
 @pytest.fixture(scope="module")
 def trained_models(live_db):
-    from inference.registry import ModelSpec, registry
+    from inference.registry import ModelSpec
 
     specs = [ModelSpec(name, str(zoo_model(name)), max_batch_size=4, preload=True) for name in (QWEN3, LLAMA3)]
-    registry.configure(specs, default=QWEN3, max_loaded=2)
-    registry.preload()
-    yield {slot.spec.id: slot.worker for slot in registry.slots()}
-    registry.stop_all()
+    with serving(specs, default=QWEN3) as workers:
+        yield workers
 
 
 @pytest.fixture
