@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,34 +245,42 @@ def api_key(live_db) -> str:
     return issue_key(name="suite")[1]
 
 
-def serve_in_process(step_delay: float = 0.0):
-    """The demo model loaded in this process's registry (batch of 4), for tests that drive
-    the API in-process (tests/asgi.py); its worker. ``registry.stop_all()`` unloads it."""
-    from inference.registry import ModelSpec, registry
+@contextmanager
+def serving(specs: list, *, default: str | None = None, max_loaded: int | None = None,
+            step_delay: float = 0.0) -> Iterator[dict]:
+    """``specs`` (inference.registry.ModelSpec) as the whole catalogue of this process's
+    registry for the time of the block, for tests that drive the API in-process
+    (tests/asgi.py); the default model and those marked ``preload`` loaded: {id: worker} of the
+    loaded ones. On exit they are unloaded and the registry's previous catalogue and
+    settings are put back, so that a test or module that follows finds it as it was;
+    the usage of the requests they served is written."""
+    from inference.registry import registry
 
-    registry.configure([ModelSpec(MODEL_ID, str(DEMO_MODEL), max_batch_size=4)], default=MODEL_ID, max_loaded=1,
-                       step_delay=step_delay)
-    registry.preload()
-    return registry.slots()[0].worker
+    before = dict(specs=registry.specs(), default=registry.default, max_loaded=registry.max_loaded,
+                  keep_alive=registry.keep_alive, step_delay=registry.step_delay)
+    registry.configure(specs, default=default, max_loaded=max_loaded or len(specs), step_delay=step_delay)
+    try:
+        registry.preload()
+        yield {slot.spec.id: slot.worker for slot in registry.slots() if slot.worker is not None}
+    finally:
+        registry.stop_all()
+        registry.configure(**before)
+        # The usage of the requests served is written now, while the tests' database
+        # access lasts (the accounting thread writes on its own schedule otherwise).
+        from accounts.books import books
+
+        books.flush()
 
 
 @contextmanager
 def model_in_process(step_delay: float = 0.0):
-    """:func:`serve_in_process` for the time of the block (a fixture's): yields the
-    worker; then writes the settlements of the requests it served (not left for the exit,
-    when the test database is gone), unloads it and gives the registry back the
-    configuration it had."""
-    from accounts.books import books
-    from inference.registry import registry
+    """The demo model (batch of 4) served in-process for the time of the block (a
+    fixture's), as :func:`serving` does: yields its worker."""
+    from inference.registry import ModelSpec
 
-    saved = registry.specs(), registry.default, registry.max_loaded, registry.keep_alive, registry.step_delay
-    try:
-        yield serve_in_process(step_delay)
-    finally:
-        assert books.flush()
-        registry.stop_all()
-        specs, default, max_loaded, keep_alive, delay = saved
-        registry.configure(specs, default=default, max_loaded=max_loaded, keep_alive=keep_alive, step_delay=delay)
+    with serving([ModelSpec(MODEL_ID, str(DEMO_MODEL), max_batch_size=4)], default=MODEL_ID,
+                 step_delay=step_delay) as workers:
+        yield workers[MODEL_ID]
 
 
 @pytest.fixture

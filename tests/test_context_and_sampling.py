@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import ExitStack
 
 import pytest
 
@@ -16,7 +17,7 @@ from inference.model_options import ModelOptions
 from inference.registry import ModelSpec, read_models_config, registry
 from inference.serving import ChatServing
 from tests.asgi import InProcessAPI
-from tests.conftest import DEMO_MODEL, ROOT
+from tests.conftest import DEMO_MODEL, ROOT, serving
 
 # A /v1/completions prompt the demo model continues in many ways when it samples (at
 # temperature 0.6 and top_k 20 too), and in one way greedily.
@@ -57,14 +58,13 @@ def folders(tmp_path_factory):
 @pytest.fixture
 def serve(live_db):
     """Serve the given specs in-process (no API keys), the first loaded at once."""
+    with ExitStack() as served:
 
-    def configure(*specs):
-        registry.configure(list(specs), default=specs[0].id, max_loaded=len(specs))
-        registry.preload()
-        return InProcessAPI()
+        def configure(*specs):
+            served.enter_context(serving(list(specs), default=specs[0].id))
+            return InProcessAPI()
 
-    yield configure
-    registry.stop_all()
+        yield configure
 
 
 @pytest.fixture(autouse=True)

@@ -19,9 +19,9 @@ import pytest
 
 from demomodel.corpus import count_answer, count_prompt
 from inference.engine import RETRYABLE_FAILURE, EngineWorker, SamplingParams, Turn
-from inference.registry import ModelSpec, registry
+from inference.registry import ModelSpec
 from tests.asgi import InProcessAPI
-from tests.conftest import DEMO_MODEL, MODEL_ID
+from tests.conftest import DEMO_MODEL, MODEL_ID, serving
 from tests.test_engine_worker import chat_tokens, collect
 
 TOKEN, CAPACITY_BLOCKED, FAILED, RETRYABLE = 1, 4, 8, 16
@@ -168,10 +168,8 @@ async def test_a_turn_whose_options_the_engine_refuses_of_any_exception_type_fai
 def api(live_db, settings):
     settings.REQUIRE_API_KEY = False
     settings.ENGINE_WORKER_CLASS = "tests.test_engine_events.DynamicEventsWorker"
-    registry.configure([ModelSpec(MODEL_ID, str(DEMO_MODEL), max_batch_size=4)], default=MODEL_ID, max_loaded=1)
-    registry.preload()
-    yield InProcessAPI()
-    registry.stop_all()
+    with serving([ModelSpec(MODEL_ID, str(DEMO_MODEL), max_batch_size=4)], default=MODEL_ID):
+        yield InProcessAPI()
 
 
 async def chat(api, content, max_tokens, **params):

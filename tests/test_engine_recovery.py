@@ -13,9 +13,8 @@ import pytest
 from accounts.models import Lease
 from demomodel.corpus import count_answer, count_prompt
 from inference.engine import GRAMMAR_FAILURE, SamplingParams, Turn
-from inference.registry import registry
 from tests.asgi import InProcessAPI
-from tests.conftest import MODEL_ID, bearer, issue_key, serve_in_process
+from tests.conftest import MODEL_ID, bearer, issue_key, model_in_process
 from tests.test_engine_worker import chat_tokens, collect, worker  # noqa: F401  (a fixture)
 
 # Every value needs another inside it: no finite JSON value satisfies it, and the engine's
@@ -76,8 +75,8 @@ async def test_a_turn_whose_tokens_reached_its_client_ends_with_an_error_when_it
 @pytest.fixture
 def slow_in_process_model(live_db):
     # 20 ms a step: a long answer takes seconds, and requests arriving meanwhile wait.
-    yield serve_in_process(0.02)
-    registry.stop_all()
+    with model_in_process(0.02) as worker:
+        yield worker
 
 
 @pytest.fixture

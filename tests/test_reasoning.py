@@ -14,7 +14,7 @@ from demomodel.corpus import CHAT_TEMPLATE, repeat_prompt
 from inference.chat_template import template_text
 from inference.reasoning import ReasoningSplitter, detect_parser, resolve_parser, split_whole, splitter_for
 from tests.asgi import InProcessAPI
-from tests.conftest import DEMO_MODEL, ROOT, bearer
+from tests.conftest import DEMO_MODEL, ROOT, bearer, serving
 
 # (output, begins inside the block, reasoning, content)
 CASES = [
@@ -213,10 +213,8 @@ def reasoning_models(tmp_path_factory, live_db):
         ModelSpec("r1-off", str(base / "r1"), max_batch_size=4, preload=True,
                   model_options=ModelOptions(reasoning_parser="none")),
     ]
-    registry.configure(specs, default="demo", max_loaded=4)
-    registry.preload()
-    yield {slot.spec.id: slot for slot in registry.slots()}
-    registry.stop_all()
+    with serving(specs, default="demo"):
+        yield {slot.spec.id: slot for slot in registry.slots()}
     shutil.rmtree(base)
 
 

@@ -4,13 +4,12 @@ in this process's registry (for tests that drive the API in-process, tests/asgi.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, serving
 
 ZOO = ROOT / ".zoo"
 ZOO_MODELS = ZOO / "models"
@@ -23,32 +22,6 @@ def zoo_model(name: str) -> Path:
     if not (path / "genai_config.json").is_file():
         pytest.fail(f"no zoo model {name} in {ZOO_MODELS}: run `make model-zoo`")
     return path
-
-
-@contextmanager
-def serving(specs: list, *, default: str | None = None, max_loaded: int | None = None,
-            step_delay: float = 0.0) -> Iterator[dict]:
-    """``specs`` (inference.registry.ModelSpec) as the whole catalogue of this process's
-    registry, the default model and those marked ``preload`` loaded: {id: worker} of the
-    loaded ones. On exit they are unloaded and the registry's previous catalogue and
-    settings are put back, so that a test or module that follows finds it as it was;
-    the usage of the requests they served is written."""
-    from inference.registry import registry
-
-    before = dict(specs=registry.specs(), default=registry.default, max_loaded=registry.max_loaded,
-                  keep_alive=registry.keep_alive, step_delay=registry.step_delay)
-    registry.configure(specs, default=default, max_loaded=max_loaded or len(specs), step_delay=step_delay)
-    try:
-        registry.preload()
-        yield {slot.spec.id: slot.worker for slot in registry.slots() if slot.worker is not None}
-    finally:
-        registry.stop_all()
-        registry.configure(**before)
-        # The usage of the requests served is written now, while the tests' database
-        # access lasts (the accounting thread writes on its own schedule otherwise).
-        from accounts.books import books
-
-        books.flush()
 
 
 @contextmanager
