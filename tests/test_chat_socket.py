@@ -337,6 +337,8 @@ async def test_a_user_deactivated_while_the_socket_is_open_is_refused_at_the_nex
     await socket.send(turn("after", repeat_prompt("dog")))
     frame = await socket.receive()
     closed = await socket.communicator.receive_output(timeout=10)
+    # As Daphne does once the server has closed the socket: the consumer then ends.
+    await socket.communicator.send_input({"type": "websocket.disconnect", "code": 4401})
     await socket.communicator.wait(timeout=10)
     assert frame == {"type": "error", "id": "after", "status": 401, "error": {
         "message": "Your account has been deactivated.", "type": "invalid_request_error", "param": None,
