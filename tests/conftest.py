@@ -291,6 +291,23 @@ def in_process_model(live_db):
         yield worker
 
 
+@pytest.fixture(scope="module")
+def slow_api(live_db):
+    """The demo model served in this process at 5 ms a step, for a module; the API's ASGI
+    chain (tests/asgi.py) to reach it."""
+    from tests.asgi import InProcessAPI
+
+    with model_in_process(0.005):
+        yield InProcessAPI()
+
+
+def orm(fn, *args, **kwargs):
+    """``fn`` (ORM work) off the event loop, in asgiref's sync thread: awaitable."""
+    from asgiref.sync import sync_to_async
+
+    return sync_to_async(fn)(*args, **kwargs)
+
+
 def bearer(secret: str) -> dict:
     return {"Authorization": f"Bearer {secret}"}
 
@@ -374,18 +391,28 @@ def chat(api: httpx.Client, content: str, **params) -> httpx.Response:
     return api.post("/v1/chat/completions", json=body)
 
 
-def sse_events(response: httpx.Response) -> list:
-    """The data payloads of an SSE response, in order ("[DONE]" kept as the string)."""
+def sse_data(lines) -> list:
+    """The data payloads of SSE ``lines``, in order ("[DONE]" kept as the string)."""
     import json
 
     events = []
-    for line in response.iter_lines():
+    for line in lines:
         if not line:
             continue
         assert line.startswith("data: "), line
         payload = line[len("data: "):]
         events.append(payload if payload == "[DONE]" else json.loads(payload))
     return events
+
+
+def sse_events(response: httpx.Response) -> list:
+    """The data payloads of a streamed HTTP response (see :func:`sse_data`)."""
+    return sse_data(response.iter_lines())
+
+
+def sse_body(body: bytes) -> list:
+    """The data payloads of a whole SSE body (see :func:`sse_data`)."""
+    return sse_data(body.decode().splitlines())
 
 
 def server_record_for(request_id: str, timeout: float = 10.0):

@@ -300,8 +300,17 @@ def test_the_status_command_names_what_runs(cluster):
 
 def test_stopping_the_cluster_lets_a_stream_in_flight_finish(cluster, api):
     """`make cluster-stop` while an answer streams: nginx quits gracefully and the servers
-    drain, so the answer arrives whole; then nothing of the cluster runs. (Last: it
-    stops the module's cluster.)"""
+    drain, so the answer arrives whole; then nothing of the cluster runs. (The module's
+    cluster is started again afterwards, for the tests that follow in a random order.)"""
+    try:
+        _stop_while_streaming(cluster, api)
+    finally:
+        started = subprocess.run([*CLUSTER, "start"], cwd=ROOT, env=cluster.env, capture_output=True, text=True,
+                                 timeout=240)
+        assert started.returncode == 0, started.stdout + started.stderr
+
+
+def _stop_while_streaming(cluster, api) -> None:
     body = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(30)}], "stream": True}
     with api.stream("POST", "/v1/chat/completions", json=body) as response:
         lines = response.iter_lines()

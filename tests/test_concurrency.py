@@ -8,7 +8,6 @@ its counters start at zero."""
 
 import asyncio
 import dataclasses
-import json
 import logging
 import warnings
 
@@ -19,19 +18,7 @@ from accounts.models import Lease
 from demomodel.corpus import count_answer, count_prompt
 from llmserver.handlers import APIHandler, CountArrivals, HTTPRouter
 from tests.asgi import InProcessAPI, Response
-from tests.conftest import MODEL_ID, bearer, engine_state, wait_until
-
-
-def events_of(body: bytes) -> list:
-    """The data payloads of an SSE body, in order ("[DONE]" kept as the string)."""
-    events = []
-    for line in body.decode().splitlines():
-        if not line:
-            continue
-        assert line.startswith("data: "), line
-        payload = line[len("data: "):]
-        events.append(payload if payload == "[DONE]" else json.loads(payload))
-    return events
+from tests.conftest import MODEL_ID, bearer, engine_state, sse_body, wait_until
 
 
 async def read_events(response: Response, count: int) -> None:
@@ -178,7 +165,7 @@ async def test_a_stream_arrives_token_by_token(in_process_model, api_key):
     response = await InProcessAPI().post("/v1/chat/completions", {
         "model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(20)}], "stream": True,
     }, bearer(api_key))
-    chunks = events_of(await response.body())[1:-2]  # the content chunks, between the role and the finish
+    chunks = sse_body(await response.body())[1:-2]  # the content chunks, between the role and the finish
     assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == count_answer(20)
     # One chunk a token while the client keeps up (5 ms a step here); never one lump.
     assert len(chunks) >= 10

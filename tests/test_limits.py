@@ -10,7 +10,6 @@ import asyncio
 from datetime import datetime, timedelta
 
 import pytest
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from accounts import limits
@@ -19,23 +18,10 @@ from accounts.limits import admit, minute_of, renew_leases
 from accounts.models import Lease, UsageCounter, UsageRecord, period_end, period_start
 from demomodel.corpus import count_prompt
 from llmserver import clock
-from tests.asgi import InProcessAPI
-from tests.conftest import MODEL_ID, bearer, issue_key, model_in_process
+from tests.conftest import MODEL_ID, bearer, issue_key, orm
 
 HELLO = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]}
 LONG_STREAM = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "stream": True}
-
-
-@pytest.fixture(scope="module")
-def slow(live_db):
-    """The demo model served in this process, 5 ms a step; the API's ASGI chain."""
-    with model_in_process(0.005):
-        yield InProcessAPI()
-
-
-def db(fn, *args, **kwargs):
-    """``fn`` (ORM work) off the event loop, in asgiref's sync thread."""
-    return sync_to_async(fn)(*args, **kwargs)
 
 
 def live_leases(key) -> int:
@@ -90,78 +76,78 @@ async def too_many(response, code, message):
     return int(response.headers["retry-after"])
 
 
-async def test_the_request_past_a_keys_concurrency_gets_429_and_a_leaving_stream_gives_its_slot_back(slow):
-    key, secret = await db(issue_key, name="two-at-once", max_concurrency=2)
-    first, second = await Stream.open(slow, secret), await Stream.open(slow, secret)
-    refused = await post(slow, secret)
+async def test_the_request_past_a_keys_concurrency_gets_429_and_a_leaving_stream_gives_its_slot_back(slow_api):
+    key, secret = await orm(issue_key, name="two-at-once", max_concurrency=2)
+    first, second = await Stream.open(slow_api, secret), await Stream.open(slow_api, secret)
+    refused = await post(slow_api, secret)
     assert await too_many(refused, "key_concurrency_limit", "This API key already has 2 requests in flight, its limit.") == 1
     await first.leave()  # disconnect mid-stream
     await settled()
-    assert await db(live_leases, key) == 1
-    await answered(slow, secret)
+    assert await orm(live_leases, key) == 1
+    await answered(slow_api, secret)
     await second.leave()
     await settled()
-    assert await db(live_leases, key) == 0
+    assert await orm(live_leases, key) == 0
 
 
-async def test_requests_per_minute(slow):
-    key, secret = await db(issue_key, name="rpm", requests_per_minute=2)
+async def test_requests_per_minute(slow_api):
+    key, secret = await orm(issue_key, name="rpm", requests_per_minute=2)
     with clock.frozen(a_minute_ahead(15)):
         for _ in range(2):
-            await answered(slow, secret)
-        refused = await post(slow, secret)
+            await answered(slow_api, secret)
+        refused = await post(slow_api, secret)
         retry_after = await too_many(refused, "requests_per_minute_limit",
                                      "This API key has reached its limit of 2 requests per minute.")
         assert retry_after == 45  # the seconds left in the minute
-        assert (await db(minute_counter, key)).requests == 2  # the refused one was not counted
+        assert (await orm(minute_counter, key)).requests == 2  # the refused one was not counted
 
 
-async def test_a_per_minute_limit_refusing_at_59_seconds_admits_again_at_the_next_minute(slow):
-    key, secret = await db(issue_key, name="rpm-edge", requests_per_minute=1)
+async def test_a_per_minute_limit_refusing_at_59_seconds_admits_again_at_the_next_minute(slow_api):
+    key, secret = await orm(issue_key, name="rpm-edge", requests_per_minute=1)
     message = "This API key has reached its limit of 1 requests per minute."
     with clock.frozen(a_minute_ahead(59)) as time:
         first_minute = minute_of(time.now())
-        await answered(slow, secret)
-        retry_after = await too_many(await post(slow, secret), "requests_per_minute_limit", message)
+        await answered(slow_api, secret)
+        retry_after = await too_many(await post(slow_api, secret), "requests_per_minute_limit", message)
         assert retry_after == 1  # the seconds left in the minute
         time.advance(retry_after)  # the next minute's first second
-        await answered(slow, secret)
-        assert await too_many(await post(slow, secret), "requests_per_minute_limit", message) == 60
-        counters = await db(lambda: list(UsageCounter.objects.filter(api_key=key, kind="minute").order_by(
+        await answered(slow_api, secret)
+        assert await too_many(await post(slow_api, secret), "requests_per_minute_limit", message) == 60
+        counters = await orm(lambda: list(UsageCounter.objects.filter(api_key=key, kind="minute").order_by(
             "starts_at").values_list("starts_at", "requests")))
         assert counters == [(first_minute, 1), (first_minute + timedelta(minutes=1), 1)]
 
 
-async def test_a_per_minute_limit_set_on_a_key_in_use_counts_from_the_next_request(slow):
-    key, secret = await db(issue_key, name="rpm-later")
+async def test_a_per_minute_limit_set_on_a_key_in_use_counts_from_the_next_request(slow_api):
+    key, secret = await orm(issue_key, name="rpm-later")
     with clock.frozen(a_minute_ahead(10)):
-        await answered(slow, secret)
-        assert not await db(UsageCounter.objects.filter(api_key=key, kind="minute").exists)  # nothing to count against
+        await answered(slow_api, secret)
+        assert not await orm(UsageCounter.objects.filter(api_key=key, kind="minute").exists)  # nothing to count against
         key.requests_per_minute = 1
-        await db(key.save)
-        await answered(slow, secret)
-        refused = await post(slow, secret)
+        await orm(key.save)
+        await answered(slow_api, secret)
+        refused = await post(slow_api, secret)
         await too_many(refused, "requests_per_minute_limit", "This API key has reached its limit of 1 requests per minute.")
 
 
-async def test_tokens_per_minute(slow):
-    key, secret = await db(issue_key, name="tpm", tokens_per_minute=10)
+async def test_tokens_per_minute(slow_api):
+    key, secret = await orm(issue_key, name="tpm", tokens_per_minute=10)
     with clock.frozen(a_minute_ahead(10)):
-        used = (await answered(slow, secret))["usage"]["total_tokens"]
+        used = (await answered(slow_api, secret))["usage"]["total_tokens"]
         await settled()
-        assert (await db(minute_counter, key)).tokens == used
-        refused = await post(slow, secret)
+        assert (await orm(minute_counter, key)).tokens == used
+        refused = await post(slow_api, secret)
         await too_many(refused, "tokens_per_minute_limit", "This API key has reached its limit of 10 tokens per minute.")
 
 
-async def test_a_token_budget_per_day(slow):
-    key, secret = await db(issue_key, name="budget", token_budget=10, budget_period="day")
+async def test_a_token_budget_per_day(slow_api):
+    key, secret = await orm(issue_key, name="budget", token_budget=10, budget_period="day")
     with clock.frozen(clock.now().replace(microsecond=0)) as time:
-        used = (await answered(slow, secret))["usage"]["total_tokens"]
+        used = (await answered(slow_api, secret))["usage"]["total_tokens"]
         assert used > 10
         await settled()
-        assert await db(UsageCounter.objects.filter(api_key=key, kind="period", tokens=used).exists)
-        refused = await post(slow, secret)
+        assert await orm(UsageCounter.objects.filter(api_key=key, kind="period", tokens=used).exists)
+        refused = await post(slow_api, secret)
         retry_after = await too_many(refused, "token_budget_exceeded", "This API key has used its budget of 10 tokens per day.")
         now = time.now()
         midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -169,80 +155,80 @@ async def test_a_token_budget_per_day(slow):
 
 
 @pytest.mark.parametrize("period, before_the_end", [("day", timedelta(seconds=30)), ("month", timedelta(days=1))])
-async def test_a_spent_budget_refuses_until_its_period_ends_and_then_admits(slow, period, before_the_end):
-    key, secret = await db(issue_key, name=f"budget-{period}", token_budget=10, budget_period=period)
+async def test_a_spent_budget_refuses_until_its_period_ends_and_then_admits(slow_api, period, before_the_end):
+    key, secret = await orm(issue_key, name=f"budget-{period}", token_budget=10, budget_period=period)
     end = period_end(period, clock.now() + timedelta(days=40))  # a period no other test has counted in
     message = f"This API key has used its budget of 10 tokens per {period}."
     with clock.frozen(end - before_the_end - timedelta(hours=2)) as time:
-        used = (await answered(slow, secret))["usage"]["total_tokens"]
+        used = (await answered(slow_api, secret))["usage"]["total_tokens"]
         assert used > 10
         time.set(end - before_the_end)
-        refused = await post(slow, secret)
+        refused = await post(slow_api, secret)
         assert await too_many(refused, "token_budget_exceeded", message) == before_the_end.total_seconds()
         time.set(end - timedelta(seconds=1))
-        assert await too_many(await post(slow, secret), "token_budget_exceeded", message) == 1
+        assert await too_many(await post(slow_api, secret), "token_budget_exceeded", message) == 1
         time.set(end)  # the next period
-        second = (await answered(slow, secret))["usage"]["total_tokens"]
+        second = (await answered(slow_api, secret))["usage"]["total_tokens"]
         await settled()
-        periods = await db(lambda: list(UsageCounter.objects.filter(api_key=key, kind="period").order_by(
+        periods = await orm(lambda: list(UsageCounter.objects.filter(api_key=key, kind="period").order_by(
             "starts_at").values_list("starts_at", "tokens")))
         assert periods == [(period_start(period, end - before_the_end), used), (end, second)]
-        assert await too_many(await post(slow, secret), "token_budget_exceeded", message) == (
+        assert await too_many(await post(slow_api, secret), "token_budget_exceeded", message) == (
             period_end(period, end) - end).total_seconds()
 
 
-async def test_a_lease_no_one_renews_stops_counting_after_its_ttl(slow):
+async def test_a_lease_no_one_renews_stops_counting_after_its_ttl(slow_api):
     """A lease its process no longer renews (the process died, or lost track of it) holds
     the key's place for LEASE_TTL_SECONDS from its last renewal, and not a second longer."""
-    key, secret = await db(issue_key, name="lease-ttl", max_concurrency=1)
+    key, secret = await orm(issue_key, name="lease-ttl", max_concurrency=1)
     message = "This API key already has 1 requests in flight, its limit."
     with clock.frozen() as time:
         lease = await books.call(admit, key, "lease-ttl-lost")
         await books.call(limits._held.discard, lease)  # lost: the heartbeat no longer renews it
         try:
             time.advance(settings.LEASE_TTL_SECONDS - 1)
-            assert await too_many(await post(slow, secret), "key_concurrency_limit", message) == 1
+            assert await too_many(await post(slow_api, secret), "key_concurrency_limit", message) == 1
             time.advance(1)  # the lease's expiry
-            assert await db(live_leases, key) == 0
-            await answered(slow, secret)
+            assert await orm(live_leases, key) == 0
+            await answered(slow_api, secret)
         finally:
-            await db(Lease.objects.filter(pk=lease).delete)
+            await orm(Lease.objects.filter(pk=lease).delete)
 
 
-async def test_renewing_keeps_a_held_lease_counting_across_its_ttl(slow):
-    key, secret = await db(issue_key, name="lease-renewed", max_concurrency=1)
+async def test_renewing_keeps_a_held_lease_counting_across_its_ttl(slow_api):
+    key, secret = await orm(issue_key, name="lease-renewed", max_concurrency=1)
     message = "This API key already has 1 requests in flight, its limit."
     with clock.frozen() as time:
         lease = await books.call(admit, key, "lease-renewed-held")  # held by this process
         try:
             time.advance(settings.LEASE_TTL_SECONDS - 1)
             await books.call(renew_leases)  # what the heartbeat does every LEASE_RENEW_SECONDS
-            renewed = await db(lambda: Lease.objects.get(pk=lease).expires_at)
+            renewed = await orm(lambda: Lease.objects.get(pk=lease).expires_at)
             assert renewed == time.now() + timedelta(seconds=settings.LEASE_TTL_SECONDS)
             # No renewal from here (the heartbeat's, had it run meanwhile, gave the same
             # expiry: the clock has not moved since).
             await books.call(limits._held.discard, lease)
             time.advance(settings.LEASE_TTL_SECONDS - 1)  # well past the first expiry
-            assert await too_many(await post(slow, secret), "key_concurrency_limit", message) == 1
+            assert await too_many(await post(slow_api, secret), "key_concurrency_limit", message) == 1
             time.advance(1)  # the renewed expiry
-            await answered(slow, secret)
+            await answered(slow_api, secret)
         finally:
             books.settle_later(lease, None, None, 0)  # given back, as a finished request's
             await settled()
-    assert not await db(Lease.objects.filter(pk=lease).exists)
+    assert not await orm(Lease.objects.filter(pk=lease).exists)
 
 
-async def test_a_request_refused_by_one_limit_consumes_no_other(slow):
-    key, secret = await db(issue_key, name="no-double-count", max_concurrency=1, requests_per_minute=10)
+async def test_a_request_refused_by_one_limit_consumes_no_other(slow_api):
+    key, secret = await orm(issue_key, name="no-double-count", max_concurrency=1, requests_per_minute=10)
     with clock.frozen(a_minute_ahead(10)):
-        held = await Stream.open(slow, secret)
-        refused = await post(slow, secret, **{"X-Request-ID": "refused-once"})
+        held = await Stream.open(slow_api, secret)
+        refused = await post(slow_api, secret, **{"X-Request-ID": "refused-once"})
         await too_many(refused, "key_concurrency_limit", "This API key already has 1 requests in flight, its limit.")
-        assert (await db(minute_counter, key)).requests == 1  # only the stream
-        assert await db(live_leases, key) == 1
+        assert (await orm(minute_counter, key)).requests == 1  # only the stream
+        assert await orm(live_leases, key) == 1
         await held.leave()
         await settled()
-    record = await db(UsageRecord.objects.get, request_id="refused-once")
+    record = await orm(UsageRecord.objects.get, request_id="refused-once")
     assert (record.status_code, record.error_code, record.prompt_tokens, record.completion_tokens) == (
         429, "key_concurrency_limit", 0, 0)
 

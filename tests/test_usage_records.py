@@ -11,25 +11,11 @@ import json
 import uuid
 
 import pytest
-from asgiref.sync import sync_to_async
 
 from accounts.books import books
 from accounts.models import UsageRecord
 from demomodel.corpus import count_prompt
-from tests.asgi import InProcessAPI
-from tests.conftest import MODEL_ID, bearer, issue_key, model_in_process
-
-
-@pytest.fixture(scope="module")
-def slow(live_db):
-    """The demo model served in this process, 5 ms a step; the API's ASGI chain."""
-    with model_in_process(0.005):
-        yield InProcessAPI()
-
-
-def db(fn, *args, **kwargs):
-    """``fn`` (ORM work) off the event loop, in asgiref's sync thread."""
-    return sync_to_async(fn)(*args, **kwargs)
+from tests.conftest import MODEL_ID, bearer, issue_key, orm, sse_body
 
 
 async def settled() -> None:
@@ -39,7 +25,7 @@ async def settled() -> None:
 
 async def records(*request_ids) -> list:
     await settled()
-    return await db(lambda: list(UsageRecord.objects.filter(request_id__in=request_ids)))
+    return await orm(lambda: list(UsageRecord.objects.filter(request_id__in=request_ids)))
 
 
 async def record_for(request_id) -> UsageRecord:
@@ -49,30 +35,18 @@ async def record_for(request_id) -> UsageRecord:
     return found[0]
 
 
-def sse(body: bytes) -> list:
-    """The data payloads of an SSE body, in order ("[DONE]" kept as the string)."""
-    events = []
-    for line in body.decode().splitlines():
-        if not line:
-            continue
-        assert line.startswith("data: "), line
-        payload = line[len("data: "):]
-        events.append(payload if payload == "[DONE]" else json.loads(payload))
-    return events
-
-
 @pytest.fixture
-async def keyed(slow):
-    key, secret = await db(issue_key, name=f"usage-{uuid.uuid4().hex[:6]}")
+async def keyed(slow_api):
+    key, secret = await orm(issue_key, name=f"usage-{uuid.uuid4().hex[:6]}")
 
     async def post(path, body, **headers):
         """The response, read to its end, and its request id."""
         rid = f"usage-{uuid.uuid4().hex}"
-        response = await slow.post(path, body, {**bearer(secret), "X-Request-ID": rid, **headers})
+        response = await slow_api.post(path, body, {**bearer(secret), "X-Request-ID": rid, **headers})
         response.content = await response.body()
         return response, rid
 
-    post.key, post.secret, post.api = key, secret, slow
+    post.key, post.secret, post.api = key, secret, slow_api
     return post
 
 
@@ -88,7 +62,7 @@ async def test_a_non_streamed_answer_is_recorded_with_its_counts(keyed):
     assert (record.finish_reason, record.status_code, record.error_code, record.client_disconnected, record.user) == (
         "stop", 200, "", False, "alice")
     assert 0 < record.time_to_first_token_ms <= record.duration_ms
-    await db(keyed.key.refresh_from_db)
+    await orm(keyed.key.refresh_from_db)
     assert keyed.key.last_used_at is not None
 
 
@@ -97,7 +71,7 @@ async def test_a_streamed_answer_records_what_the_client_received(keyed):
         "model": MODEL_ID, "prompt": "<|im_start|>user\nCount from 1 to 30.<|im_end|>\n<|im_start|>assistant\n",
         "stream": True, "stream_options": {"include_usage": True},
     })
-    events = sse(response.content)
+    events = sse_body(response.content)
     text = "".join(e["choices"][0]["text"] for e in events[:-2])
     assert text == " ".join(str(i) for i in range(1, 31))
     usage = events[-2]["usage"]
@@ -116,9 +90,9 @@ async def open_stream(api, secret, body):
     return rid, response, response.chunks()
 
 
-async def test_a_disconnected_stream_records_the_tokens_generated_so_far(slow):
-    _, secret = await db(issue_key, name="leaver")
-    rid, response, chunks = await open_stream(slow, secret, {"messages": [{"role": "user", "content": count_prompt(200)}]})
+async def test_a_disconnected_stream_records_the_tokens_generated_so_far(slow_api):
+    _, secret = await orm(issue_key, name="leaver")
+    rid, response, chunks = await open_stream(slow_api, secret, {"messages": [{"role": "user", "content": count_prompt(200)}]})
     received = [await anext(chunks) for _ in range(4)]
     await response.disconnect()
     record = await record_for(rid)
@@ -156,8 +130,8 @@ async def test_listing_models_is_recorded_too(keyed):
     assert (record.endpoint, record.status_code, record.api_key_id) == ("models", 200, keyed.key.pk)
 
 
-async def test_an_unauthenticated_request_is_not_recorded(slow):
-    response = await slow.get("/v1/models", {"X-Request-ID": "usage-anonymous-1"})
+async def test_an_unauthenticated_request_is_not_recorded(slow_api):
+    response = await slow_api.get("/v1/models", {"X-Request-ID": "usage-anonymous-1"})
     assert response.status == 401
     await response.body()  # done: a record, if there were one, is queued now
     assert await records("usage-anonymous-1") == []
@@ -171,12 +145,12 @@ async def test_a_key_deleted_after_use_is_401_and_its_requests_leave_no_record(k
     assert first.status == 200
     await record_for(first_rid)  # settled: deleting the key now races with nothing
     prefix = keyed.key.prefix
-    await db(keyed.key.delete)
+    await orm(keyed.key.delete)
     valid, valid_rid = await keyed("/v1/chat/completions", {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]})
     invalid, invalid_rid = await keyed("/v1/chat/completions", {"model": MODEL_ID})
     assert (valid.status, json.loads(valid.content)["error"]["message"]) == (401, f"The API key {prefix}… no longer exists.")
     assert (invalid.status, json.loads(invalid.content)["error"]["code"]) == (401, "invalid_api_key")
-    _, other_secret = await db(issue_key, name="other-after-delete")
+    _, other_secret = await orm(issue_key, name="other-after-delete")
     other = await keyed.api.get("/v1/models", {**bearer(other_secret), "X-Request-ID": invalid_rid + "-other"})
     assert other.status == 200
     await other.body()
@@ -184,13 +158,13 @@ async def test_a_key_deleted_after_use_is_401_and_its_requests_leave_no_record(k
     assert await records(valid_rid, invalid_rid) == []
 
 
-async def test_a_key_deleted_mid_stream_keeps_the_record_without_the_key(slow):
-    key, secret = await db(issue_key, name="deleted-mid-stream")
+async def test_a_key_deleted_mid_stream_keeps_the_record_without_the_key(slow_api):
+    key, secret = await orm(issue_key, name="deleted-mid-stream")
     body = {"messages": [{"role": "user", "content": count_prompt(30)}], "stream_options": {"include_usage": True}}
-    rid, response, chunks = await open_stream(slow, secret, body)
+    rid, response, chunks = await open_stream(slow_api, secret, body)
     assert (await anext(chunks)).startswith(b"data: ")
     prefix = key.prefix
-    await db(key.delete)
+    await orm(key.delete)
     rest = b"".join([chunk async for chunk in chunks])
     events = [json.loads(line[6:]) for line in rest.decode().splitlines() if line.startswith("data: {")]
     record = await record_for(rid)
