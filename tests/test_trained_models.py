@@ -56,9 +56,10 @@ def trained_models(live_db):
 
 
 @pytest.fixture
-def client(trained_models, api_key):
-    return openai.AsyncOpenAI(base_url="http://llmserver.test/v1", api_key=api_key, max_retries=0,
-                              http_client=httpx.AsyncClient(transport=InProcessTransport()))
+async def client(trained_models, api_key):
+    async with openai.AsyncOpenAI(base_url="http://llmserver.test/v1", api_key=api_key, max_retries=0,
+                                  http_client=httpx.AsyncClient(transport=InProcessTransport())) as sdk:
+        yield sdk
 
 
 def weather_question(city: str) -> list[dict]:
