@@ -1,16 +1,17 @@
 """The accounting thread's statements, run on the database driver's own cursor.
 
-Admission and settlement are a handful of short statements per request. Through Django's
-cursor and ``atomic()`` (placeholder rewriting, execute wrappers, error wrapping per
-statement, autocommit switched off and on around each transaction) an admission cost
-0.37–0.50 ms of CPU and a settlement 0.37–0.55 ms on SQLite; here, on the driver's
-cursor of the same Django connection in an explicit transaction, 0.22–0.30 ms each
-(three runs of ``python -m bench.accounting_micro`` on this 2-core machine). Driver
-errors still become Django's (``IntegrityError``, ``OperationalError``, ...), once per
-transaction rather than per statement.
+Admission and settlement are a handful of short statements per request. Django's cursor
+and ``atomic()`` add placeholder rewriting, execute wrappers, error wrapping per statement,
+and autocommit switched off and on around each transaction: about half the CPU of an
+admission or a settlement, which the driver's cursor of the same Django connection, in
+one explicit transaction, does without (``python -m bench.accounting_micro``; the figures
+are in bench/README.md). Driver errors still become Django's (``IntegrityError``,
+``OperationalError``, ...), once per transaction rather than per statement.
 
-Only the accounting thread (accounts.books) uses this; its connection is its own and is
-otherwise in autocommit mode, so ``transaction()`` never nests inside an ``atomic()``.
+``transaction()`` and ``autocommit()`` run on the calling thread's Django connection: the
+accounting thread's (accounts.books), which is otherwise in autocommit mode, so they never
+nest inside an ``atomic()``. ``run()`` and ``insert()`` also take other DB-API cursors:
+inline admission (accounts.inline) passes its own sqlite3 connection's, on the event loop.
 Statements are written with ``%s`` placeholders, as for Django's cursors.
 """
 

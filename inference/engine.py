@@ -713,7 +713,7 @@ class EngineWorker:
         if time.monotonic() - self._waiting[0]._queued_at < reprefill_seconds:
             return False
         if self._step_seconds <= 0:
-            return True  # no decode step measured yet: the old rule alone
+            return True  # no decode step measured yet: the re-prefill wait above decides alone
         left = [t.params.max_tokens - len(t._generated) for t in running]
         longest = max(left)
         free = min(self.batch_limit - len(left), len(self._waiting))
