@@ -32,24 +32,17 @@ import asyncio
 import json
 import logging
 import re
-import time
 import uuid
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from rest_framework.exceptions import ValidationError
 
-from accounts.books import books
-from accounts.models import APIKey
-from accounts.refusals import check_model_access, key_refusal
-from accounts.usage import RequestAccount
+from accounts.policies import ChatSession
 from chat import refusals
-from inference import metrics
-from inference.engine import EngineUnavailable
+from inference.lifecycle import Lifecycle
 from inference.protocol import ChatCompletionRequest
-from inference.registry import registry
-from inference.serving import ChatServing, GenerationFailed
+from inference.serving import ChatServing
 from llmserver import shutdown
 from llmserver.errors import APIError, shutting_down, validation_error
 
@@ -64,6 +57,8 @@ _CHAT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
+    policy = ChatSession()
+
     async def connect(self):
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -126,110 +121,60 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return message
 
     async def _generate(self, chat_id: str, message: dict) -> None:
-        """One chat turn, from admission to its usage record."""
-        request_id = uuid.uuid4().hex
-        started = time.perf_counter()
-        account: RequestAccount | None = None
-        model_use = None
-        generation = None
-        key = None
-        status = 200
+        """One chat turn: its lifecycle (inference.lifecycle) framed as the socket's
+        frames."""
+        life = Lifecycle(ENDPOINT, uuid.uuid4().hex)
         try:
-            # Read afresh for every turn: a revoked key, changed limits or a user
-            # deactivated since the socket opened apply at once.
-            key = await books.call(_chat_key_of_active_user, self.user.pk)
-            if key is None:
-                await self._send_error(chat_id, APIError(
-                    401, "Your account has been deactivated.", code="user_inactive"))
-                await self.close(code=NOT_AUTHENTICATED)
-                return
-            refusal = key_refusal(key)
-            if refusal is not None:
-                raise refusal  # like a revoked key over HTTP: a 401 and no record
-            account = RequestAccount(key, request_id, ENDPOINT, key_checked=True)
-            account.model = message.get("model") if isinstance(message.get("model"), str) else ""
-            account.streamed = True
-            account.user = self.user.get_username()
-            if shutdown.draining():
-                raise shutting_down()  # the turns in flight finish; no new one begins
-            data = _validated(message)
-            spec = registry.resolve(data["model"])
-            check_model_access(key, *spec.names)
-            account.model, account.model_names = spec.id, spec.names
-            model_use = await registry.acquire(spec.id)  # loading it first if need be
-            serving = ChatServing(model_use.worker, spec.id)
-            generation = serving.generation(data)  # a prompt too long is a 400 before admission
-            generation.hold_places()  # or 503: the model's queue is full
-            await account.admit()
-            account.generation = generation
-            await self._send(type="start", id=chat_id, request_id=request_id)
-            finish_reason = None
-            async for update in generation.updates():
-                if update.reasoning:
-                    await self._send(type="reasoning", id=chat_id, text=update.reasoning)
-                if update.text:
-                    await self._send(type="delta", id=chat_id, text=update.text)
-                if update.finish_reason:
-                    finish_reason = update.finish_reason
-            await self._send(type="done", id=chat_id, finish_reason=finish_reason,
-                             usage=_usage(generation.usage()))
+            async with life:
+                life.open(await self.policy.authorize(self.user))
+                life.describe(model=message.get("model") if isinstance(message.get("model"), str) else "",
+                              streamed=True, user=self.user.get_username())
+                if shutdown.draining():
+                    raise shutting_down()  # the turns in flight finish; no new one begins
+                data = _validated(message)
+                spec = life.resolve(data["model"])
+                await life.may_use(spec)
+                use = await life.hold(spec)
+                generation = await life.begin(ChatServing(use.worker, spec.id).generation(data))
+                await self._send(type="start", id=chat_id, request_id=life.request_id)
+                life.answering()
+                finish_reason = None
+                async for update in generation.updates():
+                    if update.reasoning:
+                        await self._send(type="reasoning", id=chat_id, text=update.reasoning)
+                    if update.text:
+                        await self._send(type="delta", id=chat_id, text=update.text)
+                    if update.finish_reason:
+                        finish_reason = update.finish_reason
+                await self._send(type="done", id=chat_id, finish_reason=finish_reason,
+                                 usage=_usage(generation.usage()))
         except asyncio.CancelledError:
-            if account is not None:
-                account.client_disconnected = True
             if chat_id in self.stopping and self.connected:
-                usage = _usage(account.generation.usage()) if account and account.generation else None
+                usage = _usage(life.generation.usage()) if life.account and life.account.generation else None
                 await self._send(type="done", id=chat_id, finish_reason="cancelled", usage=usage)
-            if generation is None or not generation.began:
-                status = 499  # stopped before it began, as nginx records a client that left
             if not self.connected:
                 raise
         except APIError as exc:
-            status = exc.status
-            if account is not None:
-                account.error_code = exc.code or ""
-            await self._send_error(chat_id, refusals.for_person(exc, key), account)
-        except (GenerationFailed, EngineUnavailable) as exc:
-            # After "start", as a streamed HTTP request would: 200, with the error's code.
-            api_error = exc.api_error if isinstance(exc, GenerationFailed) else APIError(
-                503, str(exc), code="engine_unavailable", type="server_error")
-            account.error_code = api_error.code or ""
-            await self._send_error(chat_id, api_error, account)
-        except Exception:
-            log.exception("chat turn %s of %s failed", request_id, self.user.get_username())
-            status = 500
-            await self._send_error(chat_id, APIError(500, "The server had an error while processing your message.",
-                                                     code="internal_error"), account)
+            if exc.code == "user_inactive":
+                await self._send_error(chat_id, exc)
+                await self.close(code=NOT_AUTHENTICATED)
+                return
+            key = life.account.key if life.account is not None else None
+            await self._send_error(chat_id, refusals.for_person(exc, key), life)
         finally:
             self.stopping.discard(chat_id)
-            if generation is not None:
-                generation.release_places()
-            if model_use is not None:
-                model_use.release()
-            metrics.observe(ENDPOINT, model_use.model_id if model_use else "unknown", status, started,
-                            account.generation if account else None)
-            if account is not None:
-                try:
-                    account.finish(status)
-                except Exception:
-                    log.exception("could not record usage of chat turn %s", request_id)
 
     async def _send(self, **message) -> None:
         if self.connected:
             await self.send(text_data=json.dumps(message, separators=(",", ":")))
 
-    async def _send_error(self, chat_id: str | None, exc: APIError, account: RequestAccount | None = None) -> None:
+    async def _send_error(self, chat_id: str | None, exc: APIError, life: Lifecycle | None = None) -> None:
         """The error of one turn (or of a message that named none); with the request id
         of its usage record when it has one."""
-        extra = {"request_id": account.request_id} if account is not None else {}
+        extra = {"request_id": life.request_id} if life is not None and life.account is not None else {}
         if (retry_after := refusals.retry_after(exc)) is not None:
             extra["retry_after"] = retry_after
         await self._send(type="error", id=chat_id, status=exc.status, **extra, **exc.body())
-
-
-def _chat_key_of_active_user(user_id: int) -> APIKey | None:
-    """The user's chat key, or None if the user is no longer active (or exists)."""
-    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
-    return APIKey.objects.chat_key_for(user) if user is not None else None
 
 
 def _validated(message: dict) -> dict:

@@ -23,6 +23,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import serializers
 
 import llmserver
+from accounts.policies import Anyone
 from inference import protocol, views
 
 BEARER = [{"bearerAuth": []}]
@@ -321,6 +322,8 @@ def _chat_message(fields: dict) -> dict:
 @extend_schema(exclude=True)
 class OpenAPIView(views.AsyncAPIView):
     """``GET /openapi.json``: public, like /health."""
+
+    policy = Anyone()
 
     async def get(self, request):
         return JsonResponse(openapi_schema())

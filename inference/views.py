@@ -7,172 +7,135 @@ chunk by chunk.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
 from adrf.views import APIView
-from django.conf import settings
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
 import llmserver
 from accounts.auth import authenticate
 from accounts.models import APIKey
-from accounts.refusals import UnknownKey, check_model_access
-from accounts.usage import RequestAccount
+from accounts.policies import AdminKey, Anyone, BearerKey, MetricsAccess
 from inference import metrics
-from inference.admission import ConcurrencyLimit
+from inference.lifecycle import Lifecycle, nothing
 from inference.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ResponsesRequest,
                                 TokenizeRequest)
-from inference.registry import ModelSpec, ModelUse, registry
+from inference.registry import ModelSpec, registry
 from inference.serving import ChatServing, CompletionServing, ResponsesServing, TokenizeServing
-from llmserver.errors import APIError
 from llmserver.handlers import ARRIVAL
 
 log = logging.getLogger("llmserver.views")
 
 
 class AsyncAPIView(APIView):
-    """An async DRF view that runs entirely on the event loop, and closes the books of
-    each request exactly once.
+    """An async DRF view that runs entirely on the event loop; its request's life is a
+    :class:`~inference.lifecycle.Lifecycle` (when it has an ``endpoint``: a recorded
+    request) and who may make it is its ``policy`` (accounts.policies).
 
     adrf's APIView runs DRF's ``initial()`` (content negotiation, authentication,
     permissions, throttles) through ``sync_to_async``, that is in Django's one sync
     thread, so every API request would queue there behind any slow sync view. Ours have
-    no sync policies (keys are checked by :meth:`authenticate_key`), so ``initial()``
-    runs inline.
-
-    What a request opened (its :class:`RequestAccount`: lease and usage record; or, with
-    keys off, its in-process slot) is closed when Django closes the response, after its
-    last byte or after the client left, or here if the client left before any response
-    existed (Django then cancels the view).
+    no sync policies, so ``initial()`` runs inline.
     """
 
-    endpoint = ""  # the usage record's name for this endpoint
+    endpoint = ""  # the usage record's name for this endpoint; "" for requests not recorded
+    policy = BearerKey()
 
     async def async_dispatch(self, request, *args, **kwargs):
         self.args, self.kwargs = args, kwargs
         request = self.initialize_request(request, *args, **kwargs)
         self.request = request
         self.headers = self.default_response_headers
-        self.account: RequestAccount | None = None
-        self.slot = None
-        self.model_use: ModelUse | None = None
-        self.started = time.perf_counter()
-        self.generation = None  # for the metrics, once generation starts
-        self.model_label = "unknown"  # the catalogue id, once the model is known (bounded labels)
+        self.life = Lifecycle(self.endpoint, request.id, arrived=request.scope.get(ARRIVAL, nothing))
         try:
-            self.initial(request, *args, **kwargs)
-            method = request.method.lower()
-            handler = getattr(self, method, None) if method in self.http_method_names else None
-            response = (handler or self.http_method_not_allowed)(request, *args, **kwargs)
-            if inspect.isawaitable(response):
-                response = await response
-        except asyncio.CancelledError:
-            if self.account is not None:
-                self.account.client_disconnected = True
-            self._close(CLIENT_CLOSED_REQUEST)
-            raise
+            if self.endpoint:
+                async with self.life:
+                    response = await self._respond(request, *args, **kwargs)
+            else:
+                response = await self._respond(request, *args, **kwargs)
         except Exception as exc:
-            response = self.handle_exception(await self._key_refusal_first(exc))
+            response = self.handle_exception(exc)
         self.response = self.finalize_response(request, response, *args, **kwargs)
-        if self.endpoint or self.account is not None or self.slot is not None or self.model_use is not None:
-            # Django calls a response's closers once it is done with it, on every path.
-            self.response._resource_closers.append(partial(self._close, self.response.status_code, self.response))
         return self.response
 
-    async def _key_refusal_first(self, exc: Exception) -> Exception:
-        """A request refused before its key was read from the database (it came from
-        this process's known keys) is refused for its key if the key is no longer
-        usable: a revoked key always gets its 401, whatever else is wrong."""
-        if self.account is None or self.account.key_checked:
-            return exc
-        try:
-            await authenticate(self.request, fresh=True)
-        except APIError as refusal:
-            if isinstance(refusal, UnknownKey):
-                self.account.discard()
-            return refusal
-        return exc
+    async def _respond(self, request, *args, **kwargs):
+        self.initial(request, *args, **kwargs)
+        self.credential = await self.policy.authorize(request)
+        method = request.method.lower()
+        handler = getattr(self, method, None) if method in self.http_method_names else None
+        response = (handler or self.http_method_not_allowed)(request, *args, **kwargs)
+        if inspect.isawaitable(response):
+            response = await response
+        return response
 
-    def _close(self, status_code: int, response=None) -> None:
-        """Give back what the request holds and have its record written (the database
-        work happens on the accounting thread; nothing here blocks).
+    def open_account(self, request) -> APIKey | None:
+        """The request's account opened for the key its policy admitted; the key, or None
+        when keys are off."""
+        self.life.open(self.credential, reread=partial(authenticate, request))
+        request._request.account = self.life.account  # the access log names its key and model (llmserver/middleware.py)
+        return self.credential.key
 
-        A client that left before the engine began its generation is recorded as 499,
-        as one that left before the response began is, even if a stream's headers were
-        out: none of the answer was."""
-        if self.generation is not None:
-            self.generation.release_places()
-            if self.account is not None and self.account.client_disconnected and not self.generation.began:
-                status_code = CLIENT_CLOSED_REQUEST
+    def answer(self, data: dict) -> Answer:
+        return self.life.answered_by(Answer(data, self.life))
+
+
+class Answer(JsonResponse):
+    """A recorded request's JSON answer: closing it (Django does, once it is sent or the
+    client left) closes the request's lifecycle."""
+
+    def __init__(self, data, life: Lifecycle, **kwargs):
+        super().__init__(data, **kwargs)
+        self.life = life
+
+    def close(self) -> None:
         try:
-            if self.account is not None:
-                self.account.finish(status_code, response)
-        except Exception:
-            # Django swallows a closer's exceptions; a lost usage record must be loud.
-            log.exception("could not record usage of request %s", self.account.request_id)
+            super().close()
         finally:
-            if self.slot is not None:
-                self.slot.release()
-            if self.model_use is not None:
-                self.model_use.release()
-            if self.endpoint:
-                metrics.observe(self.endpoint, self.model_label, status_code, self.started, self.generation)
-
-    async def authenticate_key(self, request, *, fresh: bool = True) -> APIKey | None:
-        """The request's API key (401 if missing or bad), and its account opened; None
-        when keys are not required. ``fresh=False``: a key this process knows may be
-        taken without reading it, for requests that go on to admission, which does."""
-        if not settings.REQUIRE_API_KEY:
-            return None
-        key = await authenticate(request, fresh=fresh)
-        self.account = RequestAccount(key, request.id, self.endpoint, key_checked=fresh)
-        request._request.account = self.account  # the access log names its key and model (llmserver/middleware.py)
-        return key
-
-    async def check_model_access(self, key: APIKey | None, spec: ModelSpec) -> APIKey | None:
-        """403 if ``key`` may not use the model (by its id or an alias), judged by the
-        key as the database has it now; returns that key."""
-        if key is None or key.may_use(*spec.names):
-            return key
-        if not self.account.key_checked:  # the model may have been allowed since
-            key = self.account.key = await authenticate(self.request)
-            self.account.key_checked = True
-        check_model_access(key, *spec.names)
-        return key
-
-    async def hold_model(self, spec: ModelSpec) -> ModelUse:
-        """The model loaded (loading it now if need be: 503 if it cannot be) and held
-        until the response ends."""
-        self.model_use = await registry.acquire(spec.id)
-        self.model_label = spec.id
-        return self.model_use
-
-    async def admit(self) -> None:
-        """Take a place in flight: the key's and the deployment's limits, or 429."""
-        if self.account is not None:
-            await self.account.admit()
-        else:
-            self.slot = in_flight.acquire()
+            self.life.close(self.status_code)
 
 
-# Status recorded for a request whose client left before the response began (nginx's).
-CLIENT_CLOSED_REQUEST = 499
+class EventStreamResponse(StreamingHttpResponse):
+    """Server-sent events from an async iterator of chunk dicts; closing it (Django does,
+    after its last byte or once the client left) closes the request's lifecycle."""
+
+    def __init__(self, chunks: AsyncIterator[dict], life: Lifecycle, *, named_events: bool = False):
+        super().__init__(_sse(chunks, life, named_events), content_type="text/event-stream")
+        self["Cache-Control"] = "no-cache"
+        self["X-Accel-Buffering"] = "no"  # tell nginx not to buffer the stream
+        self.life = life
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.life.close(self.status_code)
 
 
-def _nothing() -> None:
-    """Stands in for the arrival count's stop where no CountArrivals counted the request."""
-
-
-# With API keys off, the concurrency limit of this process alone.
-in_flight = ConcurrencyLimit()
+async def _sse(chunks: AsyncIterator[dict], life: Lifecycle, named_events: bool = False) -> AsyncIterator[bytes]:
+    """``data: {json}\n\n`` per chunk, then ``data: [DONE]\n\n``; with ``named_events``,
+    ``event: {type}`` before each and no [DONE], as the Responses API streams. Closing
+    ``chunks`` in ``finally`` cancels the generation when the client leaves."""
+    try:
+        async for chunk in chunks:
+            if "error" in chunk and isinstance(chunk["error"], dict):
+                life.error_sent(chunk["error"]["code"])
+            elif chunk.get("type") == "error":
+                life.error_sent(chunk["code"])
+            data = b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+            yield b"event: " + chunk["type"].encode() + b"\n" + data if named_events else data
+        if not named_events:
+            yield b"data: [DONE]\n\n"
+    except BaseException:
+        life.gone()
+        raise
+    finally:
+        await chunks.aclose()
 
 
 def _model_object(spec: ModelSpec) -> dict:
@@ -191,10 +154,10 @@ class ModelListView(AsyncAPIView):
     endpoint = "models"
 
     async def get(self, request):
-        self.model_label = "none"
-        key = await self.authenticate_key(request)
+        self.life.model_label = "none"
+        key = self.open_account(request)
         specs = [spec for spec in registry.specs() if key is None or key.may_use(*spec.names)]
-        return JsonResponse({"object": "list", "data": [_model_object(spec) for spec in specs]})
+        return self.answer({"object": "list", "data": [_model_object(spec) for spec in specs]})
 
 
 class ModelDetailView(AsyncAPIView):
@@ -203,49 +166,40 @@ class ModelDetailView(AsyncAPIView):
     endpoint = "models"
 
     async def get(self, request, model_id: str):
-        key = await self.authenticate_key(request)
-        if self.account is not None:
-            self.account.model = model_id[:256]
-        spec = registry.resolve(model_id)
-        self.model_label = spec.id
-        if key is not None:
-            self.account.model = spec.id
-            check_model_access(key, *spec.names)
-        return JsonResponse(_model_object(spec))
+        self.open_account(request)
+        self.life.describe(model=model_id)
+        spec = self.life.resolve(model_id)
+        await self.life.may_use(spec)
+        return self.answer(_model_object(spec))
 
 
-class _ModelManagementView(AsyncAPIView):
-    """Load, unload and inspect models: for keys with the admin flag (or anyone when keys
-    are off). Acts on this server process's memory."""
+class LoadedModelsView(AsyncAPIView):
+    """The models in this server process's memory (admin keys)."""
 
-    async def authenticate_admin(self, request) -> None:
-        key = await self.authenticate_key(request)
-        if key is not None and not key.is_admin:
-            raise APIError(403, "Managing models needs an API key with the admin flag.", code="admin_key_required")
-
-
-class LoadedModelsView(_ModelManagementView):
     endpoint = "models.loaded"
+    policy = AdminKey()
 
     async def get(self, request):
-        self.model_label = "none"
-        await self.authenticate_admin(request)
-        return JsonResponse({"object": "list", "max_loaded_models": registry.max_loaded,
-                             "data": [s for s in registry.statuses() if s["state"] in _IN_MEMORY]})
+        self.life.model_label = "none"
+        self.open_account(request)
+        return self.answer({"object": "list", "max_loaded_models": registry.max_loaded,
+                            "data": [s for s in registry.statuses() if s["state"] in _IN_MEMORY]})
 
 
 _IN_MEMORY = ("loading", "loaded", "unloading")
 
 
-class _ModelActionView(_ModelManagementView):
+class _ModelActionView(AsyncAPIView):
+    """Load or unload a model in this server process's memory (admin keys)."""
+
+    policy = AdminKey()
     action = ""  # the registry's method: "load" or "unload"
 
     async def post(self, request, model_id: str):
-        await self.authenticate_admin(request)
-        self.model_label = registry.resolve(model_id).id
-        if self.account is not None:
-            self.account.model = self.model_label
-        return JsonResponse(await getattr(registry, self.action)(model_id))
+        self.open_account(request)
+        self.life.describe(model=model_id)
+        spec = self.life.resolve(model_id)  # an admin key manages every model
+        return self.answer(await getattr(registry, self.action)(spec.id))
 
 
 class LoadModelView(_ModelActionView):
@@ -262,39 +216,25 @@ class _GenerationView(AsyncAPIView):
     request_serializer = None
     serving_class = None
     named_events = False  # SSE framing: "event: <type>" lines and no [DONE] (the Responses API)
+    # Admission reads the key again in its transaction: one known to this process is taken as is.
+    policy = BearerKey(known=True)
 
     async def post(self, request):
-        key = await self.authenticate_key(request, fresh=False)
-        if key is not None:
-            self.account.model = _model_name(request.data)  # recorded even if the body is invalid
+        self.open_account(request)
+        self.life.describe(model=_model_name(request.data), streamed=_streamed(request.data), user=_user(request.data))
         body = self.request_serializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        spec = registry.resolve(data["model"])
-        key = await self.check_model_access(key, spec)
-        account = self.account
-        if account is not None:
-            account.model, account.model_names = spec.id, spec.names
-            account.streamed = data["stream"]
-            account.user = data.get("user", "")
-        use = await self.hold_model(spec)
+        spec = self.life.resolve(data["model"])
+        await self.life.may_use(spec)
+        use = await self.life.hold(spec)
         serving = self.serving_class(use.worker, spec.id)
-        # Tokenize and check the prompt and the grammar before admission: a 400 consumes no
-        # limit; nor does a 503 for a queue already full.
-        generation = self.generation = serving.generation(data)
-        await generation.check_grammar()
-        generation.hold_places()
-        # Counted since it was read (llmserver.handlers.CountArrivals); from now on the
-        # engine counts it among the queued.
-        request.scope.get(ARRIVAL, _nothing)()
-        await self.admit()
-        if account is not None:
-            account.generation = generation
+        generation = await self.life.begin(serving.generation(data))
         if data["stream"]:
             include_usage = data.get("stream_options", {}).get("include_usage", False)
-            return EventStreamResponse(serving.stream(generation, include_usage=include_usage), account,
-                                       named_events=self.named_events)
-        return JsonResponse(await serving.create(generation))
+            return self.life.answered_by(EventStreamResponse(serving.stream(generation, include_usage=include_usage),
+                                                             self.life, named_events=self.named_events))
+        return self.answer(await serving.create(generation))
 
 
 class ChatCompletionsView(_GenerationView):
@@ -327,17 +267,14 @@ class _TokenizerView(AsyncAPIView):
     action = ""
 
     async def post(self, request):
-        key = await self.authenticate_key(request)
-        if key is not None:
-            self.account.model = _model_name(request.data)
+        self.open_account(request)
+        self.life.describe(model=_model_name(request.data))
         body = self.request_serializer(data=request.data)
         body.is_valid(raise_exception=True)
-        spec = registry.resolve(body.validated_data["model"])
-        await self.check_model_access(key, spec)
-        if self.account is not None:
-            self.account.model = spec.id
-        use = await self.hold_model(spec)
-        return JsonResponse(getattr(TokenizeServing(use.worker), self.action)(body.validated_data))
+        spec = self.life.resolve(body.validated_data["model"])
+        await self.life.may_use(spec)
+        use = await self.life.hold(spec)
+        return self.answer(getattr(TokenizeServing(use.worker), self.action)(body.validated_data))
 
 
 class TokenizeView(_TokenizerView):
@@ -352,54 +289,27 @@ class DetokenizeView(_TokenizerView):
     action = "detokenize"
 
 
-class EventStreamResponse(StreamingHttpResponse):
-    """Server-sent events from an async iterator of chunk dicts."""
-
-    def __init__(self, chunks: AsyncIterator[dict], account: RequestAccount | None, *, named_events: bool = False):
-        super().__init__(_sse(chunks, account, named_events), content_type="text/event-stream")
-        self["Cache-Control"] = "no-cache"
-        self["X-Accel-Buffering"] = "no"  # tell nginx not to buffer the stream
-
-
-async def _sse(chunks: AsyncIterator[dict], account: RequestAccount | None,
-               named_events: bool = False) -> AsyncIterator[bytes]:
-    """``data: {json}\n\n`` per chunk, then ``data: [DONE]\n\n``; with ``named_events``,
-    ``event: {type}`` before each and no [DONE], as the Responses API streams. Closing
-    ``chunks`` in ``finally`` cancels the generation when the client leaves."""
-    try:
-        async for chunk in chunks:
-            if account is not None:
-                if "error" in chunk and isinstance(chunk["error"], dict):
-                    account.error_code = chunk["error"]["code"] or ""
-                elif chunk.get("type") == "error":
-                    account.error_code = chunk["code"] or ""
-            data = b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
-            yield b"event: " + chunk["type"].encode() + b"\n" + data if named_events else data
-        if not named_events:
-            yield b"data: [DONE]\n\n"
-    except BaseException:
-        if account is not None:
-            account.client_disconnected = True
-        raise
-    finally:
-        await chunks.aclose()
-
-
 def _model_name(data) -> str:
     model = data.get("model") if isinstance(data, dict) else None
     return model if isinstance(model, str) else ""
+
+
+def _streamed(data) -> bool:
+    return isinstance(data, dict) and data.get("stream") is True
+
+
+def _user(data) -> str:
+    user = data.get("user") if isinstance(data, dict) else None
+    return user if isinstance(user, str) else ""
 
 
 class MetricsView(AsyncAPIView):
     """Prometheus metrics (inference.metrics): for admin keys, or clients whose address
     is in METRICS_ALLOWED_IPS. Not a usage-recorded request: scrapes are frequent."""
 
+    policy = MetricsAccess()
+
     async def get(self, request):
-        if settings.REQUIRE_API_KEY and request.META.get("REMOTE_ADDR") not in settings.METRICS_ALLOWED_IPS:
-            key = await authenticate(request)
-            if not key.is_admin:
-                raise APIError(403, "The metrics need an API key with the admin flag, or a client address in "
-                                    "METRICS_ALLOWED_IPS.", code="admin_key_required")
         body, content_type = metrics.exposition()
         return HttpResponse(body, content_type=content_type)
 
@@ -408,6 +318,8 @@ class HealthView(AsyncAPIView):
     """Liveness and the models' state: 200 while a model is loaded and no loaded model's
     engine has died, else 503. (A model that failed to load is reported, and answers
     503 itself, but leaves the others serving.)"""
+
+    policy = Anyone()
 
     async def get(self, request):
         models = []

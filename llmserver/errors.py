@@ -139,46 +139,47 @@ def validation_error(exc: drf_exceptions.ValidationError) -> APIError:
     return APIError(400, message, code=code, param=param or None)
 
 
-def drf_exception_handler(exc, context) -> JsonResponse | None:
+def drf_exception_handler(exc, context) -> JsonResponse:
     """DRF's EXCEPTION_HANDLER: every exception a view raises leaves in OpenAI's shape."""
+    return as_api_error(exc, context.get("view") if context else None).response()
+
+
+def as_api_error(exc: Exception, where=None) -> APIError:
+    """The APIError a client is answered with for ``exc``: itself, or DRF's and Django's
+    exceptions in OpenAI's shape; anything else is a 500 (logged, naming ``where``)."""
     if isinstance(exc, APIError):
-        return exc.response()
+        return exc
     if isinstance(exc, drf_exceptions.ValidationError):
-        return validation_error(exc).response()
+        return validation_error(exc)
     if isinstance(exc, drf_exceptions.ParseError):
-        return error_response(
-            400,
-            f"We could not parse the JSON body of your request: {exc.detail}",
-            code="invalid_json",
-        )
+        return APIError(400, f"We could not parse the JSON body of your request: {exc.detail}", code="invalid_json")
     if isinstance(exc, drf_exceptions.UnsupportedMediaType):
-        return error_response(
-            415,
-            "Unsupported Content-Type; send the request body as application/json.",
-            code="unsupported_media_type",
-        )
+        return APIError(415, "Unsupported Content-Type; send the request body as application/json.",
+                        code="unsupported_media_type")
     if isinstance(exc, drf_exceptions.MethodNotAllowed):
-        return error_response(405, str(exc.detail), code="method_not_allowed")
+        return APIError(405, str(exc.detail), code="method_not_allowed")
     if isinstance(exc, drf_exceptions.NotFound):
-        return error_response(404, str(exc.detail), code="not_found")
+        return APIError(404, str(exc.detail), code="not_found")
     if isinstance(exc, Http404):
-        return error_response(404, str(exc) or "Not found.", code="not_found")
+        return APIError(404, str(exc) or "Not found.", code="not_found")
     if isinstance(exc, RequestDataTooBig):
-        return request_too_large()
+        return _too_large()
     if isinstance(exc, drf_exceptions.APIException):
-        return error_response(exc.status_code, str(exc.detail), code=exc.default_code)
-    log.exception("Unhandled error in %s", context.get("view").__class__.__name__ if context else "view")
-    return error_response(500, "The server had an error while processing your request.", code="internal_error")
+        return APIError(exc.status_code, str(exc.detail), code=exc.default_code)
+    log.error("Unhandled error in %s", where.__class__.__name__ if where is not None else "a request",
+              exc_info=exc)
+    return APIError(500, "The server had an error while processing your request.", code="internal_error")
+
+
+def _too_large() -> APIError:
+    from django.conf import settings
+
+    return APIError(413, f"Request body too large: the limit is {settings.MAX_REQUEST_SIZE_MB:g} MB.",
+                    code="request_too_large")
 
 
 def request_too_large() -> JsonResponse:
-    from django.conf import settings
-
-    return error_response(
-        413,
-        f"Request body too large: the limit is {settings.MAX_REQUEST_SIZE_MB:g} MB.",
-        code="request_too_large",
-    )
+    return _too_large().response()
 
 
 # --- Django's handlers (urls.handler400/403/404/500) -----------------------------------
