@@ -31,12 +31,11 @@ def test_a_killed_process_leases_expire_within_the_ttl_and_the_next_process_serv
                           headers={**bearer(secret), "X-Request-ID": done_id})
     assert answered.status_code == 200
     before = server_record_for(done_id)  # written before the crash
+    # The process that takes over is ready before the leases are taken: its start-up,
+    # slow on a busy machine, must not eat into the TTL the refusal below is checked within.
+    survivor = start_server(tmp_path, LEASE_TTL_SECONDS=TTL)
     streams = [HeldStream(crashing.base_url, secret) for _ in range(3)]
     assert Lease.objects.filter(api_key=key).count() == 3
-
-    # The process that takes over is ready before the kill: its start-up, slow on a busy
-    # machine, must not eat into the TTL that the refusal below is checked within.
-    survivor = start_server(tmp_path, LEASE_TTL_SECONDS=TTL)
     crashing.process.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     crashing.process.wait()
