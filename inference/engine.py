@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.arrivals import Arrivals, after_pending_reads, arrivals
+from inference.arrivals import after_pending_reads, arrivals
 from inference.batching import _RESTARTS_PER_TURN, ContinuousBatching, _first_line
 from inference.chat_template import ChatTemplateLoadError, PromptFormat, template_text
 from inference.decoding import TokenDecoder
@@ -43,11 +43,10 @@ from inference.tool_parsers import ToolParsing, UnknownToolParser, select_tool_p
 from inference.turns import (GRAMMAR_FAILURE, REFUSED, RETRYABLE_FAILURE, SHUTTING_DOWN, EngineStats,
                              EngineUnavailable, Finish, SamplingParams, Turn, Usage)
 
-# Names other modules import from here: the engine's public face.
+# Names other modules import from here, defined in the modules the engine is made of.
 __all__ = [
-    "Arrivals", "EngineStats", "EngineUnavailable", "EngineWorker", "Finish", "GRAMMAR_FAILURE", "ModelLoadError",
-    "REFUSED", "RETRYABLE_FAILURE", "SHUTTING_DOWN", "SamplingParams", "Turn", "Usage", "after_pending_reads",
-    "arrivals", "check_model_folder", "effective_context", "folder_context",
+    "EngineUnavailable", "EngineWorker", "Finish", "GRAMMAR_FAILURE", "ModelLoadError", "REFUSED", "RETRYABLE_FAILURE",
+    "SHUTTING_DOWN", "SamplingParams", "Turn", "Usage", "after_pending_reads", "arrivals", "folder_context",
 ]
 
 log = logging.getLogger("llmserver.engine")
