@@ -3,7 +3,7 @@
 With ``ENGINE_FAULT_INJECTION`` on (never in production), SIGUSR1 makes the next step of
 every loaded engine raise, as a crash inside onnxruntime-genai would. The engine worker
 then ends its running turns with an error, restarts its Engine and serves on
-(inference/engine.py ``_step``); tests/test_engine_faults.py drives it over HTTP. A
+(inference/batching.py ``_step``); tests/test_engine_faults.py drives it over HTTP. A
 signal rather than an endpoint: nothing reachable over the network can trigger it.
 """
 

@@ -42,7 +42,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from modelzoo import trained_corpus as corpus  # noqa: E402
-from modelzoo.build import FAMILIES, tokenizer_files  # noqa: E402
+from modelzoo.families import FAMILIES, tokenizer_files  # noqa: E402
 
 WEIGHTS = Path(__file__).resolve().parent / "trained"
 
@@ -53,7 +53,7 @@ SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_at
 
 @dataclasses.dataclass(frozen=True)
 class Trained:
-    family: str                 # modelzoo.build.FAMILIES key: architecture, tokenizer, template, special ids
+    family: str                 # modelzoo.families.FAMILIES key: architecture, tokenizer, template, special ids
     end: str                    # the token that ends an assistant turn (the template's)
     thinking: bool = False      # the template's generation prompt leaves thinking to the model
     generation_config: dict = dataclasses.field(default_factory=dict)

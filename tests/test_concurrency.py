@@ -82,7 +82,7 @@ async def _assert_began_as_one_batch(worker, headers: dict) -> None:
 
 async def test_requests_sent_together_begin_together(in_process_model, api_key):
     """The first of a burst reaches an idle engine while the others are still on their way
-    (authentication, admission): it must not begin a batch alone (inference/engine.py,
+    (authentication, admission): it must not begin a batch alone (inference/batching.py,
     _gathering)."""
     for _ in range(5):
         await _assert_began_as_one_batch(in_process_model, bearer(api_key))

@@ -15,7 +15,11 @@ from demomodel.corpus import count_answer, count_prompt
 from inference.engine import GRAMMAR_FAILURE, SamplingParams, Turn
 from tests.asgi import InProcessAPI
 from tests.conftest import MODEL_ID, bearer, issue_key, model_in_process
-from tests.test_engine_worker import chat_tokens, collect, worker  # noqa: F401  (a fixture)
+from tests import test_engine_worker
+from tests.test_engine_worker import chat_tokens, collect
+
+# The demo model's engine, started once for this module: test_engine_worker's fixture.
+worker = test_engine_worker.worker
 
 # Every value needs another inside it: no finite JSON value satisfies it, and the engine's
 # grammar compiler fails inside the batched step trying to force the endless output.

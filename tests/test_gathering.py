@@ -1,14 +1,14 @@
 """How the engine learns that more requests are on their way before it forms a batch:
 requests are counted the moment Daphne has read them (llmserver.handlers.CountArrivals),
 and a request going to an idle engine first lets the event loop read its sockets
-(inference.engine.after_pending_reads). tests/test_concurrency.py sends real bursts."""
+(inference.arrivals.after_pending_reads). tests/test_concurrency.py sends real bursts."""
 
 import asyncio
 import socket
 
 import pytest
 
-from inference.engine import after_pending_reads, arrivals
+from inference.arrivals import after_pending_reads, arrivals
 from llmserver.handlers import ARRIVAL, GENERATION_PATHS, CountArrivals
 
 

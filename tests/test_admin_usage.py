@@ -1,0 +1,206 @@
+"""The operators' admin over usage: the usage records' CSV export and the usage dashboard
+(tests/test_admin.py has the pages of keys and records)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from datetime import datetime, timedelta
+
+import pytest
+from django.utils import timezone
+
+from accounts.models import UsageRecord
+from tests.test_admin import DASHBOARD_URL, EXPORT_URL, USAGE_URL, at_noon, issue, record, set_action, text_of
+
+
+@pytest.fixture(autouse=True)
+def _nothing_but_this_tests_rows(empty_database):
+    """The usage list, its export and the dashboard show every row: each test sees only
+    its own."""
+
+
+# --- CSV export ----------------------------------------------------------------------
+
+CSV_HEADER = [
+    "started_at", "request_id", "key_prefix", "key_name", "model", "endpoint", "status_code", "error_code",
+    "streamed", "prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens", "finish_reason",
+    "duration_ms", "time_to_first_token_ms", "client_disconnected", "user",
+]
+
+
+def read_csv(response) -> list[list[str]]:
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert re.fullmatch(r'attachment; filename="usage-\d{8}-\d{6}\.csv"', response["Content-Disposition"])
+    return list(csv.reader(io.StringIO(response.content.decode())))
+
+
+def test_the_export_downloads_the_filtered_records(admin_client):
+    key = issue("alpha")
+    started = datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=timezone.get_current_timezone())
+    record(key, request_id="ok-1", status_code=200, prompt_tokens=1, completion_tokens=2)
+    record(key, request_id="limited-1", status_code=429, error_code="rate_limit_exceeded", started_at=started,
+           model="llmserver-demo", endpoint="/v1/completions", streamed=True, prompt_tokens=0,
+           completion_tokens=0, cached_tokens=0, finish_reason="", duration_ms=1.5,
+           time_to_first_token_ms=None, client_disconnected=False, user="=HYPERLINK(1)")
+
+    rows = read_csv(admin_client.get(EXPORT_URL, {"status_code": "429"}))
+
+    assert rows == [CSV_HEADER, [
+        "2026-03-04T05:06:07.890000+00:00", "limited-1", key.prefix, "alpha", "llmserver-demo", "/v1/completions",
+        "429", "rate_limit_exceeded", "True", "0", "0", "0", "0", "", "1.5", "", "False", "'=HYPERLINK(1)",
+    ]]
+
+
+def test_the_export_of_all_records_is_not_paginated(admin_client):
+    key = issue("alpha")
+    UsageRecord.objects.bulk_create([
+        UsageRecord(api_key=key, key_prefix=key.prefix, endpoint="/v1/chat/completions", request_id=f"r{n}",
+                    status_code=200, started_at=timezone.now(), duration_ms=1.0)
+        for n in range(150)
+    ])
+
+    rows = read_csv(admin_client.get(EXPORT_URL))
+
+    assert rows[0] == CSV_HEADER
+    assert len(rows) == 151
+
+
+def test_the_usage_list_links_to_the_export_with_its_filters(admin_client):
+    html = admin_client.get(USAGE_URL, {"status_code": "429", "q": "x"}).content.decode()
+
+    assert f'href="{EXPORT_URL}?q=x&amp;status_code=429" download>Export CSV</a>' in html
+
+
+def test_the_export_action_downloads_the_selected_records(admin_client):
+    key = issue("alpha")
+    chosen, _ = record(key, request_id="chosen"), record(key, request_id="not-chosen")
+
+    rows = read_csv(set_action(admin_client, USAGE_URL, "export_selected", [chosen]))
+
+    assert [row[1] for row in rows] == ["request_id", "chosen"]
+
+
+# --- Dashboard -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def usage():
+    """Two keys over the last days, plus errors, 429s and a record too old to show."""
+    alpha, beta = issue("alpha"), issue("beta")
+    record(alpha, started_at=at_noon(0), model="m-small", prompt_tokens=1000, completion_tokens=500)
+    record(alpha, started_at=at_noon(1), model="m-small", prompt_tokens=100, completion_tokens=20)
+    record(beta, started_at=at_noon(0), model="m-large", prompt_tokens=300, completion_tokens=0)
+    record(beta, started_at=at_noon(0), model="m-large", status_code=500, error_code="internal_error")
+    record(beta, started_at=at_noon(1), model="m-large", status_code=404, error_code="model_not_found")
+    record(beta, started_at=at_noon(1), model="m-large", status_code=429, error_code="rate_limit_exceeded")
+    record(alpha, started_at=at_noon(20), model="m-small", prompt_tokens=7000, completion_tokens=0)
+    return alpha, beta
+
+
+def test_the_dashboard_charts_tokens_per_key_and_model_per_day(admin_client, usage):
+    alpha, beta = usage
+    today, yesterday = timezone.localdate().isoformat(), (timezone.localdate() - timedelta(days=1)).isoformat()
+
+    html = admin_client.get(DASHBOARD_URL).content.decode()
+
+    charts = re.findall(r'<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart".*?</svg>', html, re.S)
+    assert len(charts) == 3
+    per_key, per_model, errors = charts
+    assert f"<title>{today}: alpha ({alpha.prefix}…): 1,500 tokens</title>" in per_key
+    assert f"<title>{yesterday}: alpha ({alpha.prefix}…): 120 tokens</title>" in per_key
+    assert f"<title>{today}: beta ({beta.prefix}…): 300 tokens</title>" in per_key
+    # The legend gives each series' total over the range (the 20-day-old record is out).
+    assert f"alpha ({alpha.prefix}…) (1,620)</text>" in per_key
+    assert f"beta ({beta.prefix}…) (300)</text>" in per_key
+    assert f"<title>{today}: m-small: 1,500 tokens</title>" in per_model
+    assert "m-large (300)</text>" in per_model
+    assert "m-small (1,620)</text>" in per_model
+    assert f"<title>{today}: Errors (status ≥ 400, not 429): 1 requests</title>" in errors
+    assert f"<title>{yesterday}: Errors (status ≥ 400, not 429): 1 requests</title>" in errors
+    assert f"<title>{yesterday}: Rate limited (429): 1 requests</title>" in errors
+    assert f"<title>{today}: Rate limited (429): 0 requests</title>" in errors
+    # 14 days by default: one point per day and series.
+    assert errors.count("<circle") == 28
+
+
+def test_the_dashboard_sums_the_range_and_ranks_the_keys(admin_client, usage):
+    alpha, beta = usage
+
+    html = admin_client.get(DASHBOARD_URL).content.decode()
+
+    summary = re.sub(r"\s+", " ", text_of(re.search(r'<p class="usage-summary">(.*?)</p>', html, re.S).group(1)))
+    start = timezone.localdate() - timedelta(days=13)
+    assert f'<input type="date" name="start" value="{start.isoformat()}"' in html
+    assert summary == (f"From {start.isoformat()} to {timezone.localdate().isoformat()} (UTC): 6 requests, "
+                       "1,920 tokens (1,400 prompt + 520 completion), 2 errors, 1 rate-limited (429).")
+    table = re.search(r'<table id="top-keys">(.*?)</table>', html, re.S).group(1)
+    rows = [[text_of(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+            for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]]
+    assert rows == [
+        [f"alpha ({alpha.prefix}…)", "2", "1,100", "520", "1,620", "0", "0", "Records"],
+        [f"beta ({beta.prefix}…)", "4", "300", "0", "300", "2", "1", "Records"],
+    ]
+
+
+def test_the_top_keys_link_to_their_records_in_the_range(admin_client, usage):
+    alpha, _ = usage
+    html = admin_client.get(DASHBOARD_URL).content.decode()
+    link = re.search(r'<a href="([^"]+)">Records</a>', html).group(1).replace("&amp;", "&")
+
+    response = admin_client.get(link)
+
+    assert response.status_code == 200
+    shown = response.context["cl"].result_list
+    assert sorted(row.prompt_tokens for row in shown) == [100, 1000]  # not the 20-day-old record
+    assert {row.api_key for row in shown} == {alpha}
+
+
+def test_the_dashboard_shows_a_chosen_range(admin_client, usage):
+    alpha, _ = usage
+    old = timezone.localdate() - timedelta(days=20)
+
+    html = admin_client.get(DASHBOARD_URL, {"start": old.isoformat(), "end": old.isoformat()}).content.decode()
+
+    assert f"<title>{old.isoformat()}: alpha ({alpha.prefix}…): 7,000 tokens</title>" in html
+    assert "<strong>1</strong> requests" in html
+    assert html.count("<circle") == 2
+
+
+def test_the_dashboard_refuses_a_backwards_range_and_shows_the_default(admin_client, usage):
+    html = admin_client.get(DASHBOARD_URL, {"start": "2026-02-01", "end": "2026-01-01"}).content.decode()
+
+    assert "The start must not be after the end." in html
+    assert "<strong>6</strong> requests" in html
+
+
+def test_the_dashboard_escapes_key_and_model_names(admin_client):
+    key = issue("<script>alert(1)</script>")
+    record(key, model="<img src=x>", prompt_tokens=5)
+
+    html = admin_client.get(DASHBOARD_URL).content.decode()
+
+    assert "<script>alert(1)" not in html
+    assert "<img src=x>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;img src=x&gt; (5)</text>" in html
+
+
+def test_the_dashboard_with_no_usage_says_so(admin_client):
+    html = admin_client.get(DASHBOARD_URL).content.decode()
+
+    assert html.count("No usage in this range.") == 4  # three charts and the table
+    assert "<strong>0</strong> requests" in html
+
+
+def test_the_dashboard_puts_small_keys_together_as_other(admin_client):
+    for n in range(10):
+        record(issue(f"key-{n:02}"), prompt_tokens=100 + n)
+
+    html = admin_client.get(DASHBOARD_URL).content.decode()
+
+    per_key = re.findall(r'<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart".*?</svg>', html, re.S)[0]
+    assert per_key.count("<g transform") == 9  # eight keys and "Other keys"
+    assert "Other keys (201)</text>" in per_key  # key-00 (100) and key-01 (101)
