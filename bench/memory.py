@@ -87,7 +87,7 @@ def measure(path: str, max_model_len: int, sequences: int) -> dict:
     async def answer_all() -> list[str]:
         loop = asyncio.get_running_loop()
         turns = [Turn(tokens, SamplingParams(max_tokens=32), loop, asyncio.Event()) for _ in range(sequences)]
-        worker.reserve(turns)
+        worker.hold_places(turns)
         for turn in turns:
             worker.submit(turn)
         texts = []

@@ -8,7 +8,7 @@ import asyncio
 
 class Arrivals:
     """Generation requests this process has read and that have not yet taken their places
-    in a model's queue (``EngineWorker.reserve``): counted on the event loop from the
+    in a model's queue (``EngineWorker.hold_places``): counted on the event loop from the
     moment Daphne has the whole request (``llmserver.handlers.CountArrivals``), read by
     the engine threads when they decide whether a new batch waits for more
     (``EngineWorker._gathering``).

@@ -1,7 +1,7 @@
 """The owner thread's scheduling: admission, re-forms, engine steps, and handing each
 step's results to asyncio. :class:`ContinuousBatching` is mixed into
 :class:`inference.engine.EngineWorker`, whose ``__init__`` makes the state these methods
-share and which provides ``_restart``, ``_failure_cause`` and ``_unqueue``; every method
+share and which provides ``_restart``, ``_failure_cause`` and ``_free_place``; every method
 here runs on the owner thread, except :func:`_deliver_all` and :func:`_began_all`, which
 run on a turn's event loop.
 
@@ -395,12 +395,12 @@ def _first_line(exc: Exception) -> str:
 
 def _deliver_all(worker: ContinuousBatching, batch: list) -> None:
     for turn, text, tokens, finish in batch:
-        if turn._queued:
-            worker._unqueue(turn)
+        if turn._holds_place:
+            worker._free_place(turn)
         turn._deliver(text, tokens, finish)
 
 
 def _began_all(worker: ContinuousBatching, turns: list[Turn]) -> None:
     for turn in turns:
         turn.began = True
-        worker._unqueue(turn)
+        worker._free_place(turn)

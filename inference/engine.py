@@ -144,30 +144,30 @@ class EngineWorker(ContinuousBatching):
         at most): a turn submitted now begins a new batch."""
         return self.stats.running == 0 and self.stats.waiting == 0
 
-    def reserve(self, turns: list[Turn]) -> None:
-        """Count ``turns`` as waiting from now on (on the event loop), before they are
-        submitted: a request's places are taken when it is accepted."""
+    def hold_places(self, turns: list[Turn]) -> None:
+        """Count ``turns`` among the queued from now on (on the event loop), before they
+        are submitted: a request's places are taken when it is accepted."""
         for turn in turns:
-            if not turn._queued:
-                turn._queued = True
+            if not turn._holds_place:
+                turn._holds_place = True
                 self.queued += 1
 
-    def give_back(self, turn: Turn) -> None:
-        """The place of a reserved turn that will never be submitted (its request was
+    def release_place(self, turn: Turn) -> None:
+        """The place of a turn holding one that will never be submitted (its request was
         refused or its client left first); nothing for a submitted one."""
         if not turn._submitted:
-            self._unqueue(turn)
+            self._free_place(turn)
 
-    def _unqueue(self, turn: Turn) -> None:
-        if turn._queued:
-            turn._queued = False
+    def _free_place(self, turn: Turn) -> None:
+        if turn._holds_place:
+            turn._holds_place = False
             self.queued -= 1
 
     def submit(self, turn: Turn) -> None:
-        self.reserve([turn])
+        self.hold_places([turn])
         with self._accepting:
             if not self.running:
-                self._unqueue(turn)
+                self._free_place(turn)
                 raise EngineUnavailable(f"the engine for model '{self.model_id}' is {self.state}")
             turn._submitted = True
             self._inbox.put(("begin", turn))

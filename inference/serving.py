@@ -108,7 +108,7 @@ class Generation:
                 code="engine_overloaded", type="server_error",
                 headers={"Retry-After": str(min(_MAX_RETRY_AFTER, max(1, math.ceil(wait))))},
             )
-        worker.reserve(self.turns)
+        worker.hold_places(self.turns)
 
     async def check_grammar(self) -> None:
         """400 naming the parameter it comes from, for a grammar the engine could not
@@ -127,7 +127,7 @@ class Generation:
 
     def release_places(self) -> None:
         for turn in self.turns:
-            self.worker.give_back(turn)
+            self.worker.release_place(turn)
 
     async def updates(self) -> AsyncIterator[ChoiceUpdate]:
         worker, turns = self.worker, self.turns

@@ -83,7 +83,7 @@ class Turn:
     began: bool = False  # the engine has begun it (set on the event loop)
     _pieces: list[tuple[str, int]] = field(default_factory=list)  # (text, tokens) per delivery
     # Event-loop state: holds a place in its worker's queue count; handed to the engine.
-    _queued: bool = False
+    _holds_place: bool = False
     _submitted: bool = False
     # Engine-thread state, never touched from asyncio:
     _request: object = None

@@ -117,7 +117,7 @@ async def test_a_retryable_failure_before_any_token_begins_the_turn_again(worker
     started = worker.stats.turns_started
     retried = turn_for(worker, count_prompt(9), RETRYABLE_ONCE)
     beside = turn_for(worker, count_prompt(6), 600)
-    worker.reserve([retried, beside])
+    worker.hold_places([retried, beside])
 
     assert await run(worker, retried, beside) == [count_answer(9), count_answer(6)]
     assert (retried.finish.reason, retried._retries) == ("EOS", 1)
@@ -153,7 +153,7 @@ async def test_a_turn_whose_options_the_engine_refuses_of_any_exception_type_fai
     refused = Turn(chat_tokens(worker, count_prompt(5)), SamplingParams(max_tokens=-5), asyncio.get_running_loop(),
                    asyncio.Event())
     beside = turn_for(worker, count_prompt(7), 600)
-    worker.reserve([refused, beside])
+    worker.hold_places([refused, beside])
 
     assert await run(worker, refused, beside) == ["", count_answer(7)]
     assert refused.finish.reason == "FAILED"

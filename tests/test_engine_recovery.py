@@ -40,7 +40,7 @@ async def test_a_grammar_that_fails_the_engine_ends_alone_and_its_batch_and_the_
     beside = [turn_for(worker, count_prompt(n)) for n in (5, 6, 7)]
     arriving = [turn_for(worker, count_prompt(n)) for n in range(10, 26)]
     # Taken in together, so that the engine forms its first batch of all four.
-    worker.reserve([poison, *beside, *arriving])
+    worker.hold_places([poison, *beside, *arriving])
     for turn in (poison, *beside, *arriving):
         worker.submit(turn)
 
