@@ -170,10 +170,12 @@ class CountArrivals:
     (:class:`inference.engine.Arrivals`) the moment Daphne has read all of it.
 
     Daphne calls the application synchronously in the socket callback that read the
-    request; only the coroutine it returns runs later. So ``__call__`` is a plain
-    function: the count is up before any request read in the same callback, or before,
-    has reached an engine. The view stops it when the request takes its places in the
-    model's queue (``scope[ARRIVAL]()``), and it stops anyway when the request ends."""
+    request (``Server.create_application``); only the coroutine it returns runs later. So
+    ``__call__`` is a plain function, and so is every application Daphne calls before it
+    (``DrainingServer._application``): the count is up before any request read in the
+    same callback, or before, has reached an engine (tests/test_gathering.py checks it
+    through ``manage.py serve``). The view stops it when the request takes its places in
+    the model's queue (``scope[ARRIVAL]()``), and it stops anyway when the request ends."""
 
     _asgi_single_callable = True  # asgiref: an ASGI 3 application, though __call__ is not async
 

@@ -92,11 +92,16 @@ class DrainingServer(Server):
             protocol.channel.persistent = False  # Twisted closes the connection after the 503
         return super().create_application(protocol, scope)
 
-    async def _application(self, scope, receive, send):
+    def _application(self, scope, receive, send):
+        """The application Daphne calls: a plain function returning the instance's
+        coroutine, not a coroutine function. Daphne calls it synchronously, in the socket
+        callback that read the request (``Server.create_application``), so the wrapped
+        application's own synchronous part (``CountArrivals`` counting the request, for
+        the engines' batch gathering) runs there too; an ``async def`` here would put it
+        off to the coroutine's first step, a loop iteration later."""
         if _draining and scope["type"] == "http":
-            await _refuse(send)
-        else:
-            await self._wrapped(scope=scope, receive=receive, send=send)
+            return _refuse(send)
+        return self._wrapped(scope, receive, send)
 
     # --- the drain, on the reactor's thread -----------------------------------------------
 
