@@ -37,10 +37,10 @@ import signal
 import time
 
 from daphne.http_protocol import WebRequest
-from daphne.server import Server
 from twisted.internet import reactor
 
 from llmserver.errors import SHUTDOWN_RETRY_AFTER_SECONDS, shutting_down
+from llmserver.patches.http_framing import DaphneServer
 
 log = logging.getLogger("llmserver.shutdown")
 
@@ -65,8 +65,9 @@ def track_turn(task: asyncio.Task) -> None:
     task.add_done_callback(_chat_turns.discard)
 
 
-class DrainingServer(Server):
-    """Daphne's server, drained on SIGTERM and SIGINT (see the module docstring)."""
+class DrainingServer(DaphneServer):
+    """Daphne's server (with llmserver's HTTP framing, llmserver.patches.http_framing),
+    drained on SIGTERM and SIGINT (see the module docstring)."""
 
     def __init__(self, application, *, grace_seconds: float, **options):
         super().__init__(self._application, signal_handlers=False, **options)
