@@ -5,6 +5,7 @@ and a request going to an idle engine first lets the event loop read its sockets
 last test checks the count through ``manage.py serve`` (Daphne and DrainingServer)."""
 
 import asyncio
+import os
 import socket
 
 import httpx
@@ -143,7 +144,8 @@ def test_through_serve_a_generation_request_is_counted_when_daphne_creates_its_a
     has taken its places."""
     (tmp_path / "probe").mkdir()
     (tmp_path / "probe" / "sitecustomize.py").write_text(_PROBE)
-    server = start_server(tmp_path, PYTHONPATH=tmp_path / "probe")
+    server = start_server(tmp_path, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(tmp_path / "probe"), os.environ.get("PYTHONPATH")])))
     try:
         with httpx.Client(base_url=server.base_url, timeout=60, headers=bearer(api_key)) as client:
             answer = client.post("/v1/chat/completions", json={
