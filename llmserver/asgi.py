@@ -45,9 +45,10 @@ faults.install()  # testing only: off unless ENGINE_FAULT_INJECTION
 
 # Outermost: a generation request counts as arrived as soon as Daphne has read it (the
 # engines wait a moment for such requests before they form a batch; inference/engine.py).
+# Daphne calls it synchronously, so it must stay a plain function (handlers.CountArrivals).
 application = CountArrivals(ProtocolTypeRouter({
     # The API paths skip the web site's session/CSRF/messages middleware and their
-    # thread hops (llmserver/handlers.py); the rest is Django's handler as usual.
+    # thread hops (llmserver/patches/asgi_handler.py); the rest is Django's handler.
     "http": HTTPRouter(api=APIHandler(), web=django_asgi_app),
     # The chat page's socket: opened only by a page of this site's own origin (or a
     # trusted one), so no other page can use the user's cookie with it (chat/origin.py).
