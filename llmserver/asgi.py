@@ -28,7 +28,6 @@ from chat.routing import websocket_application  # noqa: E402
 from inference import faults  # noqa: E402
 from inference.engine import ModelLoadError  # noqa: E402
 from inference.registry import load_configured_models  # noqa: E402
-from llmserver import http_framing  # noqa: E402
 from llmserver.handlers import APIHandler, CountArrivals, HTTPRouter  # noqa: E402
 
 # The engine threads give up the GIL for each scheduler step and need it back at once
@@ -43,13 +42,13 @@ if settings.LOAD_MODELS_ON_START:
         print(exc, file=sys.stderr, flush=True)
         raise SystemExit(1) from None
 faults.install()  # testing only: off unless ENGINE_FAULT_INJECTION
-http_framing.install()  # requests Daphne itself refuses are answered in OpenAI's shape too
 
 # Outermost: a generation request counts as arrived as soon as Daphne has read it (the
 # engines wait a moment for such requests before they form a batch; inference/engine.py).
+# Daphne calls it synchronously, so it must stay a plain function (handlers.CountArrivals).
 application = CountArrivals(ProtocolTypeRouter({
     # The API paths skip the web site's session/CSRF/messages middleware and their
-    # thread hops (llmserver/handlers.py); the rest is Django's handler as usual.
+    # thread hops (llmserver/patches/asgi_handler.py); the rest is Django's handler.
     "http": HTTPRouter(api=APIHandler(), web=django_asgi_app),
     # The chat page's socket: opened only by a page of this site's own origin (or a
     # trusted one), so no other page can use the user's cookie with it (chat/origin.py).

@@ -134,8 +134,8 @@ MIDDLEWARE = [
 ]
 
 # The API paths (/v1/, /tokenize, /detokenize, /health, /metrics) are served by
-# llmserver.handlers.APIHandler with this chain instead: every one async, none needing a
-# session (see that module for why).
+# APIHandler (llmserver/patches/asgi_handler.py) with this chain instead: every one
+# async, none needing a session (see that module for why).
 API_MIDDLEWARE = [
     "llmserver.middleware.RequestContextMiddleware",
     "llmserver.middleware.RequestSizeLimitMiddleware",
@@ -280,7 +280,8 @@ MAX_REQUEST_SIZE_BYTES = int(MAX_REQUEST_SIZE_MB * 1024 * 1024)
 # Django's own guard raises at the same size; the middleware answers 413 before that.
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_SIZE_BYTES
 # A request has this long from its first byte to the end of its headers, then this long
-# for its body; past either it gets 408 and the connection closes (llmserver/http_framing.py).
+# for its body; past either it gets 408 and the connection closes
+# (llmserver/patches/http_framing.py).
 REQUEST_HEADERS_TIMEOUT_SECONDS = env.float("REQUEST_HEADERS_TIMEOUT_SECONDS", default=10.0)
 REQUEST_BODY_TIMEOUT_SECONDS = env.float("REQUEST_BODY_TIMEOUT_SECONDS", default=30.0)
 if min(REQUEST_HEADERS_TIMEOUT_SECONDS, REQUEST_BODY_TIMEOUT_SECONDS) <= 0:

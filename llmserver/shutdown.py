@@ -37,10 +37,10 @@ import signal
 import time
 
 from daphne.http_protocol import WebRequest
-from daphne.server import Server
 from twisted.internet import reactor
 
 from llmserver.errors import SHUTDOWN_RETRY_AFTER_SECONDS, shutting_down
+from llmserver.patches.http_framing import DaphneServer
 
 log = logging.getLogger("llmserver.shutdown")
 
@@ -65,8 +65,9 @@ def track_turn(task: asyncio.Task) -> None:
     task.add_done_callback(_chat_turns.discard)
 
 
-class DrainingServer(Server):
-    """Daphne's server, drained on SIGTERM and SIGINT (see the module docstring)."""
+class DrainingServer(DaphneServer):
+    """Daphne's server (with llmserver's HTTP framing, llmserver.patches.http_framing),
+    drained on SIGTERM and SIGINT (see the module docstring)."""
 
     def __init__(self, application, *, grace_seconds: float, **options):
         super().__init__(self._application, signal_handlers=False, **options)
@@ -92,11 +93,16 @@ class DrainingServer(Server):
             protocol.channel.persistent = False  # Twisted closes the connection after the 503
         return super().create_application(protocol, scope)
 
-    async def _application(self, scope, receive, send):
+    def _application(self, scope, receive, send):
+        """The application Daphne calls: a plain function returning the instance's
+        coroutine, not a coroutine function. Daphne calls it synchronously, in the socket
+        callback that read the request (``Server.create_application``), so the wrapped
+        application's own synchronous part (``CountArrivals`` counting the request, for
+        the engines' batch gathering) runs there too; an ``async def`` here would put it
+        off to the coroutine's first step, a loop iteration later."""
         if _draining and scope["type"] == "http":
-            await _refuse(send)
-        else:
-            await self._wrapped(scope=scope, receive=receive, send=send)
+            return _refuse(send)
+        return self._wrapped(scope, receive, send)
 
     # --- the drain, on the reactor's thread -----------------------------------------------
 

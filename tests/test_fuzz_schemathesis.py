@@ -9,7 +9,7 @@ The key has no admin flag, so the load/unload operations are fuzzed too, into th
 
 The server is the session's shared one, over HTTP (not schemathesis's in-process ASGI
 client): part of what negative cases send is answered by the HTTP layer in front of the
-application (Daphne and llmserver/http_framing.py). The log read is what the server
+application (Daphne and llmserver/patches/http_framing.py). The log read is what the server
 wrote since this module began.
 """
 

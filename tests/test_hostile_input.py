@@ -159,7 +159,7 @@ def test_a_well_formed_request_in_the_corpus_shape_is_answered(server, key):
 
 def test_a_chunked_request_body_is_read_as_sent(server, key):
     """Without a Content-Length, Django would take the body as empty; the HTTP layer gives
-    a chunked body its length (llmserver/http_framing.py)."""
+    a chunked body its length (llmserver/patches/http_framing.py)."""
     case = Hostile("framing", "chunked", 200, None, body=json.dumps(chat_body()).encode(), chunked=True)
     status, _, body = _send(server.base_url, case, key)
     assert status == 200, body

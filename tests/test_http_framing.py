@@ -1,5 +1,5 @@
-"""Requests sent too slowly or framed wrong (llmserver/http_framing.py), over raw sockets to
-a real server whose deadlines are short: 1 s for the headers, 2 s for the body.
+"""Requests sent too slowly or framed wrong (llmserver/patches/http_framing.py), over raw
+sockets to a real server whose deadlines are short: 1 s for the headers, 2 s for the body.
 
 A request is answered 408 once its deadline passes, however it trickles in, and its
 connection closes; a malformed framing (a bare LF, a chunk size of too many digits) is
@@ -13,7 +13,6 @@ import socket
 import time
 
 import pytest
-from twisted.web import http
 
 from tests.conftest import MODEL_ID, issue_key, start_server
 
@@ -174,14 +173,3 @@ def test_a_keep_alive_connection_idle_between_requests_longer_than_the_deadline_
 
     assert (status, [model["id"] for model in models["data"]]) == (200, [MODEL_ID])
 
-
-def test_the_twisted_internals_the_channel_overrides_are_still_there():
-    """llmserver/http_framing.py overrides these; if Twisted renames them, the overrides
-    would silently stop applying."""
-    channel = http.HTTPChannel
-    for name in ("_respondToBadRequestAndDisconnect", "_maybeChooseTransferDecoder", "_finishRequestBody",
-                 "_handlingRequest", "_transferDecoder", "allHeadersReceived", "allContentReceived"):
-        assert hasattr(channel(), name), name
-    for name in ("_dataReceived_CHUNK_LENGTH", "_dataReceived_CRLF", "_dataReceived_TRAILER", "_buffer"):
-        assert hasattr(http._ChunkedTransferDecoder(print, print), name), name
-    assert http.HTTPFactory.protocol is http._genericHTTPChannelProtocolFactory

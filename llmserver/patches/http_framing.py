@@ -1,42 +1,49 @@
-"""Daphne's HTTP layer (Twisted's ``HTTPChannel``), made to answer in OpenAI's error shape,
-to honour the request-size limit while it reads a body, not after, and to give a client
-a deadline for sending its request.
+"""Twisted's HTTP channel and Daphne's request and server, made to answer in OpenAI's
+error shape, to honour the request-size limit while a body is read, not after, and to
+give a client a deadline for sending its request (see llmserver/patches/__init__.py for
+why these are here, and the pins).
 
-Some requests never reach Django, because Twisted refuses them while it reads them:
-headers over its limits (one line over 16 KB, or all of them together, or more than 500),
-a malformed request line or ``Content-Length``, a broken chunked body. Twisted then
-writes a bare ``400 Bad Request`` without a body and hangs up, or, for a line over the
-limit, hangs up without a word: an OpenAI client sees no reason at all. Installed, they
-get a 431 (headers too large) or a 400 with the usual ``{"error": {...}}`` body.
+1. **Twisted's HTTP channel** (:class:`_Channel`, :class:`_ChunkedDecoder`).
 
-Others Twisted never refuses: it waits, for as long as bytes keep coming, or until its
-idle timeout (60 s without a byte). Its channel (:class:`_Channel`) here
+   Some requests never reach Django, because Twisted refuses them while it reads them:
+   headers over its limits (one line over 16 KB, or all of them together, or more than
+   500), a malformed request line or ``Content-Length``, a broken chunked body. Twisted
+   then writes a bare ``400 Bad Request`` without a body and hangs up, or, for a line over
+   the limit, hangs up without a word: an OpenAI client sees no reason at all. Here they
+   get a 431 (headers too large) or a 400 with the usual ``{"error": {...}}`` body
+   (llmserver/errors.py).
 
-- gives a request ``REQUEST_HEADERS_TIMEOUT_SECONDS`` from its first byte to the end of
-  its headers, then ``REQUEST_BODY_TIMEOUT_SECONDS`` for its body; past either, 408
-  ``request_timeout`` and the connection closes (a client sending a header line every
-  few seconds no longer holds a connection for ever). The time between requests on a
-  keep-alive connection is not counted: that is Twisted's idle timeout;
-- answers 400 at once to lines ended by a bare LF (in the headers or a chunked body's
-  framing), which it would wait on for a CR LF that never comes, and to a chunk size of
-  more than 16 hexadecimal digits (Twisted takes any number of them, then waits for that
-  many bytes).
+   Others Twisted never refuses: it waits, for as long as bytes keep coming, or until its
+   idle timeout (60 s without a byte). The channel here
 
-Daphne's requests (:class:`_Request`):
+   - gives a request ``REQUEST_HEADERS_TIMEOUT_SECONDS`` from its first byte to the end of
+     its headers, then ``REQUEST_BODY_TIMEOUT_SECONDS`` for its body; past either, 408
+     ``request_timeout`` and the connection closes (a client sending a header line every
+     few seconds does not hold a connection for ever). The time between requests on a
+     keep-alive connection is not counted: that is Twisted's idle timeout;
+   - answers 400 at once to lines ended by a bare LF (in the headers or a chunked body's
+     framing), which it would wait on for a CR LF that never comes, and to a chunk size of
+     more than 16 hexadecimal digits (Twisted takes any number of them, then waits for
+     that many bytes).
 
-- read a body only up to ``MAX_REQUEST_SIZE_MB``: past it (or when ``Content-Length``,
-  or the chunk sizes so far, say it will be), the 413 Django would give is sent at once,
-  instead of after the whole body has been taken in and spooled to disk;
-- give a chunked body its length, which Django reads the body by (without one, Django
-  and DRF take the body as empty and the request fails as if nothing had been sent);
-- do not parse ``multipart/form-data`` and form-encoded bodies, which Twisted does for
-  every POST before the application sees it (refusing, as above, one that does not
-  parse). Nothing here reads those forms: the API answers their Content-Type with a 415.
+2. **Daphne's request** (:class:`_Request`):
 
-Written for Twisted 26.10 and Daphne 4.2.3: it overrides methods of Twisted's that are
-not public (``_respondToBadRequestAndDisconnect``, ``_maybeChooseTransferDecoder``, the
-chunked decoder's states) and builds channels as ``HTTPFactory.protocol`` does;
-tests/test_http_framing.py checks that those names are still there.
+   - reads a body only up to ``MAX_REQUEST_SIZE_MB``: past it (or when
+     ``Content-Length``, or the chunk sizes so far, say it will be), the 413 Django would
+     give is sent at once, instead of after the whole body has been taken in and spooled
+     to disk;
+   - gives a chunked body its length, which Django reads the body by (without one, Django
+     and DRF take the body as empty and the request fails as if nothing had been sent);
+   - does not parse ``multipart/form-data`` and form-encoded bodies, which Twisted does
+     for every POST before the application sees it (refusing, as above, one that does
+     not parse). Nothing here reads those forms: the API answers their Content-Type with
+     a 415.
+
+3. **Daphne's server** (:class:`DaphneServer`, the base of ``llmserver.shutdown``'s
+   ``DrainingServer``): its connections are built from the classes above, for this server
+   only (nothing of Daphne's or Twisted's is rebound for the whole process). Daphne takes
+   no factory or request class as an option; ``Server.run`` builds its ``HTTPFactory``
+   itself, and this server's is that factory's subclass.
 """
 
 from __future__ import annotations
@@ -44,12 +51,18 @@ from __future__ import annotations
 import json
 import re
 
-from daphne import http_protocol
+# daphne.server first: it installs Twisted's asyncio reactor, which must come before any
+# other import of twisted.internet.reactor.
+from daphne.server import Server  # isort:skip
+from daphne import http_protocol  # isort:skip
 from django.conf import settings
 from twisted.internet import reactor
 from twisted.web import http
 
-from llmserver.errors import request_too_large
+from llmserver.errors import APIError, request_too_large
+
+
+# --- 1. Twisted's HTTP channel ---------------------------------------------------------
 
 # After answering, what the client still sends is read and dropped for this long before
 # the connection closes: closing with unread data makes the kernel send a reset, which
@@ -79,13 +92,12 @@ def _answer_and_close(channel, status: int, reason: bytes, body: bytes) -> None:
     reactor.callLater(_LINGER_SECONDS, channel.transport.loseConnection)
 
 
-def _error(message: str, code: str) -> bytes:
-    return json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                 "code": code}}).encode()
+def _answer_error(channel, reason: bytes, error: APIError) -> None:
+    _answer_and_close(channel, error.status, reason, json.dumps(error.body()).encode())
 
 
 def _bad_request(channel, message: str = _BAD_REQUEST) -> None:
-    _answer_and_close(channel, 400, b"Bad Request", _error(message, "bad_request"))
+    _answer_error(channel, b"Bad Request", APIError(400, message, code="bad_request"))
 
 
 class _Channel(http.HTTPChannel):
@@ -95,7 +107,7 @@ class _Channel(http.HTTPChannel):
     _deadline = None  # the pending call that refuses the request being read, if one is
     _answered = False  # refused: the connection only waits to close
 
-    # --- the read deadlines -------------------------------------------------------------
+    # The read deadlines.
 
     def dataReceived(self, data):
         if self._deadline is None and not self._handlingRequest and not self._answered:
@@ -142,11 +154,11 @@ class _Channel(http.HTTPChannel):
 
     def _too_slow(self, seconds: float, what: str) -> None:
         self._deadline = None
-        _answer_and_close(self, 408, b"Request Timeout", _error(
-            f"The request's {what} not received within {seconds:g} second{'' if seconds == 1 else 's'}.",
-            "request_timeout"))
+        _answer_error(self, b"Request Timeout", APIError(
+            408, f"The request's {what} not received within {seconds:g} second{'' if seconds == 1 else 's'}.",
+            code="request_timeout"))
 
-    # --- Twisted's refusals, in OpenAI's shape ------------------------------------------
+    # Twisted's refusals, in OpenAI's shape.
 
     def _respondToBadRequestAndDisconnect(self):
         """Twisted's answer to a request it cannot read."""
@@ -157,21 +169,15 @@ class _Channel(http.HTTPChannel):
 
     def lineLengthExceeded(self, line):
         """One header line over Twisted's limit (or all of them: above)."""
-        _answer_and_close(self, 431, b"Request Header Fields Too Large", _error(
-            f"The request's headers are too large: at most {self.totalHeadersSize // 1024} KB in all.",
-            "request_header_too_large"))
+        _answer_error(self, b"Request Header Fields Too Large", APIError(
+            431, f"The request's headers are too large: at most {self.totalHeadersSize // 1024} KB in all.",
+            code="request_header_too_large"))
 
     def _maybeChooseTransferDecoder(self, header, data):
         chosen = super()._maybeChooseTransferDecoder(header, data)
         if chosen and type(self._transferDecoder) is http._ChunkedTransferDecoder:
             self._transferDecoder = _ChunkedDecoder(self, self.requests[-1])
         return chosen
-
-
-def _new_channel(factory) -> http._GenericHTTPChannelProtocol:
-    """``HTTPFactory.protocol``: Twisted's own (``_genericHTTPChannelProtocolFactory``)
-    with :class:`_Channel`."""
-    return http._GenericHTTPChannelProtocol(_Channel())
 
 
 class _ChunkedDecoder(http._ChunkedTransferDecoder):
@@ -220,6 +226,8 @@ class _ChunkedDecoder(http._ChunkedTransferDecoder):
         return False
 
 
+# --- 2. Daphne's request ---------------------------------------------------------------
+
 class _Request(http_protocol.WebRequest):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -253,8 +261,30 @@ class _Request(http_protocol.WebRequest):
         super().requestReceived(command, path, version)
 
 
-def install() -> None:
-    """Have Daphne's HTTP servers in this process build their channels and requests from
-    the classes above."""
-    http_protocol.HTTPFactory.protocol = _new_channel
-    http_protocol.WebRequest = _Request
+# --- 3. Daphne's server ----------------------------------------------------------------
+
+class _HTTPFactory(http_protocol.HTTPFactory):
+    """Daphne's factory of HTTP connections, building them from :class:`_Channel` and
+    :class:`_Request`."""
+
+    def protocol(self) -> http._GenericHTTPChannelProtocol:
+        """Twisted's ``_genericHTTPChannelProtocolFactory``, with :class:`_Channel`."""
+        return http._GenericHTTPChannelProtocol(_Channel())
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)  # Daphne's sets its WebRequest
+        protocol.requestFactory = _Request
+        return protocol
+
+
+class DaphneServer(Server):
+    """Daphne's server whose HTTP connections are built by :class:`_HTTPFactory`."""
+
+    @property
+    def http_factory(self) -> _HTTPFactory:
+        return self._http_factory
+
+    @http_factory.setter
+    def http_factory(self, factory) -> None:
+        # Server.run builds Daphne's HTTPFactory(self) and listens with it: ours instead.
+        self._http_factory = factory if isinstance(factory, _HTTPFactory) else _HTTPFactory(factory.server)
