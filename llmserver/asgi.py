@@ -44,7 +44,7 @@ if settings.LOAD_MODELS_ON_START:
 faults.install()  # testing only: off unless ENGINE_FAULT_INJECTION
 
 # Outermost: a generation request counts as arrived as soon as Daphne has read it (the
-# engines wait a moment for such requests before they form a batch; inference/engine.py).
+# engines wait a moment for such requests before they form a batch; inference/batching.py).
 # Daphne calls it synchronously, so it must stay a plain function (handlers.CountArrivals).
 application = CountArrivals(ProtocolTypeRouter({
     # The API paths skip the web site's session/CSRF/messages middleware and their

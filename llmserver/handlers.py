@@ -12,7 +12,7 @@ from __future__ import annotations
 from asgiref.sync import markcoroutinefunction
 from django.middleware.security import SecurityMiddleware
 
-from inference.engine import arrivals
+from inference.arrivals import arrivals
 from llmserver.patches.asgi_handler import APIHandler
 
 __all__ = ["API_PREFIXES", "ARRIVAL", "GENERATION_PATHS", "APIHandler", "APISecurityMiddleware", "CountArrivals",
