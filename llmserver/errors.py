@@ -114,7 +114,7 @@ class APIError(Exception, metaclass=_ByCode):
         super().__init_subclass__(**kwargs)
         code = cls.__dict__.get("code")
         if code is None:
-            return  # a subclass of a code's class (accounts.refusals.UnknownKey) or a group
+            return  # a subclass of a code's class, e.g. accounts.refusals.UnknownKey
         if code in _CLASSES:
             raise TypeError(f"{code} already has its class, {_CLASSES[code].__name__}")
         if "type" not in cls.__dict__:
