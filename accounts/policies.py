@@ -19,7 +19,7 @@ from accounts.auth import authenticate
 from accounts.books import books
 from accounts.models import APIKey
 from accounts.refusals import key_refusal
-from llmserver.errors import APIError
+from llmserver.errors import AdminKeyRequired, UserInactive
 
 
 class Credential(NamedTuple):
@@ -63,7 +63,7 @@ class AdminKey(BearerKey):
     async def authorize(self, request) -> Credential:
         credential = await super().authorize(request)
         if credential.key is not None and not credential.key.is_admin:
-            raise APIError(403, self.refusal, code="admin_key_required")
+            raise AdminKeyRequired(self.refusal)
         return credential
 
 
@@ -86,7 +86,7 @@ class ChatSession:
     async def authorize(self, user) -> Credential:
         key = await books.call(_chat_key_of_active_user, user.pk)
         if key is None:
-            raise APIError(401, "Your account has been deactivated.", code="user_inactive")
+            raise UserInactive("Your account has been deactivated.")
         refusal = key_refusal(key)
         if refusal is not None:
             raise refusal

@@ -44,7 +44,8 @@ from inference.lifecycle import Lifecycle
 from inference.protocol import ChatCompletionRequest
 from inference.serving import ChatServing
 from llmserver import shutdown
-from llmserver.errors import APIError, shutting_down, validation_error
+from llmserver.errors import (APIError, DuplicateId, InvalidJSON, InvalidValue, RequestTooLarge, UserInactive,
+                              shutting_down, validation_error)
 
 log = logging.getLogger("llmserver.chat")
 
@@ -94,8 +95,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 task.cancel()
             return
         if chat_id in self.generations:
-            await self._send_error(chat_id, APIError(400, f"A generation with id '{chat_id}' is running.",
-                                                     code="duplicate_id", param="id"))
+            await self._send_error(chat_id, DuplicateId(f"A generation with id '{chat_id}' is running.", param="id"))
             return
         task = asyncio.create_task(self._generate(chat_id, message))
         self.generations[chat_id] = task
@@ -104,20 +104,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     def _parse(self, text_data) -> dict:
         if text_data is None:
-            raise APIError(400, "Send JSON text frames.", code="invalid_json")
+            raise InvalidJSON("Send JSON text frames.")
         if len(text_data) > settings.MAX_REQUEST_SIZE_BYTES:
-            raise APIError(413, f"Message too large: the limit is {settings.MAX_REQUEST_SIZE_MB:g} MB.",
-                           code="request_too_large")
+            raise RequestTooLarge(f"Message too large: the limit is {settings.MAX_REQUEST_SIZE_MB:g} MB.")
         try:
             message = json.loads(text_data)
         except ValueError as exc:
-            raise APIError(400, f"We could not parse the JSON of your message: {exc}", code="invalid_json") from None
+            raise InvalidJSON(f"We could not parse the JSON of your message: {exc}") from None
         if not isinstance(message, dict) or message.get("type") not in ("chat", "stop"):
-            raise APIError(400, "A message needs a 'type' of 'chat' or 'stop'.", code="invalid_value", param="type")
+            raise InvalidValue("A message needs a 'type' of 'chat' or 'stop'.", param="type")
         chat_id = message.get("id")
         if not isinstance(chat_id, str) or not _CHAT_ID.match(chat_id):
-            raise APIError(400, "A message needs an 'id' of 1 to 64 letters, digits, '_' or '-'.",
-                           code="invalid_value", param="id")
+            raise InvalidValue("A message needs an 'id' of 1 to 64 letters, digits, '_' or '-'.", param="id")
         return message
 
     async def _generate(self, chat_id: str, message: dict) -> None:
@@ -155,7 +153,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if not self.connected:
                 raise
         except APIError as exc:
-            if exc.code == "user_inactive":
+            if isinstance(exc, UserInactive):
                 await self._send_error(chat_id, exc)
                 await self.close(code=NOT_AUTHENTICATED)
                 return

@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 
 from accounts.models import APIKey
-from llmserver.errors import APIError
+from llmserver.errors import (APIError, KeyConcurrencyLimit, RequestsPerMinuteLimit, ServerConcurrencyLimit,
+                              TokenBudgetExceeded, TokensPerMinuteLimit)
 
 REVOKED = "Your chat access has been revoked or has expired. Ask an administrator to restore it."
 
@@ -22,11 +23,11 @@ def for_person(exc: APIError, key: APIKey | None) -> APIError:
     """``exc`` as the chat page's user should read it; ``key`` is their chat key, its
     limits as admission read them."""
     if exc.status == 401:
-        return APIError(401, REVOKED, code=exc.code)
+        return exc.reworded(REVOKED, headers={})
     if exc.status == 429:
-        message = _too_many(exc.code, key, retry_after(exc) or 1)
+        message = _too_many(exc, key, retry_after(exc) or 1)
         if message:
-            return APIError(429, message, code=exc.code, headers=exc.headers)
+            return exc.reworded(message)
     return exc
 
 
@@ -36,25 +37,25 @@ def retry_after(exc: APIError) -> int | None:
     return int(value) if value is not None else None
 
 
-def _too_many(code: str | None, key: APIKey | None, seconds: int) -> str | None:
+def _too_many(exc: APIError, key: APIKey | None, seconds: int) -> str | None:
     wait = f"try again in {duration(seconds)}."
-    if code == "requests_per_minute_limit":
+    if isinstance(exc, RequestsPerMinuteLimit):
         return f"You have sent too many messages in the last minute; {wait}"
-    if code == "tokens_per_minute_limit":
+    if isinstance(exc, TokensPerMinuteLimit):
         return f"Your messages have used too many tokens in the last minute; {wait}"
-    if code == "token_budget_exceeded":
+    if isinstance(exc, TokenBudgetExceeded):
         if key is not None and key.token_budget is not None:
             period = key.get_budget_period_display().lower()
             return f"You have used all {plural(key.token_budget, 'token')} you may use per {period}; {wait}"
         return f"You have used all the tokens you may use for now; {wait}"
-    if code == "key_concurrency_limit":
+    if isinstance(exc, KeyConcurrencyLimit):
         limit = key.max_concurrency if key is not None else None
         if limit == 1:
             return ("You already have an answer being written, and you may have only one at a time; "
                     "wait for it to finish or stop it, then try again.")
         return (f"You already have {limit or 'several'} answers being written, as many as you may have at a time; "
                 "wait for one to finish or stop it, then try again.")
-    if code == "server_concurrency_limit":
+    if isinstance(exc, ServerConcurrencyLimit):
         return f"The server is busy with other people's messages; {wait}"
     return None
 

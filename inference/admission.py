@@ -12,7 +12,7 @@ import threading
 
 from django.conf import settings
 
-from llmserver.errors import APIError
+from llmserver.errors import ServerConcurrencyLimit
 
 
 class ConcurrencyLimit:
@@ -31,12 +31,8 @@ class ConcurrencyLimit:
     def _acquire(self) -> Slot:
         limit = settings.MAX_CONCURRENT_REQUESTS
         if self.in_flight >= limit:
-            raise APIError(
-                429,
-                f"The server is at its limit of {limit} concurrent requests; retry shortly.",
-                code="server_concurrency_limit",
-                headers={"Retry-After": "1"},
-            )
+            raise ServerConcurrencyLimit(f"The server is at its limit of {limit} concurrent requests; retry shortly.",
+                                         headers={"Retry-After": "1"})
         self.in_flight += 1
         return Slot(self)
 

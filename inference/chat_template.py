@@ -32,7 +32,7 @@ import jinja2.utils
 import tokenizers
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from llmserver.errors import APIError
+from llmserver.errors import APIError, ChatTemplateError, ChatTemplateMissing, ChatTemplateUnsupported
 
 log = logging.getLogger("llmserver.chat_template")
 
@@ -299,11 +299,10 @@ class ChatTemplate:
         for name in ("tools", "system", "tool_calls", "tool_results"):
             if name in used and name in self.drops:
                 param, what = _LIMITS[name]
-                return APIError(
-                    400,
+                return ChatTemplateUnsupported(
                     f"The chat template of model '{model_id}' {what}, so this request cannot be shown to the model "
                     f"as sent. Leave it out, or serve the model with a chat_template that renders it.",
-                    code="chat_template_unsupported", param=param)
+                    param=param)
         return None
 
 
@@ -459,11 +458,10 @@ class PromptFormat:
         saying why the model's template cannot render them."""
         template = self.chat_template
         if template is None or template.pick(tools) is None:
-            raise APIError(
-                400,
+            raise ChatTemplateMissing(
                 f"The model '{self.model_id}' has no chat template, so it cannot take chat messages. Send a "
                 f"prompt to /v1/completions, or serve the model with a chat_template.",
-                code="chat_template_missing", param="messages")
+                param="messages")
         refusal = template.refusal(self.model_id, messages, tools)
         if refusal is not None:
             raise refusal
@@ -475,8 +473,8 @@ class PromptFormat:
             message = exc.message or type(exc).__name__
         except Exception as exc:  # noqa: BLE001 - the template failed on these messages, not the server
             message = f"{type(exc).__name__}: {exc}"
-        raise APIError(400, f"The chat template of model '{self.model_id}' cannot render these messages: {message}",
-                       code="chat_template_error", param="messages")
+        raise ChatTemplateError(f"The chat template of model '{self.model_id}' cannot render these messages: {message}",
+                                param="messages")
 
     def encode(self, text: str, *, bos: bool = False) -> list[int]:
         """The ids of ``text``, special-token text as its token (a rendered chat prompt

@@ -38,7 +38,7 @@ from inference import metrics
 from inference.admission import ConcurrencyLimit
 from inference.engine import EngineUnavailable
 from inference.registry import ModelSpec, ModelUse, registry
-from inference.serving import GenerationFailed
+from inference.serving import GenerationFailed, generation_error
 from llmserver.errors import APIError, as_api_error
 
 log = logging.getLogger("llmserver.lifecycle")
@@ -226,10 +226,9 @@ class Lifecycle:
                             generation if self._admitted else None)
 
 
+
 def _api_error(exc: Exception) -> APIError:
     """What a client is told of ``exc``."""
-    if isinstance(exc, GenerationFailed):
-        return exc.api_error
-    if isinstance(exc, EngineUnavailable):
-        return APIError(503, str(exc), code="engine_unavailable", type="server_error")
+    if isinstance(exc, (GenerationFailed, EngineUnavailable)):
+        return generation_error(exc)
     return as_api_error(exc)

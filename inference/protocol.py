@@ -20,7 +20,7 @@ from rest_framework.exceptions import ParseError
 from rest_framework.utils.json import strict_constant
 
 from inference.chat_template import RESERVED_VARIABLES
-from llmserver.errors import APIError
+from llmserver.errors import Code, UnsupportedMediaType
 
 MAX_N = 16
 MAX_STOP_SEQUENCES = 4
@@ -54,8 +54,7 @@ class JSONParser(parsers.JSONParser):
         request = parser_context.get("request")
         coding = request.headers.get("Content-Encoding", "identity").strip().lower() if request else "identity"
         if coding not in ("", "identity"):
-            raise APIError(415, f"Content-Encoding '{coding[:32]}' is not supported; send the body uncompressed.",
-                           code="unsupported_media_type")
+            raise UnsupportedMediaType(f"Content-Encoding '{coding[:32]}' is not supported; send the body uncompressed.")
         try:
             text = stream.read().decode(parsers.get_encoding(parser_context))
             data = json.loads(text, parse_constant=strict_constant, object_pairs_hook=_unique_keys)
@@ -102,7 +101,7 @@ def _deeper_than(data, limit: int) -> bool:
     return True
 
 
-def _refuse(field: str, message: str, *, code: str = "invalid_value"):
+def _refuse(field: str, message: str, *, code: Code = Code.INVALID_VALUE):
     """Raise a validation error for ``field`` with an OpenAI error code."""
     raise serializers.ValidationError({field: serializers.ErrorDetail(message, code=code)})
 
@@ -222,9 +221,9 @@ class OpenAIRequestSerializer(serializers.Serializer):
             for name in data:
                 if name in self.NEUTRAL_VALUES:
                     if data[name] is not None and data[name] not in self.NEUTRAL_VALUES[name]:
-                        _refuse(name, f"'{name}' is not supported by this server.", code="unsupported_parameter")
+                        _refuse(name, f"'{name}' is not supported by this server.", code=Code.UNSUPPORTED_PARAMETER)
                 elif name not in self.fields:
-                    _refuse(name, f"Unrecognized request argument supplied: {name}", code="unknown_parameter")
+                    _refuse(name, f"Unrecognized request argument supplied: {name}", code=Code.UNKNOWN_PARAMETER)
             # null for an optional field means "not given", as in OpenAI's API.
             data = {k: v for k, v in data.items() if v is not None and k not in self.NEUTRAL_VALUES}
         return super().to_internal_value(data)
@@ -268,7 +267,7 @@ class ContentPartSerializer(serializers.Serializer):
         # A part of another type is refused for its type (its own fields are not text's).
         if isinstance(data, dict) and data.get("type") == "text":
             for name in sorted(set(data) - set(self.fields)):
-                _refuse(name, f"Unrecognized content part field: {name}", code="unknown_parameter")
+                _refuse(name, f"Unrecognized content part field: {name}", code=Code.UNKNOWN_PARAMETER)
         return super().to_internal_value(data)
 
 
@@ -319,9 +318,9 @@ class ChatMessageSerializer(serializers.Serializer):
         if isinstance(data, dict):
             for name in sorted(set(data) - set(self.fields)):
                 if name not in self.NEUTRAL_VALUES:
-                    _refuse(name, f"Unrecognized message field: {name}", code="unknown_parameter")
+                    _refuse(name, f"Unrecognized message field: {name}", code=Code.UNKNOWN_PARAMETER)
                 if data[name] is not None and data[name] not in self.NEUTRAL_VALUES[name]:
-                    _refuse(name, f"'{name}' in a message is not supported by this server.", code="unsupported_parameter")
+                    _refuse(name, f"'{name}' in a message is not supported by this server.", code=Code.UNSUPPORTED_PARAMETER)
             # null for an optional field means "not given", as at the top level; a null
             # content is kept: it says the message is only tool calls.
             data = {k: v for k, v in data.items()
@@ -338,10 +337,10 @@ class ChatMessageSerializer(serializers.Serializer):
         if "reasoning_content" in attrs and attrs["role"] != "assistant":
             _refuse("reasoning_content", "Only assistant messages have 'reasoning_content'.")
         if attrs["role"] == "tool" and "tool_call_id" not in attrs:
-            _refuse("tool_call_id", "This field is required.", code="required")
+            _refuse("tool_call_id", "This field is required.", code=Code.MISSING_REQUIRED_PARAMETER)
         if attrs.get("content") is None:
             if "tool_calls" not in attrs:
-                _refuse("content", "This field is required.", code="required")
+                _refuse("content", "This field is required.", code=Code.MISSING_REQUIRED_PARAMETER)
             attrs["content"] = ""
         return attrs
 
@@ -355,7 +354,7 @@ class FunctionSerializer(serializers.Serializer):
     def validate_name(self, value):
         if not _FUNCTION_NAME.match(value):
             raise serializers.ValidationError("A function name is 1 to 64 letters, digits, '_' or '-'.",
-                                              code="invalid_value")
+                                              code=Code.INVALID_VALUE)
         return value
 
 
@@ -392,7 +391,7 @@ class ChatTemplateKwargsField(serializers.DictField):
         taken = sorted(name for name in data if name in RESERVED_VARIABLES)
         if taken:
             raise serializers.ValidationError(f"'{taken[0]}' is a variable the server sets for the chat template.",
-                                              code="invalid_value")
+                                              code=Code.INVALID_VALUE)
         return data
 
 
@@ -413,7 +412,7 @@ class ResponseFormatSerializer(serializers.Serializer):
 
     def validate(self, attrs):
         if attrs["type"] == "json_schema" and "json_schema" not in attrs:
-            _refuse("json_schema", "This field is required.", code="required")
+            _refuse("json_schema", "This field is required.", code=Code.MISSING_REQUIRED_PARAMETER)
         return attrs
 
 
@@ -555,7 +554,7 @@ class ResponsesInputField(serializers.Field):
         reasoning = None  # a reasoning item's text, for the assistant turn that follows it
         for position, item in enumerate(data):
             if not isinstance(item, dict):
-                _refuse_item(position, None, "Expected an input item (an object).", "invalid_type")
+                _refuse_item(position, None, "Expected an input item (an object).", Code.INVALID_TYPE)
             kind = item.get("type", "message")
             if kind == "message":
                 messages.append(_input_message(item, position))
@@ -580,11 +579,11 @@ class ResponsesInputField(serializers.Field):
                 reasoning = None
             else:
                 _refuse_item(position, "type", f"Input items of type '{kind}' are not supported by this server.",
-                             "unsupported_parameter")
+                             Code.UNSUPPORTED_PARAMETER)
         return messages
 
 
-def _refuse_item(position: int, name: str | None, message: str, code: str):
+def _refuse_item(position: int, name: str | None, message: str, code: Code):
     """An error in ``input[position]`` (``.name``), relative to the input field."""
     detail = serializers.ErrorDetail(message, code=code)
     raise serializers.ValidationError({position: {name: detail} if name else [detail]})
@@ -594,7 +593,7 @@ def _text(item: dict, name: str, position: int) -> str:
     value = item.get(name)
     if not isinstance(value, str):
         _refuse_item(position, name, "This field is required." if value is None else "Expected a string.",
-                     "required" if value is None else "invalid_type")
+                     Code.MISSING_REQUIRED_PARAMETER if value is None else Code.INVALID_TYPE)
     return value
 
 
@@ -605,17 +604,17 @@ def _reasoning_text(item: dict, position: int) -> str:
     if not isinstance(content, list) or not all(
             isinstance(part, dict) and part.get("type") == "reasoning_text" and isinstance(part.get("text"), str)
             for part in content):
-        _refuse_item(position, "content", "Expected a list of reasoning_text parts.", "invalid_type")
+        _refuse_item(position, "content", "Expected a list of reasoning_text parts.", Code.INVALID_TYPE)
     if item.get("encrypted_content") is not None:
         _refuse_item(position, "encrypted_content", "Encrypted reasoning is not supported by this server.",
-                     "unsupported_parameter")
+                     Code.UNSUPPORTED_PARAMETER)
     return "".join(part["text"] for part in content)
 
 
 def _input_message(item: dict, position: int) -> dict:
     role = item.get("role")
     if role not in ("user", "assistant", "system", "developer"):
-        _refuse_item(position, "role", "Expected 'user', 'assistant', 'system' or 'developer'.", "invalid_value")
+        _refuse_item(position, "role", "Expected 'user', 'assistant', 'system' or 'developer'.", Code.INVALID_VALUE)
     content = item.get("content")
     if isinstance(content, list):
         parts = []
@@ -623,11 +622,11 @@ def _input_message(item: dict, position: int) -> dict:
             if not isinstance(part, dict) or part.get("type") not in ("input_text", "output_text") \
                     or not isinstance(part.get("text"), str):
                 _refuse_item(position, "content", "Only input_text and output_text parts are supported by this server.",
-                             "unsupported_parameter")
+                             Code.UNSUPPORTED_PARAMETER)
             parts.append(part["text"])
         content = "".join(parts)
     if not isinstance(content, str):
-        _refuse_item(position, "content", "Expected a string or a list of text parts.", "invalid_type")
+        _refuse_item(position, "content", "Expected a string or a list of text parts.", Code.INVALID_TYPE)
     return {"role": "system" if role == "developer" else role, "content": content}
 
 

@@ -31,7 +31,7 @@ from inference.engine import EngineWorker, ModelLoadError, folder_context
 from inference.model_options import ModelOptions
 from inference.tool_parsers import PARSERS
 from llmserver import clock
-from llmserver.errors import APIError, model_not_found
+from llmserver.errors import ModelBusy, ModelCapacity, ModelUnavailable, model_not_found
 
 log = logging.getLogger("llmserver.registry")
 
@@ -201,8 +201,8 @@ class ModelRegistry:
         while slot._transition is not None:
             await asyncio.shield(slot._transition)
         if slot.in_flight:
-            raise APIError(409, f"The model '{slot.spec.id}' has {slot.in_flight} requests in flight; "
-                                "it can be unloaded once they end.", code="model_busy")
+            raise ModelBusy(f"The model '{slot.spec.id}' has {slot.in_flight} requests in flight; "
+                            "it can be unloaded once they end.")
         if slot.worker is not None:
             await self._unload(slot)
         return slot.status()
@@ -270,11 +270,10 @@ class ModelRegistry:
                 return
             idle = [s for s in occupying if s.in_flight == 0 and s._transition is None]
             if not idle:
-                raise APIError(
-                    503,
+                raise ModelCapacity(
                     f"The model '{slot.spec.id}' cannot be loaded now: the server holds at most "
                     f"{self.max_loaded} models in memory and all are serving requests. Retry shortly.",
-                    code="model_capacity", headers={"Retry-After": "2"},
+                    headers={"Retry-After": "2"},
                 )
             victim = min(idle, key=lambda s: s.last_used)
             log.info("unloading model %s (least recently used) to load %s", victim.spec.id, slot.spec.id)
@@ -339,9 +338,8 @@ class ModelRegistry:
             slot.worker, slot.state = None, "unloaded"
 
 
-def _load_failed(slot: ModelSlot) -> APIError:
-    return APIError(503, f"The model '{slot.spec.id}' could not be loaded: {slot.error}",
-                    code="model_unavailable", headers={"Retry-After": "5"})
+def _load_failed(slot: ModelSlot) -> ModelUnavailable:
+    return ModelUnavailable(f"The model '{slot.spec.id}' could not be loaded: {slot.error}", headers={"Retry-After": "5"})
 
 
 def _resident_bytes() -> int:

@@ -3,7 +3,7 @@
 This layer knows the engine and OpenAI's response shapes, and nothing of HTTP: it returns
 response dicts, or yields chunk dicts for a stream. Errors found before generation starts
 are raised as :class:`~llmserver.errors.APIError`; an error after a stream has started is
-yielded as a value (``{"error": ...}``) because the 200 has already been sent.
+yielded as its body (``{"error": ...}``, from llmserver.errors) because the 200 has already been sent.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from inference.reasoning import ReasoningSplitter, splitter_for
 from inference.stop import StopMatcher
 from inference.tool_parsers import ToolParser, parse_tool_calls
 from inference.tools import ToolCall
-from llmserver.errors import APIError, error_body, shutting_down
+from llmserver.errors import (APIError, ContextLengthExceeded, EngineError, EngineOverloaded, EngineUnavailableError,
+                              InvalidValue, UnsupportedParameter, shutting_down)
 
 # The engine's FinishReason names, as OpenAI's finish_reason.
 _FINISH_REASONS = {
@@ -101,11 +102,9 @@ class Generation:
         queued = worker.queued
         if queued and queued + len(self.turns) > limit:
             wait = worker.seconds_to_begin(queued + len(self.turns))
-            raise APIError(
-                503,
+            raise EngineOverloaded(
                 f"The engine is currently overloaded: the model '{worker.model_id}' has {queued} generations "
                 f"waiting for a slot, and takes at most {limit}. Please try again later.",
-                code="engine_overloaded", type="server_error",
                 headers={"Retry-After": str(min(_MAX_RETRY_AFTER, max(1, math.ceil(wait))))},
             )
         worker.hold_places(self.turns)
@@ -122,8 +121,8 @@ class Generation:
         if not seen:
             problem = await asyncio.to_thread(check.verdict, *guidance)
         if problem:
-            raise APIError(400, f"The engine cannot follow this '{self.guidance_param}' schema: {problem}",
-                           code="invalid_value", param=self.guidance_param)
+            raise InvalidValue(f"The engine cannot follow this '{self.guidance_param}' schema: {problem}",
+                               param=self.guidance_param)
 
     def release_places(self) -> None:
         for turn in self.turns:
@@ -233,18 +232,24 @@ def _engine_error(message: str, worker: EngineWorker, guidance_param: str = "res
     if "max_session_tokens" in message and not message.startswith(REFUSED):  # the prompt leaves no room
         return _context_length_exceeded(worker, None, "messages")
     if message.startswith(RETRYABLE_FAILURE):
-        return APIError(503, f"The engine is currently overloaded: the model '{worker.model_id}' had no room for "
-                             "this generation. Please try again later.",
-                        code="engine_overloaded", type="server_error", headers={"Retry-After": "1"})
+        return EngineOverloaded(f"The engine is currently overloaded: the model '{worker.model_id}' had no room for "
+                                "this generation. Please try again later.", headers={"Retry-After": "1"})
     if message == GRAMMAR_FAILURE:
-        return APIError(400, f"The engine failed while following the grammar of this '{guidance_param}' and stopped; "
-                             "simplify it (fewer levels, no required recursion).",
-                        code="invalid_value", param=guidance_param)
+        return InvalidValue(f"The engine failed while following the grammar of this '{guidance_param}' and stopped; "
+                            "simplify it (fewer levels, no required recursion).", param=guidance_param)
     if message.startswith("Error creating grammar"):
         detail = message.splitlines()[0].removeprefix("Error creating grammar:").strip()
-        return APIError(400, f"The engine cannot follow this '{guidance_param}' schema: {detail}",
-                        code="invalid_value", param=guidance_param)
-    return APIError(500, f"The model failed while generating: {message}", code="engine_error", type="server_error")
+        return InvalidValue(f"The engine cannot follow this '{guidance_param}' schema: {detail}", param=guidance_param)
+    return EngineError(f"The model failed while generating: {message}")
+
+
+def generation_error(exc: GenerationFailed | EngineUnavailable) -> APIError:
+    """What a client is told of a generation the engine ended with an error
+    (:class:`GenerationFailed`) or could not take at all (the engine is stopping or
+    stopped: 503 engine_unavailable)."""
+    if isinstance(exc, GenerationFailed):
+        return exc.api_error
+    return EngineUnavailableError(str(exc))
 
 
 def sampling_settings(data: dict, worker: EngineWorker) -> tuple[float, float | None, int | None]:
@@ -266,13 +271,11 @@ def sampling_settings(data: dict, worker: EngineWorker) -> tuple[float, float | 
     return temperature, top_p, top_k or None
 
 
-def _context_length_exceeded(worker: EngineWorker, prompt_tokens: int | None, param: str) -> APIError:
+def _context_length_exceeded(worker: EngineWorker, prompt_tokens: int | None, param: str) -> ContextLengthExceeded:
     got = f" However, your prompt resulted in {prompt_tokens} tokens." if prompt_tokens is not None else ""
-    return APIError(
-        400,
+    return ContextLengthExceeded(
         f"This model's maximum context length is {worker.context_length} tokens.{got} "
         "Please reduce the length of the prompt, leaving room for at least one generated token.",
-        code="context_length_exceeded",
         param=param,
     )
 
@@ -302,9 +305,9 @@ class _Serving:
         seed = data.get("seed")
         if seed is not None and temperature > 0 and not self.worker.dynamic_batching:
             # Only an engine with dynamic batching seeds one turn (og's set_seed).
-            raise APIError(400, "'seed' is supported only with temperature 0 (greedy decoding, deterministic "
-                                "without a seed): this engine's CPU scheduler cannot seed sampling per request.",
-                           code="unsupported_parameter", param="seed")
+            raise UnsupportedParameter("'seed' is supported only with temperature 0 (greedy decoding, deterministic "
+                                       "without a seed): this engine's CPU scheduler cannot seed sampling per request.",
+                                       param="seed")
         return SamplingParams(
             # The context bounds any turn; the engine ends it there with "length".
             max_tokens=min(max_tokens or self.default_max_tokens, self.worker.context_length),
@@ -322,7 +325,7 @@ class _Serving:
 
     def check_prompt(self, tokens: np.ndarray) -> np.ndarray:
         if len(tokens) == 0:
-            raise APIError(400, "The prompt is empty after tokenization.", code="invalid_value", param=self.prompt_param)
+            raise InvalidValue("The prompt is empty after tokenization.", param=self.prompt_param)
         if len(tokens) >= self.worker.context_length:
             raise _context_length_exceeded(self.worker, len(tokens), self.prompt_param)
         return tokens
@@ -379,11 +382,8 @@ class _Serving:
                     if choice["finish_reason"]:
                         generation.finish_reasons[update.index] = choice["finish_reason"]
                     yield {**base, "choices": [choice]}
-        except GenerationFailed as failed:
-            yield failed.api_error.body()
-            return
-        except EngineUnavailable as exc:
-            yield error_body(str(exc), type="server_error", code="engine_unavailable")
+        except (GenerationFailed, EngineUnavailable) as exc:
+            yield generation_error(exc).body()
             return
         if include_usage:
             yield {**base, "choices": [], "usage": generation.usage()}
@@ -432,9 +432,9 @@ class ChatServing(_Serving):
         calls = bool(self.tools) and choice != "auto"  # "required" or a named function: a call it will be
         if calls:
             if self.worker.tool_parsing is None:
-                raise APIError(400, f"Model '{self.model_name}' reads no tool calls (its tool_parser is 'none', or its "
-                               "chat template writes calls in no known format), so tool_choice cannot require one.",
-                               code="invalid_value", param="tool_choice")
+                raise InvalidValue(f"Model '{self.model_name}' reads no tool calls (its tool_parser is 'none', or its "
+                                   "chat template writes calls in no known format), so tool_choice cannot require one.",
+                                   param="tool_choice")
             grammar = self.worker.tool_parsing.grammar(self.tools, choice, self.parallel_tool_calls)
             params = dataclasses.replace(params, guidance=("lark_grammar", grammar))
         # A grammar (response_format, or a required tool call) holds the whole output from
@@ -532,8 +532,7 @@ class CompletionServing(_Serving):
             else:
                 tokens = np.asarray(prompt, dtype=np.int32)
                 if int(tokens.max()) >= self.worker.vocab_size:
-                    raise APIError(400, f"Token id {int(tokens.max())} is out of the model's vocabulary.",
-                                   code="invalid_value", param="prompt")
+                    raise InvalidValue(f"Token id {int(tokens.max())} is out of the model's vocabulary.", param="prompt")
             prompts.append(self.check_prompt(tokens))
         return Generation(self.worker, prompts, self.sampling(data, data.get("max_tokens")), n=data["n"], stop=data.get("stop"))
 
@@ -591,8 +590,7 @@ class TokenizeServing:
     def detokenize(self, data: dict) -> dict:
         tokens = data["tokens"]
         if tokens and max(tokens) >= self.worker.vocab_size:
-            raise APIError(400, f"Token id {max(tokens)} is out of the model's vocabulary.",
-                           code="invalid_value", param="tokens")
+            raise InvalidValue(f"Token id {max(tokens)} is out of the model's vocabulary.", param="tokens")
         text = self.worker.tokenizer.decode(np.asarray(tokens, dtype=np.int32))
         # As Hugging Face decodes the same ids: SentencePiece tokenizers that prepend "▁"
         # when encoding (Llama 2, Mistral, Phi-3) drop the leading space og's decode keeps.
@@ -775,11 +773,10 @@ class ResponsesServing(ChatServing):
                     item["status"] = "completed"
                     yield events.next("response.output_item.done", output_index=index, item=item)
         except (GenerationFailed, EngineUnavailable) as exc:
-            error = exc.api_error if isinstance(exc, GenerationFailed) else APIError(
-                503, str(exc), code="engine_unavailable", type="server_error")
-            yield events.next("error", code=error.code, message=error.message, param=error.param)
+            error = generation_error(exc)
+            yield events.next("error", **error.responses_event())
             failed = self.response(response_id, created, "failed", output, generation, reason)
-            failed["error"] = {"code": error.code, "message": error.message}
+            failed["error"] = error.responses_error()
             yield events.next("response.failed", response=failed)
             return
         if message is None and all(item["type"] == "reasoning" for item in output):

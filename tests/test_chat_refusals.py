@@ -8,7 +8,7 @@ import pytest
 from accounts.models import APIKey
 from accounts.refusals import invalid_key, too_many
 from chat.refusals import duration, for_person
-from llmserver.errors import APIError
+from llmserver.errors import InvalidValue
 
 
 def chat_key(**limits) -> APIKey:
@@ -59,7 +59,7 @@ def test_a_revoked_key_is_told_as_chat_access_taken_away():
 
 
 def test_other_errors_are_passed_on_as_they_are():
-    error = APIError(400, "'messages' must not be empty.", code="invalid_value", param="messages")
+    error = InvalidValue("'messages' must not be empty.", param="messages")
     assert for_person(error, chat_key()) is error
 
 

@@ -48,7 +48,6 @@ why these are here, and the pins).
 
 from __future__ import annotations
 
-import json
 import re
 
 # daphne.server first: it installs Twisted's asyncio reactor, which must come before any
@@ -59,7 +58,7 @@ from django.conf import settings
 from twisted.internet import reactor
 from twisted.web import http
 
-from llmserver.errors import APIError, request_too_large
+from llmserver.errors import APIError, BadRequest, RequestHeaderTooLarge, RequestTimeout, request_too_large
 
 
 # --- 1. Twisted's HTTP channel ---------------------------------------------------------
@@ -93,11 +92,11 @@ def _answer_and_close(channel, status: int, reason: bytes, body: bytes) -> None:
 
 
 def _answer_error(channel, reason: bytes, error: APIError) -> None:
-    _answer_and_close(channel, error.status, reason, json.dumps(error.body()).encode())
+    _answer_and_close(channel, error.status, reason, error.json())
 
 
 def _bad_request(channel, message: str = _BAD_REQUEST) -> None:
-    _answer_error(channel, b"Bad Request", APIError(400, message, code="bad_request"))
+    _answer_error(channel, b"Bad Request", BadRequest(message))
 
 
 class _Channel(http.HTTPChannel):
@@ -154,9 +153,8 @@ class _Channel(http.HTTPChannel):
 
     def _too_slow(self, seconds: float, what: str) -> None:
         self._deadline = None
-        _answer_error(self, b"Request Timeout", APIError(
-            408, f"The request's {what} not received within {seconds:g} second{'' if seconds == 1 else 's'}.",
-            code="request_timeout"))
+        _answer_error(self, b"Request Timeout", RequestTimeout(
+            f"The request's {what} not received within {seconds:g} second{'' if seconds == 1 else 's'}."))
 
     # Twisted's refusals, in OpenAI's shape.
 
@@ -169,9 +167,8 @@ class _Channel(http.HTTPChannel):
 
     def lineLengthExceeded(self, line):
         """One header line over Twisted's limit (or all of them: above)."""
-        _answer_error(self, b"Request Header Fields Too Large", APIError(
-            431, f"The request's headers are too large: at most {self.totalHeadersSize // 1024} KB in all.",
-            code="request_header_too_large"))
+        _answer_error(self, b"Request Header Fields Too Large", RequestHeaderTooLarge(
+            f"The request's headers are too large: at most {self.totalHeadersSize // 1024} KB in all."))
 
     def _maybeChooseTransferDecoder(self, header, data):
         chosen = super()._maybeChooseTransferDecoder(header, data)
