@@ -36,7 +36,7 @@ class RequestAccount:
         self.model_names: tuple[str, ...] = ()  # the model's id and aliases, for admission
         self.user = ""
         self.streamed = False
-        self.generation = None  # inference.serving.Generation, once generation starts
+        self.generation = None  # inference.generation.Generation, once generation starts
         self.error_code = ""
         self.client_disconnected = False
         self._lease_id: int | None = None

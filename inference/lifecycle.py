@@ -38,7 +38,7 @@ from inference import metrics
 from inference.admission import ConcurrencyLimit
 from inference.engine import EngineUnavailable
 from inference.registry import ModelSpec, ModelUse, registry
-from inference.serving import GenerationFailed, generation_error
+from inference.generation import GenerationFailed, generation_error
 from llmserver.errors import APIError, as_api_error
 
 log = logging.getLogger("llmserver.lifecycle")
@@ -64,7 +64,7 @@ class Lifecycle:
         self.started = time.perf_counter()
         self.account: RequestAccount | None = None
         self.model_label = "unknown"  # the catalogue id once known: a bounded metrics label
-        self.generation = None  # inference.serving.Generation, once it holds its places
+        self.generation = None  # inference.generation.Generation, once it holds its places
         self.client_left = False
         self._arrived = arrived
         self._reread: Callable[[], Awaitable] | None = None

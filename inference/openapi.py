@@ -24,7 +24,7 @@ from rest_framework import serializers
 
 import llmserver
 from accounts.policies import Anyone
-from inference import protocol, views
+from inference import protocol, protocol_responses, views
 
 BEARER = [{"bearerAuth": []}]
 
@@ -92,7 +92,7 @@ extend_schema_field({
         "type": "object", "required": ["type", "name"],
         "properties": {"type": {"type": "string", "enum": ["function"]}, "name": _STRING},
     }],
-})(protocol.ResponsesToolChoiceField)
+})(protocol_responses.ResponsesToolChoiceField)
 
 _TEXT_PART = {"type": "object", "required": ["type", "text"],
               "properties": {"type": {"type": "string", "enum": ["input_text", "output_text"]}, "text": _STRING}}
@@ -114,7 +114,7 @@ extend_schema_field({
             "content": {"type": "array", "items": {"type": "object", "required": ["type", "text"], "properties": {
                 "type": {"type": "string", "enum": ["reasoning_text"]}, "text": _STRING}}}}},
     ]}}],
-})(protocol.ResponsesInputField)
+})(protocol_responses.ResponsesInputField)
 
 
 # --- responses ---------------------------------------------------------------------------
@@ -228,7 +228,7 @@ _OPERATIONS = {
     views.CompletionsView: ("createCompletion", "OpenAI", "Create a completion",
                             _generation(protocol.CompletionRequest, _COMPLETION)),
     views.ResponsesView: ("createResponse", "OpenAI", "Create a response (stateless)",
-                          _generation(protocol.ResponsesRequest, _RESPONSE)),
+                          _generation(protocol_responses.ResponsesRequest, _RESPONSE)),
     views.ModelListView: ("listModels", "OpenAI", "List the models the key may use",
                           {"auth": BEARER, "responses": {200: _MODEL_LIST, **_AUTH_ERRORS}}),
     views.ModelDetailView: ("retrieveModel", "OpenAI", "A model, by id or alias",

@@ -24,10 +24,11 @@ from accounts.models import APIKey
 from accounts.policies import AdminKey, Anyone, BearerKey, MetricsAccess
 from inference import metrics
 from inference.lifecycle import Lifecycle, nothing
-from inference.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ResponsesRequest,
-                                TokenizeRequest)
+from inference.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from inference.protocol_responses import ResponsesRequest
 from inference.registry import ModelSpec, registry
-from inference.serving import ChatServing, CompletionServing, ResponsesServing, TokenizeServing
+from inference.responses import ResponsesServing
+from inference.serving import ChatServing, CompletionServing, TokenizeServing
 from llmserver.handlers import ARRIVAL
 
 log = logging.getLogger("llmserver.views")
@@ -66,10 +67,12 @@ class AsyncAPIView(APIView):
 
     async def _respond(self, request, *args, **kwargs):
         self.initial(request, *args, **kwargs)
-        self.credential = await self.policy.authorize(request)
         method = request.method.lower()
         handler = getattr(self, method, None) if method in self.http_method_names else None
-        response = (handler or self.http_method_not_allowed)(request, *args, **kwargs)
+        if handler is None:
+            self.http_method_not_allowed(request, *args, **kwargs)  # 405, before the policy's 401 or 403
+        self.credential = await self.policy.authorize(request)
+        response = handler(request, *args, **kwargs)
         if inspect.isawaitable(response):
             response = await response
         return response

@@ -14,7 +14,9 @@ import pytest
 
 from accounts.refusals import TooManyUnknownKeys, UnknownKey, invalid_key, too_many, too_many_unknown_keys
 from inference.engine import EngineUnavailable, SamplingParams
-from inference.serving import ChatServing, Generation, GenerationFailed, ResponsesServing, generation_error
+from inference.generation import Generation, GenerationFailed, generation_error
+from inference.responses import ResponsesServing
+from inference.serving import ChatServing
 from llmserver import errors
 from llmserver.errors import APIError, Code, error_class
 from tests.asgi import InProcessAPI

@@ -235,7 +235,8 @@ def token_texts(worker, tokens: list[int]) -> list[str]:
 async def forced_generation(worker, output: str, *, in_reasoning: bool, stop=None):
     """A Generation of the real engine whose output a grammar fixes to ``output``."""
     from inference.engine import SamplingParams
-    from inference.serving import Generation, chat_prompt
+    from inference.generation import Generation
+    from inference.serving import chat_prompt
 
     prompt = worker.prompt_format.encode(chat_prompt(worker, [{"role": "user", "content": "Think, then answer."}]))
     params = SamplingParams(max_tokens=64, guidance=("lark_grammar", f"start: {json.dumps(output)}"))
