@@ -82,9 +82,10 @@ EVERY_ROUND_RAW_RATIO = 0.95
 
 def targets(models: dict, batch_size: int) -> list[dict]:
     """The issue's targets. Throughput and latency ratios against raw and naive are judged
-    on the benchmark model (realistic compute per token); the cost of keys and accounting,
-    and the fast-model targets, on the demo model; llmserver against the peer on both.
-    The same ratios on the other model are printed for information."""
+    on the benchmark model (realistic compute per token); the cost of keys and accounting
+    on the demo model; llmserver against the peer on both. The same ratios on the other
+    model are printed for information. The every-round ratio belongs to the benchmark
+    model and the fast-model targets to the demo model alone."""
     out = []
 
     def add(label, model, value, passed, unit="x"):
@@ -113,14 +114,16 @@ def targets(models: dict, batch_size: int) -> list[dict]:
         pairs = f"{len(result['key_pairs'])} back-to-back pairs" if result.get("key_pairs") else "rounds"
         add(f"8 streams: keys + limits + accounting cost <= 5% (server >= 0.95 x no-keys; over {pairs})", name, k8,
             k8["median"] >= 0.95 if fast else None)
-        add(f"8 streams: server >= {EVERY_ROUND_RAW_RATIO} x raw engine in every round (judged on the min)", name, r8,
-            r8["min"] >= EVERY_ROUND_RAW_RATIO if judged else None)
-        for clients, r in ((1, r1), (8, r8)):
-            add(f"fast model, {clients} stream{'s' if clients > 1 else ''}: server >= {FAST_RAW_RATIO} x raw engine",
-                name, r, r["median"] >= FAST_RAW_RATIO if fast else None)
-        one = per_round(cells, "server", 8, "requests_per_s", one_token=True)
-        add(f"fast model: server (keys on) >= {FAST_ONE_TOKEN_REQUESTS_PER_S} 1-token requests/s at 8 clients", name,
-            one, one["median"] >= FAST_ONE_TOKEN_REQUESTS_PER_S if fast else None, "req/s")
+        if judged:
+            add(f"8 streams: server >= {EVERY_ROUND_RAW_RATIO} x raw engine in every round (judged on the min)", name,
+                r8, r8["min"] >= EVERY_ROUND_RAW_RATIO)
+        if fast:
+            for clients, r in ((1, r1), (8, r8)):
+                add(f"fast model, {clients} stream{'s' if clients > 1 else ''}: server >= {FAST_RAW_RATIO} x raw engine",
+                    name, r, r["median"] >= FAST_RAW_RATIO)
+            one = per_round(cells, "server", 8, "requests_per_s", one_token=True)
+            add(f"fast model: server (keys on) >= {FAST_ONE_TOKEN_REQUESTS_PER_S} 1-token requests/s at 8 clients",
+                name, one, one["median"] >= FAST_ONE_TOKEN_REQUESTS_PER_S, "req/s")
         for clients in sorted({c["clients"] for c in cells}):
             p = ratio(cells, "server", "peer", clients)
             add(f"{clients} stream{'s' if clients > 1 else ''}: server (keys on) tokens/s >= peer's", name, p,
@@ -154,6 +157,7 @@ def markdown(report: dict) -> str:
         spec = UNITS[t["unit"]]
         verdict = "info" if t["pass"] is None else ("**PASS**" if t["pass"] else "**FAIL**")
         lines.append(f"| {t['target']} | {t['model']} | {_fmt(v, spec)} | {verdict} |")
+    lines += _side_by_side(report)
     for name, result in report["models"].items():
         s = result["summary"]
         lines += ["", f"## {name} model (`{result['path']}`): \"{result['prompt']}\", max_tokens {result['max_tokens']}",
@@ -176,6 +180,27 @@ def markdown(report: dict) -> str:
               "(server and server-json are one process). The HTTP client runs on the same cores; its CPU share "
               "is in the JSON report."]
     return "\n".join(lines) + "\n"
+
+
+def _side_by_side(report: dict) -> list[str]:
+    """Per model, tokens/s (streamed) and 1-token requests/s of each system, one column
+    each, and the server's ratios to raw and to the peer: the medians of the rounds."""
+    shown = ["raw", "server", "no-keys", "naive", "peer"]
+    lines = ["", "## Side by side (medians of the rounds; ratios of the medians)", "",
+             "| model | clients | " + " | ".join(f"{s} tok/s" for s in shown) + " | server / raw | server / peer | "
+             + " | ".join(f"{s} 1-token req/s" for s in ("raw", "server", "peer")) + " |",
+             "|---|---:|" + "---:|" * (len(shown) + 5)]
+    for name, result in report["models"].items():
+        s = result["summary"]
+        for clients in report["concurrency"]:
+            def median(system, figure="tokens_per_s"):
+                stat = s[f"{system}@{clients}"][figure]
+                return stat["median"] if stat else float("nan")
+            lines.append(
+                f"| {name} | {clients} | " + " | ".join(f"{median(x):.0f}" for x in shown)
+                + f" | {median('server') / median('raw'):.3f} | {median('server') / median('peer'):.3f} | "
+                + " | ".join(f"{median(x, 'one_token_requests_per_s'):.1f}" for x in ("raw", "server", "peer")) + " |")
+    return lines
 
 
 def plot(report: dict, path: Path) -> None:
