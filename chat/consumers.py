@@ -41,7 +41,7 @@ from rest_framework.exceptions import ValidationError
 from accounts.policies import ChatSession
 from chat import refusals
 from inference.lifecycle import Lifecycle
-from inference.protocol import ChatCompletionRequest
+from inference.protocol import ChatCompletionRequest, validated
 from inference.serving import ChatServing
 from llmserver import shutdown
 from llmserver.errors import (APIError, DuplicateId, InvalidJSON, InvalidValue, RequestTooLarge, UserInactive,
@@ -178,12 +178,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
 def _validated(message: dict) -> dict:
     """The turn as a streamed chat completion request, validated like one."""
     body = {name: message[name] for name in ("model", "messages", "temperature", "max_tokens") if name in message}
-    serializer = ChatCompletionRequest(data={**body, "stream": True})
     try:
-        serializer.is_valid(raise_exception=True)
+        return validated(ChatCompletionRequest, {**body, "stream": True})
     except ValidationError as exc:
         raise validation_error(exc) from None
-    return serializer.validated_data
 
 
 def _usage(usage: dict) -> dict:

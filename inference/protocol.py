@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 
 from rest_framework import parsers, serializers
 from rest_framework.exceptions import ParseError
@@ -204,6 +205,29 @@ def _is_token_id(value) -> bool:
 
 class StreamOptionsSerializer(serializers.Serializer):
     include_usage = StrictBooleanField(required=False, default=False)
+
+
+def validated(serializer_class: type[serializers.Serializer], data) -> dict:
+    """``data`` as ``serializer_class`` validates it; raises its ValidationError.
+
+    One instance of each serializer class is kept per thread and reused: DRF builds every
+    field of a serializer, and of the serializers nested in it, and deep-copies them, the
+    first time an instance uses them, which costs several times the validation itself.
+    Validating keeps its state (the data, the result, the errors) on the instance, never
+    on its fields, and that state is cleared here before each use."""
+    instances = _validators.__dict__
+    serializer = instances.get(serializer_class)
+    if serializer is None:
+        serializer = instances[serializer_class] = serializer_class(data=data)
+    else:
+        serializer.initial_data = data
+        for state in ("_validated_data", "_errors", "_data"):
+            serializer.__dict__.pop(state, None)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+_validators = threading.local()
 
 
 # --- the request serializers ------------------------------------------------------------

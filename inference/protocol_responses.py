@@ -6,7 +6,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from inference.protocol import (MAX_TOOLS, ChatCompletionRequest, FunctionSerializer, OpenAIRequestSerializer,
-                                StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField)
+                                StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField, validated)
 from llmserver.errors import Code
 
 
@@ -183,10 +183,11 @@ class ResponsesRequest(OpenAIRequestSerializer):
             chat["response_format"] = response_format
         # The chat completion rules (tool_choice against tools, messages well formed, ...),
         # their errors naming this request's own parameters.
-        checked = ChatCompletionRequest(data=_chat_body(chat))
-        if not checked.is_valid():
-            raise serializers.ValidationError(_in_responses_terms(checked.errors))
-        return {**checked.validated_data, "responses": attrs}
+        try:
+            checked = validated(ChatCompletionRequest, _chat_body(chat))
+        except serializers.ValidationError as invalid:
+            raise serializers.ValidationError(_in_responses_terms(invalid.detail)) from None
+        return {**checked, "responses": attrs}
 
 
 # Chat completion parameters as a Responses request names them.

@@ -24,7 +24,7 @@ from accounts.models import APIKey
 from accounts.policies import AdminKey, Anyone, BearerKey, MetricsAccess
 from inference import metrics
 from inference.lifecycle import Lifecycle, nothing
-from inference.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from inference.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest, validated
 from inference.protocol_responses import ResponsesRequest
 from inference.registry import ModelSpec, registry
 from inference.responses import ResponsesServing
@@ -225,9 +225,7 @@ class _GenerationView(AsyncAPIView):
     async def post(self, request):
         self.open_account(request)
         self.life.describe(model=_model_name(request.data), streamed=_streamed(request.data), user=_user(request.data))
-        body = self.request_serializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        data = body.validated_data
+        data = validated(self.request_serializer, request.data)
         spec = self.life.resolve(data["model"])
         await self.life.may_use(spec)
         use = await self.life.hold(spec)
@@ -272,12 +270,11 @@ class _TokenizerView(AsyncAPIView):
     async def post(self, request):
         self.open_account(request)
         self.life.describe(model=_model_name(request.data))
-        body = self.request_serializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        spec = self.life.resolve(body.validated_data["model"])
+        data = validated(self.request_serializer, request.data)
+        spec = self.life.resolve(data["model"])
         await self.life.may_use(spec)
         use = await self.life.hold(spec)
-        return self.answer(getattr(TokenizeServing(use.worker), self.action)(body.validated_data))
+        return self.answer(getattr(TokenizeServing(use.worker), self.action)(data))
 
 
 class TokenizeView(_TokenizerView):
