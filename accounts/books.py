@@ -10,8 +10,8 @@ connection and runs the calls it is given in order.
 Finished requests are settled in batches. A settlement waits at most
 ``USAGE_WRITE_DELAY_MS`` (or until ``SETTLE_BATCH`` are waiting) and then goes, with
 every other one waiting, into one transaction: lease back, counters, usage records
-(16 at once cost ~0.04 ms a request, one by one 0.19–0.30 ms; ``python -m
-bench.accounting_micro``). A settlement does not wake the thread (it is taken when the
+(a small fraction of one by one's CPU per request: ``python -m bench.accounting_micro``,
+figures in bench/README.md). A settlement does not wake the thread (it is taken when the
 thread next wakes), unless the thread sleeps with none waiting. Waiting changes nothing
 this process decides: the next admission gives back the leases of the waiting
 settlements in its own transaction and counts their tokens against the key's limits
@@ -19,9 +19,11 @@ settlements in its own transaction and counts their tokens against the key's lim
 tokens counted at most ``USAGE_WRITE_DELAY_MS`` later; at exit, what waits is written
 (``flush``).
 
-On SQLite most admissions never reach this thread: accounts.inline decides them on the
-event loop when the write lock is free at once (the hop here cost several times the
-transaction under load); the others, and everything on PostgreSQL, come here.
+Every admission and settlement runs here, the same on SQLite and PostgreSQL: admissions
+that arrive together are decided in one transaction (``accounts.limits.admit_many``),
+settlements are written in batches (``accounts.settlement.settle_batch``). The thread
+also renews this process's leases every ``LEASE_RENEW_SECONDS``
+(``accounts.limits.renew_leases``).
 
 Callers on the event loop ``await books.admit(...)`` or ``await books.call(fn, *args)``;
 a response closing hands its settlement over with ``books.settle_later(...)`` and does
@@ -32,40 +34,24 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import datetime
 import logging
 import queue
 import threading
 import time
 from collections import defaultdict, deque
-from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import DatabaseError, DataError, IntegrityError, connection
+from django.db import DatabaseError, connection
 
-from accounts import hotsql
-from accounts.inline import inline
-from accounts.limits import add_to_counter, admit_many, minute_of, per_minute_limited, release_leases
-from accounts.models import APIKey, UsageCounter, UsageRecord, period_start
+from accounts.limits import admit_many, renew_leases
+from accounts.models import APIKey
+from accounts.records import Admission, Settlement, UsageRow
+from accounts.settlement import settle_batch
 from llmserver import clock
 
 log = logging.getLogger("llmserver.books")
 
 SETTLE_BATCH = 64
-
-
-@dataclass(slots=True)
-class Settlement:
-    """A finished request, to be settled: its lease (None once given back), its key (None
-    without one), its usage record (UsageRecord's columns by name; None for a lease
-    alone) and the tokens to count on the key's counters, in the buckets of
-    ``finished_at``."""
-
-    lease_id: int | None
-    key: APIKey | None
-    record: dict | None
-    tokens: int
-    finished_at: datetime.datetime
 
 
 class Books:
@@ -100,17 +86,8 @@ class Books:
         reaches the request in the loop iteration after the accounting thread posts it
         (a task and a shield around it would each add an iteration, milliseconds when
         the loop is busy streaming). If the future is cancelled (the client left), a lease
-        granted after all is given back.
-
-        On SQLite most admissions are decided right here, on the event loop, without
-        waking the thread (accounts.inline: only when the write lock is free at once);
-        the rest go to the thread as described."""
-        lease_id = inline.admit(key, request_id, model_names)
-        if lease_id is not None:
-            future = asyncio.get_running_loop().create_future()
-            future.set_result(lease_id)
-            return future
-        return self._post("admit", None, (key, request_id, model_names))
+        granted after all is given back."""
+        return self._post("admit", None, Admission(key, request_id, model_names))
 
     def _post(self, kind: str, fn, args) -> asyncio.Future:
         self._ensure_thread()
@@ -119,7 +96,7 @@ class Books:
         self._inbox.put((kind, (fn, args, loop, future)))
         return future
 
-    def settle_later(self, lease_id: int | None, key: APIKey | None, record: dict | None, tokens: int) -> None:
+    def settle_later(self, lease_id: int | None, key: APIKey | None, record: UsageRow | None, tokens: int) -> None:
         """Queue a finished request's settlement (from any thread; never waits)."""
         self._ensure_thread()
         self._finished.append(Settlement(lease_id, key, record, tokens, clock.now()))
@@ -138,14 +115,17 @@ class Books:
     def _run(self) -> None:
         waiting: list[Settlement] = []
         deadline = 0.0  # when the oldest of them is to be written
+        renewal = time.monotonic() + settings.LEASE_RENEW_SECONDS
         while True:
-            if waiting:
-                timeout = max(0.0, deadline - time.monotonic())
-            else:
+            if time.monotonic() >= renewal:
+                self._guarded_renewal()
+                renewal = time.monotonic() + settings.LEASE_RENEW_SECONDS
+            until = min(deadline, renewal) if waiting else renewal
+            if not waiting:
                 # Idle first, then look: a settlement appended meanwhile either is seen
                 # here or sees _idle and wakes this thread.
                 self._idle = True
-                timeout = 0.0 if self._finished else None
+            timeout = 0.0 if self._finished and not waiting else max(0.0, until - time.monotonic())
             try:
                 batch = [self._inbox.get(timeout=timeout)]
             except queue.Empty:
@@ -176,7 +156,7 @@ class Books:
     def _admit(self, admissions: list, settling: list[Settlement]) -> None:
         """Admit the requests that arrived together in one transaction; answer each."""
         try:
-            results = admit_many([args for _, args, _, _ in admissions], settling=settling)
+            results = admit_many([admission for _, admission, _, _ in admissions], settling=settling)
         except BaseException as exc:
             results = [exc] * len(admissions)
         by_loop: dict = defaultdict(list)
@@ -195,6 +175,13 @@ class Books:
             loop.call_soon_threadsafe(_set_exception, future, exc)
         else:
             loop.call_soon_threadsafe(_set_result, future, result)
+
+    def _guarded_renewal(self) -> None:
+        try:
+            renew_leases()
+        except Exception as exc:  # a database hiccup must not end renewal for good
+            _reset_connection_if_broken(exc)
+            log.exception("renewing leases failed; retrying")
 
     def _guarded(self, fn, *args) -> None:
         try:
@@ -228,84 +215,6 @@ def _set_exception(future, exc) -> None:
 def _reset_connection_if_broken(exc: BaseException) -> None:
     if isinstance(exc, DatabaseError) and connection.connection is not None and not connection.is_usable():
         connection.close()  # reconnect on the next call
-
-
-def settle_batch(settlements: list[Settlement]) -> None:
-    """Give back the leases, add the tokens to their keys' counters and write the usage
-    records of several finished requests: a few statements, one transaction."""
-    lease_ids = [s.lease_id for s in settlements if s.lease_id is not None]
-    try:
-        with hotsql.transaction() as cursor:
-            release_leases(cursor, lease_ids)
-            _write_usage(cursor, settlements)
-        return
-    except (IntegrityError, DataError):
-        _release(lease_ids)  # a row the database refuses: see below
-    except BaseException:
-        _release(lease_ids)  # the leases are given back even if the records fail
-        raise
-    # The usual cause: a key deleted while its requests were in flight (its counters went
-    # with it). Keep those requests' records, without the key, rather than lose the batch.
-    _forget_deleted_keys(settlements)
-    try:
-        with hotsql.transaction() as cursor:
-            _write_usage(cursor, settlements)
-        return
-    except (IntegrityError, DataError):
-        if len(settlements) == 1:
-            raise
-    # Something in one of them the database will not take: each on its own, so that only
-    # that one is lost (and logged).
-    for settlement in settlements:
-        try:
-            with hotsql.transaction() as cursor:
-                _write_usage(cursor, [settlement])
-        except (IntegrityError, DataError):
-            log.exception("could not record request %s", (settlement.record or {}).get("request_id"))
-
-
-def _release(lease_ids: list[int]) -> None:
-    with hotsql.autocommit() as cursor:
-        release_leases(cursor, lease_ids)
-
-
-def _forget_deleted_keys(settlements: list[Settlement]) -> None:
-    keys = {s.key.pk for s in settlements if s.key is not None}
-    gone = keys - set(APIKey.objects.filter(pk__in=keys).values_list("pk", flat=True))
-    for s in settlements:
-        if s.key is not None and s.key.pk in gone:
-            s.key = None
-            if s.record is not None:
-                s.record["api_key_id"] = None
-
-
-def _write_usage(cursor, settlements: list[Settlement]) -> None:
-    tokens_by_bucket: dict[tuple, int] = defaultdict(int)
-    for s in settlements:
-        if s.key is not None and s.tokens:
-            if per_minute_limited(s.key):
-                tokens_by_bucket[(s.key.pk, UsageCounter.Kind.MINUTE, minute_of(s.finished_at))] += s.tokens
-            tokens_by_bucket[(s.key.pk, UsageCounter.Kind.PERIOD, period_start(s.key.budget_period, s.finished_at))] += s.tokens
-    # In one order everywhere, so that two processes settling never deadlock.
-    for (key_pk, kind, starts_at), tokens in sorted(tokens_by_bucket.items()):
-        add_to_counter(cursor, key_pk, kind, starts_at, tokens=tokens)
-    rows = [_record_row(s.record) for s in settlements if s.record is not None]
-    if rows:
-        # One multi-row INSERT, not bulk_create (the ORM's cost per record was most of
-        # settling's) nor executemany (a statement step per record, each a GIL handoff).
-        hotsql.insert_rows(cursor, _RECORD_TABLE, len(_RECORD_COLUMNS), rows)
-
-
-_RECORD_COLUMNS = [
-    "api_key_id", "key_prefix", "model", "endpoint", "request_id", "streamed", "prompt_tokens",
-    "completion_tokens", "cached_tokens", "finish_reason", "status_code", "error_code", "started_at",
-    "duration_ms", "time_to_first_token_ms", "client_disconnected", "user",
-]
-_RECORD_TABLE = f"{UsageRecord._meta.db_table} ({', '.join(connection.ops.quote_name(c) for c in _RECORD_COLUMNS)})"
-
-
-def _record_row(record: dict) -> list:
-    return [hotsql.at(record[column]) if column == "started_at" else record[column] for column in _RECORD_COLUMNS]
 
 
 books = Books()

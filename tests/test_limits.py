@@ -239,6 +239,7 @@ def test_requests_admitted_together_are_each_decided_as_if_alone(live_db):
     counts for the next; a refusal among them writes nothing and stops no other."""
     from accounts.limits import admit_many
     from accounts.models import APIKey
+    from accounts.records import Admission
 
     one, _ = issue_key(name="together-one", max_concurrency=1)
     free, _ = issue_key(name="together-free")
@@ -247,8 +248,8 @@ def test_requests_admitted_together_are_each_decided_as_if_alone(live_db):
     APIKey.objects.filter(pk=revoked.pk).update(is_active=False)
 
     with clock.frozen(a_minute_ahead(10)):
-        results = admit_many([(one, "t-1", ()), (one, "t-2", ()), (revoked, "t-3", ()), (free, "t-4", ()),
-                              (per_minute, "t-5", ()), (per_minute, "t-6", ())])
+        results = admit_many([Admission(one, "t-1"), Admission(one, "t-2"), Admission(revoked, "t-3"),
+                              Admission(free, "t-4"), Admission(per_minute, "t-5"), Admission(per_minute, "t-6")])
         try:
             refusals = {i: (r.status, r.code) for i, r in enumerate(results) if isinstance(r, Exception)}
             assert refusals == {1: (429, "key_concurrency_limit"), 2: (401, "invalid_api_key"),
@@ -266,9 +267,7 @@ def test_requests_admitted_together_are_each_decided_as_if_alone(live_db):
 
 def test_a_request_cancelled_while_being_admitted_gives_back_the_lease_admission_took(live_db):
     """The client leaves (or Stop is pressed) while the accounting thread admits: the
-    lease it takes then must be given back, not held (and renewed) by this process.
-    (A key with a token budget: the accounting thread decides it, never the event loop;
-    tests/test_inline_admission.py.)"""
+    lease it takes then must be given back, not held (and renewed) by this process."""
     from accounts.usage import RequestAccount
 
     key, _ = issue_key(name="cancelled-in-admission", token_budget=1_000_000)
