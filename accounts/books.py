@@ -39,6 +39,8 @@ import queue
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import DatabaseError, connection
@@ -52,6 +54,27 @@ from llmserver import clock
 log = logging.getLogger("llmserver.books")
 
 SETTLE_BATCH = 64
+
+
+class _Call(NamedTuple):
+    """``fn(*args)`` to run on the accounting thread, its answer for ``future``."""
+
+    fn: Callable
+    args: tuple
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+
+
+class _Admit(NamedTuple):
+    """A request to admit, its lease id (or refusal) for ``future``."""
+
+    admission: Admission
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+
+
+_WAKE = None  # a message that only wakes the thread (to take the finished requests)
+# The inbox holds _Call, _Admit, _WAKE, and threading.Event (a flush, set once written).
 
 
 class Books:
@@ -74,7 +97,11 @@ class Books:
 
     async def call(self, fn, *args):
         """Run ``fn(*args)`` on the accounting thread; return its result or raise its error."""
-        return await self._post("call", fn, args)
+        self._ensure_thread()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._inbox.put(_Call(fn, args, loop, future))
+        return await future
 
     def admit(self, key: APIKey | None, request_id: str, model_names: tuple[str, ...] = ()) -> asyncio.Future:
         """Admission (``accounts.limits.admit_many``) on the accounting thread, together
@@ -87,13 +114,10 @@ class Books:
         (a task and a shield around it would each add an iteration, milliseconds when
         the loop is busy streaming). If the future is cancelled (the client left), a lease
         granted after all is given back."""
-        return self._post("admit", None, Admission(key, request_id, model_names))
-
-    def _post(self, kind: str, fn, args) -> asyncio.Future:
         self._ensure_thread()
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._inbox.put((kind, (fn, args, loop, future)))
+        self._inbox.put(_Admit(Admission(key, request_id, model_names), loop, future))
         return future
 
     def settle_later(self, lease_id: int | None, key: APIKey | None, record: UsageRow | None, tokens: int) -> None:
@@ -101,7 +125,7 @@ class Books:
         self._ensure_thread()
         self._finished.append(Settlement(lease_id, key, record, tokens, clock.now()))
         if self._idle:
-            self._inbox.put(("wake", None))
+            self._inbox.put(_WAKE)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Write every settlement queued so far now, and wait for it (from any thread but
@@ -109,7 +133,7 @@ class Books:
         if self._thread is None or not self._thread.is_alive():
             return True
         done = threading.Event()
-        self._inbox.put(("flush", done))
+        self._inbox.put(done)
         return done.wait(timeout)
 
     def _run(self) -> None:
@@ -140,41 +164,41 @@ class Books:
                 if not waiting:
                     deadline = time.monotonic() + settings.USAGE_WRITE_DELAY_MS / 1000
                 waiting.append(self._finished.popleft())
-            flushing = any(kind == "flush" for kind, _ in batch)
-            if waiting and (flushing or len(waiting) >= SETTLE_BATCH or time.monotonic() >= deadline):
+            flushes = [message for message in batch if isinstance(message, threading.Event)]
+            if waiting and (flushes or len(waiting) >= SETTLE_BATCH or time.monotonic() >= deadline):
                 self._guarded(settle_batch, waiting)
                 waiting = []
-            admissions = [item for kind, item in batch if kind == "admit"]
+            admissions = [message for message in batch if isinstance(message, _Admit)]
             if admissions:
                 self._admit(admissions, waiting)
-            for kind, item in batch:
-                if kind == "call":
-                    self._answer(*item)
-                elif kind == "flush":
-                    item.set()
+            for message in batch:
+                if isinstance(message, _Call):
+                    self._answer(message)
+            for done in flushes:
+                done.set()
 
-    def _admit(self, admissions: list, settling: list[Settlement]) -> None:
+    def _admit(self, admissions: list[_Admit], settling: list[Settlement]) -> None:
         """Admit the requests that arrived together in one transaction; answer each."""
         try:
-            results = admit_many([admission for _, admission, _, _ in admissions], settling=settling)
+            results = admit_many([message.admission for message in admissions], settling=settling)
         except BaseException as exc:
             results = [exc] * len(admissions)
         by_loop: dict = defaultdict(list)
-        for (_, _, loop, future), result in zip(admissions, results):
+        for message, result in zip(admissions, results):
             if isinstance(result, BaseException):
                 _reset_connection_if_broken(result)
-            by_loop[loop].append((future, result))
+            by_loop[message.loop].append((message.future, result))
         for loop, answers in by_loop.items():  # one wake-up of each event loop
             loop.call_soon_threadsafe(_set_admissions, answers)
 
-    def _answer(self, fn, args, loop, future, **kwargs) -> None:
+    def _answer(self, call: _Call) -> None:
         try:
-            result = fn(*args, **kwargs)
+            result = call.fn(*call.args)
         except BaseException as exc:
             _reset_connection_if_broken(exc)
-            loop.call_soon_threadsafe(_set_exception, future, exc)
+            call.loop.call_soon_threadsafe(_set_exception, call.future, exc)
         else:
-            loop.call_soon_threadsafe(_set_result, future, result)
+            call.loop.call_soon_threadsafe(_set_result, call.future, result)
 
     def _guarded_renewal(self) -> None:
         try:
