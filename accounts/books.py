@@ -139,11 +139,14 @@ class Books:
     def _run(self) -> None:
         waiting: list[Settlement] = []
         deadline = 0.0  # when the oldest of them is to be written
-        renewal = time.monotonic() + settings.LEASE_RENEW_SECONDS
+        renewed = time.monotonic()  # when this process's leases were last renewed
         while True:
+            # LEASE_RENEW_SECONDS read at each wake-up: a new value counts from the next.
+            renewal = renewed + settings.LEASE_RENEW_SECONDS
             if time.monotonic() >= renewal:
                 self._guarded_renewal()
-                renewal = time.monotonic() + settings.LEASE_RENEW_SECONDS
+                renewed = time.monotonic()
+                renewal = renewed + settings.LEASE_RENEW_SECONDS
             until = min(deadline, renewal) if waiting else renewal
             if not waiting:
                 # Idle first, then look: a settlement appended meanwhile either is seen

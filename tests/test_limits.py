@@ -18,7 +18,7 @@ from accounts.limits import admit, minute_of, renew_leases
 from accounts.models import Lease, UsageCounter, UsageRecord, period_end, period_start
 from demomodel.corpus import count_prompt
 from llmserver import clock
-from tests.conftest import MODEL_ID, bearer, issue_key, orm
+from tests.conftest import MODEL_ID, bearer, issue_key, orm, wait_for
 
 HELLO = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]}
 LONG_STREAM = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "stream": True}
@@ -216,6 +216,27 @@ async def test_renewing_keeps_a_held_lease_counting_across_its_ttl(slow_api):
             books.settle_later(lease, None, None, 0)  # given back, as a finished request's
             await settled()
     assert not await orm(Lease.objects.filter(pk=lease).exists)
+
+
+def test_the_accounting_thread_renews_the_leases_in_flight_by_itself(live_db, settings):
+    """Nothing asks for it: every LEASE_RENEW_SECONDS the accounting thread pushes back
+    the expiry of this process's leases (and of no other's)."""
+    key, _ = issue_key(name="lease-heartbeat")
+    with clock.frozen() as time:
+        mine = asyncio.run(books.call(admit, key, "lease-heartbeat-mine"))  # held by this process
+        others = Lease.objects.create(api_key=key, request_id="lease-heartbeat-other", holder="another:1",
+                                      expires_at=time.now() + timedelta(seconds=settings.LEASE_TTL_SECONDS))
+        first_expiry = others.expires_at
+        try:
+            time.advance(100)
+            settings.LEASE_RENEW_SECONDS = 0.05
+            asyncio.run(books.call(lambda: None))  # wakes it: the new period counts from now
+            renewed = time.now() + timedelta(seconds=settings.LEASE_TTL_SECONDS)
+            wait_for(lambda: Lease.objects.get(pk=mine).expires_at == renewed)
+            assert Lease.objects.get(pk=others.pk).expires_at == first_expiry
+        finally:
+            Lease.objects.filter(pk__in=[mine, others.pk]).delete()
+            asyncio.run(books.call(limits._held.discard, mine))
 
 
 async def test_a_request_refused_by_one_limit_consumes_no_other(slow_api):
