@@ -3,15 +3,15 @@
 Why one thread: Django runs each request's sync work in a thread of its own, so key
 lookups, admissions and usage records done there would open a database connection per
 request (on SQLite: a file open, pragmas and a journal each time) and make the requests
-of one process contend for the write lock with each other. Measured with the demo model
-at 8 streams, that cost 44% of the tokens per second. Here one thread keeps one
-connection and runs the calls it is given in order.
+of one process contend for the write lock with each other (bench/README.md, "What it has
+measured so far", first rows). Here one thread keeps one connection and runs the calls it
+is given in order.
 
 Finished requests are settled in batches. A settlement waits at most
 ``USAGE_WRITE_DELAY_MS`` (or until ``SETTLE_BATCH`` are waiting) and then goes, with
 every other one waiting, into one transaction: lease back, counters, usage records
-(a small fraction of one by one's CPU per request: ``python -m bench.accounting_micro``,
-figures in bench/README.md). A settlement does not wake the thread (it is taken when the
+(a fraction of one by one's CPU per request: ``python -m bench.accounting_micro``,
+bench/results/accounting-micro-2026-12-04.md). A settlement does not wake the thread (it is taken when the
 thread next wakes), unless the thread sleeps with none waiting. Waiting changes nothing
 this process decides: the next admission gives back the leases of the waiting
 settlements in its own transaction and counts their tokens against the key's limits

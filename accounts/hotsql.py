@@ -2,10 +2,10 @@
 
 Admission and settlement are a handful of short statements per request. Django's cursor
 and ``atomic()`` add placeholder rewriting, execute wrappers, error wrapping per statement,
-and autocommit switched off and on around each transaction: about half the CPU of an
-admission or a settlement, which the driver's cursor of the same Django connection, in
-one explicit transaction, does without (``python -m bench.accounting_micro``; the figures
-are in bench/README.md). Driver errors still become Django's (``IntegrityError``,
+and autocommit switched off and on around each transaction: a large share of the CPU of
+an admission or a settlement, which the driver's cursor of the same Django connection, in
+one explicit transaction, does without (``python -m bench.accounting_micro``;
+bench/results/accounting-micro-2026-12-04.md). Driver errors still become Django's (``IntegrityError``,
 ``OperationalError``, ...), once per transaction rather than per statement.
 
 ``transaction()`` and ``autocommit()`` run on the calling thread's Django connection: the
