@@ -12,7 +12,7 @@ each sending ``--requests`` streamed chat completions back to back ("Count from 
 (``stream_options.include_usage``); TTFT is the time to the first chunk with content.
 
 The client (asyncio, bench.client: raw HTTP/1.1, one keep-alive connection per client) shares the 2 cores with the server under
-test, so its CPU time and both servers' CPU time are measured for every run and
+test, so its CPU time and every server's CPU time are measured for every run and
 reported: if the client used a large share, the numbers say so.
 
 Writes ``bench/results/accounting-<date>.{json,md}`` and prints the table.
@@ -278,7 +278,7 @@ def markdown(runs: list[dict], concurrencies: list[int], rounds: int, requests: 
                          f"| {cell(s['server_cpu_pct'])} | {cell(s['client_cpu_pct'])} | {cell(s['foreign_cpu_pct'])} "
                          f"| {cell(s['server_cpu_ms_per_request'], '{:.1f}')} | {cell(s['tokens_per_step'], '{:.2f}')} |")
     lines += ["", "¹ of one core (the machine has %d); the client runs on the same cores as the server. "
-              "Others: everything on the machine but this benchmark's processes (client, both servers). "
+              "Others: everything on the machine but this benchmark's processes (client, servers). "
               "² engine tokens per scheduler step: the mean batch size." % os.cpu_count(), ""]
     for keyed, database in (("A", "SQLite"), ("P", "PostgreSQL")):
         if keyed not in systems:
