@@ -22,7 +22,7 @@ tokens counted at most ``USAGE_WRITE_DELAY_MS`` later; at exit, what waits is wr
 Every admission and settlement runs here, the same on SQLite and PostgreSQL: admissions
 that arrive together are decided in one transaction (``accounts.limits.admit_many``),
 settlements are written in batches (``accounts.settlement.settle_batch``). The thread
-also renews this process's leases every ``LEASE_RENEW_SECONDS``
+also renews this process's leases every ``LEASE_RENEW_SECONDS`` while it holds any
 (``accounts.limits.renew_leases``).
 
 Callers on the event loop ``await books.admit(...)`` or ``await books.call(fn, *args)``;
@@ -45,7 +45,7 @@ from typing import NamedTuple
 from django.conf import settings
 from django.db import DatabaseError, connection
 
-from accounts.limits import admit_many, renew_leases
+from accounts.limits import admit_many, holds_leases, renew_leases
 from accounts.models import APIKey
 from accounts.records import Admission, Settlement, UsageRow
 from accounts.settlement import settle_batch
@@ -144,7 +144,8 @@ class Books:
             # LEASE_RENEW_SECONDS read at each wake-up: a new value counts from the next.
             renewal = renewed + settings.LEASE_RENEW_SECONDS
             if time.monotonic() >= renewal:
-                self._guarded_renewal()
+                if holds_leases():  # an idle process has nothing to renew, and no query to make
+                    self._guarded_renewal()
                 renewed = time.monotonic()
                 renewal = renewed + settings.LEASE_RENEW_SECONDS
             until = min(deadline, renewal) if waiting else renewal

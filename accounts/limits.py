@@ -338,9 +338,15 @@ def _delete_leases(count: int) -> str:
 
 # --- lease renewal ---------------------------------------------------------------------
 
+def holds_leases() -> bool:
+    """Whether this process has requests in flight (leases to renew)."""
+    return bool(_held)
+
+
 def renew_leases() -> None:
-    """Push back the expiry of this process's leases in flight (the accounting thread
-    runs it every LEASE_RENEW_SECONDS), and delete long-expired ones of any process."""
+    """Push back the expiry of this process's leases in flight, and delete long-expired
+    ones of any process (the accounting thread runs it every LEASE_RENEW_SECONDS while
+    this process holds leases)."""
     now = clock.now()
     if _held:
         Lease.objects.filter(pk__in=list(_held)).update(expires_at=now + timedelta(seconds=settings.LEASE_TTL_SECONDS))
