@@ -10,7 +10,9 @@ work shares the machine. Each figure is the minimum over ``--repeat`` runs of
   for groups of 1 and of 8 requests arriving together, then each finished request's
   ``books.settle_later(...)``; everything waiting is written by a ``books.flush()`` at
   the end of each run. Admission and settlement together, with the accounting
-  thread's wake-ups and the event loop's share.
+  thread's wake-ups and the event loop's share; for requests one at a time, also the
+  median wall time of an admission, ms (what it adds to time to first token; wall
+  time, so only as steady as the machine is quiet).
 - **direct**: ``accounts.limits.admit`` and ``accounts.settlement.settle_batch`` called
   on this thread, no accounting thread: with the statements on the driver's cursor
   (accounts.hotsql) and, for comparison, through Django's cursor and ``atomic()``.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -74,10 +77,15 @@ def main() -> None:
         return min(seconds) * 1000 / args.requests
 
     # --- books, on an event loop --------------------------------------------------------
+    waits: list[float] = []  # wall seconds from books.admit to its answer, one at a time
+
     async def through_books(group: int) -> None:
         for first in range(0, args.requests, group):
             rids = [f"micro-{i}" for i in range(first, min(first + group, args.requests))]
+            started = time.perf_counter()
             leases = await asyncio.gather(*(books.admit(key, rid, names) for rid in rids))
+            if group == 1:
+                waits.append(time.perf_counter() - started)
             for i, lease in enumerate(leases):
                 books.settle_later(lease, key, record(first + i), 60)
         await asyncio.to_thread(books.flush)
@@ -140,8 +148,10 @@ def main() -> None:
     asyncio.run(through_books(1))  # warm: the accounting thread, its connection, the global row
     for busy in (False, True):
         for group in (1, 8):
-            print(f"books, on an event loop{', busy' if busy else ''}, {group} at a time: "
-                  f"admit + settle {measure_books(group, busy):.3f}")
+            waits.clear()
+            cpu = measure_books(group, busy)
+            wait = f"  (admission's wall time, median: {statistics.median(waits) * 1000:.3f})" if waits else ""
+            print(f"books, on an event loop{', busy' if busy else ''}, {group} at a time: admit + settle {cpu:.3f}{wait}")
 
     ways = {"driver cursor (accounts.hotsql)": None,
             "Django cursor + atomic()": (django_transaction, django_autocommit, lambda statement: statement)}
