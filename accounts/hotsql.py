@@ -2,17 +2,17 @@
 
 Admission and settlement are a handful of short statements per request. Django's cursor
 and ``atomic()`` add placeholder rewriting, execute wrappers, error wrapping per statement,
-and autocommit switched off and on around each transaction: about half the CPU of an
-admission or a settlement, which the driver's cursor of the same Django connection, in
-one explicit transaction, does without (``python -m bench.accounting_micro``; the figures
-are in bench/README.md). Driver errors still become Django's (``IntegrityError``,
+and autocommit switched off and on around each transaction: a large share of the CPU of
+an admission or a settlement, which the driver's cursor of the same Django connection, in
+one explicit transaction, does without (``python -m bench.accounting_micro``;
+bench/results/accounting-micro-2026-12-04.md). Driver errors still become Django's (``IntegrityError``,
 ``OperationalError``, ...), once per transaction rather than per statement.
 
 ``transaction()`` and ``autocommit()`` run on the calling thread's Django connection: the
 accounting thread's (accounts.books), which is otherwise in autocommit mode, so they never
-nest inside an ``atomic()``. ``run()`` and ``insert()`` also take other DB-API cursors:
-inline admission (accounts.inline) passes its own sqlite3 connection's, on the event loop.
-Statements are written with ``%s`` placeholders, as for Django's cursors.
+nest inside an ``atomic()``. Statements are written with ``%s`` placeholders, as for
+Django's cursors, and are the same on SQLite (3.35+) and PostgreSQL but where
+``postgresql()`` says otherwise.
 """
 
 from __future__ import annotations
@@ -26,6 +26,12 @@ from django.db import DEFAULT_DB_ALIAS, connections
 @cache
 def _sqlite() -> bool:
     return connections[DEFAULT_DB_ALIAS].vendor == "sqlite"
+
+
+def postgresql() -> bool:
+    """Whether the database is PostgreSQL (else SQLite): the one place where the two
+    differ is how admission takes its locks (accounts.limits)."""
+    return not _sqlite()
 
 
 @lru_cache(maxsize=512)  # statements with IN lists come in many lengths

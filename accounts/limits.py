@@ -1,7 +1,7 @@
-"""Admission and settlement: the limits, held in the database so that every server
-process sharing it enforces one limit. Everything here runs on the accounting thread
-(accounts.books), but ``admit_inline``, which accounts.inline runs on the event loop
-(SQLite only).
+"""Admission: the limits, held in the database so that every server process sharing it
+enforces one limit. Everything here runs on the accounting thread (accounts.books), in
+transactions on its connection (accounts.hotsql), the same on SQLite and PostgreSQL but
+for how the locks are taken.
 
 ``admit_many()`` admits the requests that arrived together in one transaction that
 locks their keys' rows (and the deployment's ``global`` row): for each it checks the
@@ -12,23 +12,24 @@ consumes no other. It first gives back the leases of this process's finished req
 still waiting to be settled, and counts their tokens (accounts.books).
 
 A lease is a request in flight. Its process renews the leases of its requests still in
-flight every ``LEASE_RENEW_SECONDS``; if the process dies (or loses track of a lease),
-they expire after at most ``LEASE_TTL_SECONDS`` and stop counting, so nothing can lock a
-key out for longer than that.
+flight every ``LEASE_RENEW_SECONDS`` (``renew_leases``, run by the accounting thread);
+if the process dies (or loses track of a lease), they expire after at most
+``LEASE_TTL_SECONDS`` and stop counting, so nothing can lock a key out for longer than
+that.
 
 Lock order, the same everywhere so that PostgreSQL never sees a deadlock: the keys' rows,
-then the ``global`` row, then counter rows, keys and counters in key id order. (Before them, admission and settling delete
-this process's own leases, rows no other process locks.) Settling
-(accounts.books.settle_batch) takes no key or global lock. The key row is locked FOR NO
-KEY UPDATE: a plain FOR UPDATE would also block the KEY SHARE lock that inserting a
-usage record or counter takes on it through its foreign key, and a request settling
-(holding a counter row) and one being admitted (holding the key row, wanting that
-counter) would wait on each other.
+then the ``global`` row, then counter rows, keys and counters in key id order. (Before
+them, admission and settling delete this process's own leases, rows no other process
+locks.) Settling (accounts.settlement) takes no key or global lock. The key row is
+locked FOR NO KEY UPDATE: a plain FOR UPDATE would also block the KEY SHARE lock that
+inserting a usage record or counter takes on it through its foreign key, and a request
+settling (holding a counter row) and one being admitted (holding the key row, wanting
+that counter) would wait on each other. SQLite needs none of these: its IMMEDIATE
+transactions take the whole database's write lock at BEGIN.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -36,20 +37,18 @@ import socket
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError
 
 from accounts import hotsql
 from accounts.models import (LAST_USED_RESOLUTION, APIKey, Lease, LimitScope, UsageCounter, period_end,
                              period_start)
+from accounts.records import Admission, Settlement
 from accounts.refusals import UnknownKey, check_model_access, invalid_key, key_refusal, too_many
 from llmserver import clock
 from llmserver.errors import APIError
-
-if TYPE_CHECKING:
-    from accounts.books import Settlement
 
 log = logging.getLogger("llmserver.limits")
 
@@ -66,18 +65,14 @@ def minute_of(now):
 
 
 # The hot path is plain SQL on the driver's cursor (accounts.hotsql): through the ORM,
-# an admission and a settlement cost ~4 ms of CPU per request in query building alone
-# (measured), 20 times the queries' own cost. The statements are portable between
-# SQLite (3.35+) and PostgreSQL.
+# an admission and a settlement cost several times the queries' own cost in query
+# building alone (bench/README.md, "accounting").
 _KEY = APIKey._meta.db_table
 _LEASE = Lease._meta.db_table
 _COUNTER = UsageCounter._meta.db_table
 _SCOPE = LimitScope._meta.db_table
 
-
 _sql = hotsql.run
-
-
 _at = hotsql.at
 
 
@@ -95,11 +90,23 @@ def add_to_counter(cursor, key_id: int, kind: str, starts_at, *, requests: int =
          [key_id, kind, _at(starts_at), requests, tokens])
 
 
-# The key's row as admission reads it: what may have changed since the key was looked up.
-_KEY_STATE = ["hashed_secret", "is_active", "expires_at", "allowed_models", "max_concurrency",
-              "requests_per_minute", "tokens_per_minute", "token_budget", "budget_period"]
+class _KeyRow(NamedTuple):
+    """A key's row as admission reads it: what may have changed since the key was looked
+    up, and whether its last_used_at is due to be written."""
 
-Admission = tuple  # (key or None, request_id, model_names): one request to admit
+    hashed_secret: str
+    is_active: bool
+    expires_at: object  # a datetime (SQLite: its text)
+    allowed_models: object  # a list (SQLite: its JSON text)
+    max_concurrency: int | None
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    token_budget: int | None
+    budget_period: str
+    stale: bool
+
+
+_KEY_STATE = _KeyRow._fields[:-1]  # the key's columns among them
 
 
 def admit(key: APIKey | None, request_id: str, model_names: tuple[str, ...] = (), *,
@@ -108,7 +115,7 @@ def admit(key: APIKey | None, request_id: str, model_names: tuple[str, ...] = ()
     APIError (401 for a key no longer usable, 403 for a model it may not use, 429).
     ``key`` is None when API keys are not required (only the deployment limit applies).
     See :func:`admit_many`."""
-    result = admit_many([(key, request_id, model_names)], settling=settling)[0]
+    result = admit_many([Admission(key, request_id, model_names)], settling=settling)[0]
     if isinstance(result, BaseException):
         raise result
     return result
@@ -126,7 +133,7 @@ def admit_many(admissions: Sequence[Admission], *, settling: Sequence[Settlement
     Their leases are given back first, in this transaction (and set to None in them once
     it commits), and their tokens count against the keys' limits as if already settled.
 
-    One transaction for several: its BEGIN and COMMIT were a third of an admission's
+    One transaction for several: its BEGIN and COMMIT are a large part of an admission's
     cost, and under load requests arrive in bursts (the turns of one engine batch finish
     in the same step, and their clients send their next requests at once). If the
     database fails the group (a key deleted meanwhile, say), each is admitted alone.
@@ -145,76 +152,39 @@ def admit_many(admissions: Sequence[Admission], *, settling: Sequence[Settlement
     return results
 
 
-class NotInline(Exception):
-    """Raised by an inline admission (``admit_inline``) that must be decided on the
-    accounting thread after all; nothing was written."""
-
-
-def admit_inline(transaction, key: APIKey, request_id: str, model_names: tuple[str, ...] = ()) -> int:
-    """Admit one request in ``transaction`` (accounts.inline: a connection of the event
-    loop's own, SQLite only) and return its lease id; raise NotInline, having written
-    nothing, when the accounting thread must decide instead.
-
-    The accounting thread knows this process's finished requests not yet settled, and
-    this path does not: their leases still count as in flight here, and their tokens are
-    not yet on the counters. So it decides only what those cannot change: it admits when
-    every limit passes even with those leases counted (they only make it stricter), and
-    never for a key with a token budget or a tokens-per-minute limit (the tokens would be
-    missing). Whatever it would refuse, or a key with token limits, goes to the thread."""
-    if not _global_scope_exists:
-        raise NotInline("the global scope row is not known to exist yet")
-    try:
-        result = _admit_together([(key, request_id, model_names)], (), transaction=transaction, postgres=False,
-                                 inline=True)[0]
-    except APIError as refusal:
-        raise NotInline(refusal.message) from None
-    if isinstance(result, BaseException):
-        raise NotInline(str(result))
-    return result
-
-
-def _admit_together(admissions: Sequence[Admission], settling: Sequence[Settlement], *,
-                    transaction=hotsql.transaction, postgres: bool | None = None, inline: bool = False) -> list:
+def _admit_together(admissions: Sequence[Admission], settling: Sequence[Settlement]) -> list:
     now = clock.now()
-    if postgres is None:
-        postgres = connection.vendor == "postgresql"
-        _ensure_global_scope()
+    _ensure_global_scope()
     releasing = [s.lease_id for s in settling if s.lease_id is not None]
-    with transaction() as cursor:
+    with hotsql.transaction() as cursor:
         if releasing:
             _sql(cursor, _delete_leases(len(releasing)), releasing)
         # Every key's row first, in id order (PostgreSQL: locked FOR NO KEY UPDATE), then
         # the global row: the lock order everywhere (see the module docstring).
-        keys, in_flight = _read_keys(cursor, [key for key, _, _ in admissions if key is not None], now, postgres)
+        keys, in_flight = _read_keys(cursor, [a.key for a in admissions if a.key is not None], now)
         # in_flight: the deployment's requests in flight, counted once (PostgreSQL: below,
         # under the global row's lock; SQLite: with the keys, in the same statement).
+        touched: set[int] = set()  # keys whose last_used_at this transaction wrote
         results = [None] * len(admissions)
-        for index in sorted(range(len(admissions)), key=lambda i: _key_id(admissions[i][0])):  # counters in key order
+        for index in sorted(range(len(admissions)), key=lambda i: _key_id(admissions[i].key)):  # counters in key order
             key, request_id, model_names = admissions[index]
             try:
                 if key is not None:
-                    row = keys.get(key.pk)
-                    if inline and row is not None and (row["token_budget"] is not None
-                                                       or row["tokens_per_minute"] is not None):
-                        raise NotInline("a key with token limits")  # rolls the transaction back
-                    _refresh_key(key, row)
+                    _refresh_key(key, keys.get(key.pk))
                     if model_names:  # the model's id and aliases
                         check_model_access(key, *model_names)
-                    _check_key_limits(cursor, key.pk, key.max_concurrency, key.requests_per_minute,
-                                      key.tokens_per_minute, key.token_budget, key.budget_period, now, settling)
+                    _check_key_limits(cursor, key, now, settling)
                 if in_flight is None:
-                    in_flight = _deployment_in_flight(cursor, now, postgres)
+                    in_flight = _deployment_in_flight(cursor, now)
                 _check_deployment_limit(in_flight)
             except APIError as refusal:
-                if inline:
-                    raise  # rolls the transaction back: the accounting thread decides
                 results[index] = refusal
                 continue
             # Admitted: only now anything is written, so a refusal above wrote nothing.
             if key is not None:
-                if keys[key.pk]["stale"]:
+                if keys[key.pk].stale and key.pk not in touched:
                     _sql(cursor, f"UPDATE {_KEY} SET last_used_at = %s WHERE id = %s", [_at(now), key.pk])
-                    keys[key.pk]["stale"] = False
+                    touched.add(key.pk)
                 if per_minute_limited(key):
                     add_to_counter(cursor, key.pk, UsageCounter.Kind.MINUTE, minute_of(now), requests=1)
             expires = now + timedelta(seconds=settings.LEASE_TTL_SECONDS)
@@ -234,24 +204,25 @@ def _key_id(key: APIKey | None) -> int:
     return key.pk if key is not None else 0
 
 
-def _read_keys(cursor, keys: list[APIKey], now, postgres: bool) -> tuple[dict[int, dict], int | None]:
-    """The current state of the keys' rows by id, each with ``stale``: whether its
-    last_used_at is due to be written; and on SQLite the deployment's requests in flight
-    (None on PostgreSQL, where they are counted after the global row is locked).
+def _read_keys(cursor, keys: list[APIKey], now) -> tuple[dict[int, _KeyRow], int | None]:
+    """The current state of the keys' rows by id; and on SQLite the deployment's requests
+    in flight (None on PostgreSQL, where they are counted after the global row is
+    locked).
 
     One statement for both on SQLite: each statement step gives up the GIL, and winning
     it back from a busy event loop costs that loop a forced switch."""
     if not keys:
         return {}, None
     ids = sorted({key.pk for key in keys})
+    postgres = hotsql.postgresql()
     lock = " FOR NO KEY UPDATE" if postgres else ""
     count = "NULL" if postgres else f"(SELECT COUNT(*) FROM {_LEASE} WHERE expires_at > %s)"
-    rows = _sql(cursor, f"SELECT id, {', '.join(_KEY_STATE)}, "
-                        f"(last_used_at IS NULL OR last_used_at < %s), {count} FROM {_KEY} "
+    rows = _sql(cursor, f"SELECT {count}, id, {', '.join(_KEY_STATE)}, "
+                        f"(last_used_at IS NULL OR last_used_at < %s) FROM {_KEY} "
                         f"WHERE id IN ({', '.join(['%s'] * len(ids))}) ORDER BY id{lock}",
-                [_at(now - LAST_USED_RESOLUTION), *([] if postgres else [_at(now)]), *ids])
-    in_flight = rows[0][-1] if rows else None
-    return {row[0]: {**dict(zip(_KEY_STATE, row[1:-2])), "stale": bool(row[-2])} for row in rows}, in_flight
+                [*([] if postgres else [_at(now)]), _at(now - LAST_USED_RESOLUTION), *ids])
+    in_flight = rows[0][0] if rows else None
+    return {row[1]: _KeyRow(*row[2:-1], stale=bool(row[-1])) for row in rows}, in_flight
 
 
 def per_minute_limited(key: APIKey) -> bool:
@@ -261,23 +232,26 @@ def per_minute_limited(key: APIKey) -> bool:
     return key.requests_per_minute is not None or key.tokens_per_minute is not None
 
 
-def _refresh_key(key: APIKey, row: dict | None) -> None:
+def _refresh_key(key: APIKey, row: _KeyRow | None) -> None:
     """Write the row's current state into ``key``; raise 401 if the key is gone, has a
     new secret, or is revoked or expired."""
     if row is None:
         raise UnknownKey(f"The API key {key.prefix}… no longer exists.")
-    if row["hashed_secret"] != key.hashed_secret:
+    if row.hashed_secret != key.hashed_secret:
         raise invalid_key(f"The API key {key.prefix}… has been replaced by a new secret.")
-    expires_at, allowed_models = row["expires_at"], row["allowed_models"]
+    expires_at, allowed_models = row.expires_at, row.allowed_models
     if isinstance(expires_at, str):  # SQLite
         expires_at = hotsql.datetime_from_text(expires_at)
     if isinstance(allowed_models, str):
         allowed_models = json.loads(allowed_models)
-    key.is_active = bool(row["is_active"])
+    key.is_active = bool(row.is_active)
     key.expires_at = expires_at
     key.allowed_models = allowed_models
-    for name in ("max_concurrency", "requests_per_minute", "tokens_per_minute", "token_budget", "budget_period"):
-        setattr(key, name, row[name])
+    key.max_concurrency = row.max_concurrency
+    key.requests_per_minute = row.requests_per_minute
+    key.tokens_per_minute = row.tokens_per_minute
+    key.token_budget = row.token_budget
+    key.budget_period = row.budget_period
     refusal = key_refusal(key)
     if refusal is not None:
         raise refusal
@@ -290,34 +264,38 @@ def _unsettled_tokens(settling: Sequence[Settlement], key_id: int, bucket, now) 
     return sum(s.tokens for s in settling if s.key is not None and s.key.pk == key_id and bucket(s.finished_at) == current)
 
 
-def _check_key_limits(cursor, key_id, max_concurrency, rpm, tpm, budget, budget_period, now, settling) -> None:
+def _check_key_limits(cursor, key: APIKey, now, settling: Sequence[Settlement]) -> None:
+    """Raise 429 if ``key`` (its limits as just read) may not start a request ``now``:
+    budget, tokens per minute, requests per minute, concurrency, in that order."""
+    budget, period = key.token_budget, key.budget_period
+    tpm, rpm = key.tokens_per_minute, key.requests_per_minute
     if budget is not None:
-        _, used = _counter_values(cursor, key_id, UsageCounter.Kind.PERIOD, period_start(budget_period, now))
+        _, used = _counter_values(cursor, key.pk, UsageCounter.Kind.PERIOD, period_start(period, now))
         if settling:
-            used += _unsettled_tokens(settling, key_id, lambda moment: period_start(budget_period, moment), now)
+            used += _unsettled_tokens(settling, key.pk, lambda moment: period_start(period, moment), now)
         if used >= budget:
             raise too_many(
-                f"This API key has used its budget of {budget} tokens per {budget_period}.",
-                "token_budget_exceeded", (period_end(budget_period, now) - now).total_seconds(),
+                f"This API key has used its budget of {budget} tokens per {period}.",
+                "token_budget_exceeded", (period_end(period, now) - now).total_seconds(),
             )
     minute_start = minute_of(now)
     to_next_minute = 60 - (now - minute_start).total_seconds()
     if tpm is not None or rpm is not None:
-        requests, tokens = _counter_values(cursor, key_id, UsageCounter.Kind.MINUTE, minute_start)
+        requests, tokens = _counter_values(cursor, key.pk, UsageCounter.Kind.MINUTE, minute_start)
         if settling and tpm is not None:
-            tokens += _unsettled_tokens(settling, key_id, minute_of, now)
+            tokens += _unsettled_tokens(settling, key.pk, minute_of, now)
         if tpm is not None and tokens >= tpm:
             raise too_many(f"This API key has reached its limit of {tpm} tokens per minute.",
-                            "tokens_per_minute_limit", to_next_minute)
+                           "tokens_per_minute_limit", to_next_minute)
         if rpm is not None and requests >= rpm:
             raise too_many(f"This API key has reached its limit of {rpm} requests per minute.",
-                            "requests_per_minute_limit", to_next_minute)
-    if max_concurrency is not None:
+                           "requests_per_minute_limit", to_next_minute)
+    if key.max_concurrency is not None:
         in_flight = _sql(cursor, f"SELECT COUNT(*) FROM {_LEASE} WHERE api_key_id = %s AND expires_at > %s",
-                         [key_id, _at(now)])[0][0]
-        if in_flight >= max_concurrency:
+                         [key.pk, _at(now)])[0][0]
+        if in_flight >= key.max_concurrency:
             raise too_many(f"This API key already has {in_flight} requests in flight, its limit.",
-                            "key_concurrency_limit", 1)
+                           "key_concurrency_limit", 1)
 
 
 _global_scope_exists = False
@@ -330,8 +308,8 @@ def _ensure_global_scope() -> None:
         _global_scope_exists = True
 
 
-def _deployment_in_flight(cursor, now, postgres: bool) -> int:
-    if postgres:
+def _deployment_in_flight(cursor, now) -> int:
+    if hotsql.postgresql():
         # Lock the one "global" row: admissions across the deployment take turns here,
         # for the time of a count and an insert. (SQLite's IMMEDIATE transactions
         # already take turns for the whole database.)
@@ -360,28 +338,15 @@ def _delete_leases(count: int) -> str:
 
 # --- lease renewal ---------------------------------------------------------------------
 
-_heartbeat: asyncio.Task | None = None
-
-
-def ensure_heartbeat() -> None:
-    """Start this process's lease renewal on the running event loop (once)."""
-    global _heartbeat
-    if _heartbeat is None or _heartbeat.done():
-        _heartbeat = asyncio.get_running_loop().create_task(_renew_forever(), name="lease-heartbeat")
-
-
-async def _renew_forever() -> None:
-    from accounts.books import books
-
-    while True:
-        await asyncio.sleep(settings.LEASE_RENEW_SECONDS)
-        try:
-            await books.call(renew_leases)
-        except Exception:  # a database hiccup must not end renewal for good
-            log.exception("renewing leases failed; retrying")
+def holds_leases() -> bool:
+    """Whether this process has requests in flight (leases to renew)."""
+    return bool(_held)
 
 
 def renew_leases() -> None:
+    """Push back the expiry of this process's leases in flight, and delete long-expired
+    ones of any process (the accounting thread runs it every LEASE_RENEW_SECONDS while
+    this process holds leases)."""
     now = clock.now()
     if _held:
         Lease.objects.filter(pk__in=list(_held)).update(expires_at=now + timedelta(seconds=settings.LEASE_TTL_SECONDS))

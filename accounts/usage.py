@@ -12,11 +12,10 @@ import asyncio
 import json
 import time
 
-
 from accounts.auth import known_keys
 from accounts.books import books
-from accounts.limits import ensure_heartbeat
 from accounts.models import APIKey
+from accounts.records import USAGE_FIELDS, UsageRow
 from accounts.refusals import UnknownKey
 from llmserver import clock
 from llmserver.errors import APIError
@@ -63,7 +62,6 @@ class RequestAccount:
             if isinstance(exc, UnknownKey):
                 self.discard()
             raise
-        ensure_heartbeat()
 
     def discard(self) -> None:
         """The key turned out not to exist: no record (and no lease was taken)."""
@@ -87,34 +85,35 @@ class RequestAccount:
             finish_reason = self.generation.finish_reasons[0] or ""
             if self.generation.first_text_at is not None:
                 first_token_ms = (self.generation.first_text_at - self._started) * 1000
-        # The usage record's columns, as a dict: a UsageRecord instance costs ~50 µs to
-        # build, on the event loop; the accounting thread inserts the rows in batches.
-        record = {
-            "api_key_id": self.key.pk,
-            "key_prefix": self.key.prefix,
-            "model": _text(self.model, 256),
-            "endpoint": self.endpoint,
-            "request_id": self.request_id,
-            "streamed": self.streamed,
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "cached_tokens": cached,
-            "finish_reason": finish_reason,
-            "status_code": status_code,
-            "error_code": self.error_code[:64],
-            "started_at": self.started_at,
-            "duration_ms": (time.perf_counter() - self._started) * 1000,
-            "time_to_first_token_ms": first_token_ms,
-            "client_disconnected": self.client_disconnected,
-            "user": _text(self.user, 256),
-        }
+        record = UsageRow(
+            api_key_id=self.key.pk,
+            key_prefix=self.key.prefix,
+            model=_text(self.model, "model"),
+            endpoint=self.endpoint,
+            request_id=self.request_id,
+            streamed=self.streamed,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=cached,
+            finish_reason=finish_reason,
+            status_code=status_code,
+            error_code=_text(self.error_code, "error_code"),
+            started_at=self.started_at,
+            duration_ms=(time.perf_counter() - self._started) * 1000,
+            time_to_first_token_ms=first_token_ms,
+            client_disconnected=self.client_disconnected,
+            user=_text(self.user, "user"),
+        )
         books.settle_later(self._lease_id, self.key, record, prompt + completion)
 
 
-def _text(value: str, limit: int) -> str:
-    """A client's string as a column takes it: PostgreSQL's text cannot hold NUL (the
+def _text(value: str, column: str) -> str:
+    """A client's string as ``column`` takes it: PostgreSQL's text cannot hold NUL (the
     whole batch of records would fail with it), and the column has a length."""
-    return value.replace("\x00", "")[:limit]
+    return value.replace("\x00", "")[:_LENGTHS[column]]
+
+
+_LENGTHS = {field.attname: field.max_length for field in USAGE_FIELDS if field.max_length}
 
 
 def _give_back_lease(admission: asyncio.Future) -> None:

@@ -1,15 +1,18 @@
 """What do API keys, limits and usage accounting cost? ``python -m bench.accounting``
 
-Starts two servers on the same model, each with a fresh SQLite database:
-A with keys, limits and usage accounting on (one key, no limits set) and B with
-``REQUIRE_API_KEY=false``. Both stay up for the whole run; measurements alternate
-A, B, A, B, ... so drift hits both alike. One measurement is ``--concurrency`` clients,
+Starts servers on the same model, each with a fresh database: A with keys, limits and
+usage accounting on (one key, no limits set) on SQLite, B with ``REQUIRE_API_KEY=false``,
+and, when a PostgreSQL server answers (``--postgres``), P: A's setup on a fresh
+PostgreSQL database. All stay up for the whole run; measurements alternate A, B, P, A,
+B, P, ... so drift hits them alike. What accounting costs per request is reported as
+server CPU ms per request, keys on minus keys off, on SQLite (A − B) and PostgreSQL
+(P − B): CPU time hardly moves when other work shares the machine, unlike throughput. One measurement is ``--concurrency`` clients,
 each sending ``--requests`` streamed chat completions back to back ("Count from 1 to
 40.": 40 tokens each). Tokens are the engine's own counts from the usage chunk
 (``stream_options.include_usage``); TTFT is the time to the first chunk with content.
 
 The client (asyncio, bench.client: raw HTTP/1.1, one keep-alive connection per client) shares the 2 cores with the server under
-test, so its CPU time and both servers' CPU time are measured for every run and
+test, so its CPU time and every server's CPU time are measured for every run and
 reported: if the client used a large share, the numbers say so.
 
 Writes ``bench/results/accounting-<date>.{json,md}`` and prints the table.
@@ -42,17 +45,20 @@ RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
 MODEL_ID = "llmserver-demo"
 PROMPT = "Count from 1 to 40."
-SYSTEMS = {"A": "keys + limits + accounting", "B": "REQUIRE_API_KEY=false"}
+SYSTEMS = {"A": "keys + limits + accounting, SQLite", "B": "REQUIRE_API_KEY=false",
+           "P": "keys + limits + accounting, PostgreSQL"}
+TARGET_8_STREAMS = 0.97  # keys on / keys off, tokens/s
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+DEFAULT_POSTGRES = "postgres://postgres@127.0.0.1:5432/postgres"
 
 
 class Server:
     def __init__(self, name: str, workdir: Path, model_path: str, accounting: bool, model_id: str = MODEL_ID,
-                 extra_env: dict[str, str] | None = None):
+                 extra_env: dict[str, str] | None = None, database_url: str | None = None):
         self.name, self.port, self.key = name, _free_port(), None
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = dict(os.environ, MODEL_PATH=model_path, MODEL_ID=model_id, MAX_CONCURRENT_REQUESTS="256",
-                        DATABASE_URL=f"sqlite:///{workdir / f'db-{name}.sqlite3'}", LOG_LEVEL="WARNING",
+                        DATABASE_URL=database_url or f"sqlite:///{workdir / f'db-{name}.sqlite3'}", LOG_LEVEL="WARNING",
                         REQUIRE_API_KEY="true" if accounting else "false", **(extra_env or {}))
         # Each server has its own SQLite database and in-memory limits: a REDIS_URL shared
         # by several of them would mix their keys' counters.
@@ -108,6 +114,37 @@ def process_cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class ScratchPostgres:
+    """A fresh PostgreSQL database on the server of ``admin_url`` (a URL of any database
+    there, e.g. ``postgres://postgres@127.0.0.1:5432/postgres``), dropped on exit."""
+
+    def __init__(self, admin_url: str):
+        import psycopg
+
+        self.admin_url, self.name = admin_url, f"llmserver_bench_accounting_{os.getpid()}"
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {self.name}")
+            connection.execute(f"CREATE DATABASE {self.name}")
+        self.url = admin_url.rsplit("/", 1)[0] + "/" + self.name
+
+    def drop(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=3) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+
+
+def scratch_postgres(admin_url: str) -> ScratchPostgres | None:
+    """A fresh database on that server, or None (saying why) if it does not answer."""
+    if admin_url in ("", "none"):
+        return None
+    try:
+        return ScratchPostgres(admin_url)
+    except Exception as error:  # noqa: BLE001 - no server, no driver, no rights: run without P
+        print(f"PostgreSQL at {admin_url} not usable ({error!r}): no P server this run", flush=True)
+        return None
 
 
 def _free_port() -> int:
@@ -198,28 +235,42 @@ def summarize(runs: list[dict], concurrencies: list[int]) -> dict:
             "foreign_cpu_pct", "server_cpu_ms_per_request", "tokens_per_step")
     out = {}
     for c in concurrencies:
-        for name in SYSTEMS:
+        for name in _systems(runs):
             mine = [r for r in runs if r["system"] == name and r["concurrency"] == c]
             out[f"{name}@{c}"] = {k: _stats([r[k] for r in mine if r[k] is not None]) for k in keys}
             out[f"{name}@{c}"]["failed"] = sum(r["failed"] for r in mine)
     return out
 
 
-def ratio(summary: dict, c: int) -> dict:
-    a, b = summary[f"A@{c}"]["tokens_per_s"], summary[f"B@{c}"]["tokens_per_s"]
+def _systems(runs: list[dict]) -> list[str]:
+    return [name for name in SYSTEMS if any(r["system"] == name for r in runs)]
+
+
+def ratio(summary: dict, c: int, keyed: str = "A") -> dict:
+    a, b = summary[f"{keyed}@{c}"]["tokens_per_s"], summary[f"B@{c}"]["tokens_per_s"]
     return {"median": a["median"] / b["median"], "worst": a["min"] / b["max"], "best": a["max"] / b["min"]}
 
 
-def markdown(summary: dict, concurrencies: list[int], rounds: int, requests: int, elapsed: float) -> str:
+def accounting_cpu_ms(runs: list[dict], c: int, keyed: str) -> dict:
+    """What keys, limits and accounting cost per request in the server's CPU: the keyed
+    server's CPU ms per request minus the keyless one's, in each round, then over rounds."""
+    by_round = {(r["system"], r["round"]): r["server_cpu_ms_per_request"] for r in runs if r["concurrency"] == c}
+    rounds = sorted({rnd for system, rnd in by_round if system == keyed})
+    return _stats([by_round[(keyed, rnd)] - by_round[("B", rnd)] for rnd in rounds if ("B", rnd) in by_round])
+
+
+def markdown(runs: list[dict], concurrencies: list[int], rounds: int, requests: int, elapsed: float) -> str:
     def cell(s, fmt="{:.0f}"):
         return f"{fmt.format(s['median'])} ({fmt.format(s['min'])}–{fmt.format(s['max'])})"
+    summary, systems = summarize(runs, concurrencies), _systems(runs)
     lines = [f"Median (min–max) of {rounds} interleaved runs; each run: N clients × {requests} streamed requests "
-             f"of ~40 tokens. A = {SYSTEMS['A']}, B = {SYSTEMS['B']}. Run took {elapsed / 60:.1f} min.", "",
+             f"of ~40 tokens. {', '.join(f'{name} = {SYSTEMS[name]}' for name in systems)}. "
+             f"Run took {elapsed / 60:.1f} min.", "",
              "| streams | system | tokens/s | requests/s | TTFT p50 ms | TTFT p95 ms | server CPU %¹ | "
              "client CPU %¹ | others' CPU %¹ | server CPU ms/req | tokens/step² |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in concurrencies:
-        for name in SYSTEMS:
+        for name in systems:
             s = summary[f"{name}@{c}"]
             failed = f" ({s['failed']} failed)" if s["failed"] else ""
             lines.append(f"| {c} | {name}{failed} | {cell(s['tokens_per_s'])} | {cell(s['requests_per_s'], '{:.1f}')} "
@@ -227,13 +278,20 @@ def markdown(summary: dict, concurrencies: list[int], rounds: int, requests: int
                          f"| {cell(s['server_cpu_pct'])} | {cell(s['client_cpu_pct'])} | {cell(s['foreign_cpu_pct'])} "
                          f"| {cell(s['server_cpu_ms_per_request'], '{:.1f}')} | {cell(s['tokens_per_step'], '{:.2f}')} |")
     lines += ["", "¹ of one core (the machine has %d); the client runs on the same cores as the server. "
-              "Others: everything on the machine but this benchmark's processes (client, both servers). "
+              "Others: everything on the machine but this benchmark's processes (client, servers). "
               "² engine tokens per scheduler step: the mean batch size." % os.cpu_count(), ""]
-    for c in concurrencies:
-        r = ratio(summary, c)
-        verdict = " (target ≥ 0.95: " + ("met" if r["median"] >= 0.95 else "NOT met") + ")" if c == 8 else ""
-        lines.append(f"- tokens/s ratio A/B at {c} stream{'s' if c > 1 else ''}: **{r['median']:.3f}** "
-                     f"(range {r['worst']:.3f}–{r['best']:.3f}){verdict}")
+    for keyed, database in (("A", "SQLite"), ("P", "PostgreSQL")):
+        if keyed not in systems:
+            continue
+        for c in concurrencies:
+            r = ratio(summary, c, keyed)
+            cost = accounting_cpu_ms(runs, c, keyed)
+            verdict = (f" (target ≥ {TARGET_8_STREAMS}: " + ("met" if r["median"] >= TARGET_8_STREAMS else "NOT met")
+                       + ")" if c == 8 else "")
+            lines.append(f"- {database}, {c} stream{'s' if c > 1 else ''}: accounting costs **{cost['median']:.2f} "
+                         f"server CPU ms per request** ({keyed} − B; range {cost['min']:.2f}–{cost['max']:.2f}); "
+                         f"tokens/s ratio {keyed}/B **{r['median']:.3f}** (range {r['worst']:.3f}–{r['best']:.3f})"
+                         f"{verdict}")
     return "\n".join(lines) + "\n"
 
 
@@ -259,11 +317,17 @@ def main() -> None:
     parser.add_argument("--quiet-threshold", type=float, default=20,
                         help="before each run, wait until other processes use less than this %% of one core")
     parser.add_argument("--quiet-patience", type=float, default=120, help="seconds to wait for quiet at most")
+    parser.add_argument("--postgres", default=os.environ.get("BENCH_POSTGRES_URL", DEFAULT_POSTGRES),
+                        help="URL of a database on the PostgreSQL server for P (which gets a fresh database "
+                             "of its own there, dropped at the end); 'none': no P")
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     started = time.monotonic()
+    postgres = scratch_postgres(args.postgres)
     with tempfile.TemporaryDirectory(prefix="bench-accounting-") as tmp:
         servers = [Server("A", Path(tmp), args.model_path, True), Server("B", Path(tmp), args.model_path, False)]
+        if postgres is not None:
+            servers.append(Server("P", Path(tmp), args.model_path, True, database_url=postgres.url))
         try:
             for s in servers:
                 s.wait_ready()
@@ -282,14 +346,19 @@ def main() -> None:
         finally:
             for s in servers:
                 s.stop()
+            if postgres is not None:
+                postgres.drop()
     elapsed = time.monotonic() - started
     summary = summarize(runs, concurrencies)
-    table = markdown(summary, concurrencies, args.rounds, args.requests, elapsed)
+    table = markdown(runs, concurrencies, args.rounds, args.requests, elapsed)
     date = datetime.date.today().isoformat()
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"date": date, "elapsed_s": elapsed, "machine": machine(), "systems": SYSTEMS,
               "config": {k: str(v) for k, v in vars(args).items()}, "prompt": PROMPT,
               "ratio_tokens_per_s_A_over_B": {str(c): ratio(summary, c) for c in concurrencies},
+              "accounting_server_cpu_ms_per_request": {
+                  keyed: {str(c): accounting_cpu_ms(runs, c, keyed) for c in concurrencies}
+                  for keyed in ("A", "P") if keyed in _systems(runs)},
               "summary": summary, "runs": runs}
     (args.out / f"accounting-{date}.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / f"accounting-{date}.md").write_text(f"# Accounting overhead, {date}\n\n{table}")

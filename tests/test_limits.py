@@ -18,7 +18,7 @@ from accounts.limits import admit, minute_of, renew_leases
 from accounts.models import Lease, UsageCounter, UsageRecord, period_end, period_start
 from demomodel.corpus import count_prompt
 from llmserver import clock
-from tests.conftest import MODEL_ID, bearer, issue_key, orm
+from tests.conftest import MODEL_ID, bearer, issue_key, orm, wait_for
 
 HELLO = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]}
 LONG_STREAM = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(200)}], "stream": True}
@@ -218,6 +218,27 @@ async def test_renewing_keeps_a_held_lease_counting_across_its_ttl(slow_api):
     assert not await orm(Lease.objects.filter(pk=lease).exists)
 
 
+def test_the_accounting_thread_renews_the_leases_in_flight_by_itself(live_db, settings):
+    """Nothing asks for it: every LEASE_RENEW_SECONDS the accounting thread pushes back
+    the expiry of this process's leases (and of no other's)."""
+    key, _ = issue_key(name="lease-heartbeat")
+    with clock.frozen() as time:
+        mine = asyncio.run(books.call(admit, key, "lease-heartbeat-mine"))  # held by this process
+        others = Lease.objects.create(api_key=key, request_id="lease-heartbeat-other", holder="another:1",
+                                      expires_at=time.now() + timedelta(seconds=settings.LEASE_TTL_SECONDS))
+        first_expiry = others.expires_at
+        try:
+            time.advance(100)
+            settings.LEASE_RENEW_SECONDS = 0.05
+            asyncio.run(books.call(lambda: None))  # wakes it: the new period counts from now
+            renewed = time.now() + timedelta(seconds=settings.LEASE_TTL_SECONDS)
+            wait_for(lambda: Lease.objects.get(pk=mine).expires_at == renewed)
+            assert Lease.objects.get(pk=others.pk).expires_at == first_expiry
+        finally:
+            Lease.objects.filter(pk__in=[mine, others.pk]).delete()
+            asyncio.run(books.call(limits._held.discard, mine))
+
+
 async def test_a_request_refused_by_one_limit_consumes_no_other(slow_api):
     key, secret = await orm(issue_key, name="no-double-count", max_concurrency=1, requests_per_minute=10)
     with clock.frozen(a_minute_ahead(10)):
@@ -239,6 +260,7 @@ def test_requests_admitted_together_are_each_decided_as_if_alone(live_db):
     counts for the next; a refusal among them writes nothing and stops no other."""
     from accounts.limits import admit_many
     from accounts.models import APIKey
+    from accounts.records import Admission
 
     one, _ = issue_key(name="together-one", max_concurrency=1)
     free, _ = issue_key(name="together-free")
@@ -247,8 +269,8 @@ def test_requests_admitted_together_are_each_decided_as_if_alone(live_db):
     APIKey.objects.filter(pk=revoked.pk).update(is_active=False)
 
     with clock.frozen(a_minute_ahead(10)):
-        results = admit_many([(one, "t-1", ()), (one, "t-2", ()), (revoked, "t-3", ()), (free, "t-4", ()),
-                              (per_minute, "t-5", ()), (per_minute, "t-6", ())])
+        results = admit_many([Admission(one, "t-1"), Admission(one, "t-2"), Admission(revoked, "t-3"),
+                              Admission(free, "t-4"), Admission(per_minute, "t-5"), Admission(per_minute, "t-6")])
         try:
             refusals = {i: (r.status, r.code) for i, r in enumerate(results) if isinstance(r, Exception)}
             assert refusals == {1: (429, "key_concurrency_limit"), 2: (401, "invalid_api_key"),
@@ -266,9 +288,7 @@ def test_requests_admitted_together_are_each_decided_as_if_alone(live_db):
 
 def test_a_request_cancelled_while_being_admitted_gives_back_the_lease_admission_took(live_db):
     """The client leaves (or Stop is pressed) while the accounting thread admits: the
-    lease it takes then must be given back, not held (and renewed) by this process.
-    (A key with a token budget: the accounting thread decides it, never the event loop;
-    tests/test_inline_admission.py.)"""
+    lease it takes then must be given back, not held (and renewed) by this process."""
     from accounts.usage import RequestAccount
 
     key, _ = issue_key(name="cancelled-in-admission", token_budget=1_000_000)

@@ -133,8 +133,9 @@ def test_a_record_the_database_refuses_loses_only_itself_and_every_lease_is_give
     lose the batch it was written with."""
     from django.utils import timezone
 
-    from accounts.books import Settlement, settle_batch
     from accounts.limits import admit
+    from accounts.records import Settlement
+    from accounts.settlement import settle_batch
 
     key, _ = issue_key(name="settle-bad-row", token_budget=1000, budget_period="day")
     rids = [f"settle-bad-{i}-{uuid.uuid4().hex[:8]}" for i in range(3)]
@@ -150,11 +151,13 @@ def test_a_record_the_database_refuses_loses_only_itself_and_every_lease_is_give
     assert not Lease.objects.filter(pk__in=leases).exists()
 
 
-def _record(key, request_id: str, prompt_tokens: int) -> dict:
+def _record(key, request_id: str, prompt_tokens: int):
     from django.utils import timezone
 
-    return {"api_key_id": key.pk, "key_prefix": key.prefix, "model": MODEL_ID, "endpoint": "chat.completions",
-            "request_id": request_id, "streamed": False, "prompt_tokens": prompt_tokens, "completion_tokens": 5,
-            "cached_tokens": 0, "finish_reason": "stop", "status_code": 200, "error_code": "",
-            "started_at": timezone.now(), "duration_ms": 1.0, "time_to_first_token_ms": 1.0,
-            "client_disconnected": False, "user": ""}
+    from accounts.records import UsageRow
+
+    return UsageRow(api_key_id=key.pk, key_prefix=key.prefix, model=MODEL_ID, endpoint="chat.completions",
+                    request_id=request_id, streamed=False, prompt_tokens=prompt_tokens, completion_tokens=5,
+                    cached_tokens=0, finish_reason="stop", status_code=200, error_code="",
+                    started_at=timezone.now(), duration_ms=1.0, time_to_first_token_ms=1.0,
+                    client_disconnected=False, user="")

@@ -1,0 +1,95 @@
+"""Settlement: finished requests written to the database, several in one transaction:
+their leases given back, their tokens added to their keys' counters, their usage records
+inserted. Runs on the accounting thread (accounts.books), on its connection's driver
+cursor (accounts.hotsql); takes no key or global lock (accounts.limits, lock order).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+from django.db import DataError, IntegrityError, connection, models
+
+from accounts import hotsql
+from accounts.limits import add_to_counter, minute_of, per_minute_limited, release_leases
+from accounts.models import APIKey, UsageCounter, UsageRecord, period_start
+from accounts.records import USAGE_FIELDS, Settlement, UsageRow
+
+log = logging.getLogger("llmserver.books")
+
+def settle_batch(settlements: list[Settlement]) -> None:
+    """Give back the leases, add the tokens to their keys' counters and write the usage
+    records of several finished requests: a few statements, one transaction."""
+    lease_ids = [s.lease_id for s in settlements if s.lease_id is not None]
+    try:
+        with hotsql.transaction() as cursor:
+            release_leases(cursor, lease_ids)
+            _write_usage(cursor, settlements)
+        return
+    except (IntegrityError, DataError):
+        _release(lease_ids)  # a row the database refuses: see below
+    except BaseException:
+        _release(lease_ids)  # the leases are given back even if the records fail
+        raise
+    # The usual cause: a key deleted while its requests were in flight (its counters went
+    # with it). Keep those requests' records, without the key, rather than lose the batch.
+    _forget_deleted_keys(settlements)
+    try:
+        with hotsql.transaction() as cursor:
+            _write_usage(cursor, settlements)
+        return
+    except (IntegrityError, DataError):
+        if len(settlements) == 1:
+            raise
+    # Something in one of them the database will not take: each on its own, so that only
+    # that one is lost (and logged).
+    for settlement in settlements:
+        try:
+            with hotsql.transaction() as cursor:
+                _write_usage(cursor, [settlement])
+        except (IntegrityError, DataError):
+            log.exception("could not record request %s",
+                          settlement.record.request_id if settlement.record is not None else None)
+
+
+def _release(lease_ids: list[int]) -> None:
+    with hotsql.autocommit() as cursor:
+        release_leases(cursor, lease_ids)
+
+
+def _forget_deleted_keys(settlements: list[Settlement]) -> None:
+    keys = {s.key.pk for s in settlements if s.key is not None}
+    gone = keys - set(APIKey.objects.filter(pk__in=keys).values_list("pk", flat=True))
+    for s in settlements:
+        if s.key is not None and s.key.pk in gone:
+            s.key = None
+            if s.record is not None:
+                s.record = s.record._replace(api_key_id=None)
+
+
+def _write_usage(cursor, settlements: list[Settlement]) -> None:
+    tokens_by_bucket: dict[tuple, int] = defaultdict(int)
+    for s in settlements:
+        if s.key is not None and s.tokens:
+            if per_minute_limited(s.key):
+                tokens_by_bucket[(s.key.pk, UsageCounter.Kind.MINUTE, minute_of(s.finished_at))] += s.tokens
+            tokens_by_bucket[(s.key.pk, UsageCounter.Kind.PERIOD, period_start(s.key.budget_period, s.finished_at))] += s.tokens
+    # In one order everywhere, so that two processes settling never deadlock.
+    for (key_pk, kind, starts_at), tokens in sorted(tokens_by_bucket.items()):
+        add_to_counter(cursor, key_pk, kind, starts_at, tokens=tokens)
+    rows = [_row_values(s.record) for s in settlements if s.record is not None]
+    if rows:
+        # One multi-row INSERT, not bulk_create (the ORM's cost per record was most of
+        # settling's) nor executemany (a statement step per record, each a GIL handoff).
+        hotsql.insert_rows(cursor, _RECORD_TABLE, len(USAGE_FIELDS), rows)
+
+
+_RECORD_TABLE = (f"{UsageRecord._meta.db_table} "
+                 f"({', '.join(connection.ops.quote_name(field.column) for field in USAGE_FIELDS)})")
+# The columns whose values the driver takes converted (datetimes: SQLite stores text).
+_DATETIMES = frozenset(i for i, field in enumerate(USAGE_FIELDS) if isinstance(field, models.DateTimeField))
+
+
+def _row_values(record: UsageRow) -> list:
+    return [hotsql.at(value) if i in _DATETIMES and value is not None else value for i, value in enumerate(record)]
