@@ -165,7 +165,9 @@ class ContinuousBatching:
             self.stats.reprefilled_tokens += len(tokens)
         try:
             options = og.RequestOptions()
-            options.set_max_session_tokens(self.context_length)
+            # The cache a request gets, and clears when it begins, is sized by this bound:
+            # its prompt and the most it may generate (after a re-form the same total).
+            options.set_max_session_tokens(min(self.context_length, len(turn.prompt_tokens) + params.max_tokens))
             request = self._engine.create_request(options=options)
         except Exception as exc:
             if _UNHEALTHY in str(exc) and turn._restarts < _RESTARTS_PER_TURN:
