@@ -15,8 +15,7 @@ class Arrivals:
 
     Counted any later, the engine saw only requests already past authentication,
     validation and tokenization, and the first of a burst began a batch alone while the
-    others were still being read (measured on the benchmark model, 8 clients sending at
-    once: a batch of 1 or 2, then the rest, in half the runs)."""
+    others were still being read (bench/README.md, "Batches gathered")."""
 
     def __init__(self):
         self.count = 0

@@ -7,14 +7,14 @@ run on a turn's event loop.
 
 Why our own admission queue: on CPU the Engine's scheduler is *static*: a batch forms
 when the engine is idle, and a request submitted while it runs waits until every
-sequence in it has finished, even with free slots (measured: a newcomer waited 26 steps
-beside a lone running turn). The worker therefore keeps waiting turns itself and makes
-batching continuous by *re-forming* the batch: it cancels the running turns and begins
-them again, each with its prompt plus the tokens generated so far (recompute preemption,
-as vLLM does it), together with the newcomers. Re-prefilling costs time, so a re-form
-happens only once the oldest waiter has waited as long as the re-prefill is expected to
-take (the ski-rental rule: never more than twice the better choice in hindsight). For a
-small model the re-prefill is nearly free and newcomers join within a step or two.
+sequence in it has finished, even with free slots (docs/architecture.md, step 5). The
+worker therefore keeps waiting turns itself and makes batching continuous by
+*re-forming* the batch: it cancels the running turns and begins them again, each with
+its prompt plus the tokens generated so far (recompute preemption, as vLLM does it),
+together with the newcomers. Re-prefilling costs time, so a re-form happens only once
+the oldest waiter has waited as long as the re-prefill is expected to take (the
+ski-rental rule: never more than twice the better choice in hindsight). For a small
+model the re-prefill is nearly free and newcomers join within a step or two.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ _RETRIES_PER_TURN = 3
 
 # A new batch waits for requests read but not yet at the engine at most this long after
 # the last of them arrived, or this share of the prefill its waiting turns will take
-# anyway, whichever is longer; and never longer than _GATHER_CAP from the first. A view
-# takes ~1.5 ms per request on the benchmark model, more on a busy CPU (admissions go
-# one at a time); a prompt's prefill ~300 ms.
+# anyway, whichever is longer; and never longer than _GATHER_CAP from the first: a view
+# takes milliseconds per request, a real model's prompt hundreds to prefill
+# (bench/README.md, "Batches gathered").
 _GATHER_SECONDS = 0.02
 _GATHER_SHARE_OF_PREFILL = 0.05
 _GATHER_CAP = 0.2
@@ -123,9 +123,8 @@ class ContinuousBatching:
           until the longest running turn reaches its max_tokens (an upper bound: EOS may
           come first), while a re-form stalls every running turn for the re-prefill.
           Without this, turns resumed with different amounts left finish apart, and the
-          batch re-forms again and again (measured on the 360M benchmark model, where a
-          prompt token costs ~4 ms to prefill: 7 re-forms per 16 requests, 40% of the
-          throughput lost).
+          batch re-forms again and again, which costs a model whose prefill is slow most
+          of its throughput (bench/README.md).
         """
         # A constrained turn cannot begin again mid-way: its grammar would start over
         # after the tokens it already generated. Newcomers wait for it to end instead.
