@@ -164,9 +164,7 @@ class ContinuousBatching:
             self.stats.reprefilled_tokens += len(tokens)
         try:
             options = og.RequestOptions()
-            # The cache a request gets, and clears when it begins, is sized by this bound:
-            # its prompt and the most it may generate (after a re-form the same total).
-            options.set_max_session_tokens(min(self.context_length, len(turn.prompt_tokens) + params.max_tokens))
+            options.set_max_session_tokens(self.context_length)
             request = self._engine.create_request(options=options)
         except Exception as exc:
             if _UNHEALTHY in str(exc) and turn._restarts < _RESTARTS_PER_TURN:
