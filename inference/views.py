@@ -88,13 +88,11 @@ class AsyncAPIView(APIView):
         return self.life.answered_by(Answer(data, self.life))
 
 
-class Answer(JsonResponse):
-    """A recorded request's JSON answer: closing it (Django does, once it is sent or the
+class _ClosesItsLifecycle:
+    """A recorded request's response: closing it (Django does, once it is sent or its
     client left) closes the request's lifecycle."""
 
-    def __init__(self, data, life: Lifecycle, **kwargs):
-        super().__init__(data, **kwargs)
-        self.life = life
+    life: Lifecycle
 
     def close(self) -> None:
         try:
@@ -103,21 +101,22 @@ class Answer(JsonResponse):
             self.life.close(self.status_code)
 
 
-class EventStreamResponse(StreamingHttpResponse):
-    """Server-sent events from an async iterator of chunk dicts; closing it (Django does,
-    after its last byte or once the client left) closes the request's lifecycle."""
+class Answer(_ClosesItsLifecycle, JsonResponse):
+    """A recorded request's JSON answer."""
+
+    def __init__(self, data, life: Lifecycle, **kwargs):
+        super().__init__(data, **kwargs)
+        self.life = life
+
+
+class EventStreamResponse(_ClosesItsLifecycle, StreamingHttpResponse):
+    """Server-sent events from an async iterator of chunk dicts."""
 
     def __init__(self, chunks: AsyncIterator[dict], life: Lifecycle, *, named_events: bool = False):
         super().__init__(_sse(chunks, life, named_events), content_type="text/event-stream")
         self["Cache-Control"] = "no-cache"
         self["X-Accel-Buffering"] = "no"  # tell nginx not to buffer the stream
         self.life = life
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            self.life.close(self.status_code)
 
 
 async def _sse(chunks: AsyncIterator[dict], life: Lifecycle, named_events: bool = False) -> AsyncIterator[bytes]:
