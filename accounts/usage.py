@@ -1,15 +1,13 @@
 """One authenticated request's bookkeeping: its lease and its one usage record.
 
 :class:`RequestAccount` is opened when a request's key is known and finished exactly
-once, when Django closes the response (after its last byte, or after the client left),
-or, if the client left before any response existed, by the view. Finishing hands the
+once, when the request's lifecycle closes (inference.lifecycle). Finishing hands the
 lease and the record to the accounting thread; nothing is written per token.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from accounts.auth import known_keys
@@ -67,14 +65,12 @@ class RequestAccount:
         """The key turned out not to exist: no record (and no lease was taken)."""
         self._finished = True
 
-    def finish(self, status_code: int, response=None) -> None:
+    def finish(self, status_code: int) -> None:
         """Hand the usage record and the lease to the accounting thread (no waiting, no
         database work here, from any thread); only the first call counts."""
         if self._finished:
             return
         self._finished = True
-        if response is not None and status_code >= 400 and not response.streaming:
-            self.error_code = _error_code(response.content)
         prompt = completion = cached = 0
         finish_reason = ""
         first_token_ms = None
@@ -119,10 +115,3 @@ _LENGTHS = {field.attname: field.max_length for field in USAGE_FIELDS if field.m
 def _give_back_lease(admission: asyncio.Future) -> None:
     if not admission.cancelled() and admission.exception() is None:
         books.settle_later(admission.result(), None, None, 0)
-
-
-def _error_code(content: bytes) -> str:
-    try:
-        return json.loads(content)["error"]["code"] or ""
-    except (ValueError, KeyError, TypeError):
-        return ""
