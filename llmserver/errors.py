@@ -84,18 +84,7 @@ _TYPE_FOR_STATUS = {
 _CLASSES: dict[Code, type[APIError]] = {}
 
 
-class _ByCode(type):
-    """``APIError(status, message, code=..., param=..., headers=...)`` builds the class of
-    ``code`` (for a caller that names the code rather than its class); the status, and
-    the type if given, must be that class's."""
-
-    def __call__(cls, *args, **kwargs):
-        if cls is APIError:
-            return _of_code(*args, **kwargs)
-        return super().__call__(*args, **kwargs)
-
-
-class APIError(Exception, metaclass=_ByCode):
+class APIError(Exception):
     """A failure a client should see. Its class says the status, ``code`` and ``type``;
     an instance adds the message, and the ``param`` and headers (``Retry-After``) of
     this use."""
@@ -156,14 +145,6 @@ class APIError(Exception, metaclass=_ByCode):
 def error_class(code: Code | str) -> type[APIError]:
     """The class of ``code`` (ValueError for a string that is no :class:`Code`)."""
     return _CLASSES[Code(code)]
-
-
-def _of_code(status: int, message: str, *, code: Code | str, param: str | None = None, type: str | None = None,
-             headers: Mapping[str, str] | None = None) -> APIError:
-    cls = error_class(code)
-    if status != cls.status or type not in (None, cls.type):
-        raise ValueError(f"{cls.code} is a {cls.status} {cls.type}, not a {status} {type or ''}".rstrip())
-    return cls(message, param=param, headers=headers)
 
 
 # --- the classes, one per code -----------------------------------------------------------

@@ -111,20 +111,6 @@ def test_the_body_is_openais_with_the_code_as_plain_text():
         503, "5", {"error": {"message": "Bye.", "type": "server_error", "param": None, "code": "server_shutting_down"}})
 
 
-def test_naming_the_code_builds_its_class_and_checks_its_status():
-    error = APIError(403, "Admins only.", code="admin_key_required", headers={"X": "1"})
-    assert (type(error), error.message, error.param, error.headers) == (errors.AdminKeyRequired, "Admins only.", None,
-                                                                        {"X": "1"})
-    assert type(APIError(503, "Stopping.", code=Code.ENGINE_UNAVAILABLE, type="server_error")) \
-        is errors.EngineUnavailableError
-    with pytest.raises(ValueError, match="admin_key_required is a 403 permission_error, not a 401"):
-        APIError(401, "Admins only.", code="admin_key_required")
-    with pytest.raises(ValueError, match="engine_unavailable is a 503 server_error, not a 503 rate_limit_error"):
-        APIError(503, "Stopping.", code="engine_unavailable", type="rate_limit_error")
-    with pytest.raises(ValueError, match="'no_such_code' is not a valid Code"):
-        APIError(400, "?", code="no_such_code")
-
-
 def test_reworded_keeps_the_class_param_and_headers_unless_told():
     error = errors.TokenBudgetExceeded("Budget spent.", param="p", headers={"Retry-After": "9"})
     again = error.reworded("You have used all your tokens.")
