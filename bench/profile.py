@@ -123,9 +123,10 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
-async def drive(server: Server, clients: int, seconds: float, one_token: bool) -> dict:
-    body = {"model": MODEL["id"], "messages": [{"role": "user", "content": MODEL["prompt"]}], "temperature": 0,
-            "max_tokens": 1 if one_token else 64}
+async def drive(server: Server, clients: int, seconds: float, one_token: bool, prompt: str = MODEL["prompt"],
+                max_tokens: int = 64) -> dict:
+    body = {"model": MODEL["id"], "messages": [{"role": "user", "content": prompt}], "temperature": 0,
+            "max_tokens": 1 if one_token else max_tokens}
     if not one_token:
         body.update(stream=True, stream_options={"include_usage": True})
     deadline = time.perf_counter() + seconds
@@ -160,6 +161,9 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="write py-spy's raw stacks here")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--prompt", default=MODEL["prompt"],
+                        help='the user message (e.g. "Count from 1 to 200." for ~200 tokens a request)')
+    parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory(prefix="llmserver-profile-") as tmp:
@@ -168,7 +172,7 @@ def main() -> None:
                         {"MAX_BATCH_SIZE": "16", "METRICS_ALLOWED_IPS": ""})
         try:
             server.wait_ready()
-            asyncio.run(drive(server, args.clients, 2, args.one_token))  # warm-up
+            asyncio.run(drive(server, args.clients, 2, args.one_token, args.prompt, args.max_tokens))  # warm-up
             raw_path = args.keep or workdir / "stacks.txt"
             spy = subprocess.Popen([py_spy, "record", "--pid", str(server.proc.pid), "--rate", str(args.rate),
                                     "--duration", str(int(args.seconds + 1)), "--format", "raw", "--threads",
@@ -176,7 +180,7 @@ def main() -> None:
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             time.sleep(0.5)  # py-spy attached
             cpu0 = thread_cpu(server.proc.pid)
-            totals = asyncio.run(drive(server, args.clients, args.seconds, args.one_token))
+            totals = asyncio.run(drive(server, args.clients, args.seconds, args.one_token, args.prompt, args.max_tokens))
             cpu1 = thread_cpu(server.proc.pid)
             spy.wait(60)
             threads = parse(raw_path.read_text())

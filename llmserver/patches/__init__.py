@@ -3,8 +3,9 @@ Daphne and Django, held together in this package:
 
 - ``http_framing``: Twisted's HTTP channel and Daphne's request and server, so that
   requests Twisted refuses while reading them are answered in OpenAI's error shape, a
-  request has deadlines for its headers and its body, and a body over the size limit is
-  refused while it is read;
+  request has deadlines for its headers and its body, a body over the size limit is
+  refused while it is read, and a response's bytes are sent when written, not on the
+  reactor's next turn;
 - ``asgi_handler``: ``APIHandler``, Django's ASGI handler without its per-request thread
   hops, for the API paths.
 
@@ -54,6 +55,23 @@ UPSTREAM = {
     "twisted.web.http.HTTPChannel._finishRequestBody": (
         "42d008b78aff699a6f50489df8a3bebd05e38b62d52e5e80fcd1fef7ab2b1ac6",
         "_ChunkedDecoder is built with it as its finish callback, as Twisted's own is"),
+    "twisted.web.http.HTTPChannel.write": (
+        "054334c7d19259b33286d7742f759217b19464003e13c864a7aa1e7ee9a78eb5",
+        "_Channel.write replaces it: does it still only hand the data to transport.write?"),
+    "twisted.web.http.HTTPChannel.writeSequence": (
+        "06492eb61e8f8b8003c7c5887de6a7f1ecd2299b78748da7271f5183667a244c",
+        "_Channel.writeSequence replaces it: does it still only hand the parts to transport.writeSequence?"),
+    "twisted.internet.abstract.FileDescriptor.write": (
+        "3e46c97fc173bc7e227065420969c27688f24903c27dcc165b63166a605d688c",
+        "_Channel._write_now sends before it when nothing is queued: do connected, _writeDisconnected, "
+        "_tempDataLen still mean what it reads them for?"),
+    "twisted.internet.abstract.FileDescriptor.doWrite": (
+        "a986d7b1b1054e431495d50528824683fa7ebb1ffcf3e57333bdd6f37f603141",
+        "_Channel._write_now takes dataBuffer[offset:] and _tempDataLen as what is queued: still so?"),
+    "twisted.internet.tcp.Connection.writeSomeData": (
+        "2dd0d4209260b94e2c6c4e8a16e014346cb432e7d0bfa294f8fe9e1b8b008d26",
+        "_Channel._write_now calls it: still sends at once and returns the bytes sent, or an exception "
+        "for a lost connection?"),
     "twisted.web.http._ChunkedTransferDecoder.__init__": (
         "33d2107fa07649a2157b9d30e0cd27aaaaef2bfce02978739e7236f7568aa5f7",
         "_ChunkedDecoder.__init__ calls it: same arguments?"),

@@ -39,7 +39,10 @@ why these are here, and the pins).
      not parse). Nothing here reads those forms: the API answers their Content-Type with
      a 415.
 
-3. **Daphne's server** (:class:`DaphneServer`, the base of ``llmserver.shutdown``'s
+3. **Writes** (:meth:`_Channel._write_now`): a response's bytes go to the socket when
+   Daphne writes them, as far as it takes them, instead of on the reactor's next turn.
+
+4. **Daphne's server** (:class:`DaphneServer`, the base of ``llmserver.shutdown``'s
    ``DrainingServer``): its connections are built from the classes above, for this server
    only (nothing of Daphne's or Twisted's is rebound for the whole process). Daphne takes
    no factory or request class as an option; ``Server.run`` builds its ``HTTPFactory``
@@ -55,7 +58,7 @@ import re
 from daphne.server import Server  # isort:skip
 from daphne import http_protocol  # isort:skip
 from django.conf import settings
-from twisted.internet import reactor
+from twisted.internet import reactor, tcp
 from twisted.web import http
 
 from llmserver.errors import APIError, BadRequest, RequestHeaderTooLarge, RequestTimeout, request_too_large
@@ -155,6 +158,30 @@ class _Channel(http.HTTPChannel):
         self._deadline = None
         _answer_error(self, b"Request Timeout", RequestTimeout(
             f"The request's {what} not received within {seconds:g} second{'' if seconds == 1 else 's'}."))
+
+    # Writes.
+
+    def write(self, data):
+        self._write_now(data)
+
+    def writeSequence(self, iovec):
+        self._write_now(b"".join(iovec))
+
+    def _write_now(self, data: bytes) -> None:
+        """Send ``data`` at once, as far as the socket takes it, when nothing is queued
+        before it (bytes stay in order); queue the rest as Twisted does. Twisted queues
+        every write and sends it on the reactor's next turn, which costs each streamed
+        chunk a writer registration, an epoll round and the writer's removal on the event
+        loop (bench/results/writes-2026-12-04.md). A TLS connection writes as Twisted does."""
+        transport = self.transport
+        if (data and type(transport) is tcp.Server and not transport.TLS and transport.connected
+                and not transport.disconnecting and not transport._writeDisconnected and not transport._tempDataLen
+                and transport.offset == len(transport.dataBuffer)):
+            sent = transport.writeSomeData(data)
+            if isinstance(sent, int):  # else the connection is lost: the queued write finds out
+                data = data[sent:]
+        if data:
+            transport.write(data)
 
     # Twisted's refusals, in OpenAI's shape.
 
@@ -258,7 +285,7 @@ class _Request(http_protocol.WebRequest):
         super().requestReceived(command, path, version)
 
 
-# --- 3. Daphne's server ----------------------------------------------------------------
+# --- 4. Daphne's server ----------------------------------------------------------------
 
 class _HTTPFactory(http_protocol.HTTPFactory):
     """Daphne's factory of HTTP connections, building them from :class:`_Channel` and
