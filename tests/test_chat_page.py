@@ -232,9 +232,15 @@ def test_shift_enter_adds_a_line_and_enter_sends(page, site, live_db):
     assert count_answer(200).startswith(last_answer(page, "stopped").text)
 
 
-def test_the_system_prompt_temperature_and_model_are_sent_with_the_turn(page, site, live_db):
-    from accounts.models import UsageRecord
+def prompt_tokens(messages: list[dict]) -> int:
+    """The demo model's prompt tokens for ``messages``, through its own chat template."""
+    import onnxruntime_genai as og
 
+    tokenizer = og.Tokenizer(og.Model(str(DEMO_MODEL)))
+    return len(tokenizer.encode(tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)))
+
+
+def test_the_system_prompt_temperature_and_model_are_sent_with_the_turn(page, site, live_db):
     user = make_user("settings")
     log_in(page, site, user)
     assert page.find_element(By.ID, "model").get_attribute("value") == MODEL_ID
@@ -243,9 +249,11 @@ def test_the_system_prompt_temperature_and_model_are_sent_with_the_turn(page, si
     ask(page, repeat_prompt("blue bird"))
     assert last_answer(page, "done").text == "blue bird"
     record = wait_for(lambda: chat_records(user))[0]
-    # A system prompt makes the prompt longer than the user's message alone.
-    without_system = UsageRecord.objects.filter(api_key__kind="chat", status_code=200, finish_reason="stop")
-    assert record.prompt_tokens > min(r.prompt_tokens for r in without_system)
+    # The prompt is the system prompt and the user's message, through the model's template.
+    assert record.prompt_tokens == prompt_tokens(
+        [{"role": "system", "content": "You are a concise assistant."},
+         {"role": "user", "content": repeat_prompt("blue bird")}])
+    assert record.prompt_tokens > prompt_tokens([{"role": "user", "content": repeat_prompt("blue bird")}])
 
 
 def test_copy_puts_the_answer_on_the_clipboard(page, site, live_db):
