@@ -34,7 +34,9 @@ def main() -> None:
     config.overlay(json.dumps({"engine": {"static_batching": {"max_batch_size": args.max_batch_size}}}))
     model = og.Model(config)
     tokenizer = og.Tokenizer(model)
-    context_length = json.load(open(f"{args.model_path}/genai_config.json"))["model"]["context_length"]
+    genai_config = json.load(open(f"{args.model_path}/genai_config.json"))["model"]
+    context_length = genai_config["context_length"]
+    least_session = int((genai_config.get("decoder", {}).get("sliding_window") or {}).get("window_size") or 1)
     engine = og.Engine(model)
     buffer = engine.create_event_buffer(max(256, 4 * args.max_batch_size))
     print(json.dumps({"ready": True}), flush=True)
@@ -50,7 +52,8 @@ def main() -> None:
 
         def begin(client: int) -> None:
             options = og.RequestOptions()
-            options.set_max_session_tokens(context_length)
+            # As the server sizes a request's session (ContinuousBatching._session_tokens).
+            options.set_max_session_tokens(min(context_length, max(len(prompt) + max_tokens + 1, least_session)))
             request = engine.create_request(options=options)
             turn = og.TurnOptions(request)
             turn.set_max_generated_tokens(max_tokens)

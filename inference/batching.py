@@ -164,7 +164,7 @@ class ContinuousBatching:
             self.stats.reprefilled_tokens += len(tokens)
         try:
             options = og.RequestOptions()
-            options.set_max_session_tokens(self.context_length)
+            options.set_max_session_tokens(self._session_tokens(len(tokens), params.max_tokens - len(turn._generated)))
             request = self._engine.create_request(options=options)
         except Exception as exc:
             if _UNHEALTHY in str(exc) and turn._restarts < _RESTARTS_PER_TURN:
@@ -196,6 +196,17 @@ class ContinuousBatching:
         self._running[request] = turn
         self.stats.running = len(self._running)
         return len(tokens)
+
+    def _session_tokens(self, prompt: int, max_tokens: int) -> int:
+        """The tokens the turn's request may hold: on a static scheduler, its prompt and
+        ``max_tokens``, one more for the end of sequence, within the context and no fewer
+        than a sliding window needs. A static batch's cache is as long as its longest
+        request's session, and beginning the batch costs in proportion: a request sized by
+        the context takes longer to begin and prefill (bench/results/session-2026-12-04.md).
+        A dynamic-batching engine's paged cache grows as it goes: the context."""
+        if self.dynamic_batching:
+            return self.context_length
+        return min(self.context_length, max(prompt + max_tokens + 1, self.least_session_tokens))
 
     def _set_sampling(self, turn_options, params: SamplingParams) -> None:
         """Every sampling setting, explicitly: the model's ``search`` block is the default

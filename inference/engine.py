@@ -69,6 +69,9 @@ class EngineWorker(ContinuousBatching):
         self.state = "stopped"  # loading → running → stopped | failed
         self.error: str | None = None
         self.context_length = 0  # the effective context (effective_context), set at load
+        # The fewest session tokens a request may have: a model with sliding-window
+        # attention refuses a cache shorter than its window. Set at load.
+        self.least_session_tokens = 1
         self.vocab_size = 0
         # The model's own sampling settings (genai_config.json "search" as the engine
         # options overlay it), which inference.serving may use as a request's defaults.
@@ -231,6 +234,8 @@ class EngineWorker(ContinuousBatching):
 
         genai_config = json.loads((Path(self.path) / "genai_config.json").read_text())
         self.context_length = effective_context(genai_config, self.options, self.max_model_len)
+        window = genai_config["model"].get("decoder", {}).get("sliding_window") or {}
+        self.least_session_tokens = min(self.context_length, int(window.get("window_size") or 1))
         self.search_defaults = {**genai_config.get("search", {}), **self.options.get("search", {})}
         config = og.Config(self.path)
         if self.options:

@@ -168,7 +168,7 @@ async def test_search_max_length_below_the_context_bounds_the_context_and_turns_
 async def test_a_turn_the_engine_refuses_to_begin_fails_alone_and_the_next_is_answered(short_worker):
     restarts = short_worker.stats.restarts
     short_worker.context_length = 300  # more session tokens than search.max_length allows
-    refused = new_turn(short_worker, count_prompt(5), max_tokens=200)
+    refused = new_turn(short_worker, count_prompt(5), max_tokens=290)  # a session of 300
     short_worker.submit(refused)
     await asyncio.wait_for(collect(refused), 30)
     short_worker.context_length = 256
@@ -179,3 +179,18 @@ async def test_a_turn_the_engine_refuses_to_begin_fails_alone_and_the_next_is_an
     assert refused.finish.reason == "FAILED"
     assert refused.finish.error.startswith("the engine refused to begin the turn: max_session_tokens (300) must be")
     assert (short_worker.running, short_worker.stats.restarts) == (True, restarts)
+
+
+async def test_a_turn_holds_its_prompt_and_max_tokens_not_the_whole_context(worker):
+    """A static batch's cache is as long as its longest request's session, and a request
+    sized by the context begins slower (bench/results/session-2026-12-04.md): a turn's
+    session is its prompt, its max_tokens and one more, and it still runs to max_tokens."""
+    assert (worker.context_length, worker.least_session_tokens) == (512, 1)
+    assert worker._session_tokens(20, 5) == 26
+    assert worker._session_tokens(20, 491) == 512
+    assert worker._session_tokens(20, 600) == 512  # within the context
+    turn = new_turn(worker, count_prompt(40), max_tokens=3)
+    worker.submit(turn)
+    answer = worker.tokenizer.encode(count_answer(40))
+    assert await collect(turn) == worker.tokenizer.decode(answer[:3])
+    assert (turn.finish.reason, turn.finish.usage.completion_tokens) == ("MAX_GENERATED_TOKENS", 3)
