@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from adrf.views import APIView
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpResponse, JsonResponse
 
 import llmserver
 from accounts.auth import authenticate
@@ -29,6 +29,7 @@ from inference.protocol_responses import ResponsesRequest
 from inference.registry import ModelSpec, registry
 from inference.responses import ResponsesServing
 from inference.serving import ChatServing, CompletionServing, TokenizeServing
+from llmserver.event_stream import EventStream
 from llmserver.handlers import ARRIVAL
 
 log = logging.getLogger("llmserver.views")
@@ -109,7 +110,7 @@ class Answer(_ClosesItsLifecycle, JsonResponse):
         self.life = life
 
 
-class EventStreamResponse(_ClosesItsLifecycle, StreamingHttpResponse):
+class EventStreamResponse(_ClosesItsLifecycle, EventStream):
     """Server-sent events from an async iterator of chunk dicts."""
 
     def __init__(self, chunks: AsyncIterator[dict], life: Lifecycle, *, named_events: bool = False):

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.utils.decorators import sync_and_async_middleware
 
 from llmserver.errors import request_too_large
+from llmserver.event_stream import EventStream
 
 access_log = logging.getLogger("llmserver.access")
 
@@ -76,6 +77,10 @@ def RequestContextMiddleware(get_response):
         response["X-Process-Time"] = f"{time.perf_counter() - started:.6f}"
         if not response.streaming:
             _log(request, response.status_code, started)
+        elif isinstance(response, EventStream):  # says when it ends; sent without wrappers
+            status = response.status_code
+            response.when_closed(lambda completed: _log(
+                request, status, started, "stream ended" if completed else "client disconnected"))
         elif response.is_async:
             response.streaming_content = _logged_stream(request, response.streaming_content, response.status_code, started)
         else:  # a file (static files: WhiteNoise): logged once sent, without "stream ended"

@@ -126,6 +126,10 @@ UPSTREAM = {
     "django.core.handlers.asgi.ASGIHandler.handle": (
         "98faeb5bef800331e6a8002fbc96b30e4122a23438ae45a047190a531ea11323",
         "APIHandler.handle is a copy of it with the signals and response.close() inline: copy the changes"),
+    "django.core.handlers.asgi.ASGIHandler.send_response": (
+        "77eda2b08689b44ee277c936092bde02e50f84727f7398480a127e7e9e1dad06",
+        "APIHandler.send_response sends an EventStream itself, as this sends a streaming response: "
+        "still a start message with the headers, a body message a part with more_body, then an empty one?"),
     "django.core.handlers.base.BaseHandler.load_middleware": (
         "a1fb7ee5f8586195da2174d1bbc2bbfc7ca19b9d26ea66412cb434f45bf6d467",
         "APIHandler.load_middleware replaces it: same attributes set (_view_middleware, ..., "

@@ -13,6 +13,7 @@ async-only chain.
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 
 from django.conf import settings
 from django.core import signals
@@ -22,6 +23,8 @@ from django.core.exceptions import RequestAborted
 from django.urls import set_script_prefix
 from django.utils.deprecation import MiddlewareMixin
 from django.utils.module_loading import import_string
+
+from llmserver.event_stream import EventStream
 
 
 
@@ -36,7 +39,9 @@ class APIHandler(ASGIHandler):
     - the signals' receivers and ``response.close()`` called inline: the receivers Django
       connects (``reset_queries``, ``close_old_connections``, cache closing) only act on
       this thread's connections, and the event loop opens none (the API authenticates with
-      API keys and never touches the ORM on the event loop)."""
+      API keys and never touches the ORM on the event loop);
+    - an :class:`~llmserver.event_stream.EventStream`'s events sent as they come, without
+      Django's streaming wrappers."""
 
     def load_middleware(self, is_async=False):
         """``settings.API_MIDDLEWARE``, each async-capable, around the async view path
@@ -112,3 +117,17 @@ class APIHandler(ASGIHandler):
         else:
             response.close()  # sends request_finished
         body_file.close()
+
+    async def send_response(self, response, send):
+        """Django's, except for an :class:`EventStream`: its headers (it has no cookies),
+        then each of its events as one body message, then the end."""
+        if not isinstance(response, EventStream):
+            await super().send_response(response, send)
+            return
+        headers = [(name.encode("ascii"), value.encode("latin1")) for name, value in response.items()]
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        async with aclosing(response.events) as events:
+            async for data in events:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+        response.completed = True
+        await send({"type": "http.response.body"})
