@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
@@ -22,7 +23,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from accounts import dashboard
-from accounts.models import APIKey, BudgetPeriod, Lease, UsageCounter, UsageRecord, period_start
+from accounts.models import APIKey, BudgetPeriod, Lease, ModelPrice, UsageCounter, UsageRecord, period_start
 
 # --- API keys ------------------------------------------------------------------------
 
@@ -183,7 +184,7 @@ class LeaseAdmin(ReadOnlyAdmin):
 CSV_COLUMNS = [
     "started_at", "request_id", "key_prefix", "key_name", "model", "endpoint", "status_code", "error_code",
     "streamed", "prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens", "finish_reason",
-    "duration_ms", "time_to_first_token_ms", "client_disconnected", "user",
+    "duration_ms", "time_to_first_token_ms", "client_disconnected", "user", "cost",
 ]
 
 
@@ -201,7 +202,7 @@ def csv_row(record: UsageRecord) -> list:
         record.status_code, record.error_code, record.streamed, record.prompt_tokens,
         record.completion_tokens, record.cached_tokens, record.total_tokens, record.finish_reason,
         record.duration_ms, record.time_to_first_token_ms if record.time_to_first_token_ms is not None else "",
-        record.client_disconnected, record.user,
+        record.client_disconnected, record.user, record.cost if record.cost is not None else "",
     ]]
 
 
@@ -221,11 +222,33 @@ def milliseconds(value: float | None) -> str | None:
     return None if value is None else f"{value:.1f} ms"
 
 
+def money(value) -> str | None:
+    """An amount as people read it: "0.000123 USD", to six decimal places (a record keeps
+    ten)."""
+    return None if value is None else f"{value:.6f} {settings.COST_CURRENCY}"
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    list_display = ["model", "prompt_per_million", "completion_per_million", "currency", "source", "updated_at"]
+    readonly_fields = ["source", "updated_at"]
+    search_fields = ["model"]
+
+    @admin.display(description="Currency")
+    def currency(self, price):
+        return settings.COST_CURRENCY
+
+    def save_model(self, request, obj, form, change):
+        # Edited here: MODELS_CONFIG no longer updates it (accounts.prices.follow_catalogue).
+        obj.source = ModelPrice.Source.ADMIN
+        super().save_model(request, obj, form, change)
+
+
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyAdmin):
     # Narrow enough to fit beside the admin's sidebar and filters in a 1280 px window;
     # every field is on the record's own page.
-    list_display = ["started", "key", "model", "status", "tokens", "duration"]
+    list_display = ["started", "key", "model", "status", "tokens", "cost_", "duration"]
     list_filter = ["api_key", "model", "status_code", "endpoint", "streamed", ("started_at", admin.DateFieldListFilter)]
     date_hierarchy = "started_at"
     # Request ids are pasted whole from logs or X-Request-ID: exact match uses the index.
@@ -262,6 +285,10 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     @admin.display(description="Tokens", ordering=F("prompt_tokens") + F("completion_tokens"))
     def tokens(self, record):
         return record.total_tokens
+
+    @admin.display(description="Cost", ordering="cost")
+    def cost_(self, record):
+        return money(record.cost)
 
     @admin.display(description="Duration", ordering="duration_ms")
     def duration(self, record):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta
 
 from django import forms
+from django.conf import settings
 from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
@@ -115,7 +116,8 @@ def top_keys(records, since: datetime, until: datetime) -> list[dict]:
     rows = (records.values("api_key", "api_key__name", "key_prefix")
             .annotate(requests=Count("pk"), prompt=Sum("prompt_tokens"),
                       completion=Sum("completion_tokens"), tokens=Sum(TOKENS),
-                      errors=Count("pk", filter=ERRORS), rate_limited=Count("pk", filter=RATE_LIMITED))
+                      errors=Count("pk", filter=ERRORS), rate_limited=Count("pk", filter=RATE_LIMITED),
+                      cost=Sum("cost"))
             .order_by("-tokens", "key_prefix")[:TOP_KEYS])
     return [{
         **row,
@@ -128,9 +130,9 @@ def top_keys(records, since: datetime, until: datetime) -> list[dict]:
 def totals(records) -> dict:
     result = records.aggregate(
         requests=Count("pk"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"),
-        errors=Count("pk", filter=ERRORS), rate_limited=Count("pk", filter=RATE_LIMITED),
+        errors=Count("pk", filter=ERRORS), rate_limited=Count("pk", filter=RATE_LIMITED), cost=Sum("cost"),
     )
-    # Sum() of no rows is None.
+    # Sum() of no rows is None (and cost stays None when no record had a price).
     result["prompt"] = result["prompt"] or 0
     result["completion"] = result["completion"] or 0
     result["tokens"] = result["prompt"] + result["completion"]
@@ -150,6 +152,7 @@ def dashboard_context(start: date, end: date) -> dict:
     return {
         "start": start,
         "end": end,
+        "currency": settings.COST_CURRENCY,
         "totals": totals(records),
         "top_keys": top_keys(records, since, until),
         "tokens_per_key_chart": stacked_bar_chart(

@@ -211,6 +211,31 @@ class UsageCounter(models.Model):
         return f"key {self.api_key_id} · {self.kind} from {timezone.localtime(self.starts_at):%Y-%m-%d %H:%M}"
 
 
+class ModelPrice(models.Model):
+    """What a model's tokens cost, per million, in ``COST_CURRENCY``. A usage record's
+    cost is computed from the price when the record is written, so a later change of
+    price leaves the records before it as they were. Rows come from MODELS_CONFIG's
+    ``prices`` (kept in step with it while nobody edits them here) or from the admin."""
+
+    class Source(models.TextChoices):
+        CONFIG = "config", "MODELS_CONFIG"
+        ADMIN = "admin", "the admin"
+
+    model = models.CharField(max_length=256, unique=True, help_text="The model's id in the catalogue.")
+    prompt_per_million = models.DecimalField(max_digits=14, decimal_places=6, verbose_name="prompt, per million tokens")
+    completion_per_million = models.DecimalField(max_digits=14, decimal_places=6,
+                                                 verbose_name="completion, per million tokens")
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.ADMIN, editable=False,
+                              help_text="A price edited in the admin is no longer updated from MODELS_CONFIG.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model"]
+
+    def __str__(self) -> str:
+        return self.model
+
+
 class UsageRecord(models.Model):
     """Exactly one per authenticated request, written when its response ends."""
 
@@ -231,6 +256,9 @@ class UsageRecord(models.Model):
     time_to_first_token_ms = models.FloatField(null=True, blank=True)
     client_disconnected = models.BooleanField(default=False)
     user = models.CharField(max_length=256, blank=True, help_text="The request's OpenAI 'user' field.")
+    cost = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True,
+                               help_text="In COST_CURRENCY, at the model's price when the record was written; "
+                                         "empty when the model had no price.")
 
     class Meta:
         ordering = ["-started_at"]

@@ -14,6 +14,7 @@ from django.db import DataError, IntegrityError, connection, models
 from accounts import hotsql
 from accounts.limits import add_to_counter, minute_of, per_minute_limited, release_leases
 from accounts.models import APIKey, UsageCounter, UsageRecord, period_start
+from accounts.prices import cost, prices_of
 from accounts.records import USAGE_FIELDS, Settlement, UsageRow
 
 log = logging.getLogger("llmserver.books")
@@ -78,7 +79,10 @@ def _write_usage(cursor, settlements: list[Settlement]) -> None:
     # In one order everywhere, so that two processes settling never deadlock.
     for (key_pk, kind, starts_at), tokens in sorted(tokens_by_bucket.items()):
         add_to_counter(cursor, key_pk, kind, starts_at, tokens=tokens)
-    rows = [_row_values(s.record) for s in settlements if s.record is not None]
+    records = [s.record for s in settlements if s.record is not None]
+    prices = prices_of({record.model for record in records})
+    rows = [_row_values(record._replace(cost=cost(prices.get(record.model), record.prompt_tokens,
+                                                  record.completion_tokens))) for record in records]
     if rows:
         # One multi-row INSERT, not bulk_create (the ORM's cost per record was most of
         # settling's) nor executemany (a statement step per record, each a GIL handoff).

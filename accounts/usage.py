@@ -99,6 +99,7 @@ class RequestAccount:
             time_to_first_token_ms=first_token_ms,
             client_disconnected=self.client_disconnected,
             user=_text(self.user, "user"),
+            cost=None,  # at the model's price when the record is written (accounts.settlement)
         )
         books.settle_later(self._lease_id, self.key, record, prompt + completion)
 

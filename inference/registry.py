@@ -22,6 +22,7 @@ import os
 import time
 import tomllib
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 from django.conf import settings
@@ -52,6 +53,8 @@ class ModelSpec:
     engine_options: dict = field(default_factory=dict, hash=False, compare=False)
     preload: bool = False  # loaded when the server starts, not on first request
     model_options: ModelOptions = field(default_factory=ModelOptions, hash=False, compare=False)
+    # (prompt, completion) per million tokens, in COST_CURRENCY (accounts.prices); None: none given.
+    prices: tuple[Decimal, Decimal] | None = field(default=None, hash=False, compare=False)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -366,7 +369,19 @@ def specs_from_settings() -> tuple[list[ModelSpec], str]:
 
 
 _OPTION_KEYS = {"max_model_len", "chat_template", "tool_parser", "reasoning_parser", "generation_defaults"}
-_ENTRY_KEYS = {"id", "path", "aliases", "max_batch_size", "engine_options", "preload", *_OPTION_KEYS}
+_ENTRY_KEYS = {"id", "path", "aliases", "max_batch_size", "engine_options", "preload", "prices", *_OPTION_KEYS}
+
+
+def _prices(entry: dict, where: str) -> tuple[Decimal, Decimal] | None:
+    """The entry's ``prices = { prompt = ..., completion = ... }`` per million tokens."""
+    if "prices" not in entry:
+        return None
+    prices = entry["prices"]
+    if not isinstance(prices, dict) or set(prices) != {"prompt", "completion"} or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 10**8 for v in prices.values()):
+        raise ModelsConfigError(f"{where}: 'prices' must be {{ prompt = ..., completion = ... }}, "
+                                "each a number of at least 0 (per million tokens)")
+    return Decimal(str(prices["prompt"])), Decimal(str(prices["completion"]))
 
 
 def _model_options(entry: dict, where: str) -> ModelOptions:
@@ -404,6 +419,7 @@ def read_models_config(path: str) -> tuple[list[ModelSpec], str]:
         tool_parser = "auto"        # optional: "auto", "none" or a parser's name
         reasoning_parser = "auto"   # optional: "auto", "none" or a parser's name
         generation_defaults = false # optional: the model's sampling settings fill omitted ones
+        prices = { prompt = 0.15, completion = 0.6 }  # optional: per million tokens, in COST_CURRENCY
         [models.engine_options]     # optional: merged into genai_config.json at load
         search = { repetition_penalty = 1.1 }
     """
@@ -442,7 +458,7 @@ def read_models_config(path: str) -> tuple[list[ModelSpec], str]:
         if not model_path.is_absolute():
             model_path = file.parent / model_path
         specs.append(ModelSpec(entry["id"], str(model_path), tuple(aliases), batch, options,
-                               bool(entry.get("preload", False)), _model_options(entry, where)))
+                               bool(entry.get("preload", False)), _model_options(entry, where), _prices(entry, where)))
     default = data.get("default", specs[0].id)
     if default not in {spec.id for spec in specs}:
         raise ModelsConfigError(f"MODELS_CONFIG={path}: the default '{default}' is not a model id")

@@ -27,7 +27,8 @@ from chat.routing import websocket_application  # noqa: E402
 
 from inference import faults  # noqa: E402
 from inference.engine import ModelLoadError  # noqa: E402
-from inference.registry import load_configured_models  # noqa: E402
+from accounts.prices import follow_catalogue  # noqa: E402
+from inference.registry import load_configured_models, registry  # noqa: E402
 from llmserver.handlers import APIHandler, CountArrivals, HTTPRouter  # noqa: E402
 
 # The engine threads give up the GIL for each scheduler step and need it back at once
@@ -41,6 +42,7 @@ if settings.LOAD_MODELS_ON_START:
     except ModelLoadError as exc:
         print(exc, file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+follow_catalogue({spec.id: spec.prices for spec in registry.specs() if spec.prices})
 faults.install()  # testing only: off unless ENGINE_FAULT_INJECTION
 
 # Outermost: a generation request counts as arrived as soon as Daphne has read it (the

@@ -328,6 +328,10 @@ USAGE_WRITE_DELAY_MS = env.float("USAGE_WRITE_DELAY_MS", default=100.0)
 # The concurrency limit a user's chat-page key starts with (an admin may change it on the
 # key); 0 = none.
 CHAT_KEY_MAX_CONCURRENCY = env.int("CHAT_KEY_MAX_CONCURRENCY", default=2) or None
+
+# The currency of model prices (accounts.models.ModelPrice) and of usage costs: a label
+# shown beside them, not converted.
+COST_CURRENCY = env.str("COST_CURRENCY", default="USD")
 # Client addresses that may read /metrics without a key (else: an admin key).
 METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=[])
 # Guessing (accounts/throttle.py), counted per client address (X-Forwarded-For's with

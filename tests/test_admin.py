@@ -354,7 +354,7 @@ def test_the_usage_list_shows_each_request(admin_client):
 
     assert row_cells(html, row) == {
         "started": started.strftime("%Y-%m-%d 12:00:00"), "key": f"alpha ({key.prefix}…)",
-        "model": "llmserver-demo", "status": "400", "tokens": "33", "duration": "1234.4 ms",
+        "model": "llmserver-demo", "status": "400", "tokens": "33", "cost_": "-", "duration": "1234.4 ms",
     }
 
 

@@ -7,6 +7,7 @@ import csv
 import io
 import re
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from django.utils import timezone
@@ -26,7 +27,7 @@ def _nothing_but_this_tests_rows(empty_database):
 CSV_HEADER = [
     "started_at", "request_id", "key_prefix", "key_name", "model", "endpoint", "status_code", "error_code",
     "streamed", "prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens", "finish_reason",
-    "duration_ms", "time_to_first_token_ms", "client_disconnected", "user",
+    "duration_ms", "time_to_first_token_ms", "client_disconnected", "user", "cost",
 ]
 
 
@@ -44,13 +45,14 @@ def test_the_export_downloads_the_filtered_records(admin_client):
     record(key, request_id="limited-1", status_code=429, error_code="rate_limit_exceeded", started_at=started,
            model="llmserver-demo", endpoint="/v1/completions", streamed=True, prompt_tokens=0,
            completion_tokens=0, cached_tokens=0, finish_reason="", duration_ms=1.5,
-           time_to_first_token_ms=None, client_disconnected=False, user="=HYPERLINK(1)")
+           time_to_first_token_ms=None, client_disconnected=False, user="=HYPERLINK(1)", cost=Decimal("0.0000125"))
 
     rows = read_csv(admin_client.get(EXPORT_URL, {"status_code": "429"}))
 
     assert rows == [CSV_HEADER, [
         "2026-03-04T05:06:07.890000+00:00", "limited-1", key.prefix, "alpha", "llmserver-demo", "/v1/completions",
         "429", "rate_limit_exceeded", "True", "0", "0", "0", "0", "", "1.5", "", "False", "'=HYPERLINK(1)",
+        "0.0000125000",
     ]]
 
 
@@ -90,8 +92,10 @@ def test_the_export_action_downloads_the_selected_records(admin_client):
 def usage():
     """Two keys over the last days, plus errors, 429s and a record too old to show."""
     alpha, beta = issue("alpha"), issue("beta")
-    record(alpha, started_at=at_noon(0), model="m-small", prompt_tokens=1000, completion_tokens=500)
-    record(alpha, started_at=at_noon(1), model="m-small", prompt_tokens=100, completion_tokens=20)
+    record(alpha, started_at=at_noon(0), model="m-small", prompt_tokens=1000, completion_tokens=500,
+           cost=Decimal("0.0012500000"))
+    record(alpha, started_at=at_noon(1), model="m-small", prompt_tokens=100, completion_tokens=20,
+           cost=Decimal("0.0001100000"))
     record(beta, started_at=at_noon(0), model="m-large", prompt_tokens=300, completion_tokens=0)
     record(beta, started_at=at_noon(0), model="m-large", status_code=500, error_code="internal_error")
     record(beta, started_at=at_noon(1), model="m-large", status_code=404, error_code="model_not_found")
@@ -135,13 +139,14 @@ def test_the_dashboard_sums_the_range_and_ranks_the_keys(admin_client, usage):
     start = timezone.localdate() - timedelta(days=13)
     assert f'<input type="date" name="start" value="{start.isoformat()}"' in html
     assert summary == (f"From {start.isoformat()} to {timezone.localdate().isoformat()} (UTC): 6 requests, "
-                       "1,920 tokens (1,400 prompt + 520 completion), 2 errors, 1 rate-limited (429).")
+                       "1,920 tokens (1,400 prompt + 520 completion), 2 errors, 1 rate-limited (429); "
+                       "cost 0.001360 USD.")
     table = re.search(r'<table id="top-keys">(.*?)</table>', html, re.S).group(1)
     rows = [[text_of(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
             for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]]
     assert rows == [
-        [f"alpha ({alpha.prefix}…)", "2", "1,100", "520", "1,620", "0", "0", "Records"],
-        [f"beta ({beta.prefix}…)", "4", "300", "0", "300", "2", "1", "Records"],
+        [f"alpha ({alpha.prefix}…)", "2", "1,100", "520", "1,620", "0", "0", "0.001360", "Records"],
+        [f"beta ({beta.prefix}…)", "4", "300", "0", "300", "2", "1", "–", "Records"],
     ]
 
 

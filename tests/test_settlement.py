@@ -160,4 +160,4 @@ def _record(key, request_id: str, prompt_tokens: int):
                     request_id=request_id, streamed=False, prompt_tokens=prompt_tokens, completion_tokens=5,
                     cached_tokens=0, finish_reason="stop", status_code=200, error_code="",
                     started_at=timezone.now(), duration_ms=1.0, time_to_first_token_ms=1.0,
-                    client_disconnected=False, user="")
+                    client_disconnected=False, user="", cost=None)

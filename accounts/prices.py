@@ -1,0 +1,52 @@
+"""Model prices and the cost of usage.
+
+A usage record's cost is computed when the accounting thread writes it
+(accounts.settlement), from the prices in the database at that moment: every process
+that shares the database charges the same, a price changed in the admin applies from the
+next record written, and records written before keep their cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+
+from accounts.models import ModelPrice, UsageRecord
+
+MILLION = Decimal(1_000_000)
+# UsageRecord.cost's decimal places.
+_QUANTUM = Decimal(1).scaleb(-UsageRecord._meta.get_field("cost").decimal_places)
+
+Price = tuple[Decimal, Decimal]  # (prompt, completion) per million tokens
+
+
+def prices_of(models: Iterable[str]) -> dict[str, Price]:
+    """The price of each of ``models`` that has one."""
+    names = {name for name in models if name}
+    if not names:
+        return {}
+    rows = ModelPrice.objects.filter(model__in=names).values_list("model", "prompt_per_million",
+                                                                   "completion_per_million")
+    return {model: (prompt, completion) for model, prompt, completion in rows}
+
+
+def cost(price: Price | None, prompt_tokens: int, completion_tokens: int) -> Decimal | None:
+    """What the tokens cost at ``price``; None without a price."""
+    if price is None:
+        return None
+    prompt, completion = price
+    return ((prompt_tokens * prompt + completion_tokens * completion) / MILLION).quantize(_QUANTUM)
+
+
+def follow_catalogue(prices: dict[str, Price]) -> None:
+    """Keep the prices MODELS_CONFIG gives (model id → price) in the database: a model
+    without a row gets one, a row that came from MODELS_CONFIG takes the new price, and a
+    row edited in the admin stays as edited."""
+    for model, (prompt, completion) in prices.items():
+        row, created = ModelPrice.objects.get_or_create(
+            model=model, defaults={"prompt_per_million": prompt, "completion_per_million": completion,
+                                   "source": ModelPrice.Source.CONFIG})
+        if not created and row.source == ModelPrice.Source.CONFIG and (
+                row.prompt_per_million, row.completion_per_million) != (prompt, completion):
+            row.prompt_per_million, row.completion_per_million = prompt, completion
+            row.save(update_fields=["prompt_per_million", "completion_per_million", "updated_at"])
