@@ -84,7 +84,7 @@ class APIKeyAdmin(admin.ModelAdmin):
     actions = ["revoke_keys", "reactivate_keys"]
     limits_fieldset = ("Limits", {"fields": [
         "max_concurrency", "allowed_models", "requests_per_minute", "tokens_per_minute",
-        "token_budget", "budget_period",
+        "token_budget", "cost_budget", "budget_period",
     ]})
     # hashed_secret is never listed here: it is not editable and not shown anywhere.
     readonly_fields = ["prefix", "kind", "created_at", "last_used_at", "revoked_at", "tokens_this_period", "in_flight_now"]

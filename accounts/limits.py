@@ -5,8 +5,8 @@ for how the locks are taken.
 
 ``admit_many()`` admits the requests that arrived together in one transaction that
 locks their keys' rows (and the deployment's ``global`` row): for each it checks the
-token budget, tokens and requests per minute, the key's concurrency and the
-deployment's concurrency, in that order, and only if all pass does it consume anything
+token budget, the cost budget, tokens and requests per minute, the key's concurrency and
+the deployment's concurrency, in that order, and only if all pass does it consume anything
 (a request counted this minute, a lease). A request refused by one limit therefore
 consumes no other. It first gives back the leases of this process's finished requests
 still waiting to be settled, and counts their tokens (accounts.books).
@@ -37,6 +37,7 @@ import socket
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
+from decimal import Decimal
 from typing import NamedTuple
 
 from django.conf import settings
@@ -45,10 +46,11 @@ from django.db import DatabaseError
 from accounts import hotsql
 from accounts.models import (LAST_USED_RESOLUTION, APIKey, Lease, LimitScope, UsageCounter, period_end,
                              period_start)
+from accounts.prices import prices_of, record_cost, units
 from accounts.records import Admission, Settlement
 from accounts.refusals import UnknownKey, check_model_access, invalid_key, key_refusal, too_many
 from llmserver import clock
-from llmserver.errors import APIError
+from llmserver.errors import APIError, Code
 
 log = logging.getLogger("llmserver.limits")
 
@@ -76,18 +78,21 @@ _sql = hotsql.run
 _at = hotsql.at
 
 
-def _counter_values(cursor, key_id: int, kind: str, starts_at) -> tuple[int, int]:
-    """(requests, tokens) of a key's counter, zeros if it has none yet."""
-    rows = _sql(cursor, f"SELECT requests, tokens FROM {_COUNTER} WHERE api_key_id = %s AND kind = %s AND starts_at = %s",
+def _counter_values(cursor, key_id: int, kind: str, starts_at) -> tuple[int, int, int]:
+    """(requests, tokens, cost units) of a key's counter, zeros if it has none yet."""
+    rows = _sql(cursor, f"SELECT requests, tokens, cost_units FROM {_COUNTER} "
+                        f"WHERE api_key_id = %s AND kind = %s AND starts_at = %s",
                 [key_id, kind, _at(starts_at)])
-    return rows[0] if rows else (0, 0)
+    return rows[0] if rows else (0, 0, 0)
 
 
-def add_to_counter(cursor, key_id: int, kind: str, starts_at, *, requests: int = 0, tokens: int = 0) -> None:
-    _sql(cursor, f"INSERT INTO {_COUNTER} (api_key_id, kind, starts_at, requests, tokens) VALUES (%s, %s, %s, %s, %s) "
-                 f"ON CONFLICT (api_key_id, kind, starts_at) DO UPDATE SET "
-                 f"requests = {_COUNTER}.requests + excluded.requests, tokens = {_COUNTER}.tokens + excluded.tokens",
-         [key_id, kind, _at(starts_at), requests, tokens])
+def add_to_counter(cursor, key_id: int, kind: str, starts_at, *, requests: int = 0, tokens: int = 0,
+                   cost_units: int = 0) -> None:
+    _sql(cursor, f"INSERT INTO {_COUNTER} (api_key_id, kind, starts_at, requests, tokens, cost_units) "
+                 f"VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (api_key_id, kind, starts_at) DO UPDATE SET "
+                 f"requests = {_COUNTER}.requests + excluded.requests, tokens = {_COUNTER}.tokens + excluded.tokens, "
+                 f"cost_units = {_COUNTER}.cost_units + excluded.cost_units",
+         [key_id, kind, _at(starts_at), requests, tokens, cost_units])
 
 
 class _KeyRow(NamedTuple):
@@ -102,6 +107,7 @@ class _KeyRow(NamedTuple):
     requests_per_minute: int | None
     tokens_per_minute: int | None
     token_budget: int | None
+    cost_budget: object  # a Decimal (SQLite: a float or its text)
     budget_period: str
     stale: bool
 
@@ -251,10 +257,16 @@ def _refresh_key(key: APIKey, row: _KeyRow | None) -> None:
     key.requests_per_minute = row.requests_per_minute
     key.tokens_per_minute = row.tokens_per_minute
     key.token_budget = row.token_budget
+    key.cost_budget = None if row.cost_budget is None else _decimal(row.cost_budget)
     key.budget_period = row.budget_period
     refusal = key_refusal(key)
     if refusal is not None:
         raise refusal
+
+
+def _decimal(value) -> Decimal:
+    """A DecimalField's value as the driver gives it (SQLite: a float or text)."""
+    return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
 def _unsettled_tokens(settling: Sequence[Settlement], key_id: int, bucket, now) -> int:
@@ -264,24 +276,43 @@ def _unsettled_tokens(settling: Sequence[Settlement], key_id: int, bucket, now) 
     return sum(s.tokens for s in settling if s.key is not None and s.key.pk == key_id and bucket(s.finished_at) == current)
 
 
+def _unsettled_cost_units(settling: Sequence[Settlement], key_id: int, period: str, now) -> int:
+    """The cost, in units, of ``key_id``'s finished requests not yet on its counters, in
+    the budget period ``now`` is in, at the prices they will be settled at."""
+    current = period_start(period, now)
+    records = [s.record for s in settling if s.key is not None and s.key.pk == key_id and s.record is not None
+               and period_start(period, s.finished_at) == current]
+    if not records:
+        return 0
+    prices = prices_of({record.model for record in records})
+    return sum(units(record_cost(prices, record)) for record in records)
+
+
 def _check_key_limits(cursor, key: APIKey, now, settling: Sequence[Settlement]) -> None:
     """Raise 429 if ``key`` (its limits as just read) may not start a request ``now``:
-    budget, tokens per minute, requests per minute, concurrency, in that order."""
-    budget, period = key.token_budget, key.budget_period
+    token budget, cost budget, tokens per minute, requests per minute, concurrency, in
+    that order."""
+    budget, cost_budget, period = key.token_budget, key.cost_budget, key.budget_period
     tpm, rpm = key.tokens_per_minute, key.requests_per_minute
-    if budget is not None:
-        _, used = _counter_values(cursor, key.pk, UsageCounter.Kind.PERIOD, period_start(period, now))
-        if settling:
-            used += _unsettled_tokens(settling, key.pk, lambda moment: period_start(period, moment), now)
-        if used >= budget:
-            raise too_many(
-                f"This API key has used its budget of {budget} tokens per {period}.",
-                "token_budget_exceeded", (period_end(period, now) - now).total_seconds(),
-            )
+    if budget is not None or cost_budget is not None:
+        _, used, cost_used = _counter_values(cursor, key.pk, UsageCounter.Kind.PERIOD, period_start(period, now))
+        until_next_period = (period_end(period, now) - now).total_seconds()
+        if budget is not None:
+            if settling:
+                used += _unsettled_tokens(settling, key.pk, lambda moment: period_start(period, moment), now)
+            if used >= budget:
+                raise too_many(f"This API key has used its budget of {budget} tokens per {period}.",
+                               "token_budget_exceeded", until_next_period)
+        if cost_budget is not None:
+            if settling:
+                cost_used += _unsettled_cost_units(settling, key.pk, period, now)
+            if cost_used >= units(cost_budget):
+                raise too_many(f"This API key has used its budget of {cost_budget.normalize():f} "
+                               f"{settings.COST_CURRENCY} per {period}.", Code.COST_BUDGET_EXCEEDED, until_next_period)
     minute_start = minute_of(now)
     to_next_minute = 60 - (now - minute_start).total_seconds()
     if tpm is not None or rpm is not None:
-        requests, tokens = _counter_values(cursor, key.pk, UsageCounter.Kind.MINUTE, minute_start)
+        requests, tokens, _ = _counter_values(cursor, key.pk, UsageCounter.Kind.MINUTE, minute_start)
         if settling and tpm is not None:
             tokens += _unsettled_tokens(settling, key.pk, minute_of, now)
         if tpm is not None and tokens >= tpm:

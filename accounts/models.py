@@ -111,6 +111,9 @@ class APIKey(models.Model):
     tokens_per_minute = models.PositiveIntegerField(null=True, blank=True, help_text="Empty = unlimited.")
     token_budget = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="Tokens (prompt + completion) per budget period; empty = unlimited.")
+    cost_budget = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True,
+        help_text="Cost (in COST_CURRENCY, at the models' prices) per budget period; empty = unlimited.")
     budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH)
 
     objects = APIKeyQuerySet.as_manager()
@@ -203,6 +206,9 @@ class UsageCounter(models.Model):
     starts_at = models.DateTimeField()
     requests = models.PositiveIntegerField(default=0)
     tokens = models.PositiveBigIntegerField(default=0)
+    # The usage records' cost in whole 1e-10 of COST_CURRENCY (their cost's decimal
+    # places): an integer, so that sums are exact on every database.
+    cost_units = models.PositiveBigIntegerField(default=0)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["api_key", "kind", "starts_at"], name="one_counter_per_bucket")]

@@ -14,8 +14,9 @@ from decimal import Decimal
 from accounts.models import ModelPrice, UsageRecord
 
 MILLION = Decimal(1_000_000)
-# UsageRecord.cost's decimal places.
-_QUANTUM = Decimal(1).scaleb(-UsageRecord._meta.get_field("cost").decimal_places)
+# UsageRecord.cost's decimal places; the counters sum costs as whole units of that size.
+_PLACES = UsageRecord._meta.get_field("cost").decimal_places
+_QUANTUM = Decimal(1).scaleb(-_PLACES)
 
 Price = tuple[Decimal, Decimal]  # (prompt, completion) per million tokens
 
@@ -36,6 +37,16 @@ def cost(price: Price | None, prompt_tokens: int, completion_tokens: int) -> Dec
         return None
     prompt, completion = price
     return ((prompt_tokens * prompt + completion_tokens * completion) / MILLION).quantize(_QUANTUM)
+
+
+def record_cost(prices: dict[str, Price], record) -> Decimal | None:
+    """A usage row's (accounts.records.UsageRow) cost at ``prices``."""
+    return cost(prices.get(record.model), record.prompt_tokens, record.completion_tokens)
+
+
+def units(amount: Decimal | None) -> int:
+    """``amount`` (a cost, or a budget) in whole units of 1e-10: what the counters sum."""
+    return 0 if amount is None else int(amount.scaleb(_PLACES).to_integral_value())
 
 
 def follow_catalogue(prices: dict[str, Price]) -> None:

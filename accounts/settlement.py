@@ -14,7 +14,7 @@ from django.db import DataError, IntegrityError, connection, models
 from accounts import hotsql
 from accounts.limits import add_to_counter, minute_of, per_minute_limited, release_leases
 from accounts.models import APIKey, UsageCounter, UsageRecord, period_start
-from accounts.prices import cost, prices_of
+from accounts.prices import prices_of, record_cost, units
 from accounts.records import USAGE_FIELDS, Settlement, UsageRow
 
 log = logging.getLogger("llmserver.books")
@@ -70,19 +70,24 @@ def _forget_deleted_keys(settlements: list[Settlement]) -> None:
 
 
 def _write_usage(cursor, settlements: list[Settlement]) -> None:
-    tokens_by_bucket: dict[tuple, int] = defaultdict(int)
+    # Each record's cost at its model's price now, in this transaction.
+    prices = prices_of({s.record.model for s in settlements if s.record is not None})
     for s in settlements:
-        if s.key is not None and s.tokens:
+        if s.record is not None:
+            s.record = s.record._replace(cost=record_cost(prices, s.record))
+    sums: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])  # bucket -> [tokens, cost units]
+    for s in settlements:
+        cost_units = units(s.record.cost) if s.record is not None else 0
+        if s.key is not None and (s.tokens or cost_units):
             if per_minute_limited(s.key):
-                tokens_by_bucket[(s.key.pk, UsageCounter.Kind.MINUTE, minute_of(s.finished_at))] += s.tokens
-            tokens_by_bucket[(s.key.pk, UsageCounter.Kind.PERIOD, period_start(s.key.budget_period, s.finished_at))] += s.tokens
+                sums[(s.key.pk, UsageCounter.Kind.MINUTE, minute_of(s.finished_at))][0] += s.tokens
+            period = sums[(s.key.pk, UsageCounter.Kind.PERIOD, period_start(s.key.budget_period, s.finished_at))]
+            period[0] += s.tokens
+            period[1] += cost_units
     # In one order everywhere, so that two processes settling never deadlock.
-    for (key_pk, kind, starts_at), tokens in sorted(tokens_by_bucket.items()):
-        add_to_counter(cursor, key_pk, kind, starts_at, tokens=tokens)
-    records = [s.record for s in settlements if s.record is not None]
-    prices = prices_of({record.model for record in records})
-    rows = [_row_values(record._replace(cost=cost(prices.get(record.model), record.prompt_tokens,
-                                                  record.completion_tokens))) for record in records]
+    for (key_pk, kind, starts_at), (tokens, cost_units) in sorted(sums.items()):
+        add_to_counter(cursor, key_pk, kind, starts_at, tokens=tokens, cost_units=cost_units)
+    rows = [_row_values(s.record) for s in settlements if s.record is not None]
     if rows:
         # One multi-row INSERT, not bulk_create (the ORM's cost per record was most of
         # settling's) nor executemany (a statement step per record, each a GIL handoff).

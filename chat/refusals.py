@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 
 from accounts.models import APIKey
-from llmserver.errors import (APIError, KeyConcurrencyLimit, RequestsPerMinuteLimit, ServerConcurrencyLimit,
-                              TokenBudgetExceeded, TokensPerMinuteLimit)
+from llmserver.errors import (APIError, CostBudgetExceeded, KeyConcurrencyLimit, RequestsPerMinuteLimit,
+                              ServerConcurrencyLimit, TokenBudgetExceeded, TokensPerMinuteLimit)
 
 REVOKED = "Your chat access has been revoked or has expired. Ask an administrator to restore it."
 
@@ -48,6 +48,8 @@ def _too_many(exc: APIError, key: APIKey | None, seconds: int) -> str | None:
             period = key.get_budget_period_display().lower()
             return f"You have used all {plural(key.token_budget, 'token')} you may use per {period}; {wait}"
         return f"You have used all the tokens you may use for now; {wait}"
+    if isinstance(exc, CostBudgetExceeded):
+        return f"You have used all you may spend for now; {wait}"
     if isinstance(exc, KeyConcurrencyLimit):
         limit = key.max_concurrency if key is not None else None
         if limit == 1:

@@ -59,6 +59,7 @@ class Code(StrEnum):
     REQUESTS_PER_MINUTE_LIMIT = "requests_per_minute_limit"
     TOKENS_PER_MINUTE_LIMIT = "tokens_per_minute_limit"
     TOKEN_BUDGET_EXCEEDED = "token_budget_exceeded"
+    COST_BUDGET_EXCEEDED = "cost_budget_exceeded"
     KEY_CONCURRENCY_LIMIT = "key_concurrency_limit"
     SERVER_CONCURRENCY_LIMIT = "server_concurrency_limit"
     # Models and the engine.
@@ -273,6 +274,10 @@ class TokensPerMinuteLimit(APIError):
 
 class TokenBudgetExceeded(APIError):
     status, code = 429, Code.TOKEN_BUDGET_EXCEEDED
+
+
+class CostBudgetExceeded(APIError):
+    status, code = 429, Code.COST_BUDGET_EXCEEDED
 
 
 class KeyConcurrencyLimit(APIError):

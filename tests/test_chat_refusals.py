@@ -3,6 +3,8 @@ reworded with the wait in the sentence; the codes and Retry-After kept."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
 from accounts.models import APIKey
@@ -37,6 +39,15 @@ def test_a_spent_budget_names_it_and_when_it_renews():
                                   "token_budget_exceeded", 5 * 3600 - 30), key)
     assert refusal.message == "You have used all 5,000 tokens you may use per day; try again in 5 hours."
     assert refusal.headers == {"Retry-After": "17970"}
+
+
+def test_a_spent_cost_budget_says_when_it_renews():
+    key = chat_key(cost_budget=Decimal("2.5"), budget_period="day")
+    refusal = for_person(too_many("This API key has used its budget of 2.5 USD per day.",
+                                  "cost_budget_exceeded", 2 * 3600), key)
+    assert (refusal.status, refusal.code) == (429, "cost_budget_exceeded")
+    assert refusal.message == "You have used all you may spend for now; try again in 2 hours."
+    assert refusal.headers == {"Retry-After": "7200"}
 
 
 @pytest.mark.parametrize("limit, message", [

@@ -12,17 +12,23 @@ import asyncio
 import csv
 import io
 import json
+import math
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 
 from accounts.admin import csv_response
 from accounts.books import books
-from accounts.models import ModelPrice, UsageRecord
-from accounts.prices import follow_catalogue
+from accounts.models import ModelPrice, UsageCounter, UsageRecord
+from accounts.prices import follow_catalogue, units
 from inference.registry import ModelsConfigError, read_models_config
-from tests.conftest import MODEL_ID, bearer, issue_key, orm
+from llmserver import clock
+from tests.asgi import InProcessAPI
+from tests.conftest import MODEL_ID, bearer, issue_key, model_in_process, orm
+
+HELLO = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello"}]}
 
 
 async def answered(api, secret: str, content: str) -> tuple[dict, UsageRecord]:
@@ -111,3 +117,56 @@ def test_the_usage_list_shows_each_record_s_cost(empty_database, admin_client, s
     html = admin_client.get(USAGE_URL).content.decode()
     assert row_cells(html, priced)["cost_"] == "0.000123 EUR"
     assert row_cells(html, unpriced)["cost_"] == "-"
+
+
+# --- budgets in currency ---------------------------------------------------------------
+
+
+@pytest.fixture
+def settling_later(live_db, settings, no_price):
+    """The demo model served in this process, its settlements waiting ten minutes: what a
+    test sees counted before a flush was counted by an admission (as in test_settlement)."""
+    assert books.flush()
+    settings.USAGE_WRITE_DELAY_MS = 600_000
+    with model_in_process():
+        yield InProcessAPI()
+    assert books.flush()
+
+
+async def test_a_cost_budget_counts_what_waits_to_be_settled_and_refuses_until_the_period_ends(settling_later):
+    api = settling_later
+    await orm(set_price, "1000", "1000")  # 0.001 a token
+    key, secret = await orm(issue_key, name="cost-budget", cost_budget=Decimal("0.01"), budget_period="day")
+    ample, ample_secret = await orm(issue_key, name="cost-ample", cost_budget=Decimal("5"), budget_period="day")
+    with clock.frozen(clock.now().replace(microsecond=0)) as time:
+        spent = await api.post("/v1/chat/completions", HELLO, bearer(secret))
+        used = (await spent.json())["usage"]["total_tokens"]
+        assert spent.status == 200 and used > 10  # more than 0.01 USD of tokens
+        await books.call(lambda: None)  # its settlement waits on the accounting thread
+        assert not await orm(UsageCounter.objects.filter(api_key=key).exists)
+
+        refused = await api.post("/v1/chat/completions", HELLO, bearer(secret))
+        assert refused.status == 429
+        assert (await refused.json())["error"] == {
+            "message": "This API key has used its budget of 0.01 USD per day.", "type": "rate_limit_error",
+            "param": None, "code": "cost_budget_exceeded"}
+        now = time.now()
+        midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        assert int(refused.headers["retry-after"]) == math.ceil((midnight - now).total_seconds())
+        assert (await api.post("/v1/chat/completions", HELLO, bearer(ample_secret))).status == 200
+
+        assert await asyncio.to_thread(books.flush)
+        counter = await orm(UsageCounter.objects.get, api_key=key, kind="period")
+        assert (counter.tokens, counter.cost_units) == (used, used * 10**7)  # 0.001 = 10**7 units of 1e-10
+        record = await orm(UsageRecord.objects.get, api_key=key, status_code=200)
+        assert record.cost == used * Decimal("0.001") and units(record.cost) == counter.cost_units
+
+        time.set(midnight)  # the next period
+        assert (await api.post("/v1/chat/completions", HELLO, bearer(secret))).status == 200
+
+
+def test_units_are_exact_for_every_cost_and_budget():
+    assert units(Decimal("0.0000000001")) == 1
+    assert units(Decimal("0.01")) == 10**8
+    assert units(Decimal("12345678.123456")) == 123456781234560000
+    assert units(None) == 0

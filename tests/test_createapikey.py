@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from datetime import timedelta, timezone as dt_timezone
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,7 @@ def test_the_options_land_in_the_fields(empty_database, django_user_model):
         _, key = create_key(
             "--name", "batch jobs", "--user", "alice", "--max-concurrency", "3", "--models", "llmserver-demo, other,",
             "--expires-in-days", "30", "--requests-per-minute", "60", "--tokens-per-minute", "5000",
-            "--token-budget", "1000000", "--budget-period", "week",
+            "--token-budget", "1000000", "--cost-budget", "12.5", "--budget-period", "week",
         )
 
     assert key.name == "batch jobs"
@@ -77,6 +78,7 @@ def test_the_options_land_in_the_fields(empty_database, django_user_model):
     assert key.requests_per_minute == 60
     assert key.tokens_per_minute == 5000
     assert key.token_budget == 1000000
+    assert key.cost_budget == Decimal("12.5")
     assert key.budget_period == "week"
 
 
@@ -90,6 +92,7 @@ def test_without_options_the_key_is_unlimited_and_never_expires(db):
     assert key.requests_per_minute is None
     assert key.tokens_per_minute is None
     assert key.token_budget is None
+    assert key.cost_budget is None
     assert key.budget_period == "month"
     assert (key.is_admin, key.kind) == (False, "api")
 
@@ -110,6 +113,9 @@ def test_an_unknown_user_is_a_clear_error(empty_database):
     ["--max-concurrency", "0"],
     ["--expires-in-days", "-1"],
     ["--budget-period", "year"],
+    ["--cost-budget", "-1"],
+    ["--cost-budget", "0.0000001"],
+    ["--cost-budget", "NaN"],
 ])
 def test_invalid_options_are_refused(empty_database, args):
     with pytest.raises(CommandError):

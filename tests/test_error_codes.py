@@ -54,6 +54,7 @@ WIRE = {
     "requests_per_minute_limit": (429, "rate_limit_error"),
     "tokens_per_minute_limit": (429, "rate_limit_error"),
     "token_budget_exceeded": (429, "rate_limit_error"),
+    "cost_budget_exceeded": (429, "rate_limit_error"),
     "key_concurrency_limit": (429, "rate_limit_error"),
     "server_concurrency_limit": (429, "rate_limit_error"),
     "model_busy": (409, "invalid_request_error"),

@@ -5,6 +5,7 @@ of stdout, so ``KEY=$(python manage.py createapikey --name ci | tail -n 1)`` wor
 """
 
 from datetime import timedelta
+from decimal import Decimal
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
@@ -22,6 +23,17 @@ def positive_int(text: str) -> int:
 
 # argparse names the type in its error message ("invalid positive integer value").
 positive_int.__name__ = "positive integer"
+
+
+def amount(text: str) -> Decimal:
+    """A cost budget: at least 0, at most six decimal places (APIKey.cost_budget)."""
+    value = Decimal(text)
+    if not value.is_finite() or value < 0 or value.as_tuple().exponent < -6 or value >= 10**8:
+        raise ValueError(text)
+    return value
+
+
+amount.__name__ = "amount (at least 0, up to 6 decimal places)"
 
 
 def model_list(text: str) -> list[str]:
@@ -43,6 +55,8 @@ class Command(BaseCommand):
         parser.add_argument("--tokens-per-minute", type=positive_int)
         parser.add_argument("--token-budget", type=positive_int,
                             help="Tokens (prompt + completion) per budget period.")
+        parser.add_argument("--cost-budget", type=amount,
+                            help="Cost per budget period, in COST_CURRENCY, at the models' prices.")
         parser.add_argument("--budget-period", choices=BudgetPeriod.values, default=BudgetPeriod.MONTH)
         parser.add_argument("--admin", action="store_true",
                             help="The key may load and unload models (/v1/models/{id}/load, /unload, /loaded).")
@@ -68,6 +82,7 @@ class Command(BaseCommand):
             requests_per_minute=options["requests_per_minute"],
             tokens_per_minute=options["tokens_per_minute"],
             token_budget=options["token_budget"],
+            cost_budget=options["cost_budget"],
             budget_period=options["budget_period"],
             is_admin=options["admin"],
         )
