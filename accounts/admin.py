@@ -23,7 +23,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from accounts import dashboard
-from accounts.models import APIKey, BudgetPeriod, Lease, ModelPrice, UsageCounter, UsageRecord, period_start
+from accounts.models import (APIKey, BudgetPeriod, KeyAllowance, Lease, ModelPrice, UsageCounter, UsageRecord,
+                             period_start)
 
 # --- API keys ------------------------------------------------------------------------
 
@@ -220,6 +221,17 @@ def csv_response(records) -> HttpResponse:
 def milliseconds(value: float | None) -> str | None:
     """A duration as people read it: "6.3 ms" (the record keeps the clock's digits)."""
     return None if value is None else f"{value:.1f} ms"
+
+
+@admin.register(KeyAllowance)
+class KeyAllowanceAdmin(admin.ModelAdmin):
+    """What each user may make on the API keys page: without a row here, a user may hold
+    SELF_SERVICE_MAX_KEYS keys without limits of their own."""
+
+    list_display = ["user", "max_keys", "max_concurrency", "requests_per_minute", "tokens_per_minute",
+                    "token_budget", "cost_budget", "budget_period"]
+    search_fields = ["user__username"]
+    autocomplete_fields = ["user"]
 
 
 def money(value) -> str | None:

@@ -162,6 +162,41 @@ class APIKey(models.Model):
         self.save(update_fields=["is_active", "revoked_at"])
 
 
+class KeyAllowance(models.Model):
+    """What a user may make on the API keys page (accounts.self_service): how many keys
+    they may hold at once, and the limits each key they make gets. A user without a row
+    may hold ``SELF_SERVICE_MAX_KEYS`` keys, each without limits of its own (the
+    deployment's still apply); the models are those their chat key may use."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="key_allowance")
+    max_keys = models.PositiveIntegerField(default=5, help_text="Active keys the user may hold at once; 0 = none.")
+    max_concurrency = models.PositiveIntegerField(null=True, blank=True, help_text="Empty = no per-key limit.")
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True, help_text="Empty = unlimited.")
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True, help_text="Empty = unlimited.")
+    token_budget = models.PositiveBigIntegerField(null=True, blank=True, help_text="Empty = unlimited.")
+    cost_budget = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True,
+                                      help_text="In COST_CURRENCY; empty = unlimited.")
+    budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH)
+
+    # The limits a key made on the page copies from here.
+    LIMITS = ("max_concurrency", "requests_per_minute", "tokens_per_minute", "token_budget", "cost_budget",
+              "budget_period")
+
+    class Meta:
+        verbose_name = "self-service key allowance"
+
+    def __str__(self) -> str:
+        return f"Allowance of {self.user}"
+
+    @classmethod
+    def of(cls, user) -> KeyAllowance:
+        """The user's allowance; the default one (not saved) if an admin set none."""
+        try:
+            return cls.objects.get(user=user)
+        except cls.DoesNotExist:
+            return cls(user=user, max_keys=settings.SELF_SERVICE_MAX_KEYS)
+
+
 class LimitScope(models.Model):
     """A row to lock while admitting a request, so that counting the deployment's leases
     and taking one is atomic across processes: the one named ``global``. (A key's own

@@ -1,9 +1,10 @@
-"""Take the chat page's screenshots for the README (``make screenshot``).
+"""Take the pages' screenshots for the README (``make screenshot``).
 
 Serves the demo model from a throwaway SQLite database with one user, has a short
 conversation in Debian's headless Chromium, and writes docs/chat-page.png (desktop) and
-docs/chat-page-phone.png. Real answers from the real model: nothing is staged but the
-questions.
+docs/chat-page-phone.png; then makes an API key on the API keys page and writes
+docs/keys-page.png (its secret is the throwaway database's). Real answers from the real
+model: nothing is staged but the questions. ``--keys-only``: the keys page alone.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ def _shoot() -> None:
         browser.find_element(By.NAME, "username").send_keys(USER)
         browser.find_element(By.NAME, "password").send_keys(PASSWORD, Keys.ENTER)
         wait.until(lambda b: b.find_element(By.ID, "app").get_attribute("data-connection") == "open")
+        if "--keys-only" in sys.argv:
+            _shoot_keys(browser, wait, base)
+            return
         system = browser.find_element(By.ID, "system-prompt")
         system.clear()
         system.send_keys("You are a helpful assistant.")
@@ -87,8 +91,20 @@ def _shoot() -> None:
         wait.until(lambda b: b.find_element(By.ID, "app").get_attribute("data-connection") == "open")
         time.sleep(0.5)
         browser.save_screenshot(str(ROOT / "docs" / "chat-page-phone.png"))
+        _shoot_keys(browser, wait, base)
     finally:
         browser.quit()
+
+
+def _shoot_keys(browser, wait, base: str) -> None:
+    browser.set_window_size(1280, 1240)  # the new key, the list and the form
+    browser.get(f"{base}/keys/")
+    for name in ("notebook", "nightly evals"):
+        browser.find_element(By.NAME, "name").send_keys(name)
+        browser.find_element(By.ID, "create-key").click()
+        wait.until(lambda b: b.find_elements(By.ID, "secret"))
+    time.sleep(0.3)
+    browser.save_screenshot(str(ROOT / "docs" / "keys-page.png"))
 
 
 if __name__ == "__main__":

@@ -329,6 +329,10 @@ USAGE_WRITE_DELAY_MS = env.float("USAGE_WRITE_DELAY_MS", default=100.0)
 # key); 0 = none.
 CHAT_KEY_MAX_CONCURRENCY = env.int("CHAT_KEY_MAX_CONCURRENCY", default=2) or None
 
+# Keys a user may hold at once on the API keys page (/keys/) unless an admin gave them
+# an allowance (accounts.models.KeyAllowance).
+SELF_SERVICE_MAX_KEYS = env.int("SELF_SERVICE_MAX_KEYS", default=5)
+
 # The currency of model prices (accounts.models.ModelPrice) and of usage costs: a label
 # shown beside them, not converted.
 COST_CURRENCY = env.str("COST_CURRENCY", default="USD")

@@ -1,0 +1,106 @@
+"""API keys people make for themselves (the chat app's API keys page, chat/keys.py).
+
+A user makes keys within the allowance an admin gave them (accounts.models.KeyAllowance):
+at most ``max_keys`` active at once, each with the allowance's limits, for the models the
+user's chat key may use. Nothing a user sends sets a limit. Each creation and revocation
+is in the admin's history (LogEntry), as if made there, by the user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+
+from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models import Count, Q
+
+from accounts.models import APIKey, KeyAllowance, KeyKind, UsageCounter, period_start
+from llmserver import clock
+
+
+class KeyRefused(Exception):
+    """What the user asked for is not within their allowance; the message says why."""
+
+
+@dataclass
+class OwnKey:
+    """One of the user's keys as the page lists it."""
+
+    key: APIKey
+    requests: int
+    tokens_this_period: int
+    cost_this_period: Decimal | None
+
+    @property
+    def cost_text(self) -> str:
+        """The cost as written, without trailing zeros ("0.01234"); "–" for none."""
+        return "–" if self.cost_this_period is None else f"{self.cost_this_period.normalize():f}"
+
+
+def own_keys(user) -> list[OwnKey]:
+    """The user's API keys (not their chat key), newest first, with their usage: requests
+    in all, tokens and cost in the current budget period."""
+    now = clock.now()
+    keys = list(APIKey.objects.filter(owner=user, kind=KeyKind.API).annotate(requests=Count("usage"))
+                .order_by("-created_at"))
+    buckets = Q(pk__in=[])
+    for key in keys:
+        buckets |= Q(api_key=key, starts_at=period_start(key.budget_period, now))
+    counters = {c.api_key_id: c for c in UsageCounter.objects.filter(buckets, kind=UsageCounter.Kind.PERIOD)}
+    listed = []
+    for key in keys:
+        counter = counters.get(key.pk)
+        listed.append(OwnKey(key, key.requests, counter.tokens if counter else 0,
+                             Decimal(counter.cost_units).scaleb(-10) if counter and counter.cost_units else None))
+    return listed
+
+
+def usable_models(user, catalogue: list) -> list[str]:
+    """The catalogue's model ids (``catalogue``: inference.registry.ModelSpec) the user's
+    chat key may use: what a key they make may be scoped to."""
+    chat_key = APIKey.objects.chat_key_for(user)
+    return [spec.id for spec in catalogue if chat_key.may_use(*spec.names)]
+
+
+def create_key(user, *, name: str, expires_in_days: int | None, models: list[str], catalogue: list) -> tuple[APIKey, str]:
+    """Make a key for ``user`` within their allowance; return it and its secret. ``models``
+    empty: every model the user may use now. Raises KeyRefused."""
+    allowance = KeyAllowance.of(user)
+    usable = usable_models(user, catalogue)
+    if not usable:
+        raise KeyRefused("You may not use any model, so a key would be of no use.")
+    not_usable = sorted(set(models) - set(usable))
+    if not_usable:
+        raise KeyRefused(f"You may not use {', '.join(not_usable)}.")
+    if not models and len(usable) < len(catalogue):
+        models = usable  # everything the user may use, not everything there is
+    expires_at = clock.now() + timedelta(days=expires_in_days) if expires_in_days else None
+    with transaction.atomic():
+        # The user's row locked (PostgreSQL): two creations at once count each other.
+        get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+        held = APIKey.objects.filter(owner=user, kind=KeyKind.API, is_active=True).filter(
+            Q(expires_at__isnull=True) | Q(expires_at__gt=clock.now())).count()
+        if held >= allowance.max_keys:
+            raise KeyRefused(f"You may hold {allowance.max_keys} active key{'' if allowance.max_keys == 1 else 's'} "
+                             "at once; revoke one to make another." if allowance.max_keys else
+                             "You may not make API keys; ask an administrator.")
+        key, secret = APIKey.issue(name=name, owner=user, allowed_models=list(models), expires_at=expires_at,
+                                   **{field: getattr(allowance, field) for field in KeyAllowance.LIMITS})
+        _history(user, key, ADDITION, "Created on the API keys page.")
+    return key, secret
+
+
+def revoke_key(user, key_id: int) -> APIKey:
+    """Revoke one of ``user``'s own API keys (APIKey.DoesNotExist for any other key)."""
+    key = APIKey.objects.get(pk=key_id, owner=user, kind=KeyKind.API)
+    if key.is_active:
+        key.revoke()
+        _history(user, key, CHANGE, "Revoked on the API keys page.")
+    return key
+
+
+def _history(user, key: APIKey, action: int, message: str) -> None:
+    LogEntry.objects.log_actions(user.pk, [key], action, change_message=message, single_object=True)

@@ -1,0 +1,77 @@
+"""The API keys page (/keys/): a logged-in user makes, lists and revokes their own API
+keys within the allowance an admin gave them (accounts.self_service). A new key's
+secret is shown once, on the page that answers its creation, with a copy button and
+snippets to paste; it is never stored.
+
+Sync views: rare page loads and form posts, in Django's sync thread; no generation runs
+here."""
+
+from __future__ import annotations
+
+from django import forms
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+
+from accounts.models import APIKey, KeyAllowance
+from accounts.self_service import KeyRefused, create_key, own_keys, revoke_key, usable_models
+from chat.views import content_security_policy
+from inference.registry import registry
+
+
+class NewKeyForm(forms.Form):
+    name = forms.CharField(max_length=APIKey._meta.get_field("name").max_length, strip=True)
+    expires_in_days = forms.IntegerField(required=False, min_value=1, max_value=3650, label="Expires in (days)")
+    models = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple,
+                                       help_text="None ticked: every model you may use.")
+
+    def __init__(self, *args, models: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["models"].choices = [(model, model) for model in models]
+
+
+@content_security_policy
+@login_required
+@require_http_methods(["GET", "POST"])
+def keys_page(request):
+    catalogue = registry.specs()
+    usable = usable_models(request.user, catalogue)
+    form = NewKeyForm(request.POST or None, models=usable)
+    created = secret = None
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                created, secret = create_key(request.user, name=form.cleaned_data["name"],
+                                             expires_in_days=form.cleaned_data["expires_in_days"],
+                                             models=form.cleaned_data["models"], catalogue=catalogue)
+                status = 201
+                form = NewKeyForm(models=usable)
+            except KeyRefused as exc:
+                form.add_error(None, str(exc))
+        if status != 201:
+            status = 400
+    allowance = KeyAllowance.of(request.user)
+    context = {
+        "form": form, "keys": own_keys(request.user), "created": created, "secret": secret,
+        "allowance": allowance, "currency": settings.COST_CURRENCY,
+        "api_base": request.build_absolute_uri("/v1"),
+        "example_model": (created.allowed_models[0] if created and created.allowed_models else
+                          (registry.default if registry.default in usable else (usable[0] if usable else ""))),
+    }
+    response = render(request, "chat/keys.html", context, status=status)
+    response["Cache-Control"] = "no-store"  # the page with a secret on it stays out of every cache
+    return response
+
+
+@content_security_policy
+@login_required
+@require_POST
+def revoke(request, key_id: int):
+    try:
+        revoke_key(request.user, key_id)
+    except APIKey.DoesNotExist:
+        raise Http404("No such key of yours.") from None
+    return redirect("keys")

@@ -1,0 +1,206 @@
+"""The API keys page (/keys/, chat/keys.py, accounts/self_service.py): a logged-in user
+makes keys within the allowance an admin set, sees each secret once, lists and revokes
+their own keys and sees their usage; nobody else's keys are theirs to see or revoke, and
+every creation and revocation is in the admin's history.
+
+The form posts run through Django's test client against a catalogue of two models; a
+key made on the page is then used with the openai SDK against a real server, and the
+page itself runs in Debian's Chromium."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+import pytest
+from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
+from django.utils import timezone
+
+from accounts.models import APIKey, KeyAllowance, UsageCounter, hash_secret, period_start
+from inference.registry import ModelSpec
+from tests.conftest import DEMO_MODEL, MODEL_ID, PASSWORD, log_in, make_user, serving
+
+OTHER = "other-model"
+SECRET = re.compile(r'<code id="secret">(sk-[A-Za-z0-9_-]+)</code>')
+
+
+@pytest.fixture(scope="module")
+def catalogue(live_db):
+    """Two models in this process's catalogue (only the default one loaded)."""
+    with serving([ModelSpec(MODEL_ID, str(DEMO_MODEL)), ModelSpec(OTHER, str(DEMO_MODEL))], default=MODEL_ID):
+        yield
+
+
+@pytest.fixture
+def alice(catalogue, client):
+    user = make_user("alice")
+    client.force_login(user)
+    return user
+
+
+def make(client, name="laptop", **fields):
+    """POST the form; the response and the secret it shows (None if none)."""
+    response = client.post("/keys/", {"name": name, **fields})
+    found = SECRET.search(response.content.decode())
+    return response, found[1] if found else None
+
+
+def listed(client) -> dict[str, list[str]]:
+    """The key list's rows by key prefix: each row's cells as text."""
+    html = client.get("/keys/").content.decode()
+    rows = re.findall(r'<tr data-key="([^"]+)">(.*?)</tr>', html, re.S)
+    return {prefix: [re.sub(r"<[^>]+>|\s+", " ", cell).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+            for prefix, row in rows}
+
+
+def test_a_key_is_made_its_secret_shown_once_and_it_is_in_the_history(alice, client):
+    response, secret = make(client, "laptop")
+    assert response.status_code == 201 and response["Cache-Control"] == "no-store"
+    key = APIKey.objects.get(hashed_secret=hash_secret(secret))
+    assert (key.name, key.owner, key.kind, key.is_active, key.allowed_models, key.expires_at) == (
+        "laptop", alice, "api", True, [], None)
+    page = response.content.decode()
+    assert f'api_key="{secret}"' in page and f"Authorization: Bearer {secret}" in page  # the snippets
+    assert 'base_url="http://testserver/v1"' in page
+
+    again = client.get("/keys/").content.decode()
+    assert secret not in again and SECRET.search(again) is None  # shown once
+    assert listed(client)[key.prefix][:6] == ["laptop", f"{key.prefix}…", "all", f"{key.created_at:%Y-%m-%d %H:%M}",
+                                              "never", "active"]
+    entry = LogEntry.objects.get(object_id=str(key.pk), content_type__model="apikey")
+    assert (entry.user, entry.action_flag, entry.get_change_message()) == (alice, ADDITION, "Created on the API keys page.")
+
+
+def test_limits_come_from_the_allowance_and_nothing_posted_raises_them(alice, client):
+    KeyAllowance.objects.create(user=alice, max_keys=2, tokens_per_minute=100, cost_budget=Decimal("1.5"),
+                                budget_period="day")
+    _, secret = make(client, "one", tokens_per_minute="999999", max_concurrency="0", token_budget="", is_admin="on",
+                     expires_in_days="7")
+    key = APIKey.objects.get(hashed_secret=hash_secret(secret))
+    assert (key.tokens_per_minute, key.cost_budget, key.budget_period, key.max_concurrency, key.token_budget,
+            key.is_admin) == (100, Decimal("1.5"), "day", None, None, False)
+    assert timezone.timedelta(days=7) - (key.expires_at - key.created_at) < timezone.timedelta(seconds=5)
+
+    assert make(client, "two")[0].status_code == 201
+    refused, none = make(client, "three")
+    assert (refused.status_code, none) == (400, None)
+    assert "You may hold 2 active keys at once; revoke one to make another." in refused.content.decode()
+    assert client.post(f"/keys/{key.pk}/revoke/").status_code == 302
+    assert make(client, "three")[0].status_code == 201
+
+
+def test_keys_are_for_the_models_the_user_may_use(alice, client):
+    chat_key = APIKey.objects.chat_key_for(alice)
+    assert set(re.findall(r'name="models" value="([^"]+)"', client.get("/keys/").content.decode())) == {MODEL_ID, OTHER}
+    chat_key.allowed_models = [MODEL_ID]
+    chat_key.save()
+
+    assert re.findall(r'name="models" value="([^"]+)"', client.get("/keys/").content.decode()) == [MODEL_ID]
+    refused, _ = make(client, "sneaky", models=[OTHER])
+    assert refused.status_code == 400 and APIKey.objects.filter(owner=alice, kind="api").count() == 0
+    _, secret = make(client, "scoped")  # none ticked: what the user may use, not all there is
+    assert APIKey.objects.get(hashed_secret=hash_secret(secret)).allowed_models == [MODEL_ID]
+
+
+def test_nobody_sees_or_revokes_another_user_s_keys(alice, client):
+    bob = make_user("bob")
+    bobs, _ = APIKey.issue(name="bob's", owner=bob)
+    _, secret = make(client, "mine")
+    mine = APIKey.objects.get(hashed_secret=hash_secret(secret))
+    assert list(listed(client)) == [mine.prefix]
+
+    assert client.post(f"/keys/{bobs.pk}/revoke/").status_code == 404
+    bobs.refresh_from_db()
+    assert bobs.is_active
+    assert client.get(f"/keys/{mine.pk}/revoke/").status_code == 405  # only a form's POST revokes
+    assert client.post(f"/keys/{mine.pk}/revoke/").status_code == 302
+    mine.refresh_from_db()
+    assert not mine.is_active and listed(client)[mine.prefix][5] == "revoked"
+    entry = LogEntry.objects.get(object_id=str(mine.pk), content_type__model="apikey", action_flag=CHANGE)
+    assert (entry.user, entry.get_change_message()) == (alice, "Revoked on the API keys page.")
+
+
+def test_each_key_shows_its_usage_this_period(alice, client):
+    _, secret = make(client, "counted")
+    key = APIKey.objects.get(hashed_secret=hash_secret(secret))
+    UsageCounter.objects.create(api_key=key, kind="period", starts_at=period_start(key.budget_period, timezone.now()),
+                                tokens=1234, cost_units=123_400_000)
+    for n in range(3):
+        key.usage.create(endpoint="chat.completions", request_id=f"r{n}", status_code=200, started_at=timezone.now(),
+                         duration_ms=1.0)
+    assert listed(client)[key.prefix][6:9] == ["3", "1234", "0.01234"]
+
+
+def test_the_page_asks_for_a_login(catalogue, client):
+    response = client.get("/keys/")
+    assert (response.status_code, response["Location"]) == (302, "/login/?next=/keys/")
+
+
+def test_a_key_made_on_the_page_works_with_the_openai_sdk_until_revoked_there(server):
+    import openai
+
+    user = make_user("sdk")
+    with log_in(server, user.username, PASSWORD) as page:
+        page.get("/keys/")
+        made = page.post("/keys/", data={"name": "sdk", "csrfmiddlewaretoken": page.cookies["csrftoken"]},
+                         headers={"Referer": f"{server.base_url}/keys/"})
+        assert made.status_code == 201
+        secret = SECRET.search(made.text)[1]
+        key = APIKey.objects.get(hashed_secret=hash_secret(secret))
+
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=secret, max_retries=0)
+        answer = client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "What is 3 plus 4?"}])
+        assert answer.choices[0].message.content == "3 plus 4 is 7."
+
+        revoked = page.post(f"/keys/{key.pk}/revoke/", data={"csrfmiddlewaretoken": page.cookies["csrftoken"]},
+                            headers={"Referer": f"{server.base_url}/keys/"})
+        assert (revoked.status_code, revoked.headers["Location"]) == (302, "/keys/")
+        with pytest.raises(openai.AuthenticationError) as refused:
+            client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "Hello"}])
+        assert refused.value.body == {"message": f"The API key {key.prefix}… has been revoked.",
+                                      "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
+
+
+def test_the_page_in_a_browser_makes_copies_and_revokes_a_key(browser, server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def until(predicate):
+        return WebDriverWait(browser, 30, poll_frequency=0.05).until(lambda _: predicate())
+
+    user = make_user("browser")
+    browser.delete_all_cookies()
+    browser.set_window_size(1280, 900)
+    browser.get_log("browser")  # what earlier tests left in the console
+    browser.get(f"{server.base_url}/login/?next=/keys/")
+    browser.find_element(By.NAME, "username").send_keys(user.username)
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "form [type=submit]").click()
+    until(lambda: browser.current_url == f"{server.base_url}/keys/")
+    assert browser.find_element(By.CSS_SELECTOR, "#key-list tbody").text == "You have no API keys yet."
+
+    browser.find_element(By.NAME, "name").send_keys("from the browser")
+    browser.find_element(By.ID, "create-key").click()
+    secret = until(lambda: browser.find_element(By.ID, "secret").text)
+    key = APIKey.objects.get(hashed_secret=hash_secret(secret))
+    assert (key.owner, key.name) == (user, "from the browser")
+
+    browser.execute_cdp_cmd("Browser.grantPermissions", {
+        "origin": server.base_url, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
+    copy = browser.find_element(By.ID, "copy-secret")
+    copy.click()
+    until(lambda: copy.text == "Copied")
+    clipboard = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1]; navigator.clipboard.readText().then(done, e => done('error ' + e));")
+    assert clipboard == secret
+
+    browser.get(f"{server.base_url}/keys/")  # the secret is not shown again
+    assert browser.find_elements(By.ID, "new-secret") == []
+    row = browser.find_element(By.CSS_SELECTOR, f'tr[data-key="{key.prefix}"]')
+    assert row.find_elements(By.TAG_NAME, "td")[5].text == "active"
+    row.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    until(lambda: browser.find_element(By.CSS_SELECTOR, f'tr[data-key="{key.prefix}"]')
+          .find_elements(By.TAG_NAME, "td")[5].text == "revoked")
+    key.refresh_from_db()
+    assert not key.is_active
+    assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []  # no CSP refusal
