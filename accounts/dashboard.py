@@ -77,8 +77,9 @@ def key_label(name: str | None, prefix: str) -> str:
 
 
 def tokens_by_day(records, days: list[date], fields: list[str], label_of, other_label: str) -> list[Series]:
-    """Tokens per day for each group of ``fields``, biggest groups first, the smallest
-    summed into one "Other" series so that a chart keeps at most MAX_SERIES + 1."""
+    """Tokens per day for each group of ``fields`` that used any, biggest groups first,
+    the smallest summed into one "Other" series so that a chart keeps at most
+    MAX_SERIES + 1."""
     rows = (records.annotate(day=TruncDate("started_at"))
             .values("day", *fields).annotate(tokens=Sum(TOKENS)).order_by())
     index = {day: i for i, day in enumerate(days)}
@@ -87,7 +88,10 @@ def tokens_by_day(records, days: list[date], fields: list[str], label_of, other_
         values = by_label.setdefault(label_of(row), [0] * len(days))
         values[index[row["day"]]] += row["tokens"] or 0
 
-    ranked = sorted(by_label.items(), key=lambda item: (-sum(item[1]), item[0]))
+    # A group that used no tokens (requests refused or failed before any) has no bar to
+    # show and no place in the legend.
+    ranked = sorted(((label, values) for label, values in by_label.items() if any(values)),
+                    key=lambda item: (-sum(item[1]), item[0]))
     series = [Series(label, values) for label, values in ranked[:MAX_SERIES]]
     rest = ranked[MAX_SERIES:]
     if rest:

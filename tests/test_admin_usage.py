@@ -200,6 +200,21 @@ def test_the_dashboard_with_no_usage_says_so(admin_client):
     assert "<strong>0</strong> requests" in html
 
 
+def test_the_legends_leave_out_keys_and_models_that_used_no_tokens(admin_client, usage):
+    alpha, beta = usage
+    refused = issue("refused")
+    record(refused, model="m-refused", status_code=429, error_code="rate_limit_exceeded")
+
+    html = admin_client.get(DASHBOARD_URL).content.decode()
+
+    per_key, per_model, _ = re.findall(r'<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart".*?</svg>', html, re.S)
+    assert re.findall(r"<text[^>]*>([^<]*\(\d[\d,]*\))</text>", per_key) == [
+        f"alpha ({alpha.prefix}…) (1,620)", f"beta ({beta.prefix}…) (300)"]
+    assert re.findall(r"<text[^>]*>([^<]*\(\d[\d,]*\))</text>", per_model) == ["m-small (1,620)", "m-large (300)"]
+    assert "refused" in html  # still counted where requests are: the top keys table
+    assert "m-refused" not in per_model
+
+
 def test_the_dashboard_puts_small_keys_together_as_other(admin_client):
     for n in range(10):
         record(issue(f"key-{n:02}"), prompt_tokens=100 + n)
