@@ -330,14 +330,16 @@ class UsageRecordAdmin(ReadOnlyAdmin):
             raise PermissionDenied
         start, end = dashboard.default_range()
         form = dashboard.RangeForm(request.GET or None, initial={"start": start, "end": end})
+        filters = {}
         if form.is_valid():
             start, end = form.cleaned_data["start"], form.cleaned_data["end"]
+            filters = {name: form.cleaned_data[name] for name in dashboard.FILTERS}
         context = {
             **self.admin_site.each_context(request),
             "title": "Usage dashboard",
             "opts": self.opts,
             "form": form,
-            "quick_ranges": dashboard.quick_ranges(),
-            **dashboard.dashboard_context(start, end),
+            "quick_ranges": dashboard.quick_ranges(filters),
+            **dashboard.dashboard_context(start, end, filters),
         }
         return TemplateResponse(request, "admin/accounts/usagerecord/dashboard.html", context)

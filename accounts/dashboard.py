@@ -12,7 +12,7 @@ from datetime import date, datetime, time, timedelta
 from django import forms
 from django.conf import settings
 from django.db.models import Count, F, Q, Sum
-from django.db.models.functions import TruncDate
+from django.db.models.functions import TruncDate, TruncHour
 from django.utils import timezone
 from django.utils.http import urlencode
 
@@ -21,7 +21,7 @@ from accounts.models import UsageRecord
 
 DEFAULT_DAYS = 14
 MAX_DAYS = 366
-QUICK_RANGES = [7, 14, 30, 90]
+QUICK_RANGES = [1, 2, 7, 14, 30, 90]
 # More series than this in one chart is unreadable; the rest are summed as "Other".
 MAX_SERIES = 8
 TOP_KEYS = 10
@@ -33,11 +33,23 @@ ERRORS = Q(status_code__gte=400) & ~Q(status_code=429)
 RATE_LIMITED = Q(status_code=429)
 
 
+# The filters the dashboard takes, each a UsageRecord lookup on the value given.
+FILTERS = {"model": "model", "endpoint": "endpoint", "key": "key_prefix__startswith",
+           "user": "api_key__owner__username"}
+# Ranges of this many days or fewer are shown by the hour.
+HOURLY_DAYS = 2
+
+
 class RangeForm(forms.Form):
-    """The days to show, both inclusive; empty fields mean the last DEFAULT_DAYS days."""
+    """The days to show, both inclusive (empty: the last DEFAULT_DAYS days), and the
+    filters: a model, an endpoint, a key (by its prefix) and a key owner's username."""
 
     start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    model = forms.CharField(required=False, max_length=256)
+    endpoint = forms.CharField(required=False, max_length=64)
+    key = forms.CharField(required=False, max_length=12, label="Key prefix")
+    user = forms.CharField(required=False, max_length=150)
 
     def clean(self):
         data = super().clean()
@@ -56,10 +68,12 @@ def default_range() -> tuple[date, date]:
     return end - timedelta(days=DEFAULT_DAYS - 1), end
 
 
-def quick_ranges() -> list[tuple[int, date, date]]:
-    """(days, start, end) for the "last N days" links."""
+def quick_ranges(filters: dict[str, str] | None = None) -> list[tuple[int, str]]:
+    """(days, query string) for the "last N days" links, keeping the filters."""
     end = timezone.localdate()
-    return [(days, end - timedelta(days=days - 1), end) for days in QUICK_RANGES]
+    chosen = {name: value for name, value in (filters or {}).items() if value}
+    return [(days, urlencode({"start": (end - timedelta(days=days - 1)).isoformat(), "end": end.isoformat(), **chosen}))
+            for days in QUICK_RANGES]
 
 
 def day_bounds(start: date, end: date) -> tuple[datetime, datetime]:
@@ -76,17 +90,40 @@ def key_label(name: str | None, prefix: str) -> str:
     return f"{prefix}… (deleted key)" if prefix else "(no key)"
 
 
-def tokens_by_day(records, days: list[date], fields: list[str], label_of, other_label: str) -> list[Series]:
-    """Tokens per day for each group of ``fields`` that used any, biggest groups first,
-    the smallest summed into one "Other" series so that a chart keeps at most
+class Buckets:
+    """The chart's time buckets for a range: days, or hours for a range of HOURLY_DAYS
+    days or fewer."""
+
+    def __init__(self, start: date, end: date):
+        days = (end - start).days + 1
+        since, _ = day_bounds(start, end)
+        self.hourly = days <= HOURLY_DAYS
+        if self.hourly:
+            self.moments = [since + timedelta(hours=i) for i in range(24 * days)]
+            self.labels = [f"{moment:%Y-%m-%d %H:00}" for moment in self.moments]
+            self.trunc, self.name = TruncHour, "hour"
+        else:
+            self.moments = [start + timedelta(days=i) for i in range(days)]
+            self.labels = [day.isoformat() for day in self.moments]
+            self.trunc, self.name = TruncDate, "day"
+        self.index = {moment: i for i, moment in enumerate(self.moments)}
+
+    def __len__(self) -> int:
+        return len(self.moments)
+
+    def annotate(self, records):
+        return records.annotate(bucket=self.trunc("started_at"))
+
+
+def tokens_by_bucket(records, buckets: Buckets, fields: list[str], label_of, other_label: str) -> list[Series]:
+    """Tokens per bucket for each group of ``fields`` that used any, biggest groups
+    first, the smallest summed into one "Other" series so that a chart keeps at most
     MAX_SERIES + 1."""
-    rows = (records.annotate(day=TruncDate("started_at"))
-            .values("day", *fields).annotate(tokens=Sum(TOKENS)).order_by())
-    index = {day: i for i, day in enumerate(days)}
+    rows = buckets.annotate(records).values("bucket", *fields).annotate(tokens=Sum(TOKENS)).order_by()
     by_label: dict[str, list[int]] = {}
     for row in rows:
-        values = by_label.setdefault(label_of(row), [0] * len(days))
-        values[index[row["day"]]] += row["tokens"] or 0
+        values = by_label.setdefault(label_of(row), [0] * len(buckets))
+        values[buckets.index[row["bucket"]]] += row["tokens"] or 0
 
     # A group that used no tokens (requests refused or failed before any) has no bar to
     # show and no place in the legend.
@@ -99,22 +136,21 @@ def tokens_by_day(records, days: list[date], fields: list[str], label_of, other_
     return colour_series(series, other_label)
 
 
-def errors_by_day(records, days: list[date]) -> list[Series]:
-    rows = (records.annotate(day=TruncDate("started_at")).values("day")
+def errors_by_bucket(records, buckets: Buckets) -> list[Series]:
+    rows = (buckets.annotate(records).values("bucket")
             .annotate(errors=Count("pk", filter=ERRORS), rate_limited=Count("pk", filter=RATE_LIMITED))
             .order_by())
-    errors, rate_limited = [0] * len(days), [0] * len(days)
-    index = {day: i for i, day in enumerate(days)}
+    errors, rate_limited = [0] * len(buckets), [0] * len(buckets)
     for row in rows:
-        errors[index[row["day"]]] = row["errors"]
-        rate_limited[index[row["day"]]] = row["rate_limited"]
+        errors[buckets.index[row["bucket"]]] = row["errors"]
+        rate_limited[buckets.index[row["bucket"]]] = row["rate_limited"]
     return colour_series([
         Series("Errors (status ≥ 400, not 429)", errors, "#e15759"),
         Series("Rate limited (429)", rate_limited, "#f28e2b"),
     ])
 
 
-def top_keys(records, since: datetime, until: datetime) -> list[dict]:
+def top_keys(records, since: datetime, until: datetime, filters: dict[str, str]) -> list[dict]:
     """The keys that used the most tokens, each with the query string of its records
     in the usage changelist (searched by prefix, the same days)."""
     rows = (records.values("api_key", "api_key__name", "key_prefix")
@@ -127,7 +163,10 @@ def top_keys(records, since: datetime, until: datetime) -> list[dict]:
         **row,
         "label": key_label(row["api_key__name"], row["key_prefix"]),
         # str() of an aware datetime is what the changelist's own date filter links use.
-        "records_query": urlencode({"q": row["key_prefix"], "started_at__gte": str(since), "started_at__lt": str(until)}),
+        "records_query": urlencode({
+            "q": row["key_prefix"], "started_at__gte": str(since), "started_at__lt": str(until),
+            # The filters the changelist has (list_filter), as its own links spell them.
+            **{f"{name}__exact": filters[name] for name in ("model", "endpoint") if name in filters}}),
     } for row in rows]
 
 
@@ -143,27 +182,34 @@ def totals(records) -> dict:
     return result
 
 
-def dashboard_context(start: date, end: date) -> dict:
-    """Everything the dashboard template shows for the days ``start`` to ``end``."""
+def dashboard_context(start: date, end: date, filters: dict[str, str] | None = None) -> dict:
+    """Everything the dashboard template shows for the days ``start`` to ``end``, of the
+    records ``filters`` (names of FILTERS: values; empty values ignored) select."""
     since, until = day_bounds(start, end)
-    records = UsageRecord.objects.filter(started_at__gte=since, started_at__lt=until)
-    days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
-    x_labels = [day.isoformat() for day in days]
-    x_label = f"Day ({timezone.get_current_timezone_name()})"
-    per_key = tokens_by_day(records, days, ["key_prefix", "api_key__name"],
-                            lambda row: key_label(row["api_key__name"], row["key_prefix"]), "Other keys")
-    per_model = tokens_by_day(records, days, ["model"], lambda row: row["model"] or "(no model)", "Other models")
+    chosen = {name: value for name, value in (filters or {}).items() if value}
+    records = UsageRecord.objects.filter(started_at__gte=since, started_at__lt=until,
+                                         **{FILTERS[name]: value for name, value in chosen.items()})
+    buckets = Buckets(start, end)
+    x_labels = buckets.labels
+    x_label = f"{buckets.name.capitalize()} ({timezone.get_current_timezone_name()})"
+    per_key = tokens_by_bucket(records, buckets, ["key_prefix", "api_key__name"],
+                               lambda row: key_label(row["api_key__name"], row["key_prefix"]), "Other keys")
+    per_model = tokens_by_bucket(records, buckets, ["model"], lambda row: row["model"] or "(no model)",
+                                 "Other models")
+    per = buckets.name
     return {
+        "filters": chosen,
+        "bucket": per,
         "start": start,
         "end": end,
         "currency": settings.COST_CURRENCY,
         "totals": totals(records),
-        "top_keys": top_keys(records, since, until),
+        "top_keys": top_keys(records, since, until, chosen),
         "tokens_per_key_chart": stacked_bar_chart(
-            x_labels, per_key, title="Tokens per day per key", x_label=x_label, y_label="Tokens", unit="tokens"),
+            x_labels, per_key, title=f"Tokens per {per} per key", x_label=x_label, y_label="Tokens", unit="tokens"),
         "tokens_per_model_chart": stacked_bar_chart(
-            x_labels, per_model, title="Tokens per day per model", x_label=x_label, y_label="Tokens", unit="tokens"),
+            x_labels, per_model, title=f"Tokens per {per} per model", x_label=x_label, y_label="Tokens", unit="tokens"),
         "errors_chart": line_chart(
-            x_labels, errors_by_day(records, days), title="Errors and rate-limited requests per day",
+            x_labels, errors_by_bucket(records, buckets), title=f"Errors and rate-limited requests per {per}",
             x_label=x_label, y_label="Requests", unit="requests"),
     }

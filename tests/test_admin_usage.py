@@ -167,11 +167,54 @@ def test_the_dashboard_shows_a_chosen_range(admin_client, usage):
     alpha, _ = usage
     old = timezone.localdate() - timedelta(days=20)
 
-    html = admin_client.get(DASHBOARD_URL, {"start": old.isoformat(), "end": old.isoformat()}).content.decode()
+    html = admin_client.get(DASHBOARD_URL, {"start": (old - timedelta(days=1)).isoformat(),
+                                            "end": (old + timedelta(days=1)).isoformat()}).content.decode()
 
     assert f"<title>{old.isoformat()}: alpha ({alpha.prefix}…): 7,000 tokens</title>" in html
     assert "<strong>1</strong> requests" in html
-    assert html.count("<circle") == 2
+    assert html.count("<circle") == 6  # three days, two series
+
+
+def test_two_days_or_fewer_are_shown_by_the_hour(admin_client, usage):
+    alpha, beta = usage
+    today, yesterday = timezone.localdate(), timezone.localdate() - timedelta(days=1)
+
+    html = admin_client.get(DASHBOARD_URL, {"start": yesterday.isoformat(), "end": today.isoformat()}).content.decode()
+
+    assert "<h2>Tokens per hour per key</h2>" in html and "<h2>Errors and rate limiting per hour</h2>" in html
+    assert f"<title>{today} 12:00: alpha ({alpha.prefix}…): 1,500 tokens</title>" in html
+    assert f"<title>{yesterday} 12:00: alpha ({alpha.prefix}…): 120 tokens</title>" in html
+    assert f"<title>{today} 12:00: m-large: 300 tokens</title>" in html
+    assert f"<title>{yesterday} 12:00: Rate limited (429): 1 requests</title>" in html
+    assert html.count("<circle") == 2 * 48  # two series, 48 hours
+
+
+def test_the_dashboard_filters_by_model_endpoint_key_and_owner(admin_client, usage, django_user_model):
+    alpha, beta = usage
+    beta.owner = django_user_model.objects.create_user("bea")
+    beta.save()
+    record(alpha, started_at=at_noon(0), model="m-large", endpoint="/v1/completions", prompt_tokens=5)
+
+    def summary(**filters):
+        html = admin_client.get(DASHBOARD_URL, filters).content.decode()
+        return re.sub(r"\s+", " ", text_of(re.search(r'<p class="usage-summary">(.*?)</p>', html, re.S).group(1)))
+
+    start, today = timezone.localdate() - timedelta(days=13), timezone.localdate()
+    assert summary(model="m-large") == (f"From {start} to {today} (UTC), model m-large: 5 requests, 305 tokens "
+                                        "(305 prompt + 0 completion), 2 errors, 1 rate-limited (429).")
+    assert summary(model="m-large", endpoint="/v1/completions").endswith(": 1 requests, 5 tokens "
+                                                                        "(5 prompt + 0 completion), 0 errors, 0 rate-limited (429).")
+    assert summary(key=alpha.prefix).endswith(": 3 requests, 1,625 tokens (1,105 prompt + 520 completion), "
+                                             "0 errors, 0 rate-limited (429); cost 0.001360 USD.")
+    assert summary(user="bea").endswith(": 4 requests, 300 tokens (300 prompt + 0 completion), 2 errors, "
+                                        "1 rate-limited (429).")
+    html = admin_client.get(DASHBOARD_URL, {"model": "m-large"}).content.decode()
+    links = [link.replace("&amp;", "&") for link in re.findall(r'<a href="([^"]+)">Records</a>', html)]
+    assert len(links) == 2 and all("model__exact=m-large" in link for link in links)
+    shown = admin_client.get(links[0]).context["cl"].result_list  # beta's, the most tokens
+    assert {(row.api_key, row.model) for row in shown} == {(beta, "m-large")}
+    # The quick ranges keep the filters.
+    assert f'<a href="?start={today - timedelta(days=6)}&amp;end={today}&amp;model=m-large">7 days</a>' in html
 
 
 def test_the_dashboard_refuses_a_backwards_range_and_shows_the_default(admin_client, usage):
