@@ -334,6 +334,8 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         if form.is_valid():
             start, end = form.cleaned_data["start"], form.cleaned_data["end"]
             filters = {name: form.cleaned_data[name] for name in dashboard.FILTERS}
+        if request.GET.get("format") == "csv":
+            return dashboard.aggregates_csv(start, end, filters)
         context = {
             **self.admin_site.each_context(request),
             "title": "Usage dashboard",

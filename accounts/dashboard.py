@@ -7,17 +7,20 @@ those of the current time zone (settings.TIME_ZONE, UTC for llmserver).
 
 from __future__ import annotations
 
+import csv
 from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 
 from django import forms
 from django.conf import settings
 from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import TruncDate, TruncHour
+from django.http import HttpResponse
 from django.utils import timezone
 from django.utils.http import urlencode
 
 from accounts.charts import Series, colour_series, line_chart, stacked_bar_chart
-from accounts.models import UsageRecord
+from accounts.models import APIKey, UsageCounter, UsageRecord, period_start
 
 DEFAULT_DAYS = 14
 MAX_DAYS = 366
@@ -170,6 +173,62 @@ def top_keys(records, since: datetime, until: datetime, filters: dict[str, str])
     } for row in rows]
 
 
+# A key is near its budget once it has used this share of it in the current period.
+NEAR_BUDGET = 0.8
+
+
+def keys_near_budget(now: datetime) -> list[dict]:
+    """Active keys that have used NEAR_BUDGET or more of a token or cost budget in their
+    current period: each with what it used, its budget and the share (for a bar), most
+    used first. Budgets are per key and period, whatever the range shown."""
+    keys = list(APIKey.objects.filter(is_active=True).filter(
+        Q(token_budget__isnull=False) | Q(cost_budget__isnull=False)))
+    if not keys:
+        return []
+    buckets = Q(pk__in=[])
+    for key in keys:
+        buckets |= Q(api_key=key, starts_at=period_start(key.budget_period, now))
+    counters = {c.api_key_id: c for c in UsageCounter.objects.filter(buckets, kind=UsageCounter.Kind.PERIOD)}
+    near = []
+    for key in keys:
+        counter = counters.get(key.pk)
+        tokens, cost = (counter.tokens, Decimal(counter.cost_units).scaleb(-10)) if counter else (0, Decimal(0))
+        for kind, used, budget in (("tokens", tokens, key.token_budget), ("cost", cost, key.cost_budget)):
+            if budget is not None and (budget == 0 or used / budget >= NEAR_BUDGET):
+                share = 1.0 if budget == 0 else float(used / budget)
+                near.append({"key": key, "label": key_label(key.name, key.prefix), "kind": kind,
+                             "used": used if kind == "tokens" else used.normalize(), "budget": budget,
+                             "share": share, "percent": round(100 * share), "period": key.budget_period})
+    return sorted(near, key=lambda row: (-row["share"], row["label"], row["kind"]))
+
+
+def aggregates_csv(start: date, end: date, filters: dict[str, str]) -> HttpResponse:
+    """The aggregates the dashboard charts, as CSV: per bucket (day, or hour for a short
+    range), key and model, the requests, tokens, errors, 429s and cost."""
+    since, until = day_bounds(start, end)
+    chosen = {name: value for name, value in filters.items() if value}
+    records = UsageRecord.objects.filter(started_at__gte=since, started_at__lt=until,
+                                         **{FILTERS[name]: value for name, value in chosen.items()})
+    buckets = Buckets(start, end)
+    rows = (buckets.annotate(records).values("bucket", "key_prefix", "api_key__name", "model")
+            .annotate(requests=Count("pk"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"),
+                      errors=Count("pk", filter=ERRORS), rate_limited=Count("pk", filter=RATE_LIMITED),
+                      cost=Sum("cost"))
+            .order_by("bucket", "key_prefix", "model"))
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="usage-{start}-{end}.csv"'
+    writer = csv.writer(response)
+    writer.writerow([buckets.name, "key_prefix", "key_name", "model", "requests", "prompt_tokens",
+                     "completion_tokens", "total_tokens", "errors", "rate_limited", f"cost_{settings.COST_CURRENCY}"])
+    for row in rows:
+        label = buckets.labels[buckets.index[row["bucket"]]]
+        prompt, completion = row["prompt"] or 0, row["completion"] or 0
+        writer.writerow([label, row["key_prefix"], row["api_key__name"] or "", row["model"], row["requests"], prompt,
+                         completion, prompt + completion, row["errors"], row["rate_limited"],
+                         "" if row["cost"] is None else f"{row['cost']:.10f}"])  # SQLite sums as floats
+    return response
+
+
 def totals(records) -> dict:
     result = records.aggregate(
         requests=Count("pk"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"),
@@ -205,6 +264,8 @@ def dashboard_context(start: date, end: date, filters: dict[str, str] | None = N
         "currency": settings.COST_CURRENCY,
         "totals": totals(records),
         "top_keys": top_keys(records, since, until, chosen),
+        "near_budget": keys_near_budget(timezone.now()),
+        "csv_query": urlencode({"start": start.isoformat(), "end": end.isoformat(), **chosen, "format": "csv"}),
         "tokens_per_key_chart": stacked_bar_chart(
             x_labels, per_key, title=f"Tokens per {per} per key", x_label=x_label, y_label="Tokens", unit="tokens"),
         "tokens_per_model_chart": stacked_bar_chart(

@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from accounts.models import UsageRecord
+from accounts.models import UsageCounter, UsageRecord, period_start
 from tests.test_admin import DASHBOARD_URL, EXPORT_URL, USAGE_URL, at_noon, issue, record, set_action, text_of
 
 
@@ -267,3 +267,51 @@ def test_the_dashboard_puts_small_keys_together_as_other(admin_client):
     per_key = re.findall(r'<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart".*?</svg>', html, re.S)[0]
     assert per_key.count("<g transform") == 9  # eight keys and "Other keys"
     assert "Other keys (201)</text>" in per_key  # key-00 (100) and key-01 (101)
+
+
+def test_keys_near_their_budget_show_how_much_of_it_they_used(admin_client):
+    now = timezone.now()
+
+    def spent(name, tokens=0, cost_units=0, **budget):
+        key = issue(name, **budget)
+        UsageCounter.objects.create(api_key=key, kind="period", starts_at=period_start(key.budget_period, now),
+                                    tokens=tokens, cost_units=cost_units)
+        return key
+
+    nearly = spent("nearly", tokens=900, token_budget=1000)
+    spent("far", tokens=100, token_budget=1000)
+    spent_cost = spent("spent", cost_units=10**8, cost_budget=Decimal("0.01"), budget_period="day")
+    spent("revoked", tokens=999, token_budget=1000).revoke()
+
+    html = admin_client.get(DASHBOARD_URL).content.decode()
+
+    section = re.search(r'<section class="module" id="near-budget">(.*?)</section>', html, re.S).group(1)
+    rows = [[text_of(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+            for row in re.findall(r"<tr>(.*?)</tr>", section, re.S)[1:]]
+    assert [[re.sub(r"\s+", " ", cell) for cell in row] for row in rows] == [
+        [f"spent ({spent_cost.prefix}…)", "0.01 USD per day", "100% 0.01", "100%"],
+        [f"nearly ({nearly.prefix}…)", "1,000 tokens per month", "90% 900", "90%"],
+    ]
+    assert re.findall(r'<meter [^>]*value="([^"]+)"', section) == ["1.0000", "0.9000"]
+
+
+def test_the_aggregates_shown_download_as_csv(admin_client, usage):
+    alpha, beta = usage
+    today, yesterday = timezone.localdate(), timezone.localdate() - timedelta(days=1)
+    html = admin_client.get(DASHBOARD_URL, {"model": "m-large"}).content.decode()
+    link = re.search(r'<a href="([^"]+)" id="aggregates-csv">', html).group(1).replace("&amp;", "&")
+    assert link == f"?start={today - timedelta(days=13)}&end={today}&model=m-large&format=csv"
+
+    response = admin_client.get(DASHBOARD_URL + link)
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert list(csv.reader(io.StringIO(response.content.decode()))) == [
+        ["day", "key_prefix", "key_name", "model", "requests", "prompt_tokens", "completion_tokens", "total_tokens",
+         "errors", "rate_limited", "cost_USD"],
+        [str(yesterday), beta.prefix, "beta", "m-large", "2", "0", "0", "0", "1", "1", ""],
+        [str(today), beta.prefix, "beta", "m-large", "2", "300", "0", "300", "1", "0", ""],
+    ]
+    hourly = admin_client.get(DASHBOARD_URL, {"start": today, "end": today, "format": "csv"}).content.decode()
+    assert list(csv.reader(io.StringIO(hourly)))[1:] == sorted([  # by hour, then key prefix
+        [f"{today} 12:00", alpha.prefix, "alpha", "m-small", "1", "1000", "500", "1500", "0", "0", "0.0012500000"],
+        [f"{today} 12:00", beta.prefix, "beta", "m-large", "2", "300", "0", "300", "1", "0", ""],
+    ], key=lambda row: row[1])
