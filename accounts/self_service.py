@@ -9,15 +9,17 @@ is in the admin's history (LogEntry), as if made there, by the user.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, time, timedelta
 from decimal import Decimal
 
 from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import TruncDate
+from django.utils import timezone
 
-from accounts.models import APIKey, KeyAllowance, KeyKind, UsageCounter, period_start
+from accounts.models import APIKey, KeyAllowance, KeyKind, UsageCounter, UsageRecord, period_start
 from llmserver import clock
 
 
@@ -56,6 +58,36 @@ def own_keys(user) -> list[OwnKey]:
         listed.append(OwnKey(key, key.requests, counter.tokens if counter else 0,
                              Decimal(counter.cost_units).scaleb(-10) if counter and counter.cost_units else None))
     return listed
+
+
+# The days of usage a user's own page shows.
+USAGE_DAYS = 14
+
+
+@dataclass
+class UsageDay:
+    day: object  # a date
+    requests: int
+    tokens: int
+    cost: Decimal | None
+
+    @property
+    def cost_text(self) -> str:
+        return "–" if self.cost is None else f"{self.cost.quantize(Decimal('1e-6')).normalize():f}"
+
+
+def usage_by_day(user) -> list[UsageDay]:
+    """What every key of ``user``'s (their API keys and their chat key) used on each of
+    the last USAGE_DAYS days that saw any, newest first."""
+    since = timezone.localdate() - timedelta(days=USAGE_DAYS - 1)
+    start = timezone.make_aware(datetime.combine(since, time.min))
+    rows = (UsageRecord.objects.filter(api_key__owner=user, started_at__gte=start)
+            .annotate(day=TruncDate("started_at")).values("day")
+            .annotate(requests=Count("pk"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"),
+                      cost=Sum("cost"))
+            .order_by("-day"))
+    return [UsageDay(row["day"], row["requests"], (row["prompt"] or 0) + (row["completion"] or 0),
+                     None if row["cost"] is None else Decimal(row["cost"])) for row in rows]
 
 
 def usable_models(user, catalogue: list) -> list[str]:

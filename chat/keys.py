@@ -16,7 +16,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.models import APIKey, KeyAllowance
-from accounts.self_service import KeyRefused, create_key, own_keys, revoke_key, usable_models
+from accounts.self_service import USAGE_DAYS, KeyRefused, create_key, own_keys, revoke_key, usable_models, usage_by_day
 from chat.views import content_security_policy
 from inference.registry import registry
 
@@ -56,6 +56,7 @@ def keys_page(request):
     allowance = KeyAllowance.of(request.user)
     context = {
         "form": form, "keys": own_keys(request.user), "created": created, "secret": secret,
+        "usage": usage_by_day(request.user), "usage_days": USAGE_DAYS,
         "allowance": allowance, "currency": settings.COST_CURRENCY,
         "api_base": request.build_absolute_uri("/v1"),
         "example_model": (created.allowed_models[0] if created and created.allowed_models else

@@ -204,3 +204,28 @@ def test_the_page_in_a_browser_makes_copies_and_revokes_a_key(browser, server):
     key.refresh_from_db()
     assert not key.is_active
     assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []  # no CSP refusal
+
+
+def test_a_user_sees_what_all_their_keys_used_by_day(alice, client):
+    from datetime import datetime, time, timedelta
+
+    chat_key = APIKey.objects.chat_key_for(alice)
+    api_key, _ = APIKey.issue(name="mine", owner=alice)
+    bobs, _ = APIKey.issue(name="bob's", owner=make_user("bob"))
+    today = timezone.localdate()
+
+    def used(key, days_ago, tokens, cost=None):
+        started = timezone.make_aware(datetime.combine(today - timedelta(days=days_ago), time(9)))
+        key.usage.create(endpoint="chat.completions", request_id="r", status_code=200, started_at=started,
+                         duration_ms=1.0, prompt_tokens=tokens, completion_tokens=1, cost=cost)
+
+    used(chat_key, 0, 10)
+    used(api_key, 0, 20, Decimal("0.0000300000"))
+    used(api_key, 3, 5, Decimal("0.1234567000"))
+    used(api_key, 20, 999)  # before the days shown
+    used(bobs, 0, 777)  # somebody else's
+
+    html = client.get("/keys/").content.decode()
+    table = re.search(r'<table id="usage-by-day">(.*?)</table>', html, re.S).group(1)
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S) for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]]
+    assert rows == [[str(today), "2", "32", "0.00003"], [str(today - timedelta(days=3)), "1", "6", "0.123457"]]
