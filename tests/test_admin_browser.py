@@ -126,3 +126,27 @@ def test_the_loaded_badge_is_readable_in_the_light_and_the_dark_theme(admin_page
     assert contrast(*light) >= 4.5, light
     assert contrast(*dark) >= 4.5, dark
     assert light != dark  # drawn with the admin's colours, which follow its theme
+
+
+# --- On a phone ------------------------------------------------------------------------
+
+
+def test_on_a_phone_the_usage_dashboard_scrolls_only_down(admin_page, site, keys_and_usage):
+    """390 px wide: the charts shrink to the screen and the wide tables scroll inside
+    themselves; the page never scrolls sideways."""
+    team, key = keys_and_usage
+    key.token_budget = 2000  # 1,801 of it used this period: near its budget
+    key.save()
+    from accounts.models import UsageCounter, period_start
+    from django.utils import timezone
+
+    UsageCounter.objects.create(api_key=key, kind="period", starts_at=period_start(key.budget_period, timezone.now()),
+                                tokens=1801)
+    admin_page.set_window_size(390, 844)
+    admin_page.get(f"{site.base_url}/admin/accounts/usagerecord/dashboard/?key={key.prefix}")
+    assert admin_page.find_element(By.ID, "near-budget").is_displayed()
+    page, window = admin_page.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert page <= window, (page, window)
+    charts = admin_page.find_elements(By.CSS_SELECTOR, "svg.usage-chart")
+    assert len(charts) == 3 and all(chart.size["width"] <= window for chart in charts)

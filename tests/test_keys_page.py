@@ -229,3 +229,24 @@ def test_a_user_sees_what_all_their_keys_used_by_day(alice, client):
     table = re.search(r'<table id="usage-by-day">(.*?)</table>', html, re.S).group(1)
     rows = [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S) for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]]
     assert rows == [[str(today), "2", "32", "0.00003"], [str(today - timedelta(days=3)), "1", "6", "0.123457"]]
+
+
+def test_on_a_phone_the_keys_page_scrolls_only_down(browser, server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    user = make_user("phone")
+    APIKey.issue(name="an older key with a long name for a phone screen", owner=user)
+    browser.delete_all_cookies()
+    browser.set_window_size(390, 844)
+    browser.get(f"{server.base_url}/login/?next=/keys/")
+    browser.find_element(By.NAME, "username").send_keys(user.username)
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "form [type=submit]").click()
+    WebDriverWait(browser, 30).until(lambda _: browser.current_url == f"{server.base_url}/keys/")
+    browser.find_element(By.NAME, "name").send_keys("phone")
+    browser.find_element(By.ID, "create-key").click()
+    WebDriverWait(browser, 30).until(lambda _: browser.find_elements(By.ID, "secret"))
+    page, window = browser.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert page <= window, (page, window)
