@@ -273,6 +273,10 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     list_select_related = ["api_key"]
     actions = ["export_selected"]
 
+    def lookup_allowed(self, lookup, value, request=None):
+        # The dashboard's top people link to their records by the keys' owner.
+        return lookup == "api_key__owner__username" or super().lookup_allowed(lookup, value, request)
+
     def get_urls(self):
         # Before the default URLs, whose "<object_id>/" would catch these paths.
         return [

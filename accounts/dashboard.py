@@ -173,6 +173,24 @@ def top_keys(records, since: datetime, until: datetime, filters: dict[str, str])
     } for row in rows]
 
 
+def top_users(records, since: datetime, until: datetime, filters: dict[str, str]) -> list[dict]:
+    """The keys' owners whose keys used the most tokens, each with the query string of
+    their records in the usage changelist (by owner, the same days)."""
+    rows = (records.filter(api_key__owner__isnull=False).values("api_key__owner__username")
+            .annotate(keys=Count("api_key", distinct=True), requests=Count("pk"), tokens=Sum(TOKENS),
+                      errors=Count("pk", filter=ERRORS), rate_limited=Count("pk", filter=RATE_LIMITED),
+                      cost=Sum("cost"))
+            .order_by("-tokens", "api_key__owner__username")[:TOP_KEYS])
+    return [{
+        **row,
+        "username": row["api_key__owner__username"],
+        "records_query": urlencode({
+            "api_key__owner__username": row["api_key__owner__username"], "started_at__gte": str(since),
+            "started_at__lt": str(until),
+            **{f"{name}__exact": filters[name] for name in ("model", "endpoint") if name in filters}}),
+    } for row in rows]
+
+
 # A key is near its budget once it has used this share of it in the current period.
 NEAR_BUDGET = 0.8
 
@@ -255,6 +273,9 @@ def dashboard_context(start: date, end: date, filters: dict[str, str] | None = N
                                lambda row: key_label(row["api_key__name"], row["key_prefix"]), "Other keys")
     per_model = tokens_by_bucket(records, buckets, ["model"], lambda row: row["model"] or "(no model)",
                                  "Other models")
+    per_user = tokens_by_bucket(records, buckets, ["api_key__owner__username"],
+                                lambda row: row["api_key__owner__username"] or "(no owner)", "Other people")
+    per_endpoint = tokens_by_bucket(records, buckets, ["endpoint"], lambda row: row["endpoint"], "Other endpoints")
     per = buckets.name
     return {
         "filters": chosen,
@@ -270,6 +291,13 @@ def dashboard_context(start: date, end: date, filters: dict[str, str] | None = N
             x_labels, per_key, title=f"Tokens per {per} per key", x_label=x_label, y_label="Tokens", unit="tokens"),
         "tokens_per_model_chart": stacked_bar_chart(
             x_labels, per_model, title=f"Tokens per {per} per model", x_label=x_label, y_label="Tokens", unit="tokens"),
+        "tokens_per_user_chart": stacked_bar_chart(
+            x_labels, per_user, title=f"Tokens per {per} per key owner", x_label=x_label, y_label="Tokens",
+            unit="tokens"),
+        "tokens_per_endpoint_chart": stacked_bar_chart(
+            x_labels, per_endpoint, title=f"Tokens per {per} per endpoint", x_label=x_label, y_label="Tokens",
+            unit="tokens"),
+        "top_users": top_users(records, since, until, chosen),
         "errors_chart": line_chart(
             x_labels, errors_by_bucket(records, buckets), title=f"Errors and rate-limited requests per {per}",
             x_label=x_label, y_label="Requests", unit="requests"),

@@ -111,8 +111,8 @@ def test_the_dashboard_charts_tokens_per_key_and_model_per_day(admin_client, usa
     html = admin_client.get(DASHBOARD_URL).content.decode()
 
     charts = re.findall(r'<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart".*?</svg>', html, re.S)
-    assert len(charts) == 3
-    per_key, per_model, errors = charts
+    assert len(charts) == 5
+    per_key, per_model, _, _, errors = charts
     assert f"<title>{today}: alpha ({alpha.prefix}…): 1,500 tokens</title>" in per_key
     assert f"<title>{yesterday}: alpha ({alpha.prefix}…): 120 tokens</title>" in per_key
     assert f"<title>{today}: beta ({beta.prefix}…): 300 tokens</title>" in per_key
@@ -153,7 +153,8 @@ def test_the_dashboard_sums_the_range_and_ranks_the_keys(admin_client, usage):
 def test_the_top_keys_link_to_their_records_in_the_range(admin_client, usage):
     alpha, _ = usage
     html = admin_client.get(DASHBOARD_URL).content.decode()
-    link = re.search(r'<a href="([^"]+)">Records</a>', html).group(1).replace("&amp;", "&")
+    top_keys = re.search(r'<table id="top-keys">(.*?)</table>', html, re.S).group(1)
+    link = re.search(r'<a href="([^"]+)">Records</a>', top_keys).group(1).replace("&amp;", "&")
 
     response = admin_client.get(link)
 
@@ -209,7 +210,8 @@ def test_the_dashboard_filters_by_model_endpoint_key_and_owner(admin_client, usa
     assert summary(user="bea").endswith(": 4 requests, 300 tokens (300 prompt + 0 completion), 2 errors, "
                                         "1 rate-limited (429).")
     html = admin_client.get(DASHBOARD_URL, {"model": "m-large"}).content.decode()
-    links = [link.replace("&amp;", "&") for link in re.findall(r'<a href="([^"]+)">Records</a>', html)]
+    top_keys = re.search(r'<table id="top-keys">(.*?)</table>', html, re.S).group(1)
+    links = [link.replace("&amp;", "&") for link in re.findall(r'<a href="([^"]+)">Records</a>', top_keys)]
     assert len(links) == 2 and all("model__exact=m-large" in link for link in links)
     shown = admin_client.get(links[0]).context["cl"].result_list  # beta's, the most tokens
     assert {(row.api_key, row.model) for row in shown} == {(beta, "m-large")}
@@ -239,7 +241,8 @@ def test_the_dashboard_escapes_key_and_model_names(admin_client):
 def test_the_dashboard_with_no_usage_says_so(admin_client):
     html = admin_client.get(DASHBOARD_URL).content.decode()
 
-    assert html.count("No usage in this range.") == 4  # three charts and the table
+    assert html.count("No usage in this range.") == 6  # five charts and the top keys
+    assert "No key with an owner was used in this range." in html
     assert "<strong>0</strong> requests" in html
 
 
@@ -250,7 +253,7 @@ def test_the_legends_leave_out_keys_and_models_that_used_no_tokens(admin_client,
 
     html = admin_client.get(DASHBOARD_URL).content.decode()
 
-    per_key, per_model, _ = re.findall(r'<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart".*?</svg>', html, re.S)
+    per_key, per_model, *_ = re.findall(r'<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart".*?</svg>', html, re.S)
     assert re.findall(r"<text[^>]*>([^<]*\(\d[\d,]*\))</text>", per_key) == [
         f"alpha ({alpha.prefix}…) (1,620)", f"beta ({beta.prefix}…) (300)"]
     assert re.findall(r"<text[^>]*>([^<]*\(\d[\d,]*\))</text>", per_model) == ["m-small (1,620)", "m-large (300)"]
@@ -315,3 +318,29 @@ def test_the_aggregates_shown_download_as_csv(admin_client, usage):
         [f"{today} 12:00", alpha.prefix, "alpha", "m-small", "1", "1000", "500", "1500", "0", "0", "0.0012500000"],
         [f"{today} 12:00", beta.prefix, "beta", "m-large", "2", "300", "0", "300", "1", "0", ""],
     ], key=lambda row: row[1])
+
+
+def test_the_dashboard_breaks_usage_down_by_owner_and_endpoint(admin_client, usage, django_user_model):
+    alpha, beta = usage
+    alpha.owner = django_user_model.objects.create_user("ana")
+    alpha.save()
+    record(alpha, started_at=at_noon(0), endpoint="/v1/completions", prompt_tokens=5)
+    other = issue("ana's other", owner=alpha.owner)
+    record(other, started_at=at_noon(0), prompt_tokens=7, completion_tokens=3, cost=Decimal("0.0000100000"))
+    today = timezone.localdate().isoformat()
+
+    html = admin_client.get(DASHBOARD_URL).content.decode()
+
+    _, _, per_user, per_endpoint, _ = re.findall(r'<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart".*?</svg>',
+                                                 html, re.S)
+    assert f"<title>{today}: ana: 1,515 tokens</title>" in per_user
+    assert f"<title>{today}: (no owner): 300 tokens</title>" in per_user  # beta has none
+    assert "ana (1,635)</text>" in per_user
+    assert "/v1/chat/completions (1,930)</text>" in per_endpoint and "/v1/completions (5)</text>" in per_endpoint
+    table = re.search(r'<table id="top-users">(.*?)</table>', html, re.S).group(1)
+    rows = [[text_of(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+            for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]]
+    assert rows == [["ana", "2", "4", "1,635", "0", "0", "0.001370", "Records"]]
+    link = re.search(r'<a href="([^"]+)">Records</a>', table).group(1).replace("&amp;", "&")
+    shown = admin_client.get(link).context["cl"].result_list
+    assert sorted(row.total_tokens for row in shown) == [5, 10, 120, 1500]  # ana's four, not beta's
