@@ -127,7 +127,7 @@ def _chart(x_labels, series, top, ticks, plot: SafeString, *, title, y_label, x_
         '<line x1="{}" x2="{}" y1="{}" y2="{}" stroke="currentColor"/>',
         PLOT_LEFT, PLOT_RIGHT, plot_bottom, plot_bottom,
     ))
-    # Label every day while they fit, every n-th one for a long range.
+    # Label every day (or hour) while they fit, every n-th one for a long range.
     band = (PLOT_RIGHT - PLOT_LEFT) / max(len(x_labels), 1)
     step = math.ceil(len(x_labels) / MAX_X_LABELS) or 1
     for i in range(0, len(x_labels), step):
@@ -203,7 +203,10 @@ def _compact(value: float) -> str:
 
 
 def _short_day(iso_day: str) -> str:
-    """"2026-11-20" -> "11-20": the year is in the range shown above the chart."""
+    """"2026-11-20" -> "11-20": the year is in the range shown above the chart. An hour,
+    "2026-11-20 13:00" -> "13:00", and midnight -> "11-20": where each day begins."""
+    if len(iso_day) == 16:
+        return iso_day[5:10] if iso_day.endswith(" 00:00") else iso_day[11:]
     return iso_day[5:] if len(iso_day) == 10 else iso_day
 
 

@@ -3,7 +3,8 @@
 Serves the demo model from a throwaway SQLite database with one user, has a short
 conversation in Debian's headless Chromium, and writes docs/chat-page.png (desktop) and
 docs/chat-page-phone.png; then makes an API key on the API keys page and writes
-docs/keys-page.png (its secret is the throwaway database's). Real answers from the real
+docs/keys-page.png (its secret is the throwaway database's) and the usage dashboard of
+the day, docs/usage-dashboard.png. Real answers from the real
 model: nothing is staged but the questions. ``--keys-only``: the keys page alone.
 """
 
@@ -105,6 +106,12 @@ def _shoot_keys(browser, wait, base: str) -> None:
         wait.until(lambda b: b.find_elements(By.ID, "secret"))
     time.sleep(0.3)
     browser.save_screenshot(str(ROOT / "docs" / "keys-page.png"))
+    # The usage dashboard of that day, by the hour (the user is an admin).
+    browser.set_window_size(1280, 1800)
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    browser.get(f"{base}/admin/accounts/usagerecord/dashboard/?start={day}&end={day}")
+    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "svg.usage-chart"))
+    browser.save_screenshot(str(ROOT / "docs" / "usage-dashboard.png"))
 
 
 if __name__ == "__main__":

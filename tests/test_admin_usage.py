@@ -188,6 +188,10 @@ def test_two_days_or_fewer_are_shown_by_the_hour(admin_client, usage):
     assert f"<title>{today} 12:00: m-large: 300 tokens</title>" in html
     assert f"<title>{yesterday} 12:00: Rate limited (429): 1 requests</title>" in html
     assert html.count("<circle") == 2 * 48  # two series, 48 hours
+    per_key = re.search(r'<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart".*?</svg>', html, re.S).group(0)
+    ticks = re.findall(r'<text x="[\d.]+" y="[\d.]+" text-anchor="middle">([^<]*)</text>', per_key)
+    assert ticks[:4] == [f"{yesterday:%m-%d}", "03:00", "06:00", "09:00"]  # every third of 48 hours
+    assert ticks[8] == f"{today:%m-%d}"
 
 
 def test_the_dashboard_filters_by_model_endpoint_key_and_owner(admin_client, usage, django_user_model):
