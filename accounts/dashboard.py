@@ -20,7 +20,7 @@ from django.utils import timezone
 from django.utils.http import urlencode
 
 from accounts.charts import Series, colour_series, line_chart, stacked_bar_chart
-from accounts.models import APIKey, UsageCounter, UsageRecord, period_start
+from accounts.models import APIKey, UsageCounter, UsageRecord
 
 DEFAULT_DAYS = 14
 MAX_DAYS = 366
@@ -203,14 +203,11 @@ def keys_near_budget(now: datetime) -> list[dict]:
         Q(token_budget__isnull=False) | Q(cost_budget__isnull=False)))
     if not keys:
         return []
-    buckets = Q(pk__in=[])
-    for key in keys:
-        buckets |= Q(api_key=key, starts_at=period_start(key.budget_period, now))
-    counters = {c.api_key_id: c for c in UsageCounter.objects.filter(buckets, kind=UsageCounter.Kind.PERIOD)}
+    counters = UsageCounter.current_periods(keys, now)
     near = []
     for key in keys:
         counter = counters.get(key.pk)
-        tokens, cost = (counter.tokens, Decimal(counter.cost_units).scaleb(-10)) if counter else (0, Decimal(0))
+        tokens, cost = (counter.tokens, counter.cost) if counter else (0, Decimal(0))
         for kind, used, budget in (("tokens", tokens, key.token_budget), ("cost", cost, key.cost_budget)):
             if budget is not None and (budget == 0 or used / budget >= NEAR_BUDGET):
                 share = 1.0 if budget == 0 else float(used / budget)

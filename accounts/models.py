@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
@@ -18,6 +19,8 @@ from llmserver import clock
 SECRET_PREFIX = "sk-"
 # 32 random bytes -> 43 URL-safe characters after "sk-".
 _SECRET_BYTES = 32
+# A cost's decimal places (UsageRecord.cost); counters sum costs in units of 10**-COST_PLACES.
+COST_PLACES = 10
 VISIBLE_PREFIX_LENGTH = 12  # "sk-" and 9 characters: enough to tell keys apart, useless to an attacker
 # A key's last_used_at is written at most once a second: under load that is one write a
 # second instead of one per request, and the admin shows it to the second anyway.
@@ -251,6 +254,18 @@ class UsageCounter(models.Model):
     def __str__(self) -> str:
         return f"key {self.api_key_id} · {self.kind} from {timezone.localtime(self.starts_at):%Y-%m-%d %H:%M}"
 
+    @property
+    def cost(self) -> Decimal:
+        return Decimal(self.cost_units).scaleb(-COST_PLACES)
+
+    @classmethod
+    def current_periods(cls, keys, now) -> dict[int, UsageCounter]:
+        """Each key's counter of its current budget period, by key id (none yet: absent)."""
+        buckets = models.Q(pk__in=[])
+        for key in keys:
+            buckets |= models.Q(api_key=key, starts_at=period_start(key.budget_period, now))
+        return {c.api_key_id: c for c in cls.objects.filter(buckets, kind=cls.Kind.PERIOD)}
+
 
 class ModelPrice(models.Model):
     """What a model's tokens cost, per million, in ``COST_CURRENCY``. A usage record's
@@ -297,7 +312,7 @@ class UsageRecord(models.Model):
     time_to_first_token_ms = models.FloatField(null=True, blank=True)
     client_disconnected = models.BooleanField(default=False)
     user = models.CharField(max_length=256, blank=True, help_text="The request's OpenAI 'user' field.")
-    cost = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True,
+    cost = models.DecimalField(max_digits=20, decimal_places=COST_PLACES, null=True, blank=True,
                                help_text="In COST_CURRENCY, at the model's price when the record was written; "
                                          "empty when the model had no price.")
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from decimal import Decimal
 
-from accounts.models import ModelPrice, UsageRecord
+from accounts.models import COST_PLACES, ModelPrice
 
 MILLION = Decimal(1_000_000)
 # UsageRecord.cost's decimal places; the counters sum costs as whole units of that size.
-_PLACES = UsageRecord._meta.get_field("cost").decimal_places
+_PLACES = COST_PLACES
 _QUANTUM = Decimal(1).scaleb(-_PLACES)
 
 Price = tuple[Decimal, Decimal]  # (prompt, completion) per million tokens

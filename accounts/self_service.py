@@ -19,12 +19,18 @@ from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from accounts.models import APIKey, KeyAllowance, KeyKind, UsageCounter, UsageRecord, period_start
+from accounts.models import APIKey, KeyAllowance, KeyKind, UsageCounter, UsageRecord
 from llmserver import clock
 
 
 class KeyRefused(Exception):
     """What the user asked for is not within their allowance; the message says why."""
+
+
+def amount_text(amount: Decimal | None) -> str:
+    """An amount as the page shows it: to six decimal places, without trailing zeros
+    ("0.01234"); "–" for none."""
+    return "–" if amount is None else f"{amount.quantize(Decimal('1e-6')).normalize():f}"
 
 
 @dataclass
@@ -38,8 +44,7 @@ class OwnKey:
 
     @property
     def cost_text(self) -> str:
-        """The cost as written, without trailing zeros ("0.01234"); "–" for none."""
-        return "–" if self.cost_this_period is None else f"{self.cost_this_period.normalize():f}"
+        return amount_text(self.cost_this_period)
 
 
 def own_keys(user) -> list[OwnKey]:
@@ -48,15 +53,12 @@ def own_keys(user) -> list[OwnKey]:
     now = clock.now()
     keys = list(APIKey.objects.filter(owner=user, kind=KeyKind.API).annotate(requests=Count("usage"))
                 .order_by("-created_at"))
-    buckets = Q(pk__in=[])
-    for key in keys:
-        buckets |= Q(api_key=key, starts_at=period_start(key.budget_period, now))
-    counters = {c.api_key_id: c for c in UsageCounter.objects.filter(buckets, kind=UsageCounter.Kind.PERIOD)}
+    counters = UsageCounter.current_periods(keys, now)
     listed = []
     for key in keys:
         counter = counters.get(key.pk)
         listed.append(OwnKey(key, key.requests, counter.tokens if counter else 0,
-                             Decimal(counter.cost_units).scaleb(-10) if counter and counter.cost_units else None))
+                             counter.cost if counter and counter.cost_units else None))
     return listed
 
 
@@ -73,7 +75,7 @@ class UsageDay:
 
     @property
     def cost_text(self) -> str:
-        return "–" if self.cost is None else f"{self.cost.quantize(Decimal('1e-6')).normalize():f}"
+        return amount_text(self.cost)
 
 
 def usage_by_day(user) -> list[UsageDay]:
