@@ -321,9 +321,11 @@ class UsageRecord(models.Model):
         indexes = [models.Index(fields=["api_key", "started_at"])]
 
     def __str__(self) -> str:
-        """What a person tells requests apart by, without a query for the key's name."""
+        """What a person tells requests apart by, without a query for the key's name: the
+        endpoint, the model (if it had one), the key's prefix and the time to the second."""
         key = f"{self.key_prefix}…" if self.key_prefix else "no key"
-        return f"{self.model or self.endpoint} · {key} · {timezone.localtime(self.started_at):%Y-%m-%d %H:%M:%S}"
+        parts = [self.endpoint, self.model, key, f"{timezone.localtime(self.started_at):%Y-%m-%d %H:%M:%S}"]
+        return " · ".join(part for part in parts if part)
 
     @property
     def total_tokens(self) -> int:

@@ -358,14 +358,14 @@ def test_the_usage_list_shows_each_request(admin_client):
     }
 
 
-def test_a_usage_record_is_titled_by_model_key_and_time(db):
+def test_a_usage_record_is_titled_by_endpoint_model_key_and_time(db):
     key = issue("alpha")
     started = datetime(2026, 12, 2, 9, 8, 7, 654321, tzinfo=timezone.get_current_timezone())
 
     with_key = record(key, model="llmserver-demo", started_at=started)
     without_model = record(None, model="", endpoint="/v1/models", started_at=started)
 
-    assert str(with_key) == f"llmserver-demo · {key.prefix}… · 2026-12-02 09:08:07"
+    assert str(with_key) == f"/v1/chat/completions · llmserver-demo · {key.prefix}… · 2026-12-02 09:08:07"
     assert str(without_model) == "/v1/models · no key · 2026-12-02 09:08:07"
 
 
@@ -376,7 +376,7 @@ def test_the_usage_record_page_shows_its_title_and_rounded_durations(admin_clien
 
     html = admin_client.get(f"{USAGE_URL}{row.pk}/change/").content.decode()
 
-    assert f"<h2>llmserver-demo · {key.prefix}… · {at_noon(0):%Y-%m-%d} 12:00:00</h2>" in html
+    assert f"<h2>/v1/chat/completions · llmserver-demo · {key.prefix}… · {at_noon(0):%Y-%m-%d} 12:00:00</h2>" in html
     assert re.search(r'<label>Duration:</label>\s*<div class="readonly">6.3 ms</div>', html)
     assert re.search(r'<label>Time to first token:</label>\s*<div class="readonly">2.2 ms</div>', html)
     assert re.search(r'<label>Request id:</label>\s*<div class="readonly">req-76</div>', html)
