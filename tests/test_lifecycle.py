@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from decimal import Decimal
 
 import pytest
 
@@ -176,6 +177,7 @@ LIMITS = [
     ({"requests_per_minute": 0}, 429, "requests_per_minute_limit"),
     ({"tokens_per_minute": 0}, 429, "tokens_per_minute_limit"),
     ({"token_budget": 0}, 429, "token_budget_exceeded"),
+    ({"cost_budget": Decimal(0)}, 429, "cost_budget_exceeded"),
     ({"max_concurrency": 0}, 429, "key_concurrency_limit"),
     ({"allowed_models": ["another-model"]}, 403, "model_not_allowed"),
 ]
