@@ -79,7 +79,7 @@ def RequestContextMiddleware(get_response):
             _log(request, response.status_code, started)
         elif isinstance(response, EventStream):  # says when it ends; sent without wrappers
             status = response.status_code
-            response.when_closed(lambda completed: _log(
+            response.when_ended(lambda completed: _log(
                 request, status, started, "stream ended" if completed else "client disconnected"))
         elif response.is_async:
             response.streaming_content = _logged_stream(request, response.streaming_content, response.status_code, started)

@@ -130,4 +130,5 @@ class APIHandler(ASGIHandler):
             async for data in events:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
         response.completed = True
+        response.ended()  # before the end reaches the client, as Django's wrappers logged it
         await send({"type": "http.response.body"})
