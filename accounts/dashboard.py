@@ -93,6 +93,15 @@ def key_label(name: str | None, prefix: str) -> str:
     return f"{prefix}… (deleted key)" if prefix else "(no key)"
 
 
+def selected(start: date, end: date, filters: dict[str, str] | None) -> tuple:
+    """(since, until, the filters given a value, the records they and the days select)."""
+    since, until = day_bounds(start, end)
+    chosen = {name: value for name, value in (filters or {}).items() if value}
+    records = UsageRecord.objects.filter(started_at__gte=since, started_at__lt=until,
+                                         **{FILTERS[name]: value for name, value in chosen.items()})
+    return since, until, chosen, records
+
+
 class Buckets:
     """The chart's time buckets for a range: days, or hours for a range of HOURLY_DAYS
     days or fewer."""
@@ -220,10 +229,7 @@ def keys_near_budget(now: datetime) -> list[dict]:
 def aggregates_csv(start: date, end: date, filters: dict[str, str]) -> HttpResponse:
     """The aggregates the dashboard charts, as CSV: per bucket (day, or hour for a short
     range), key and model, the requests, tokens, errors, 429s and cost."""
-    since, until = day_bounds(start, end)
-    chosen = {name: value for name, value in filters.items() if value}
-    records = UsageRecord.objects.filter(started_at__gte=since, started_at__lt=until,
-                                         **{FILTERS[name]: value for name, value in chosen.items()})
+    _, _, _, records = selected(start, end, filters)
     buckets = Buckets(start, end)
     rows = (buckets.annotate(records).values("bucket", "key_prefix", "api_key__name", "model")
             .annotate(requests=Count("pk"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"),
@@ -259,10 +265,7 @@ def totals(records) -> dict:
 def dashboard_context(start: date, end: date, filters: dict[str, str] | None = None) -> dict:
     """Everything the dashboard template shows for the days ``start`` to ``end``, of the
     records ``filters`` (names of FILTERS: values; empty values ignored) select."""
-    since, until = day_bounds(start, end)
-    chosen = {name: value for name, value in (filters or {}).items() if value}
-    records = UsageRecord.objects.filter(started_at__gte=since, started_at__lt=until,
-                                         **{FILTERS[name]: value for name, value in chosen.items()})
+    since, until, chosen, records = selected(start, end, filters)
     buckets = Buckets(start, end)
     x_labels = buckets.labels
     x_label = f"{buckets.name.capitalize()} ({timezone.get_current_timezone_name()})"

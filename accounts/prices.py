@@ -14,9 +14,8 @@ from decimal import Decimal
 from accounts.models import COST_PLACES, ModelPrice
 
 MILLION = Decimal(1_000_000)
-# UsageRecord.cost's decimal places; the counters sum costs as whole units of that size.
-_PLACES = COST_PLACES
-_QUANTUM = Decimal(1).scaleb(-_PLACES)
+# A cost's decimal places; the counters sum costs as whole units of that size.
+_QUANTUM = Decimal(1).scaleb(-COST_PLACES)
 
 Price = tuple[Decimal, Decimal]  # (prompt, completion) per million tokens
 
@@ -46,7 +45,7 @@ def record_cost(prices: dict[str, Price], record) -> Decimal | None:
 
 def units(amount: Decimal | None) -> int:
     """``amount`` (a cost, or a budget) in whole units of 1e-10: what the counters sum."""
-    return 0 if amount is None else int(amount.scaleb(_PLACES).to_integral_value())
+    return 0 if amount is None else int(amount.scaleb(COST_PLACES).to_integral_value())
 
 
 def follow_catalogue(prices: dict[str, Price]) -> None:
