@@ -162,11 +162,14 @@ def test_a_key_made_on_the_page_works_with_the_openai_sdk_until_revoked_there(se
 
 
 def test_the_page_in_a_browser_makes_copies_and_revokes_a_key(browser, server):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     def until(predicate):
-        return WebDriverWait(browser, 30, poll_frequency=0.05).until(lambda _: predicate())
+        # An element read while a form's post replaces the page can go stale: read again.
+        return WebDriverWait(browser, 30, poll_frequency=0.05,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(lambda _: predicate())
 
     user = make_user("browser")
     browser.delete_all_cookies()
