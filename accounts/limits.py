@@ -3,13 +3,17 @@ enforces one limit. Everything here runs on the accounting thread (accounts.book
 transactions on its connection (accounts.hotsql), the same on SQLite and PostgreSQL but
 for how the locks are taken.
 
-``admit_many()`` admits the requests that arrived together in one transaction that
-locks their keys' rows (and the deployment's ``global`` row): for each it checks the
-token budget, the cost budget, tokens and requests per minute, the key's concurrency and
-the deployment's concurrency, in that order, and only if all pass does it consume anything
-(a request counted this minute, a lease). A request refused by one limit therefore
-consumes no other. It first gives back the leases of this process's finished requests
-still waiting to be settled, and counts their tokens (accounts.books).
+A request counts against its key, the key's owner (if an admin gave them UserLimits) and
+the key's team (if it has one): its holders (``Holder``). ``admit_many()`` admits the
+requests that arrived together, in arrival order, in one transaction that locks their
+keys' rows, their owners' limits, their teams (and the deployment's ``global`` row): for
+each holder in that order it checks the token budget, the cost budget, tokens and
+requests per minute and concurrency, then the deployment's concurrency, and only if all
+pass does it consume anything (a request counted this minute for each holder with a
+per-minute limit, a lease). A request refused by one limit therefore consumes no other,
+and the tightest limit is the one that refuses. It first gives back the leases of this
+process's finished requests still waiting to be settled, and counts their tokens
+(accounts.books).
 
 A lease is a request in flight. Its process renews the leases of its requests still in
 flight every ``LEASE_RENEW_SECONDS`` (``renew_leases``, run by the accounting thread);
@@ -18,13 +22,16 @@ if the process dies (or loses track of a lease), they expire after at most
 that.
 
 Lock order, the same everywhere so that PostgreSQL never sees a deadlock: the keys' rows,
-then the ``global`` row, then counter rows, keys and counters in key id order. (Before
+then the owners' UserLimits rows, then the teams' rows (each in id order), then the
+``global`` row, then counter rows, in the order of (holder column, holder id, kind,
+start): admission writes its counters last, in that order, as settling does (before
 them, admission and settling delete this process's own leases, rows no other process
-locks.) Settling (accounts.settlement) takes no key or global lock. The key row is
-locked FOR NO KEY UPDATE: a plain FOR UPDATE would also block the KEY SHARE lock that
-inserting a usage record or counter takes on it through its foreign key, and a request
-settling (holding a counter row) and one being admitted (holding the key row, wanting
-that counter) would wait on each other. SQLite needs none of these: its IMMEDIATE
+locks). Settling (accounts.settlement) takes no key, user, team or global lock. Those
+rows are locked FOR NO KEY UPDATE: a plain FOR UPDATE would also block the KEY SHARE
+lock that inserting a usage record or counter takes on them through its foreign key, and
+a request settling (holding a counter row) and one being admitted (holding the key row,
+wanting that counter) would wait on each other. (Leases refer to users and teams without
+a constraint, so inserting one locks nothing.) SQLite needs none of these: its IMMEDIATE
 transactions take the whole database's write lock at BEGIN.
 """
 
@@ -35,6 +42,7 @@ import logging
 import os
 import socket
 import uuid
+from collections import defaultdict
 from collections.abc import Sequence
 from datetime import timedelta
 from decimal import Decimal
@@ -44,8 +52,8 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from accounts import hotsql
-from accounts.models import (LAST_USED_RESOLUTION, APIKey, Lease, LimitScope, UsageCounter, period_end,
-                             period_start)
+from accounts.models import (LAST_USED_RESOLUTION, APIKey, Lease, Limits, LimitScope, Team, UsageCounter,
+                             UserLimits, period_end, period_start)
 from accounts.prices import prices_of, record_cost, units
 from accounts.records import Admission, Settlement
 from accounts.refusals import UnknownKey, check_model_access, invalid_key, key_refusal, too_many
@@ -73,31 +81,80 @@ _KEY = APIKey._meta.db_table
 _LEASE = Lease._meta.db_table
 _COUNTER = UsageCounter._meta.db_table
 _SCOPE = LimitScope._meta.db_table
+_USER_LIMITS = UserLimits._meta.db_table
+_TEAM = Team._meta.db_table
 
 _sql = hotsql.run
 _at = hotsql.at
 
 
-def _counter_values(cursor, key_id: int, kind: str, starts_at) -> tuple[int, int, int]:
-    """(requests, tokens, cost units) of a key's counter, zeros if it has none yet."""
+class Holder(NamedTuple):
+    """One that a request counts against, with its limits (None: no such limit): the key,
+    the key's owner (if they have UserLimits) and the key's team (if it has one). Each
+    has counters (UsageCounter) and leases (Lease) in its ``column``."""
+
+    column: str  # "api_key_id", "user_id" or "team_id"
+    id: int
+    name: str  # the team's name (for a refusal's message)
+    max_concurrency: int | None
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    token_budget: int | None
+    cost_budget: Decimal | None
+    budget_period: str
+
+    @classmethod
+    def of_key(cls, key: APIKey) -> Holder:
+        return cls("api_key_id", key.pk, key.name, key.max_concurrency, key.requests_per_minute,
+                   key.tokens_per_minute, key.token_budget, key.cost_budget, key.budget_period)
+
+    @property
+    def per_minute_limited(self) -> bool:
+        """Whether its requests and tokens are counted per minute: only while it has a
+        per-minute limit (the counters serve nothing else), so a limit set in the middle
+        of a minute counts from that moment."""
+        return self.requests_per_minute is not None or self.tokens_per_minute is not None
+
+    def holds(self, key: APIKey) -> bool:
+        """Whether a request with ``key`` counts against this holder."""
+        return {"api_key_id": key.pk, "user_id": key.owner_id, "team_id": key.team_id}[self.column] == self.id
+
+
+# What each holder's refusals say and their codes, by holder column: (who, the codes of
+# token budget, cost budget, tokens per minute, requests per minute, concurrency).
+_KEY_REFUSALS = ("This API key", Code.TOKEN_BUDGET_EXCEEDED, Code.COST_BUDGET_EXCEEDED, Code.TOKENS_PER_MINUTE_LIMIT,
+                 Code.REQUESTS_PER_MINUTE_LIMIT, Code.KEY_CONCURRENCY_LIMIT)
+_USER_REFUSALS = ("Your account", Code.USER_TOKEN_BUDGET_EXCEEDED, Code.USER_COST_BUDGET_EXCEEDED,
+                  Code.USER_TOKENS_PER_MINUTE_LIMIT, Code.USER_REQUESTS_PER_MINUTE_LIMIT, Code.USER_CONCURRENCY_LIMIT)
+_TEAM_REFUSALS = ("Your team", Code.TEAM_TOKEN_BUDGET_EXCEEDED, Code.TEAM_COST_BUDGET_EXCEEDED,
+                  Code.TEAM_TOKENS_PER_MINUTE_LIMIT, Code.TEAM_REQUESTS_PER_MINUTE_LIMIT, Code.TEAM_CONCURRENCY_LIMIT)
+_REFUSALS = {"api_key_id": _KEY_REFUSALS, "user_id": _USER_REFUSALS, "team_id": _TEAM_REFUSALS}
+
+
+def _counter_values(cursor, holder: Holder, kind: str, starts_at) -> tuple[int, int, int]:
+    """(requests, tokens, cost units) of a holder's counter, zeros if it has none yet."""
     rows = _sql(cursor, f"SELECT requests, tokens, cost_units FROM {_COUNTER} "
-                        f"WHERE api_key_id = %s AND kind = %s AND starts_at = %s",
-                [key_id, kind, _at(starts_at)])
+                        f"WHERE {holder.column} = %s AND kind = %s AND starts_at = %s",
+                [holder.id, kind, _at(starts_at)])
     return rows[0] if rows else (0, 0, 0)
 
 
-def add_to_counter(cursor, key_id: int, kind: str, starts_at, *, requests: int = 0, tokens: int = 0,
+def add_to_counter(cursor, column: str, holder_id: int, kind: str, starts_at, *, requests: int = 0, tokens: int = 0,
                    cost_units: int = 0) -> None:
-    _sql(cursor, f"INSERT INTO {_COUNTER} (api_key_id, kind, starts_at, requests, tokens, cost_units) "
-                 f"VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (api_key_id, kind, starts_at) DO UPDATE SET "
+    """Add to the counter of the holder ``holder_id`` in ``column`` ("api_key_id",
+    "user_id", "team_id"), creating it if needed."""
+    _sql(cursor, f"INSERT INTO {_COUNTER} ({column}, kind, starts_at, requests, tokens, cost_units) "
+                 f"VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT ({column}, kind, starts_at) "
+                 f"WHERE {column} IS NOT NULL DO UPDATE SET "
                  f"requests = {_COUNTER}.requests + excluded.requests, tokens = {_COUNTER}.tokens + excluded.tokens, "
                  f"cost_units = {_COUNTER}.cost_units + excluded.cost_units",
-         [key_id, kind, _at(starts_at), requests, tokens, cost_units])
+         [holder_id, kind, _at(starts_at), requests, tokens, cost_units])
 
 
 class _KeyRow(NamedTuple):
     """A key's row as admission reads it: what may have changed since the key was looked
-    up, and whether its last_used_at is due to be written."""
+    up, whether its last_used_at is due to be written, and those it counts against
+    besides itself (its owner's limits, its team)."""
 
     hashed_secret: str
     is_active: bool
@@ -109,10 +166,14 @@ class _KeyRow(NamedTuple):
     token_budget: int | None
     cost_budget: object  # a Decimal (SQLite: a float or its text)
     budget_period: str
+    owner_id: int | None
+    team_id: int | None
     stale: bool
+    shared: tuple[Holder, ...]
 
 
-_KEY_STATE = _KeyRow._fields[:-1]  # the key's columns among them
+_KEY_STATE = _KeyRow._fields[:-2]  # the key's columns among them
+_LIMIT_COLUMNS = Limits.LIMITS  # a user's or a team's, in Holder's order
 
 
 def admit(key: APIKey | None, request_id: str, model_names: tuple[str, ...] = (), *,
@@ -166,20 +227,26 @@ def _admit_together(admissions: Sequence[Admission], settling: Sequence[Settleme
         if releasing:
             _sql(cursor, _delete_leases(len(releasing)), releasing)
         # Every key's row first, in id order (PostgreSQL: locked FOR NO KEY UPDATE), then
-        # the global row: the lock order everywhere (see the module docstring).
+        # its owner's limits and its team, then the global row: the lock order everywhere
+        # (see the module docstring).
         keys, in_flight = _read_keys(cursor, [a.key for a in admissions if a.key is not None], now)
         # in_flight: the deployment's requests in flight, counted once (PostgreSQL: below,
         # under the global row's lock; SQLite: with the keys, in the same statement).
         touched: set[int] = set()  # keys whose last_used_at this transaction wrote
+        # Requests counted this minute by this transaction, by counter; written at the
+        # end, in the order settling writes counters in (accounts.settlement).
+        counted: dict[tuple, int] = defaultdict(int)
         results = [None] * len(admissions)
-        for index in sorted(range(len(admissions)), key=lambda i: _key_id(admissions[i].key)):  # counters in key order
-            key, request_id, model_names = admissions[index]
+        for index, (key, request_id, model_names) in enumerate(admissions):  # in arrival order
+            holders: tuple[Holder, ...] = ()
             try:
                 if key is not None:
                     _refresh_key(key, keys.get(key.pk))
                     if model_names:  # the model's id and aliases
                         check_model_access(key, *model_names)
-                    _check_key_limits(cursor, key, now, settling)
+                    holders = (Holder.of_key(key), *key.shared_holders)
+                    for holder in holders:  # the key's limits, then its owner's, then its team's
+                        _check_limits(cursor, holder, now, settling, counted)
                 if in_flight is None:
                     in_flight = _deployment_in_flight(cursor, now)
                 _check_deployment_limit(in_flight)
@@ -187,18 +254,21 @@ def _admit_together(admissions: Sequence[Admission], settling: Sequence[Settleme
                 results[index] = refusal
                 continue
             # Admitted: only now anything is written, so a refusal above wrote nothing.
-            if key is not None:
-                if keys[key.pk].stale and key.pk not in touched:
-                    _sql(cursor, f"UPDATE {_KEY} SET last_used_at = %s WHERE id = %s", [_at(now), key.pk])
-                    touched.add(key.pk)
-                if per_minute_limited(key):
-                    add_to_counter(cursor, key.pk, UsageCounter.Kind.MINUTE, minute_of(now), requests=1)
+            if key is not None and keys[key.pk].stale and key.pk not in touched:
+                _sql(cursor, f"UPDATE {_KEY} SET last_used_at = %s WHERE id = %s", [_at(now), key.pk])
+                touched.add(key.pk)
+            for holder in holders:
+                if holder.per_minute_limited:
+                    counted[(holder.column, holder.id, UsageCounter.Kind.MINUTE, minute_of(now))] += 1
             expires = now + timedelta(seconds=settings.LEASE_TTL_SECONDS)
-            lease_id = hotsql.insert(cursor, f"INSERT INTO {_LEASE} (api_key_id, request_id, holder, acquired_at, "
-                                             f"expires_at) VALUES (%s, %s, %s, %s, %s)",
-                                     [key.pk if key else None, request_id, PROCESS_ID, _at(now), _at(expires)])
+            lease_id = hotsql.insert(cursor, f"INSERT INTO {_LEASE} (api_key_id, user_id, team_id, request_id, holder, "
+                                             f"acquired_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                                     [key.pk if key else None, key.owner_id if key else None,
+                                      key.team_id if key else None, request_id, PROCESS_ID, _at(now), _at(expires)])
             in_flight += 1
             results[index] = lease_id
+        for (column, holder_id, kind, starts_at), requests in sorted(counted.items()):
+            add_to_counter(cursor, column, holder_id, kind, starts_at, requests=requests)
     _held.difference_update(releasing)
     for s in settling:
         s.lease_id = None
@@ -206,36 +276,59 @@ def _admit_together(admissions: Sequence[Admission], settling: Sequence[Settleme
     return results
 
 
-def _key_id(key: APIKey | None) -> int:
-    return key.pk if key is not None else 0
-
-
 def _read_keys(cursor, keys: list[APIKey], now) -> tuple[dict[int, _KeyRow], int | None]:
-    """The current state of the keys' rows by id; and on SQLite the deployment's requests
-    in flight (None on PostgreSQL, where they are counted after the global row is
-    locked).
+    """The current state of the keys' rows by id, with the limits of their owners and
+    teams; and on SQLite the deployment's requests in flight (None on PostgreSQL, where
+    they are counted after the global row is locked).
 
-    One statement for both on SQLite: each statement step gives up the GIL, and winning
-    it back from a busy event loop costs that loop a forced switch."""
+    One statement for all on SQLite: each statement step gives up the GIL, and winning
+    it back from a busy event loop costs that loop a forced switch. On PostgreSQL the
+    owners' limits and the teams are then locked, in that order, each in id order."""
     if not keys:
         return {}, None
     ids = sorted({key.pk for key in keys})
     postgres = hotsql.postgresql()
-    lock = " FOR NO KEY UPDATE" if postgres else ""
+    lock = " FOR NO KEY UPDATE OF k" if postgres else ""
     count = "NULL" if postgres else f"(SELECT COUNT(*) FROM {_LEASE} WHERE expires_at > %s)"
-    rows = _sql(cursor, f"SELECT {count}, id, {', '.join(_KEY_STATE)}, "
-                        f"(last_used_at IS NULL OR last_used_at < %s) FROM {_KEY} "
-                        f"WHERE id IN ({', '.join(['%s'] * len(ids))}) ORDER BY id{lock}",
+    limits = ", ".join(f"{table}.{column}" for table in ("u", "t") for column in _LIMIT_COLUMNS)
+    rows = _sql(cursor, f"SELECT {count}, k.id, {', '.join('k.' + c for c in _KEY_STATE)}, "
+                        f"(k.last_used_at IS NULL OR k.last_used_at < %s), u.id, t.name, {limits} "
+                        f"FROM {_KEY} k LEFT JOIN {_USER_LIMITS} u ON u.user_id = k.owner_id "
+                        f"LEFT JOIN {_TEAM} t ON t.id = k.team_id "
+                        f"WHERE k.id IN ({', '.join(['%s'] * len(ids))}) ORDER BY k.id{lock}",
                 [*([] if postgres else [_at(now)]), _at(now - LAST_USED_RESOLUTION), *ids])
     in_flight = rows[0][0] if rows else None
-    return {row[1]: _KeyRow(*row[2:-1], stale=bool(row[-1])) for row in rows}, in_flight
+    width = len(_KEY_STATE)
+    found = {}
+    for row in rows:
+        state, stale, user_limits_id, team_name = row[2:2 + width], row[2 + width], row[3 + width], row[4 + width]
+        user_limits, team_limits = row[5 + width:5 + width + 6], row[11 + width:]
+        owner_id, team_id = state[-2], state[-1]
+        shared = []
+        if user_limits_id is not None:
+            shared.append(Holder("user_id", owner_id, "", *_limit_values(user_limits)))
+        if team_id is not None:
+            shared.append(Holder("team_id", team_id, team_name, *_limit_values(team_limits)))
+        found[row[1]] = _KeyRow(*state, stale=bool(stale), shared=tuple(shared))
+    if postgres:
+        _lock_rows(cursor, _USER_LIMITS, "user_id", {h.id for r in found.values() for h in r.shared if h.column == "user_id"})
+        _lock_rows(cursor, _TEAM, "id", {h.id for r in found.values() for h in r.shared if h.column == "team_id"})
+    return found, in_flight
 
 
-def per_minute_limited(key: APIKey) -> bool:
-    """Whether the key's requests and tokens are counted per minute: only while it has a
-    per-minute limit (the counters serve nothing else), so a limit set in the middle of
-    a minute counts from that moment."""
-    return key.requests_per_minute is not None or key.tokens_per_minute is not None
+def _lock_rows(cursor, table: str, column: str, ids: set[int]) -> None:
+    """PostgreSQL: lock the rows (FOR NO KEY UPDATE, in id order) whose counts admission
+    reads, so that two processes admitting for one user or team take turns."""
+    if ids:
+        _sql(cursor, f"SELECT id FROM {table} WHERE {column} IN ({', '.join(['%s'] * len(ids))}) "
+                     f"ORDER BY {column} FOR NO KEY UPDATE", sorted(ids))
+
+
+def _limit_values(values) -> tuple:
+    """A user's or team's limit columns as Holder takes them (SQLite: a cost budget as a
+    float or text)."""
+    *counts, cost_budget, period = values
+    return (*counts, None if cost_budget is None else _decimal(cost_budget), period)
 
 
 def _refresh_key(key: APIKey, row: _KeyRow | None) -> None:
@@ -259,6 +352,9 @@ def _refresh_key(key: APIKey, row: _KeyRow | None) -> None:
     key.token_budget = row.token_budget
     key.cost_budget = None if row.cost_budget is None else _decimal(row.cost_budget)
     key.budget_period = row.budget_period
+    key.owner_id = row.owner_id
+    key.team_id = row.team_id
+    key.shared_holders = row.shared
     refusal = key_refusal(key)
     if refusal is not None:
         raise refusal
@@ -269,64 +365,65 @@ def _decimal(value) -> Decimal:
     return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
-def _unsettled_tokens(settling: Sequence[Settlement], key_id: int, bucket, now) -> int:
-    """Tokens of ``key_id``'s finished requests not yet on its counters, in the bucket
+def _unsettled_tokens(settling: Sequence[Settlement], holder: Holder, bucket, now) -> int:
+    """Tokens of ``holder``'s finished requests not yet on its counters, in the bucket
     (a function of a moment: its minute, its budget period) that ``now`` is in."""
     current = bucket(now)
-    return sum(s.tokens for s in settling if s.key is not None and s.key.pk == key_id and bucket(s.finished_at) == current)
+    return sum(s.tokens for s in settling if s.key is not None and holder.holds(s.key) and bucket(s.finished_at) == current)
 
 
-def _unsettled_cost_units(settling: Sequence[Settlement], key_id: int, period: str, now) -> int:
-    """The cost, in units, of ``key_id``'s finished requests not yet on its counters, in
+def _unsettled_cost_units(settling: Sequence[Settlement], holder: Holder, now) -> int:
+    """The cost, in units, of ``holder``'s finished requests not yet on its counters, in
     the budget period ``now`` is in, at the prices they will be settled at."""
-    current = period_start(period, now)
-    records = [s.record for s in settling if s.key is not None and s.key.pk == key_id and s.record is not None
-               and period_start(period, s.finished_at) == current]
+    current = period_start(holder.budget_period, now)
+    records = [s.record for s in settling if s.key is not None and holder.holds(s.key) and s.record is not None
+               and period_start(holder.budget_period, s.finished_at) == current]
     if not records:
         return 0
     prices = prices_of({record.model for record in records})
     return sum(units(record_cost(prices, record)) for record in records)
 
 
-def _check_key_limits(cursor, key: APIKey, now, settling: Sequence[Settlement]) -> None:
-    """Raise 429 if ``key`` (its limits as just read) may not start a request ``now``:
+def _check_limits(cursor, holder: Holder, now, settling: Sequence[Settlement], counted: dict[tuple, int]) -> None:
+    """Raise 429 if ``holder`` (its limits as just read) may not start a request ``now``:
     token budget, cost budget, tokens per minute, requests per minute, concurrency, in
-    that order."""
-    budget, cost_budget, period = key.token_budget, key.cost_budget, key.budget_period
-    tpm, rpm = key.tokens_per_minute, key.requests_per_minute
+    that order. ``counted``: requests this transaction admitted, not yet on counters."""
+    budget, cost_budget, period = holder.token_budget, holder.cost_budget, holder.budget_period
+    tpm, rpm = holder.tokens_per_minute, holder.requests_per_minute
+    who, budget_code, cost_code, tpm_code, rpm_code, concurrency_code = _REFUSALS[holder.column]
+    if holder.column == "team_id":
+        who = f"{who} {holder.name}"
     if budget is not None or cost_budget is not None:
-        _, used, cost_used = _counter_values(cursor, key.pk, UsageCounter.Kind.PERIOD, period_start(period, now))
+        _, used, cost_used = _counter_values(cursor, holder, UsageCounter.Kind.PERIOD, period_start(period, now))
         until_next_period = (period_end(period, now) - now).total_seconds()
         if budget is not None:
             if settling:
-                used += _unsettled_tokens(settling, key.pk, lambda moment: period_start(period, moment), now)
+                used += _unsettled_tokens(settling, holder, lambda moment: period_start(period, moment), now)
             if used >= budget:
-                raise too_many(f"This API key has used its budget of {budget} tokens per {period}.",
-                               "token_budget_exceeded", until_next_period)
+                raise too_many(f"{who} has used its budget of {budget} tokens per {period}.",
+                               budget_code, until_next_period)
         if cost_budget is not None:
             if settling:
-                cost_used += _unsettled_cost_units(settling, key.pk, period, now)
+                cost_used += _unsettled_cost_units(settling, holder, now)
             if cost_used >= units(cost_budget):
-                raise too_many(f"This API key has used its budget of {cost_budget.normalize():f} "
-                               f"{settings.COST_CURRENCY} per {period}.", Code.COST_BUDGET_EXCEEDED, until_next_period)
+                raise too_many(f"{who} has used its budget of {cost_budget.normalize():f} "
+                               f"{settings.COST_CURRENCY} per {period}.", cost_code, until_next_period)
     minute_start = minute_of(now)
     to_next_minute = 60 - (now - minute_start).total_seconds()
     if tpm is not None or rpm is not None:
-        requests, tokens, _ = _counter_values(cursor, key.pk, UsageCounter.Kind.MINUTE, minute_start)
+        requests, tokens, _ = _counter_values(cursor, holder, UsageCounter.Kind.MINUTE, minute_start)
+        requests += counted.get((holder.column, holder.id, UsageCounter.Kind.MINUTE, minute_start), 0)
         if settling and tpm is not None:
-            tokens += _unsettled_tokens(settling, key.pk, minute_of, now)
+            tokens += _unsettled_tokens(settling, holder, minute_of, now)
         if tpm is not None and tokens >= tpm:
-            raise too_many(f"This API key has reached its limit of {tpm} tokens per minute.",
-                           "tokens_per_minute_limit", to_next_minute)
+            raise too_many(f"{who} has reached its limit of {tpm} tokens per minute.", tpm_code, to_next_minute)
         if rpm is not None and requests >= rpm:
-            raise too_many(f"This API key has reached its limit of {rpm} requests per minute.",
-                           "requests_per_minute_limit", to_next_minute)
-    if key.max_concurrency is not None:
-        in_flight = _sql(cursor, f"SELECT COUNT(*) FROM {_LEASE} WHERE api_key_id = %s AND expires_at > %s",
-                         [key.pk, _at(now)])[0][0]
-        if in_flight >= key.max_concurrency:
-            raise too_many(f"This API key already has {in_flight} requests in flight, its limit.",
-                           "key_concurrency_limit", 1)
+            raise too_many(f"{who} has reached its limit of {rpm} requests per minute.", rpm_code, to_next_minute)
+    if holder.max_concurrency is not None:
+        in_flight = _sql(cursor, f"SELECT COUNT(*) FROM {_LEASE} WHERE {holder.column} = %s AND expires_at > %s",
+                         [holder.id, _at(now)])[0][0]
+        if in_flight >= holder.max_concurrency:
+            raise too_many(f"{who} already has {in_flight} requests in flight, its limit.", concurrency_code, 1)
 
 
 _global_scope_exists = False
@@ -352,7 +449,7 @@ def _check_deployment_limit(in_flight: int) -> None:
     if in_flight >= settings.MAX_CONCURRENT_REQUESTS:
         raise too_many(
             f"The server is at its limit of {settings.MAX_CONCURRENT_REQUESTS} concurrent requests; retry shortly.",
-            "server_concurrency_limit", 1,
+            Code.SERVER_CONCURRENCY_LIMIT, 1,
         )
 
 

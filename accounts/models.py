@@ -64,6 +64,71 @@ class KeyKind(models.TextChoices):
     CHAT = "chat", "Chat page"
 
 
+class Limits(models.Model):
+    """The limits a team or a user holds across all their keys (an API key holds the same
+    ones of its own): every request of theirs counts against each, and the tightest wins
+    (accounts.limits). Empty = no such limit."""
+
+    max_concurrency = models.PositiveIntegerField(null=True, blank=True, help_text="Requests in flight at once.")
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    token_budget = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens (prompt + completion) per budget period.")
+    cost_budget = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True,
+                                      help_text="In COST_CURRENCY, at the models' prices, per budget period.")
+    budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH)
+
+    LIMITS = ("max_concurrency", "requests_per_minute", "tokens_per_minute", "token_budget", "cost_budget",
+              "budget_period")
+
+    class Meta:
+        abstract = True
+
+
+class Team(Limits):
+    """People who share limits and a budget: each request of a key that belongs to the
+    team counts against the team's limits as well as the key's and its owner's. Its
+    members' keys get the team's key allowance (KeyAllowance with this team) unless a
+    member has one of their own. Team leads see the team's usage on their API keys page."""
+
+    name = models.CharField(max_length=100, unique=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="TeamMembership", related_name="teams",
+                                     blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TeamMembership(models.Model):
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="team_memberships")
+    is_lead = models.BooleanField("team lead", default=False,
+                                  help_text="Sees the team's usage and budget on the API keys page.")
+
+    class Meta:
+        verbose_name = "member"
+        constraints = [models.UniqueConstraint(fields=["team", "user"], name="one_membership_per_team")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.team}"
+
+
+class UserLimits(Limits):
+    """A user's limits across all their keys (their chat key included)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="limits")
+
+    class Meta:
+        verbose_name = verbose_name_plural = "limits across the user's keys"
+
+    def __str__(self) -> str:
+        return f"Limits of {self.user}"
+
+
 class APIKeyQuerySet(models.QuerySet):
     def usable(self):
         now = clock.now()
@@ -93,6 +158,8 @@ class APIKey(models.Model):
     name = models.CharField(max_length=100)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                               related_name="api_keys")
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="keys",
+                             help_text="Its requests count against the team's limits too; the owner should be a member.")
     kind = models.CharField(max_length=8, choices=KeyKind.choices, default=KeyKind.API, editable=False,
                             help_text="Chat-page keys are created for each user by the chat page.")
     prefix = models.CharField(max_length=VISIBLE_PREFIX_LENGTH, editable=False,
@@ -120,6 +187,10 @@ class APIKey(models.Model):
     budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH)
 
     objects = APIKeyQuerySet.as_manager()
+
+    # Those besides the key that its requests count against (its owner's limits, its
+    # team: accounts.limits.Holder), as its last admission read them.
+    shared_holders: tuple = ()
 
     class Meta:
         verbose_name = "API key"
@@ -167,11 +238,16 @@ class APIKey(models.Model):
 
 class KeyAllowance(models.Model):
     """What a user may make on the API keys page (accounts.self_service): how many keys
-    they may hold at once, and the limits each key they make gets. A user without a row
-    may hold ``SELF_SERVICE_MAX_KEYS`` keys, each without limits of its own (the
-    deployment's still apply); the models are those their chat key may use."""
+    they may hold at once, and the limits each key they make gets. A row belongs to a user
+    or to a team: a team's is the default for its members' keys (a key made for the team,
+    on the page or in the admin), a user's own row comes before it. Without either a user
+    may hold ``SELF_SERVICE_MAX_KEYS`` keys, each without limits of its own (their own,
+    their team's and the deployment's still apply); the models are those their chat key
+    may use."""
 
-    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="key_allowance")
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+                                related_name="key_allowance")
+    team = models.OneToOneField(Team, null=True, blank=True, on_delete=models.CASCADE, related_name="key_allowance")
     max_keys = models.PositiveIntegerField(default=5, help_text="Active keys the user may hold at once; 0 = none.")
     max_concurrency = models.PositiveIntegerField(null=True, blank=True, help_text="Empty = no per-key limit.")
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True, help_text="Empty = unlimited.")
@@ -182,22 +258,28 @@ class KeyAllowance(models.Model):
     budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH)
 
     # The limits a key made on the page copies from here.
-    LIMITS = ("max_concurrency", "requests_per_minute", "tokens_per_minute", "token_budget", "cost_budget",
-              "budget_period")
+    LIMITS = Limits.LIMITS
 
     class Meta:
         verbose_name = "self-service key allowance"
+        constraints = [models.CheckConstraint(
+            condition=models.Q(user__isnull=False, team__isnull=True) | models.Q(user__isnull=True, team__isnull=False),
+            name="allowance_of_a_user_or_a_team")]
 
     def __str__(self) -> str:
-        return f"Allowance of {self.user}"
+        return f"Allowance of {self.user or self.team}"
 
     @classmethod
-    def of(cls, user) -> KeyAllowance:
-        """The user's allowance; the default one (not saved) if an admin set none."""
-        try:
-            return cls.objects.get(user=user)
-        except cls.DoesNotExist:
-            return cls(user=user, max_keys=settings.SELF_SERVICE_MAX_KEYS)
+    def of(cls, user, team: Team | None = None) -> KeyAllowance:
+        """The allowance for ``user``'s keys (for ``team``): the user's own, else the
+        team's, else the default one (not saved)."""
+        rows = {(row.user_id is not None): row for row in cls.objects.filter(
+            models.Q(user=user) | models.Q(team=team) if team is not None else models.Q(user=user))}
+        return rows.get(True) or rows.get(False) or cls(user=user, max_keys=settings.SELF_SERVICE_MAX_KEYS)
+
+    def key_limits(self) -> dict:
+        """The limits a key made under this allowance gets."""
+        return {field: getattr(self, field) for field in self.LIMITS}
 
 
 class LimitScope(models.Model):
@@ -219,27 +301,37 @@ class Lease(models.Model):
     while the request runs; a lease whose process died expires and stops counting."""
 
     api_key = models.ForeignKey(APIKey, null=True, on_delete=models.CASCADE, related_name="leases")
+    # The key's owner and team when it was admitted, counted by their limits. No foreign
+    # key constraint: inserting a lease takes no lock on their rows, and a lease outlives
+    # neither (LEASE_TTL_SECONDS).
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.DO_NOTHING, db_constraint=False,
+                             related_name="+")
+    team = models.ForeignKey(Team, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
     request_id = models.CharField(max_length=128)
     holder = models.CharField(max_length=64, db_index=True, help_text="The server process holding it.")
     acquired_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField(db_index=True)
 
     class Meta:
-        indexes = [models.Index(fields=["api_key", "expires_at"])]
+        indexes = [models.Index(fields=["api_key", "expires_at"]), models.Index(fields=["user", "expires_at"]),
+                   models.Index(fields=["team", "expires_at"])]
 
     def __str__(self) -> str:
         return f"{self.request_id} · {self.holder}"
 
 
 class UsageCounter(models.Model):
-    """Requests and tokens of one key in one time bucket (a minute, or a budget period),
-    kept as running sums so that limits never scan the usage records."""
+    """Requests and tokens of one key, user or team (its holder: exactly one of the three)
+    in one time bucket (a minute, or a budget period), kept as running sums so that
+    limits never scan the usage records."""
 
     class Kind(models.TextChoices):
         MINUTE = "minute"
         PERIOD = "period"
 
-    api_key = models.ForeignKey(APIKey, on_delete=models.CASCADE, related_name="counters")
+    api_key = models.ForeignKey(APIKey, null=True, on_delete=models.CASCADE, related_name="counters")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.CASCADE, related_name="+")
+    team = models.ForeignKey(Team, null=True, on_delete=models.CASCADE, related_name="counters")
     kind = models.CharField(max_length=8, choices=Kind.choices)
     starts_at = models.DateTimeField()
     requests = models.PositiveIntegerField(default=0)
@@ -248,23 +340,38 @@ class UsageCounter(models.Model):
     # places): an integer, so that sums are exact on every database.
     cost_units = models.PositiveBigIntegerField(default=0)
 
+    # The holders' columns; a counter's upsert names its holder's (accounts.limits).
+    HOLDERS = ("api_key", "user", "team")
+
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["api_key", "kind", "starts_at"], name="one_counter_per_bucket")]
+        constraints = [
+            *(models.UniqueConstraint(fields=[holder, "kind", "starts_at"], condition=models.Q(**{f"{holder}__isnull": False}),
+                                      name=f"one_{holder}_counter_per_bucket") for holder in ("api_key", "user", "team")),
+            models.CheckConstraint(condition=models.Q(api_key__isnull=False, user__isnull=True, team__isnull=True)
+                                   | models.Q(api_key__isnull=True, user__isnull=False, team__isnull=True)
+                                   | models.Q(api_key__isnull=True, user__isnull=True, team__isnull=False),
+                                   name="counter_of_one_holder"),
+        ]
 
     def __str__(self) -> str:
-        return f"key {self.api_key_id} · {self.kind} from {timezone.localtime(self.starts_at):%Y-%m-%d %H:%M}"
+        holder = (f"key {self.api_key_id}" if self.api_key_id else f"user {self.user_id}" if self.user_id
+                  else f"team {self.team_id}")
+        return f"{holder} · {self.kind} from {timezone.localtime(self.starts_at):%Y-%m-%d %H:%M}"
 
     @property
     def cost(self) -> Decimal:
         return Decimal(self.cost_units).scaleb(-COST_PLACES)
 
     @classmethod
-    def current_periods(cls, keys, now) -> dict[int, UsageCounter]:
-        """Each key's counter of its current budget period, by key id (none yet: absent)."""
+    def current_periods(cls, holders, now, holder: str = "api_key") -> dict[int, UsageCounter]:
+        """Each holder's counter of its current budget period, by the holder's id (none
+        yet: absent). ``holders``: keys or teams (with ``holder`` "team"); for users,
+        their UserLimits (with ``holder`` "user")."""
         buckets = models.Q(pk__in=[])
-        for key in keys:
-            buckets |= models.Q(api_key=key, starts_at=period_start(key.budget_period, now))
-        return {c.api_key_id: c for c in cls.objects.filter(buckets, kind=cls.Kind.PERIOD)}
+        for item in holders:
+            holder_id = item.user_id if holder == "user" else item.pk
+            buckets |= models.Q(**{f"{holder}_id": holder_id}, starts_at=period_start(item.budget_period, now))
+        return {getattr(c, f"{holder}_id"): c for c in cls.objects.filter(buckets, kind=cls.Kind.PERIOD)}
 
 
 class ModelPrice(models.Model):

@@ -1,5 +1,6 @@
 """Settlement: finished requests written to the database, several in one transaction:
-their leases given back, their tokens added to their keys' counters, their usage records
+their leases given back, their tokens added to the counters of their keys (and of the
+keys' owners with limits, and teams), their usage records
 inserted. Runs on the accounting thread (accounts.books), on its connection's driver
 cursor (accounts.hotsql); takes no key or global lock (accounts.limits, lock order).
 """
@@ -9,11 +10,12 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 
+from django.contrib.auth import get_user_model
 from django.db import DataError, IntegrityError, connection, models
 
 from accounts import hotsql
-from accounts.limits import add_to_counter, minute_of, per_minute_limited, release_leases
-from accounts.models import APIKey, UsageCounter, UsageRecord, period_start
+from accounts.limits import Holder, add_to_counter, minute_of, release_leases
+from accounts.models import APIKey, Team, UsageCounter, UsageRecord, period_start
 from accounts.prices import prices_of, record_cost, units
 from accounts.records import USAGE_FIELDS, Settlement, UsageRow
 
@@ -67,6 +69,15 @@ def _forget_deleted_keys(settlements: list[Settlement]) -> None:
             s.key = None
             if s.record is not None:
                 s.record = s.record._replace(api_key_id=None)
+    # A team or user deleted meanwhile: their counters went with them.
+    shared = {(h.column, h.id) for s in settlements if s.key is not None for h in s.key.shared_holders}
+    existing = {("team_id", pk) for pk in Team.objects.filter(pk__in=[i for c, i in shared if c == "team_id"])
+                .values_list("pk", flat=True)}
+    existing |= {("user_id", pk) for pk in get_user_model().objects.filter(
+        pk__in=[i for c, i in shared if c == "user_id"]).values_list("pk", flat=True)}
+    for s in settlements:
+        if s.key is not None and s.key.shared_holders:
+            s.key.shared_holders = tuple(h for h in s.key.shared_holders if (h.column, h.id) in existing)
 
 
 def _write_usage(cursor, settlements: list[Settlement]) -> None:
@@ -75,18 +86,21 @@ def _write_usage(cursor, settlements: list[Settlement]) -> None:
     for s in settlements:
         if s.record is not None:
             s.record = s.record._replace(cost=record_cost(prices, s.record))
-    sums: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])  # bucket -> [tokens, cost units]
+    sums: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])  # counter -> [tokens, cost units]
     for s in settlements:
         cost_units = units(s.record.cost) if s.record is not None else 0
         if s.key is not None and (s.tokens or cost_units):
-            if per_minute_limited(s.key):
-                sums[(s.key.pk, UsageCounter.Kind.MINUTE, minute_of(s.finished_at))][0] += s.tokens
-            period = sums[(s.key.pk, UsageCounter.Kind.PERIOD, period_start(s.key.budget_period, s.finished_at))]
-            period[0] += s.tokens
-            period[1] += cost_units
-    # In one order everywhere, so that two processes settling never deadlock.
-    for (key_pk, kind, starts_at), (tokens, cost_units) in sorted(sums.items()):
-        add_to_counter(cursor, key_pk, kind, starts_at, tokens=tokens, cost_units=cost_units)
+            # The key's counters, and those of its owner (with limits) and its team.
+            for holder in (Holder.of_key(s.key), *s.key.shared_holders):
+                if holder.per_minute_limited:
+                    sums[(holder.column, holder.id, UsageCounter.Kind.MINUTE, minute_of(s.finished_at))][0] += s.tokens
+                period = sums[(holder.column, holder.id, UsageCounter.Kind.PERIOD,
+                               period_start(holder.budget_period, s.finished_at))]
+                period[0] += s.tokens
+                period[1] += cost_units
+    # In one order everywhere (admission's too), so that two processes never deadlock.
+    for (column, holder_id, kind, starts_at), (tokens, cost_units) in sorted(sums.items()):
+        add_to_counter(cursor, column, holder_id, kind, starts_at, tokens=tokens, cost_units=cost_units)
     rows = [_row_values(s.record) for s in settlements if s.record is not None]
     if rows:
         # One multi-row INSERT, not bulk_create (the ORM's cost per record was most of

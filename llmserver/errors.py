@@ -61,6 +61,19 @@ class Code(StrEnum):
     TOKEN_BUDGET_EXCEEDED = "token_budget_exceeded"
     COST_BUDGET_EXCEEDED = "cost_budget_exceeded"
     KEY_CONCURRENCY_LIMIT = "key_concurrency_limit"
+    # ...of the key's owner, across their keys (accounts.models.UserLimits)...
+    USER_REQUESTS_PER_MINUTE_LIMIT = "user_requests_per_minute_limit"
+    USER_TOKENS_PER_MINUTE_LIMIT = "user_tokens_per_minute_limit"
+    USER_TOKEN_BUDGET_EXCEEDED = "user_token_budget_exceeded"
+    USER_COST_BUDGET_EXCEEDED = "user_cost_budget_exceeded"
+    USER_CONCURRENCY_LIMIT = "user_concurrency_limit"
+    # ...of the key's team, across its members' keys (accounts.models.Team)...
+    TEAM_REQUESTS_PER_MINUTE_LIMIT = "team_requests_per_minute_limit"
+    TEAM_TOKENS_PER_MINUTE_LIMIT = "team_tokens_per_minute_limit"
+    TEAM_TOKEN_BUDGET_EXCEEDED = "team_token_budget_exceeded"
+    TEAM_COST_BUDGET_EXCEEDED = "team_cost_budget_exceeded"
+    TEAM_CONCURRENCY_LIMIT = "team_concurrency_limit"
+    # ...and of the deployment.
     SERVER_CONCURRENCY_LIMIT = "server_concurrency_limit"
     # Models and the engine.
     MODEL_BUSY = "model_busy"
@@ -282,6 +295,46 @@ class CostBudgetExceeded(APIError):
 
 class KeyConcurrencyLimit(APIError):
     status, code = 429, Code.KEY_CONCURRENCY_LIMIT
+
+
+class UserRequestsPerMinuteLimit(APIError):
+    status, code = 429, Code.USER_REQUESTS_PER_MINUTE_LIMIT
+
+
+class UserTokensPerMinuteLimit(APIError):
+    status, code = 429, Code.USER_TOKENS_PER_MINUTE_LIMIT
+
+
+class UserTokenBudgetExceeded(APIError):
+    status, code = 429, Code.USER_TOKEN_BUDGET_EXCEEDED
+
+
+class UserCostBudgetExceeded(APIError):
+    status, code = 429, Code.USER_COST_BUDGET_EXCEEDED
+
+
+class UserConcurrencyLimit(APIError):
+    status, code = 429, Code.USER_CONCURRENCY_LIMIT
+
+
+class TeamRequestsPerMinuteLimit(APIError):
+    status, code = 429, Code.TEAM_REQUESTS_PER_MINUTE_LIMIT
+
+
+class TeamTokensPerMinuteLimit(APIError):
+    status, code = 429, Code.TEAM_TOKENS_PER_MINUTE_LIMIT
+
+
+class TeamTokenBudgetExceeded(APIError):
+    status, code = 429, Code.TEAM_TOKEN_BUDGET_EXCEEDED
+
+
+class TeamCostBudgetExceeded(APIError):
+    status, code = 429, Code.TEAM_COST_BUDGET_EXCEEDED
+
+
+class TeamConcurrencyLimit(APIError):
+    status, code = 429, Code.TEAM_CONCURRENCY_LIMIT
 
 
 class ServerConcurrencyLimit(APIError):
