@@ -133,3 +133,42 @@ def test_a_probe_of_many_clients_on_both_processes_never_sees_more_than_the_limi
     assert max(seen["leases"]) == limit, seen  # reached, never passed (samples by count in flight)
     assert seen["leases"][limit] >= 10, seen  # ...and held at it while the clients pushed
     assert seen[200] >= 10 and seen[429] >= 10, seen
+
+
+def test_a_team_budget_and_a_users_concurrency_hold_across_two_processes(tmp_path, live_db):
+    """What one process counts for a team or a user, the other refuses by: a team's token
+    budget spent through the first refuses another member's key on the second, and a
+    user limited to one request in flight across their keys has one, whichever process."""
+    from accounts.models import Team, TeamMembership, UsageCounter, UserLimits
+
+    alice, bob = make_user("team-alice"), make_user("team-bob")
+    team = Team.objects.create(name=f"two-processes-{alice.username}", token_budget=10, budget_period="month")
+    for user in (alice, bob):
+        TeamMembership.objects.create(team=team, user=user)
+    UserLimits.objects.create(user=bob, max_concurrency=1)
+    _, alices = issue_key(name="team-alice", owner=alice, team=team)
+    _, bobs = issue_key(name="team-bob", owner=bob, team=team)
+    _, bobs_other = issue_key(name="team-bob-own", owner=bob)
+    first = start_server(tmp_path, ENGINE_STEP_DELAY_MS=5)
+    second = start_server(tmp_path, ENGINE_STEP_DELAY_MS=5)
+    try:
+        answered = httpx.post(f"{first.base_url}/v1/chat/completions", json=HELLO, headers=bearer(alices))
+        used = answered.json()["usage"]["total_tokens"]
+        assert used > 10
+        wait_for(lambda: UsageCounter.objects.filter(team=team, kind="period", tokens=used).exists(), timeout=10)
+        refused = httpx.post(f"{second.base_url}/v1/chat/completions", json=HELLO, headers=bearer(bobs))
+        assert (refused.status_code, refused.json()["error"]["code"], refused.json()["error"]["message"]) == (
+            429, "team_token_budget_exceeded", f"Your team {team.name} has used its budget of 10 tokens per month.")
+        # Bob's key outside the team: his own limit of one in flight, across processes.
+        with httpx.Client(base_url=first.base_url, timeout=60, headers=bearer(bobs_other)) as on_first:
+            held = open_stream(on_first)
+            refused = httpx.post(f"{second.base_url}/v1/chat/completions", json=HELLO, headers=bearer(bobs_other))
+            assert (refused.status_code, refused.json()["error"]["code"]) == (429, "user_concurrency_limit")
+            assert Lease.objects.filter(user=bob).count() == 1
+            held[0].__exit__(None, None, None)
+        wait_for(lambda: not Lease.objects.filter(user=bob).exists(), timeout=10)
+        assert httpx.post(f"{second.base_url}/v1/chat/completions", json=HELLO,
+                          headers=bearer(bobs_other)).status_code == 200
+    finally:
+        first.stop()
+        second.stop()
