@@ -1,5 +1,5 @@
-"""The admin for operators: API keys (with their usage right now), the usage records,
-the leases of requests in flight, and the usage dashboard.
+"""The admin for operators: API keys (with their usage right now), teams, users' limits,
+the usage records, the leases of requests in flight, and the usage dashboard.
 
 Limit scopes and usage counters are internal bookkeeping and are not registered; a
 key's counters show up as "tokens this period" on the key itself.
@@ -12,6 +12,8 @@ import csv
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.auth import admin as auth_admin
+from django.contrib.auth import get_user_model
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
 from django.db.models import Case, Count, DateTimeField, F, OuterRef, Subquery, Value, When
@@ -23,8 +25,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from accounts import dashboard
-from accounts.models import (APIKey, BudgetPeriod, KeyAllowance, Lease, ModelPrice, UsageCounter, UsageRecord,
-                             period_start)
+from accounts.models import (APIKey, BudgetPeriod, KeyAllowance, Lease, ModelPrice, Team, TeamMembership,
+                             UsageCounter, UsageRecord, UserLimits, period_start)
 
 # --- API keys ------------------------------------------------------------------------
 
@@ -49,6 +51,13 @@ class APIKeyForm(forms.ModelForm):
     class Meta:
         model = APIKey
         fields = "__all__"
+
+    def clean(self):
+        cleaned = super().clean()
+        owner, team = cleaned.get("owner"), cleaned.get("team")
+        if owner is not None and team is not None and not team.members.filter(pk=owner.pk).exists():
+            self.add_error("team", f"{owner.get_username()} is not a member of {team}.")
+        return cleaned
 
 
 def with_usage_now(queryset):
@@ -78,10 +87,12 @@ class APIKeyAdmin(admin.ModelAdmin):
     # What identifies a key (name and prefix in one column, as keys are named everywhere)
     # and its use now: narrow enough to fit beside the admin's sidebar and filters in a
     # 1280 px window. Limits, expiry and last use are on the key's own page.
+    # (A key's team is a filter and a search term, not a column: no room for it.)
     list_display = ["key", "owner", "active", "tokens_this_period", "in_flight_now"]
-    list_filter = ["is_active", "kind", "is_admin", ("owner", admin.RelatedOnlyFieldListFilter), "budget_period"]
-    search_fields = ["name", "prefix", "owner__username"]
-    list_select_related = ["owner"]
+    list_filter = ["is_active", "kind", "is_admin", ("owner", admin.RelatedOnlyFieldListFilter),
+                   ("team", admin.RelatedOnlyFieldListFilter), "budget_period"]
+    search_fields = ["name", "prefix", "owner__username", "team__name"]
+    list_select_related = ["owner", "team"]
     actions = ["revoke_keys", "reactivate_keys"]
     limits_fieldset = ("Limits", {"fields": [
         "max_concurrency", "allowed_models", "requests_per_minute", "tokens_per_minute",
@@ -96,9 +107,9 @@ class APIKeyAdmin(admin.ModelAdmin):
     def get_fieldsets(self, request, obj=None):
         if obj is None:
             # No secret field: it is generated on save and shown once.
-            return [(None, {"fields": ["name", "owner", "expires_at", "is_admin"]}), self.limits_fieldset]
+            return [(None, {"fields": ["name", "owner", "team", "expires_at", "is_admin"]}), self.limits_fieldset]
         return [
-            (None, {"fields": ["name", "prefix", "kind", "owner", "is_active", "is_admin", "created_at",
+            (None, {"fields": ["name", "prefix", "kind", "owner", "team", "is_active", "is_admin", "created_at",
                                "last_used_at", "expires_at", "revoked_at"]}),
             self.limits_fieldset,
             ("Usage now", {"fields": ["tokens_this_period", "in_flight_now"]}),
@@ -111,6 +122,7 @@ class APIKeyAdmin(admin.ModelAdmin):
                 obj.revoked_at = None if obj.is_active else timezone.now()
             obj.save()
             return
+        obj.fill_from_team()  # the limits left empty: the team's defaults for members' keys
         secret = obj.set_new_secret()
         obj.save()
         # The only time the secret exists: it reaches the admin in a one-time message
@@ -225,13 +237,95 @@ def milliseconds(value: float | None) -> str | None:
 
 @admin.register(KeyAllowance)
 class KeyAllowanceAdmin(admin.ModelAdmin):
-    """What each user may make on the API keys page: without a row here, a user may hold
-    SELF_SERVICE_MAX_KEYS keys without limits of their own."""
+    """What each user may make on the API keys page: without a row here (theirs, or their
+    team's for the team's keys), a user may hold SELF_SERVICE_MAX_KEYS keys without
+    limits of their own."""
 
-    list_display = ["user", "max_keys", "max_concurrency", "requests_per_minute", "tokens_per_minute",
+    list_display = ["__str__", "max_keys", "max_concurrency", "requests_per_minute", "tokens_per_minute",
                     "token_budget", "cost_budget", "budget_period"]
-    search_fields = ["user__username"]
+    search_fields = ["user__username", "team__name"]
+    autocomplete_fields = ["user", "team"]
+
+
+# --- Teams and users' limits ------------------------------------------------------------
+
+
+class TeamMembershipInline(admin.TabularInline):
+    model = TeamMembership
     autocomplete_fields = ["user"]
+    extra = 1
+
+
+class TeamKeyAllowanceInline(admin.StackedInline):
+    model = KeyAllowance
+    fk_name = "team"
+    exclude = ["user"]
+    verbose_name = verbose_name_plural = "Defaults for members' keys"
+    extra = 0
+    max_num = 1
+
+
+def with_team_usage_now(queryset):
+    """Annotate teams with ``tokens_this_period`` and ``members_count``."""
+    now = timezone.now()
+    current_period_start = Case(
+        *[When(budget_period=period, then=Value(period_start(period, now))) for period in BudgetPeriod.values],
+        output_field=DateTimeField(),
+    )
+    period_tokens = UsageCounter.objects.filter(
+        team=OuterRef("pk"), kind=UsageCounter.Kind.PERIOD, starts_at=OuterRef("current_period_start"),
+    ).values("tokens")[:1]
+    members = (TeamMembership.objects.filter(team=OuterRef("pk")).order_by().values("team")
+               .annotate(count=Count("pk")).values("count"))
+    return queryset.annotate(current_period_start=current_period_start,
+                             tokens_this_period=Coalesce(Subquery(period_tokens), 0),
+                             members_count=Coalesce(Subquery(members), 0))
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    """Teams: their members and leads, the limits all their keys share, and the limits
+    their members' keys get by default."""
+
+    list_display = ["name", "members_count", "token_budget", "cost_budget", "budget_period", "tokens_this_period"]
+    search_fields = ["name", "members__username"]
+    inlines = [TeamMembershipInline, TeamKeyAllowanceInline]
+    fieldsets = [(None, {"fields": ["name"]}),
+                 ("Limits across the team's keys", {"fields": list(Team.LIMITS)})]
+
+    def get_queryset(self, request):
+        return with_team_usage_now(super().get_queryset(request)).distinct()
+
+    @admin.display(description="Members", ordering="members_count")
+    def members_count(self, team):
+        return team.members_count
+
+    @admin.display(description="Tokens this period", ordering="tokens_this_period")
+    def tokens_this_period(self, team):
+        return team.tokens_this_period
+
+
+class UserLimitsInline(admin.StackedInline):
+    model = UserLimits
+    verbose_name = verbose_name_plural = "Limits across all the user's keys"
+    extra = 0
+    max_num = 1
+
+
+class UserTeamsInline(admin.TabularInline):
+    model = TeamMembership
+    verbose_name, verbose_name_plural = "team", "Teams"
+    extra = 0
+
+
+class UserAdmin(auth_admin.UserAdmin):
+    """Django's user admin, with the user's limits and teams."""
+
+    inlines = [*auth_admin.UserAdmin.inlines, UserLimitsInline, UserTeamsInline]
+
+
+admin.site.unregister(get_user_model())
+admin.site.register(get_user_model(), UserAdmin)
 
 
 def money(value) -> str | None:

@@ -216,6 +216,18 @@ class APIKey(models.Model):
         self.hashed_secret = hash_secret(secret)
         return secret
 
+    def fill_from_team(self) -> None:
+        """Give a new key of a team its team's default limits for members' keys (the
+        team's KeyAllowance) wherever the key has none of its own."""
+        allowance = KeyAllowance.objects.filter(team_id=self.team_id).first() if self.team_id else None
+        if allowance is None:
+            return
+        if self.token_budget is None and self.cost_budget is None:
+            self.budget_period = allowance.budget_period
+        for field in Limits.LIMITS:
+            if getattr(self, field) is None:
+                setattr(self, field, getattr(allowance, field))
+
     def may_use(self, *names: str) -> bool:
         """Whether the key may use the model known by ``names`` (its id and aliases: a
         key allowed one of them is allowed the model)."""

@@ -10,7 +10,7 @@ from decimal import Decimal
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from accounts.models import APIKey, BudgetPeriod
+from accounts.models import APIKey, BudgetPeriod, Team
 from llmserver import clock
 
 
@@ -47,6 +47,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--name", required=True, help="A name to recognise the key by.")
         parser.add_argument("--user", help="Username of the key's owner (must exist).")
+        parser.add_argument("--team", help="Name of the key's team (must exist; the owner must be a member). "
+                                           "Limits not given here are the team's defaults for members' keys.")
         parser.add_argument("--max-concurrency", type=positive_int, help="Requests in flight at once.")
         parser.add_argument("--models", type=model_list, default=[],
                             help="Comma-separated model ids the key may use; default: all.")
@@ -57,7 +59,7 @@ class Command(BaseCommand):
                             help="Tokens (prompt + completion) per budget period.")
         parser.add_argument("--cost-budget", type=amount,
                             help="Cost per budget period, in COST_CURRENCY, at the models' prices.")
-        parser.add_argument("--budget-period", choices=BudgetPeriod.values, default=BudgetPeriod.MONTH)
+        parser.add_argument("--budget-period", choices=BudgetPeriod.values, help="Default: month.")
         parser.add_argument("--admin", action="store_true",
                             help="The key may load and unload models (/v1/models/{id}/load, /unload, /loaded).")
 
@@ -73,9 +75,12 @@ class Command(BaseCommand):
         if options["expires_in_days"]:
             expires_at = clock.now() + timedelta(days=options["expires_in_days"])
 
-        key, secret = APIKey.issue(
+        owner = self.find_owner(options["user"])
+        team = self.find_team(options["team"], owner)
+        key = APIKey(
             name=name,
-            owner=self.find_owner(options["user"]),
+            owner=owner,
+            team=team,
             max_concurrency=options["max_concurrency"],
             allowed_models=options["models"],
             expires_at=expires_at,
@@ -83,11 +88,29 @@ class Command(BaseCommand):
             tokens_per_minute=options["tokens_per_minute"],
             token_budget=options["token_budget"],
             cost_budget=options["cost_budget"],
-            budget_period=options["budget_period"],
+            budget_period=options["budget_period"] or BudgetPeriod.MONTH,
             is_admin=options["admin"],
         )
+        if team is not None:
+            given_period = options["budget_period"]
+            key.fill_from_team()
+            if given_period:
+                key.budget_period = given_period
+        secret = key.set_new_secret()
+        key.save()
         self.stdout.write(f"Created key '{key.name}' ({key.prefix}...); the secret is shown only once:")
         self.stdout.write(secret)
+
+    def find_team(self, name, owner):
+        if name is None:
+            return None
+        try:
+            team = Team.objects.get(name=name)
+        except Team.DoesNotExist:
+            raise CommandError(f"No team named '{name}'. Create it first (in the admin).")
+        if owner is not None and not team.members.filter(pk=owner.pk).exists():
+            raise CommandError(f"'{owner.get_username()}' is not a member of the team '{name}'.")
+        return team
 
     def find_owner(self, username):
         if username is None:
