@@ -512,3 +512,51 @@ def test_a_filter_given_a_nul_is_left_out_and_the_page_says_why(admin_client):
     assert html.count("Null characters are not allowed.") == 1
     assert {row.pk for row in response.context["cl"].result_list} == {demo.pk, other.pk}
     assert f'href="{EXPORT_URL}?status_code=200" download>Export CSV</a>' in html
+
+
+# --- Teams and users' limits ---------------------------------------------------------
+
+
+def test_a_team_is_made_with_its_members_limits_and_defaults_for_their_keys(admin_client, django_user_model):
+    from accounts.models import KeyAllowance, Team
+
+    alice, bob = (django_user_model.objects.create_user(name) for name in ("alice", "bob"))
+    response = admin_client.post("/admin/accounts/team/add/", {
+        "name": "Research", "max_concurrency": "", "requests_per_minute": "120", "tokens_per_minute": "",
+        "token_budget": "1000000", "cost_budget": "", "budget_period": "month",
+        "memberships-TOTAL_FORMS": "2", "memberships-INITIAL_FORMS": "0",
+        "memberships-0-user": alice.pk, "memberships-0-is_lead": "on", "memberships-1-user": bob.pk,
+        "key_allowance-TOTAL_FORMS": "1", "key_allowance-INITIAL_FORMS": "0",
+        "key_allowance-0-max_keys": "3", "key_allowance-0-max_concurrency": "2", "key_allowance-0-budget_period": "day",
+        "key_allowance-0-token_budget": "5000",
+    })
+    assert response.status_code == 302, response.content.decode()[:3000]
+    team = Team.objects.get(name="Research")
+    assert (team.requests_per_minute, team.token_budget) == (120, 1_000_000)
+    assert sorted(team.memberships.values_list("user__username", "is_lead")) == [("alice", True), ("bob", False)]
+    assert (team.key_allowance.max_keys, team.key_allowance.max_concurrency) == (3, 2)
+    assert KeyAllowance.of(bob, team) == team.key_allowance
+
+    # A key made here for the team takes the defaults where the form left a limit empty.
+    made = admin_client.post(f"{KEYS_URL}add/", add_form(name="team key", owner=bob.pk, team=team.pk, token_budget="",
+                                                         budget_period="month", max_concurrency="5"))
+    assert made.status_code == 302
+    key = APIKey.objects.get(name="team key")
+    assert (key.team, key.max_concurrency, key.token_budget, key.budget_period) == (team, 5, 5000, "day")
+    listed = admin_client.get("/admin/accounts/team/").content.decode()
+    assert '<td class="field-members_count">2</td>' in listed
+
+    carol = django_user_model.objects.create_user("carol")  # not a member
+    refused = admin_client.post(f"{KEYS_URL}add/", add_form(name="not hers", owner=carol.pk, team=team.pk))
+    assert refused.status_code == 200 and "carol is not a member of Research." in refused.content.decode()
+
+
+def test_a_users_limits_and_teams_are_on_their_admin_page(admin_client, django_user_model):
+    from accounts.models import Team, TeamMembership, UserLimits
+
+    dave = django_user_model.objects.create_user("dave")
+    TeamMembership.objects.create(team=Team.objects.create(name="Ops"), user=dave, is_lead=True)
+    UserLimits.objects.create(user=dave, max_concurrency=3)
+    html = admin_client.get(f"/admin/auth/user/{dave.pk}/change/").content.decode()
+    assert "Limits across all the user&#x27;s keys" in html and 'name="limits-0-max_concurrency" value="3"' in html
+    assert "Teams" in html and 'name="team_memberships-0-team"' in html

@@ -161,3 +161,29 @@ def test_it_works_as_a_real_process(tmp_path):
     assert row["allowed_models"] == '["llmserver-demo"]'
     expires_at = APIKey._meta.get_field("expires_at").to_python(row["expires_at"])
     assert before + timedelta(days=7) <= expires_at.replace(tzinfo=dt_timezone.utc) <= timezone.now() + timedelta(days=7)
+
+
+def test_a_team_key_takes_the_teams_defaults_where_no_option_gives_a_limit(db, django_user_model):
+    from accounts.models import KeyAllowance, Team, TeamMembership
+
+    alice = django_user_model.objects.create_user("alice")
+    team = Team.objects.create(name="Research")
+    TeamMembership.objects.create(team=team, user=alice)
+    KeyAllowance.objects.create(team=team, max_concurrency=2, token_budget=5000, budget_period="week")
+    _, key = create_key("--name", "team", "--user", "alice", "--team", "Research", "--max-concurrency", "7")
+    assert (key.owner, key.team, key.max_concurrency, key.token_budget, key.budget_period, key.requests_per_minute) == (
+        alice, team, 7, 5000, "week", None)
+    _, own_period = create_key("--name", "team-day", "--team", "Research", "--budget-period", "day")
+    assert (own_period.token_budget, own_period.budget_period) == (5000, "day")
+
+
+def test_a_team_must_exist_and_have_the_owner_as_a_member(db, django_user_model):
+    from accounts.models import Team
+
+    django_user_model.objects.create_user("bob")
+    Team.objects.create(name="Research")
+    with pytest.raises(CommandError, match="No team named 'Nope'. Create it first"):
+        create_key("--name", "x", "--team", "Nope")
+    with pytest.raises(CommandError, match="'bob' is not a member of the team 'Research'."):
+        create_key("--name", "x", "--user", "bob", "--team", "Research")
+    assert not APIKey.objects.exists()

@@ -253,3 +253,62 @@ def test_on_a_phone_the_keys_page_scrolls_only_down(browser, server):
     page, window = browser.execute_script(
         "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
     assert page <= window, (page, window)
+
+
+def a_team(name, *members, lead=None, **limits):
+    from accounts.models import Team, TeamMembership
+
+    team = Team.objects.create(name=f"{name}-{make_user('x').username[2:]}", **limits)
+    for user in members:
+        TeamMembership.objects.create(team=team, user=user, is_lead=user == lead)
+    return team
+
+
+def test_a_key_for_a_team_gets_the_teams_defaults_and_only_a_member_may_choose_it(alice, client):
+    team = a_team("research", alice)
+    other = a_team("other")
+    KeyAllowance.objects.create(team=team, max_keys=1, requests_per_minute=30, token_budget=900, budget_period="week")
+    page = client.get("/keys/").content.decode()
+    assert re.findall(r'<option value="(\d*)"', page) == ["", str(team.pk)]  # theirs only
+    _, secret = make(client, "for the team", team=str(team.pk))
+    key = APIKey.objects.get(hashed_secret=hash_secret(secret))
+    assert (key.team, key.requests_per_minute, key.token_budget, key.budget_period) == (team, 30, 900, "week")
+    assert listed(client)[key.prefix][2] == team.name
+    refused, _ = make(client, "second", team=str(team.pk))  # the team's allowance: one key
+    assert "You may hold 1 active key at once" in refused.content.decode()
+    _, own = make(client, "own")  # no team: the default allowance
+    assert APIKey.objects.get(hashed_secret=hash_secret(own)).team is None
+    sneaky, _ = make(client, "sneaky", team=str(other.pk))
+    assert sneaky.status_code == 400 and not APIKey.objects.filter(team=other).exists()
+
+
+def test_a_member_sees_the_teams_budget_and_a_lead_sees_each_members_use(alice, client):
+    bob = make_user("bob")
+    team = a_team("research", alice, bob, lead=alice, token_budget=10_000, budget_period="month")
+    now = timezone.now()
+    UsageCounter.objects.create(team=team, kind="period", starts_at=period_start("month", now), tokens=2500,
+                                cost_units=7_500_000_000)
+    alices, _ = APIKey.issue(name="a", owner=alice, team=team)
+    bobs, _ = APIKey.issue(name="b", owner=bob, team=team)
+    for key, prompt, cost in ((alices, 100, "0.5"), (bobs, 300, "0.25"), (bobs, 40, None)):
+        key.usage.create(endpoint="chat.completions", request_id="r", status_code=200, started_at=now, duration_ms=1.0,
+                         prompt_tokens=prompt, completion_tokens=10, cost=None if cost is None else Decimal(cost))
+
+    def team_section(page):
+        return re.search(r'<section[^>]*data-team="%s">(.*?)</section>' % re.escape(team.name), page, re.S)[1]
+
+    def cells(section, table):
+        body = re.search(r'<table class="%s">.*?<tbody>(.*?)</tbody>' % table, section, re.S)[1]
+        return [[re.sub(r"<[^>]+>|\s+", " ", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+                for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
+
+    lead = team_section(client.get("/keys/").content.decode())
+    assert "(you lead it)" in lead and 'value="0.2500"' in lead  # 2500 of 10000
+    assert re.sub(r"<[^>]+>|\s+", " ", re.search(r'<p class="allowance">(.*?)</p>', lead, re.S)[1]).split() == (
+        "This month, the team's keys have used 2500 tokens of its budget of 10000, 0.75 USD.").split()
+    assert cells(lead, "team-members") == [[alice.username, "1", "110", "0.5"], [bob.username, "2", "360", "0.25"]]
+    assert cells(lead, "team-days") == [[f"{timezone.localdate():%Y-%m-%d}", "3", "470", "0.75"]]
+
+    client.force_login(bob)  # a member, not a lead: the budget, not the others' use
+    member = team_section(client.get("/keys/").content.decode())
+    assert 'value="0.2500"' in member and "team-members" not in member and alice.username not in member
