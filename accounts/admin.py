@@ -368,8 +368,8 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     actions = ["export_selected"]
 
     def lookup_allowed(self, lookup, value, request=None):
-        # The dashboard's top people link to their records by the keys' owner.
-        return lookup == "api_key__owner__username" or super().lookup_allowed(lookup, value, request)
+        # The dashboard's top people and teams link to their records by the keys' owner or team.
+        return lookup in dashboard.TOP_LOOKUPS or super().lookup_allowed(lookup, value, request)
 
     def get_urls(self):
         # Before the default URLs, whose "<object_id>/" would catch these paths.

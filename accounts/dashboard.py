@@ -20,7 +20,7 @@ from django.utils import timezone
 from django.utils.http import urlencode
 
 from accounts.charts import Series, colour_series, line_chart, stacked_bar_chart
-from accounts.models import APIKey, UsageCounter, UsageRecord
+from accounts.models import APIKey, Team, UsageCounter, UsageRecord
 
 DEFAULT_DAYS = 14
 MAX_DAYS = 366
@@ -38,14 +38,15 @@ RATE_LIMITED = Q(status_code=429)
 
 # The filters the dashboard takes, each a UsageRecord lookup on the value given.
 FILTERS = {"model": "model", "endpoint": "endpoint", "key": "key_prefix__startswith",
-           "user": "api_key__owner__username"}
+           "user": "api_key__owner__username", "team": "api_key__team__name"}
 # Ranges of this many days or fewer are shown by the hour.
 HOURLY_DAYS = 2
 
 
 class RangeForm(forms.Form):
     """The days to show, both inclusive (empty: the last DEFAULT_DAYS days), and the
-    filters: a model, an endpoint, a key (by its prefix) and a key owner's username."""
+    filters: a model, an endpoint, a key (by its prefix), a key owner's username and a
+    key's team."""
 
     start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
@@ -53,6 +54,7 @@ class RangeForm(forms.Form):
     endpoint = forms.CharField(required=False, max_length=64)
     key = forms.CharField(required=False, max_length=12, label="Key prefix")
     user = forms.CharField(required=False, max_length=150)
+    team = forms.CharField(required=False, max_length=100)
 
     def clean(self):
         data = super().clean()
@@ -182,22 +184,58 @@ def top_keys(records, since: datetime, until: datetime, filters: dict[str, str])
     } for row in rows]
 
 
-def top_users(records, since: datetime, until: datetime, filters: dict[str, str]) -> list[dict]:
-    """The keys' owners whose keys used the most tokens, each with the query string of
-    their records in the usage changelist (by owner, the same days)."""
-    rows = (records.filter(api_key__owner__isnull=False).values("api_key__owner__username")
+def _top_by(records, field: str, since: datetime, until: datetime, filters: dict[str, str]) -> list[dict]:
+    """The groups of ``field`` (a key owner's username, a team's name) whose keys used the
+    most tokens, each with the query string of its records in the usage changelist (by
+    that field, the same days)."""
+    rows = (records.filter(**{f"{field}__isnull": False}).values(field)
             .annotate(keys=Count("api_key", distinct=True), requests=Count("pk"), tokens=Sum(TOKENS),
                       errors=Count("pk", filter=ERRORS), rate_limited=Count("pk", filter=RATE_LIMITED),
                       cost=Sum("cost"))
-            .order_by("-tokens", "api_key__owner__username")[:TOP_KEYS])
+            .order_by("-tokens", field)[:TOP_KEYS])
     return [{
         **row,
-        "username": row["api_key__owner__username"],
+        "name": row[field],
         "records_query": urlencode({
-            "api_key__owner__username": row["api_key__owner__username"], "started_at__gte": str(since),
-            "started_at__lt": str(until),
+            field: row[field], "started_at__gte": str(since), "started_at__lt": str(until),
             **{f"{name}__exact": filters[name] for name in ("model", "endpoint") if name in filters}}),
     } for row in rows]
+
+
+# The changelist lookups the top tables link with (UsageRecordAdmin.lookup_allowed).
+TOP_LOOKUPS = ("api_key__owner__username", "api_key__team__name")
+
+
+def top_users(records, since: datetime, until: datetime, filters: dict[str, str]) -> list[dict]:
+    """The keys' owners whose keys used the most tokens."""
+    return _top_by(records, "api_key__owner__username", since, until, filters)
+
+
+def top_teams(records, since: datetime, until: datetime, filters: dict[str, str]) -> list[dict]:
+    """The teams whose keys used the most tokens."""
+    return _top_by(records, "api_key__team__name", since, until, filters)
+
+
+def team_budgets(now: datetime) -> list[dict]:
+    """Every team with a token or cost budget: what its keys used of it in the current
+    period (for a bar), most used first."""
+    teams = list(Team.objects.filter(Q(token_budget__isnull=False) | Q(cost_budget__isnull=False)))
+    counters = UsageCounter.current_periods(teams, now, holder="team")
+    return sorted((row for team in teams for row in _budget_rows(team, team.name, counters.get(team.pk))),
+                  key=lambda row: (-row["share"], row["label"], row["kind"]))
+
+
+def _budget_rows(holder, label: str, counter) -> list[dict]:
+    """A key's or team's use of each of its budgets this period."""
+    tokens, cost = (counter.tokens, counter.cost) if counter else (0, Decimal(0))
+    rows = []
+    for kind, used, budget in (("tokens", tokens, holder.token_budget), ("cost", cost, holder.cost_budget)):
+        if budget is not None:
+            share = 1.0 if budget == 0 else float(used / budget)
+            rows.append({"holder": holder, "label": label, "kind": kind,
+                         "used": used if kind == "tokens" else used.normalize(), "budget": budget,
+                         "share": share, "percent": round(100 * share), "period": holder.budget_period})
+    return rows
 
 
 # A key is near its budget once it has used this share of it in the current period.
@@ -213,25 +251,17 @@ def keys_near_budget(now: datetime) -> list[dict]:
     if not keys:
         return []
     counters = UsageCounter.current_periods(keys, now)
-    near = []
-    for key in keys:
-        counter = counters.get(key.pk)
-        tokens, cost = (counter.tokens, counter.cost) if counter else (0, Decimal(0))
-        for kind, used, budget in (("tokens", tokens, key.token_budget), ("cost", cost, key.cost_budget)):
-            if budget is not None and (budget == 0 or used / budget >= NEAR_BUDGET):
-                share = 1.0 if budget == 0 else float(used / budget)
-                near.append({"key": key, "label": key_label(key.name, key.prefix), "kind": kind,
-                             "used": used if kind == "tokens" else used.normalize(), "budget": budget,
-                             "share": share, "percent": round(100 * share), "period": key.budget_period})
+    near = [row for key in keys for row in _budget_rows(key, key_label(key.name, key.prefix), counters.get(key.pk))
+            if row["budget"] == 0 or row["share"] >= NEAR_BUDGET]
     return sorted(near, key=lambda row: (-row["share"], row["label"], row["kind"]))
 
 
 def aggregates_csv(start: date, end: date, filters: dict[str, str]) -> HttpResponse:
     """The aggregates the dashboard charts, as CSV: per bucket (day, or hour for a short
-    range), key and model, the requests, tokens, errors, 429s and cost."""
+    range), key (with its team) and model, the requests, tokens, errors, 429s and cost."""
     _, _, _, records = selected(start, end, filters)
     buckets = Buckets(start, end)
-    rows = (buckets.annotate(records).values("bucket", "key_prefix", "api_key__name", "model")
+    rows = (buckets.annotate(records).values("bucket", "key_prefix", "api_key__name", "api_key__team__name", "model")
             .annotate(requests=Count("pk"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"),
                       errors=Count("pk", filter=ERRORS), rate_limited=Count("pk", filter=RATE_LIMITED),
                       cost=Sum("cost"))
@@ -239,12 +269,13 @@ def aggregates_csv(start: date, end: date, filters: dict[str, str]) -> HttpRespo
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="usage-{start}-{end}.csv"'
     writer = csv.writer(response)
-    writer.writerow([buckets.name, "key_prefix", "key_name", "model", "requests", "prompt_tokens",
+    writer.writerow([buckets.name, "key_prefix", "key_name", "team", "model", "requests", "prompt_tokens",
                      "completion_tokens", "total_tokens", "errors", "rate_limited", f"cost_{settings.COST_CURRENCY}"])
     for row in rows:
         label = buckets.labels[buckets.index[row["bucket"]]]
         prompt, completion = row["prompt"] or 0, row["completion"] or 0
-        writer.writerow([label, row["key_prefix"], row["api_key__name"] or "", row["model"], row["requests"], prompt,
+        writer.writerow([label, row["key_prefix"], row["api_key__name"] or "", row["api_key__team__name"] or "",
+                         row["model"], row["requests"], prompt,
                          completion, prompt + completion, row["errors"], row["rate_limited"],
                          "" if row["cost"] is None else f"{row['cost']:.10f}"])  # SQLite sums as floats
     return response
@@ -275,6 +306,8 @@ def dashboard_context(start: date, end: date, filters: dict[str, str] | None = N
                                  "Other models")
     per_user = tokens_by_bucket(records, buckets, ["api_key__owner__username"],
                                 lambda row: row["api_key__owner__username"] or "(no owner)", "Other people")
+    per_team = tokens_by_bucket(records, buckets, ["api_key__team__name"],
+                                lambda row: row["api_key__team__name"] or "(no team)", "Other teams")
     per_endpoint = tokens_by_bucket(records, buckets, ["endpoint"], lambda row: row["endpoint"], "Other endpoints")
     per = buckets.name
     return {
@@ -286,6 +319,7 @@ def dashboard_context(start: date, end: date, filters: dict[str, str] | None = N
         "totals": totals(records),
         "top_keys": top_keys(records, since, until, chosen),
         "near_budget": keys_near_budget(timezone.now()),
+        "team_budgets": team_budgets(timezone.now()),
         "csv_query": urlencode({"start": start.isoformat(), "end": end.isoformat(), **chosen, "format": "csv"}),
         "tokens_per_key_chart": stacked_bar_chart(
             x_labels, per_key, title=f"Tokens per {per} per key", x_label=x_label, y_label="Tokens", unit="tokens"),
@@ -294,10 +328,13 @@ def dashboard_context(start: date, end: date, filters: dict[str, str] | None = N
         "tokens_per_user_chart": stacked_bar_chart(
             x_labels, per_user, title=f"Tokens per {per} per key owner", x_label=x_label, y_label="Tokens",
             unit="tokens"),
+        "tokens_per_team_chart": stacked_bar_chart(
+            x_labels, per_team, title=f"Tokens per {per} per team", x_label=x_label, y_label="Tokens", unit="tokens"),
         "tokens_per_endpoint_chart": stacked_bar_chart(
             x_labels, per_endpoint, title=f"Tokens per {per} per endpoint", x_label=x_label, y_label="Tokens",
             unit="tokens"),
         "top_users": top_users(records, since, until, chosen),
+        "top_teams": top_teams(records, since, until, chosen),
         "errors_chart": line_chart(
             x_labels, errors_by_bucket(records, buckets), title=f"Errors and rate-limited requests per {per}",
             x_label=x_label, y_label="Requests", unit="requests"),

@@ -149,4 +149,4 @@ def test_on_a_phone_the_usage_dashboard_scrolls_only_down(admin_page, site, keys
         "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
     assert page <= window, (page, window)
     charts = admin_page.find_elements(By.CSS_SELECTOR, "svg.usage-chart")
-    assert len(charts) == 5 and all(chart.size["width"] <= window for chart in charts)
+    assert len(charts) == 6 and all(chart.size["width"] <= window for chart in charts)

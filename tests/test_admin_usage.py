@@ -111,8 +111,8 @@ def test_the_dashboard_charts_tokens_per_key_and_model_per_day(admin_client, usa
     html = admin_client.get(DASHBOARD_URL).content.decode()
 
     charts = re.findall(r'<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart".*?</svg>', html, re.S)
-    assert len(charts) == 5
-    per_key, per_model, _, _, errors = charts
+    assert len(charts) == 6
+    per_key, per_model, _, _, _, errors = charts
     assert f"<title>{today}: alpha ({alpha.prefix}…): 1,500 tokens</title>" in per_key
     assert f"<title>{yesterday}: alpha ({alpha.prefix}…): 120 tokens</title>" in per_key
     assert f"<title>{today}: beta ({beta.prefix}…): 300 tokens</title>" in per_key
@@ -245,7 +245,7 @@ def test_the_dashboard_escapes_key_and_model_names(admin_client):
 def test_the_dashboard_with_no_usage_says_so(admin_client):
     html = admin_client.get(DASHBOARD_URL).content.decode()
 
-    assert html.count("No usage in this range.") == 6  # five charts and the top keys
+    assert html.count("No usage in this range.") == 7  # six charts and the top keys
     assert "No key with an owner was used in this range." in html
     assert "<strong>0</strong> requests" in html
 
@@ -312,15 +312,15 @@ def test_the_aggregates_shown_download_as_csv(admin_client, usage):
     response = admin_client.get(DASHBOARD_URL + link)
     assert response["Content-Type"] == "text/csv; charset=utf-8"
     assert list(csv.reader(io.StringIO(response.content.decode()))) == [
-        ["day", "key_prefix", "key_name", "model", "requests", "prompt_tokens", "completion_tokens", "total_tokens",
+        ["day", "key_prefix", "key_name", "team", "model", "requests", "prompt_tokens", "completion_tokens", "total_tokens",
          "errors", "rate_limited", "cost_USD"],
-        [str(yesterday), beta.prefix, "beta", "m-large", "2", "0", "0", "0", "1", "1", ""],
-        [str(today), beta.prefix, "beta", "m-large", "2", "300", "0", "300", "1", "0", ""],
+        [str(yesterday), beta.prefix, "beta", "", "m-large", "2", "0", "0", "0", "1", "1", ""],
+        [str(today), beta.prefix, "beta", "", "m-large", "2", "300", "0", "300", "1", "0", ""],
     ]
     hourly = admin_client.get(DASHBOARD_URL, {"start": today, "end": today, "format": "csv"}).content.decode()
     assert list(csv.reader(io.StringIO(hourly)))[1:] == sorted([  # by hour, then key prefix
-        [f"{today} 12:00", alpha.prefix, "alpha", "m-small", "1", "1000", "500", "1500", "0", "0", "0.0012500000"],
-        [f"{today} 12:00", beta.prefix, "beta", "m-large", "2", "300", "0", "300", "1", "0", ""],
+        [f"{today} 12:00", alpha.prefix, "alpha", "", "m-small", "1", "1000", "500", "1500", "0", "0", "0.0012500000"],
+        [f"{today} 12:00", beta.prefix, "beta", "", "m-large", "2", "300", "0", "300", "1", "0", ""],
     ], key=lambda row: row[1])
 
 
@@ -335,7 +335,7 @@ def test_the_dashboard_breaks_usage_down_by_owner_and_endpoint(admin_client, usa
 
     html = admin_client.get(DASHBOARD_URL).content.decode()
 
-    _, _, per_user, per_endpoint, _ = re.findall(r'<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart".*?</svg>',
+    _, _, per_user, _, per_endpoint, _ = re.findall(r'<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart".*?</svg>',
                                                  html, re.S)
     assert f"<title>{today}: ana: 1,515 tokens</title>" in per_user
     assert f"<title>{today}: (no owner): 300 tokens</title>" in per_user  # beta has none
@@ -348,3 +348,52 @@ def test_the_dashboard_breaks_usage_down_by_owner_and_endpoint(admin_client, usa
     link = re.search(r'<a href="([^"]+)">Records</a>', table).group(1).replace("&amp;", "&")
     shown = admin_client.get(link).context["cl"].result_list
     assert sorted(row.total_tokens for row in shown) == [5, 10, 120, 1500]  # ana's four, not beta's
+
+
+def test_the_dashboard_breaks_usage_down_by_team_and_filters_by_one(admin_client, usage):
+    from accounts.models import Team
+
+    alpha, beta = usage
+    research = Team.objects.create(name="Research")
+    alpha.team = research
+    alpha.save()
+    today = timezone.localdate().isoformat()
+
+    html = admin_client.get(DASHBOARD_URL).content.decode()
+    per_team = re.findall(r'<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart".*?</svg>', html, re.S)[3]
+    assert 'aria-label="Tokens per day per team"' in per_team
+    assert f"<title>{today}: Research: 1,500 tokens</title>" in per_team
+    assert "Research (1,620)</text>" in per_team and "(no team) (300)</text>" in per_team
+    table = re.search(r'<table id="top-teams">(.*?)</table>', html, re.S).group(1)
+    rows = [[text_of(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+            for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]]
+    assert rows == [["Research", "1", "2", "1,620", "0", "0", "0.001360", "Records"]]
+    link = re.search(r'<a href="([^"]+)">Records</a>', table).group(1).replace("&amp;", "&")
+    shown = admin_client.get(link).context["cl"].result_list
+    assert sorted(row.total_tokens for row in shown) == [120, 1500]  # the team's, in the range
+
+    filtered = admin_client.get(DASHBOARD_URL, {"team": "Research"})
+    assert filtered.context["totals"]["tokens"] == 1620 and filtered.context["totals"]["requests"] == 2
+    assert "team Research:" in filtered.content.decode()
+    csv_rows = list(csv.reader(io.StringIO(
+        admin_client.get(DASHBOARD_URL, {"team": "Research", "format": "csv"}).content.decode())))
+    assert [(row[1], row[3], row[8]) for row in csv_rows[1:]] == [(alpha.prefix, "Research", "120"),
+                                                                  (alpha.prefix, "Research", "1500")]
+
+
+def test_each_team_with_a_budget_shows_a_bar_of_its_use_this_period(admin_client):
+    from accounts.models import Team
+
+    now = timezone.now()
+    ops = Team.objects.create(name="Ops", token_budget=1000)
+    lab = Team.objects.create(name="Lab", cost_budget=Decimal("2"), budget_period="day")
+    Team.objects.create(name="Free")  # no budget: no bar
+    UsageCounter.objects.create(team=ops, kind="period", starts_at=period_start("month", now), tokens=250)
+    UsageCounter.objects.create(team=lab, kind="period", starts_at=period_start("day", now), cost_units=15 * 10**9)
+
+    html = admin_client.get(DASHBOARD_URL).content.decode()
+    section = re.search(r'<section class="module" id="team-budgets">(.*?)</section>', html, re.S).group(1)
+    rows = [[re.sub(r"\s+", " ", text_of(cell)) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+            for row in re.findall(r"<tr>(.*?)</tr>", section, re.S)[1:]]
+    assert rows == [["Lab", "2 USD per day", "75% 1.5", "75%"], ["Ops", "1,000 tokens per month", "25% 250", "25%"]]
+    assert re.findall(r'<meter [^>]*value="([^"]+)"', section) == ["0.7500", "0.2500"]
