@@ -150,3 +150,29 @@ def test_on_a_phone_the_usage_dashboard_scrolls_only_down(admin_page, site, keys
     assert page <= window, (page, window)
     charts = admin_page.find_elements(By.CSS_SELECTOR, "svg.usage-chart")
     assert len(charts) == 6 and all(chart.size["width"] <= window for chart in charts)
+
+
+def test_the_dashboard_filters_by_team_and_model_and_keeps_them_across_ranges(admin_page, site, keys_and_usage):
+    from accounts.models import APIKey, Team
+
+    name, key = keys_and_usage
+    team = Team.objects.create(name=f"Team {name}")
+    APIKey.objects.filter(pk=key.pk).update(team=team)  # one of the three keys: three records
+    admin_page.get(f"{site.base_url}/admin/accounts/usagerecord/dashboard/")
+    admin_page.find_element(By.ID, "id_team").send_keys(team.name)
+    admin_page.find_element(By.ID, "id_model").send_keys(MODEL_ID)
+    admin_page.find_element(By.CSS_SELECTOR, ".usage-range [type=submit]").click()
+    WebDriverWait(admin_page, 30).until(lambda page: "team=" in page.current_url)
+
+    def summary():
+        return re.sub(r"\s+", " ", admin_page.find_element(By.CLASS_NAME, "usage-summary").text)
+
+    assert f"model {MODEL_ID}, team {team.name}: 3 requests, 5,403 tokens" in summary()
+    top_teams = admin_page.find_elements(By.CSS_SELECTOR, "#top-teams tbody tr")
+    assert [row.find_element(By.TAG_NAME, "td").text for row in top_teams] == [team.name]
+    admin_page.find_element(By.LINK_TEXT, "7 days").click()  # a quick range keeps the filters
+    WebDriverWait(admin_page, 30).until(lambda page: "start=" in page.current_url)
+    assert f"team {team.name}: 3 requests" in summary()
+    admin_page.find_element(By.CSS_SELECTOR, "#top-teams a").click()  # the team's records
+    WebDriverWait(admin_page, 30).until(lambda page: "/usagerecord/?" in page.current_url)
+    assert len(admin_page.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")) == 3
