@@ -2,8 +2,9 @@
 
 Serves the demo model from a throwaway SQLite database with one user, has a short
 conversation in Debian's headless Chromium, and writes docs/chat-page.png (desktop) and
-docs/chat-page-phone.png; then makes an API key on the API keys page and writes
-docs/keys-page.png (its secret is the throwaway database's) and the usage dashboard of
+docs/chat-page-phone.png; then makes two API keys on the API keys page (one for the
+user's team, used for a few questions) and writes docs/keys-page.png (its secret is the
+throwaway database's) and the usage dashboard of
 the day, docs/usage-dashboard.png. Real answers from the real
 model: nothing is staged but the questions. ``--keys-only``: the keys page alone.
 """
@@ -22,12 +23,19 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 ROOT = Path(__file__).resolve().parent.parent
 PORT = 8765
 USER, PASSWORD = "ada", "a long demo password"
 QUESTIONS = ["Hello", "Repeat after me: tiger lemon", "What is 7 plus 5?", "Count from 1 to 12."]
+# The user leads a team with a budget, so that the pages show a team's parts.
+TEAM = f"""
+from django.contrib.auth import get_user_model
+from accounts.models import Team, TeamMembership
+team = Team.objects.create(name="Research", token_budget=2000, budget_period="month")
+TeamMembership.objects.create(team=team, user=get_user_model().objects.get(username="{USER}"), is_lead=True)
+"""
 
 
 def main() -> None:
@@ -38,6 +46,7 @@ def main() -> None:
         subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True)
         subprocess.run([*manage, "createsuperuser", "--noinput", "--username", USER, "--email", "ada@example.com"],
                        cwd=ROOT, env=env, check=True)
+        subprocess.run([*manage, "shell", "-c", TEAM], cwd=ROOT, env=env, check=True)
         server = subprocess.Popen([*manage, "serve", "--port", str(PORT)], cwd=ROOT, env=env)
         try:
             _wait_healthy()
@@ -98,16 +107,24 @@ def _shoot() -> None:
 
 
 def _shoot_keys(browser, wait, base: str) -> None:
-    browser.set_window_size(1280, 1240)  # the new key, the list and the form
+    browser.set_window_size(1280, 1900)  # the new key, the list, the usage, the team and the form
     browser.get(f"{base}/keys/")
-    for name in ("notebook", "nightly evals"):
+    for name, team in (("nightly evals", "Research"), ("notebook", None)):
         browser.find_element(By.NAME, "name").send_keys(name)
+        if team:
+            Select(browser.find_element(By.NAME, "team")).select_by_visible_text(team)
         browser.find_element(By.ID, "create-key").click()
         wait.until(lambda b: b.find_elements(By.ID, "secret"))
+        if team:  # the team's key used, so that the team's parts have numbers
+            secret = browser.find_element(By.ID, "secret").text
+            for question in QUESTIONS:
+                httpx.post(f"{base}/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"}, timeout=60,
+                           json={"model": "llmserver-demo", "messages": [{"role": "user", "content": question}]})
+            time.sleep(0.5)  # written within USAGE_WRITE_DELAY_MS
     time.sleep(0.3)
     browser.save_screenshot(str(ROOT / "docs" / "keys-page.png"))
     # The usage dashboard of that day, by the hour (the user is an admin).
-    browser.set_window_size(1280, 1800)
+    browser.set_window_size(1280, 2600)
     day = time.strftime("%Y-%m-%d", time.gmtime())
     browser.get(f"{base}/admin/accounts/usagerecord/dashboard/?start={day}&end={day}")
     wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "svg.usage-chart"))
