@@ -117,7 +117,12 @@ class Holder(NamedTuple):
 
     def holds(self, key: APIKey) -> bool:
         """Whether a request with ``key`` counts against this holder."""
-        return {"api_key_id": key.pk, "user_id": key.owner_id, "team_id": key.team_id}[self.column] == self.id
+        return getattr(key, _KEY_ATTRIBUTE[self.column]) == self.id
+
+
+# Where a key names each kind of holder.
+_KEY_ATTRIBUTE = {"api_key_id": "pk", "user_id": "owner_id", "team_id": "team_id"}
+_MINUTE = timedelta(minutes=1)
 
 
 # What each holder's refusals say and their codes, by holder column: (who, the codes of
@@ -131,12 +136,15 @@ _TEAM_REFUSALS = ("Your team", Code.TEAM_TOKEN_BUDGET_EXCEEDED, Code.TEAM_COST_B
 _REFUSALS = {"api_key_id": _KEY_REFUSALS, "user_id": _USER_REFUSALS, "team_id": _TEAM_REFUSALS}
 
 
-def _counter_values(cursor, holder: Holder, kind: str, starts_at) -> tuple[int, int, int]:
-    """(requests, tokens, cost units) of a holder's counter, zeros if it has none yet."""
-    rows = _sql(cursor, f"SELECT requests, tokens, cost_units FROM {_COUNTER} "
-                        f"WHERE {holder.column} = %s AND kind = %s AND starts_at = %s",
-                [holder.id, kind, _at(starts_at)])
-    return rows[0] if rows else (0, 0, 0)
+def _counter_values(cursor, holder: Holder, buckets: dict[str, object]) -> dict[str, tuple[int, int, int]]:
+    """(requests, tokens, cost units) of a holder's counters of ``buckets`` (kind: start),
+    by kind, zeros for a counter it has none of yet: one statement for both kinds."""
+    kinds = list(buckets)
+    rows = _sql(cursor, f"SELECT kind, requests, tokens, cost_units FROM {_COUNTER} WHERE {holder.column} = %s AND "
+                        f"({' OR '.join(['(kind = %s AND starts_at = %s)'] * len(kinds))})",
+                [holder.id, *(value for kind in kinds for value in (kind, _at(buckets[kind])))])
+    found = {row[0]: tuple(row[1:]) for row in rows}
+    return {kind: found.get(kind, (0, 0, 0)) for kind in kinds}
 
 
 def add_to_counter(cursor, column: str, holder_id: int, kind: str, starts_at, *, requests: int = 0, tokens: int = 0,
@@ -365,19 +373,17 @@ def _decimal(value) -> Decimal:
     return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
-def _unsettled_tokens(settling: Sequence[Settlement], holder: Holder, bucket, now) -> int:
-    """Tokens of ``holder``'s finished requests not yet on its counters, in the bucket
-    (a function of a moment: its minute, its budget period) that ``now`` is in."""
-    current = bucket(now)
-    return sum(s.tokens for s in settling if s.key is not None and holder.holds(s.key) and bucket(s.finished_at) == current)
+def _unsettled_tokens(settling: Sequence[Settlement], holder: Holder, since, until) -> int:
+    """Tokens of ``holder``'s finished requests not yet on its counters that finished
+    from ``since`` to ``until`` (a minute, a budget period)."""
+    return sum(s.tokens for s in settling if s.key is not None and since <= s.finished_at < until and holder.holds(s.key))
 
 
-def _unsettled_cost_units(settling: Sequence[Settlement], holder: Holder, now) -> int:
-    """The cost, in units, of ``holder``'s finished requests not yet on its counters, in
-    the budget period ``now`` is in, at the prices they will be settled at."""
-    current = period_start(holder.budget_period, now)
-    records = [s.record for s in settling if s.key is not None and holder.holds(s.key) and s.record is not None
-               and period_start(holder.budget_period, s.finished_at) == current]
+def _unsettled_cost_units(settling: Sequence[Settlement], holder: Holder, since, until) -> int:
+    """The cost, in units, of ``holder``'s finished requests not yet on its counters that
+    finished from ``since`` to ``until``, at the prices they will be settled at."""
+    records = [s.record for s in settling if s.key is not None and s.record is not None
+               and since <= s.finished_at < until and holder.holds(s.key)]
     if not records:
         return 0
     prices = prices_of({record.model for record in records})
@@ -393,28 +399,34 @@ def _check_limits(cursor, holder: Holder, now, settling: Sequence[Settlement], c
     who, budget_code, cost_code, tpm_code, rpm_code, concurrency_code = _REFUSALS[holder.column]
     if holder.column == "team_id":
         who = f"{who} {holder.name}"
-    if budget is not None or cost_budget is not None:
-        _, used, cost_used = _counter_values(cursor, holder, UsageCounter.Kind.PERIOD, period_start(period, now))
-        until_next_period = (period_end(period, now) - now).total_seconds()
+    budgeted, per_minute = budget is not None or cost_budget is not None, tpm is not None or rpm is not None
+    since = period_start(period, now)
+    minute_start = minute_of(now)
+    buckets = {**({UsageCounter.Kind.PERIOD: since} if budgeted else {}),
+               **({UsageCounter.Kind.MINUTE: minute_start} if per_minute else {})}
+    counters = _counter_values(cursor, holder, buckets) if buckets else {}
+    if budgeted:
+        until = period_end(period, now)
+        _, used, cost_used = counters[UsageCounter.Kind.PERIOD]
+        until_next_period = (until - now).total_seconds()
         if budget is not None:
             if settling:
-                used += _unsettled_tokens(settling, holder, lambda moment: period_start(period, moment), now)
+                used += _unsettled_tokens(settling, holder, since, until)
             if used >= budget:
                 raise too_many(f"{who} has used its budget of {budget} tokens per {period}.",
                                budget_code, until_next_period)
         if cost_budget is not None:
             if settling:
-                cost_used += _unsettled_cost_units(settling, holder, now)
+                cost_used += _unsettled_cost_units(settling, holder, since, until)
             if cost_used >= units(cost_budget):
                 raise too_many(f"{who} has used its budget of {cost_budget.normalize():f} "
                                f"{settings.COST_CURRENCY} per {period}.", cost_code, until_next_period)
-    minute_start = minute_of(now)
     to_next_minute = 60 - (now - minute_start).total_seconds()
-    if tpm is not None or rpm is not None:
-        requests, tokens, _ = _counter_values(cursor, holder, UsageCounter.Kind.MINUTE, minute_start)
+    if per_minute:
+        requests, tokens, _ = counters[UsageCounter.Kind.MINUTE]
         requests += counted.get((holder.column, holder.id, UsageCounter.Kind.MINUTE, minute_start), 0)
         if settling and tpm is not None:
-            tokens += _unsettled_tokens(settling, holder, minute_of, now)
+            tokens += _unsettled_tokens(settling, holder, minute_start, minute_start + _MINUTE)
         if tpm is not None and tokens >= tpm:
             raise too_many(f"{who} has reached its limit of {tpm} tokens per minute.", tpm_code, to_next_minute)
         if rpm is not None and requests >= rpm:

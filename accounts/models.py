@@ -317,16 +317,19 @@ class Lease(models.Model):
     # key constraint: inserting a lease takes no lock on their rows, and a lease outlives
     # neither (LEASE_TTL_SECONDS).
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.DO_NOTHING, db_constraint=False,
+                             db_index=False, related_name="+")
+    team = models.ForeignKey(Team, null=True, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False,
                              related_name="+")
-    team = models.ForeignKey(Team, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
     request_id = models.CharField(max_length=128)
     holder = models.CharField(max_length=64, db_index=True, help_text="The server process holding it.")
     acquired_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField(db_index=True)
 
     class Meta:
-        indexes = [models.Index(fields=["api_key", "expires_at"]), models.Index(fields=["user", "expires_at"]),
-                   models.Index(fields=["team", "expires_at"])]
+        # None on user and team: the table holds the requests in flight only, a scan of it
+        # is cheap, and each index would be one more to write per lease (its COMMIT
+        # costs that much more on SQLite).
+        indexes = [models.Index(fields=["api_key", "expires_at"])]
 
     def __str__(self) -> str:
         return f"{self.request_id} · {self.holder}"

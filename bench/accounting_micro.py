@@ -13,6 +13,8 @@ work shares the machine. Each figure is the minimum over ``--repeat`` runs of
   thread's wake-ups and the event loop's share; for requests one at a time, also the
   median wall time of an admission, ms (what it adds to time to first token; wall
   time, so only as steady as the machine is quiet).
+- ``--holders team``: the same with a key whose owner has a token budget of their own
+  and whose team has a token budget and a per-minute limit (three holders a request).
 - **direct**: ``accounts.limits.admit`` and ``accounts.settlement.settle_batch`` called
   on this thread, no accounting thread: with the statements on the driver's cursor
   (accounts.hotsql) and, for comparison, through Django's cursor and ``atomic()``.
@@ -38,6 +40,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--holders", choices=["key", "team"], default="key",
+                        help="team: the key's owner has limits of their own and the key belongs to a team with "
+                             "a budget, so every request counts against three holders")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DATABASE_URL", f"sqlite:///{tempfile.mkdtemp(prefix='llmserver-micro-')}/db.sqlite3")
@@ -61,6 +66,17 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     settings.MAX_CONCURRENT_REQUESTS = 10**9
     key, _ = APIKey.issue(name="accounting-micro")
+    if args.holders == "team":
+        from django.contrib.auth import get_user_model
+
+        from accounts.models import Team, TeamMembership, UserLimits
+
+        owner = get_user_model().objects.create_user("accounting-micro")
+        UserLimits.objects.create(user=owner, token_budget=10**15)
+        team = Team.objects.create(name="accounting-micro", token_budget=10**15, requests_per_minute=10**9)
+        TeamMembership.objects.create(team=team, user=owner)
+        key.owner, key.team = owner, team
+        key.save()
     names = ("llmserver-demo",)
 
     def record(i: int) -> UsageRow:
@@ -68,7 +84,7 @@ def main() -> None:
                         endpoint="chat.completions", request_id=f"micro-{i}", streamed=True, prompt_tokens=20,
                         completion_tokens=40, cached_tokens=0, finish_reason="stop", status_code=200,
                         error_code="", started_at=timezone.now(), duration_ms=10.0, time_to_first_token_ms=1.0,
-                        client_disconnected=False, user="")
+                        client_disconnected=False, user="", cost=None)
 
     def settlements(leases: list[int]) -> list:
         return [Settlement(lease, key, record(i), 60, timezone.now()) for i, lease in enumerate(leases)]
