@@ -60,25 +60,27 @@ class APIKeyForm(forms.ModelForm):
         return cleaned
 
 
-def with_usage_now(queryset):
-    """Annotate keys with ``tokens_this_period`` and ``in_flight_now``, as subqueries so
-    that a page of keys costs one query, not two per key."""
+def _tokens_this_period(holder: str) -> dict:
+    """The annotations ``current_period_start`` and ``tokens_this_period`` of keys or
+    teams (``holder``: their counters' field), as a subquery: one query a page."""
     now = timezone.now()
-    # Each key's current budget period starts at a moment that depends on its period.
+    # Each holder's current budget period starts at a moment that depends on its period.
     current_period_start = Case(
         *[When(budget_period=period, then=Value(period_start(period, now))) for period in BudgetPeriod.values],
         output_field=DateTimeField(),
     )
     period_tokens = UsageCounter.objects.filter(
-        api_key=OuterRef("pk"), kind=UsageCounter.Kind.PERIOD, starts_at=OuterRef("current_period_start"),
+        **{holder: OuterRef("pk")}, kind=UsageCounter.Kind.PERIOD, starts_at=OuterRef("current_period_start"),
     ).values("tokens")[:1]
-    live_leases = (Lease.objects.filter(api_key=OuterRef("pk"), expires_at__gt=now)
+    return {"current_period_start": current_period_start, "tokens_this_period": Coalesce(Subquery(period_tokens), 0)}
+
+
+def with_usage_now(queryset):
+    """Annotate keys with ``tokens_this_period`` and ``in_flight_now``, as subqueries so
+    that a page of keys costs one query, not two per key."""
+    live_leases = (Lease.objects.filter(api_key=OuterRef("pk"), expires_at__gt=timezone.now())
                    .order_by().values("api_key").annotate(count=Count("pk")).values("count"))
-    return queryset.annotate(
-        current_period_start=current_period_start,
-        tokens_this_period=Coalesce(Subquery(period_tokens), 0),
-        in_flight_now=Coalesce(Subquery(live_leases), 0),
-    )
+    return queryset.annotate(**_tokens_this_period("api_key"), in_flight_now=Coalesce(Subquery(live_leases), 0))
 
 
 @admin.register(APIKey)
@@ -267,19 +269,9 @@ class TeamKeyAllowanceInline(admin.StackedInline):
 
 def with_team_usage_now(queryset):
     """Annotate teams with ``tokens_this_period`` and ``members_count``."""
-    now = timezone.now()
-    current_period_start = Case(
-        *[When(budget_period=period, then=Value(period_start(period, now))) for period in BudgetPeriod.values],
-        output_field=DateTimeField(),
-    )
-    period_tokens = UsageCounter.objects.filter(
-        team=OuterRef("pk"), kind=UsageCounter.Kind.PERIOD, starts_at=OuterRef("current_period_start"),
-    ).values("tokens")[:1]
     members = (TeamMembership.objects.filter(team=OuterRef("pk")).order_by().values("team")
                .annotate(count=Count("pk")).values("count"))
-    return queryset.annotate(current_period_start=current_period_start,
-                             tokens_this_period=Coalesce(Subquery(period_tokens), 0),
-                             members_count=Coalesce(Subquery(members), 0))
+    return queryset.annotate(**_tokens_this_period("team"), members_count=Coalesce(Subquery(members), 0))
 
 
 @admin.register(Team)

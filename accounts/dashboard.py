@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import TruncDate, TruncHour
 from django.http import HttpResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 
@@ -221,18 +222,19 @@ def team_budgets(now: datetime) -> list[dict]:
     period (for a bar), most used first."""
     teams = list(Team.objects.filter(Q(token_budget__isnull=False) | Q(cost_budget__isnull=False)))
     counters = UsageCounter.current_periods(teams, now, holder="team")
-    return sorted((row for team in teams for row in _budget_rows(team, team.name, counters.get(team.pk))),
+    return sorted((row for team in teams for row in _budget_rows(team, team.name, counters.get(team.pk),
+                                                                 reverse("admin:accounts_team_change", args=[team.pk]))),
                   key=lambda row: (-row["share"], row["label"], row["kind"]))
 
 
-def _budget_rows(holder, label: str, counter) -> list[dict]:
-    """A key's or team's use of each of its budgets this period."""
+def _budget_rows(holder, label: str, counter, url: str) -> list[dict]:
+    """A key's or team's use of each of its budgets this period (``url``: its admin page)."""
     tokens, cost = (counter.tokens, counter.cost) if counter else (0, Decimal(0))
     rows = []
     for kind, used, budget in (("tokens", tokens, holder.token_budget), ("cost", cost, holder.cost_budget)):
         if budget is not None:
             share = 1.0 if budget == 0 else float(used / budget)
-            rows.append({"holder": holder, "label": label, "kind": kind,
+            rows.append({"holder": holder, "label": label, "url": url, "kind": kind,
                          "used": used if kind == "tokens" else used.normalize(), "budget": budget,
                          "share": share, "percent": round(100 * share), "period": holder.budget_period})
     return rows
@@ -251,7 +253,8 @@ def keys_near_budget(now: datetime) -> list[dict]:
     if not keys:
         return []
     counters = UsageCounter.current_periods(keys, now)
-    near = [row for key in keys for row in _budget_rows(key, key_label(key.name, key.prefix), counters.get(key.pk))
+    near = [row for key in keys for row in _budget_rows(key, key_label(key.name, key.prefix), counters.get(key.pk),
+                                                        reverse("admin:accounts_apikey_change", args=[key.pk]))
             if row["budget"] == 0 or row["share"] >= NEAR_BUDGET]
     return sorted(near, key=lambda row: (-row["share"], row["label"], row["kind"]))
 

@@ -33,18 +33,25 @@ def amount_text(amount: Decimal | None) -> str:
     return "–" if amount is None else f"{amount.quantize(Decimal('1e-6')).normalize():f}"
 
 
+class _CostText:
+    """A row's cost (its field named by ``_cost_field``) as the page shows it."""
+
+    _cost_field = "cost"
+
+    @property
+    def cost_text(self) -> str:
+        return amount_text(getattr(self, self._cost_field))
+
+
 @dataclass
-class OwnKey:
+class OwnKey(_CostText):
     """One of the user's keys as the page lists it."""
 
     key: APIKey
     requests: int
     tokens_this_period: int
     cost_this_period: Decimal | None
-
-    @property
-    def cost_text(self) -> str:
-        return amount_text(self.cost_this_period)
+    _cost_field = "cost_this_period"
 
 
 def own_keys(user) -> list[OwnKey]:
@@ -67,15 +74,11 @@ USAGE_DAYS = 14
 
 
 @dataclass
-class UsageDay:
+class UsageDay(_CostText):
     day: object  # a date
     requests: int
     tokens: int
     cost: Decimal | None
-
-    @property
-    def cost_text(self) -> str:
-        return amount_text(self.cost)
 
 
 def usage_by_day(user=None, *, team: Team | None = None) -> list[UsageDay]:
@@ -94,7 +97,7 @@ def usage_by_day(user=None, *, team: Team | None = None) -> list[UsageDay]:
 
 
 @dataclass
-class MemberUsage:
+class MemberUsage(_CostText):
     """A member's use of the team's keys this budget period (a team lead's view)."""
 
     username: str
@@ -102,13 +105,9 @@ class MemberUsage:
     tokens: int
     cost: Decimal | None
 
-    @property
-    def cost_text(self) -> str:
-        return amount_text(self.cost)
-
 
 @dataclass
-class OwnTeam:
+class OwnTeam(_CostText):
     """One of the user's teams as their page shows it: the team's use of its budget this
     period, and for a lead, each member's use and the team's days."""
 
@@ -118,10 +117,7 @@ class OwnTeam:
     cost_this_period: Decimal
     members: list[MemberUsage]
     days: list[UsageDay]
-
-    @property
-    def cost_text(self) -> str:
-        return amount_text(self.cost_this_period)
+    _cost_field = "cost_this_period"
 
     @property
     def token_share(self) -> float | None:
