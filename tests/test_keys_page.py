@@ -238,8 +238,11 @@ def test_on_a_phone_the_keys_page_scrolls_only_down(browser, server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from selenium.webdriver.support.ui import Select
+
     user = make_user("phone")
     APIKey.issue(name="an older key with a long name for a phone screen", owner=user)
+    team = a_team("a team with a long name for a phone", user, lead=user, token_budget=1000)  # its tables too
     browser.delete_all_cookies()
     browser.set_window_size(390, 844)
     browser.get(f"{server.base_url}/login/?next=/keys/")
@@ -248,11 +251,17 @@ def test_on_a_phone_the_keys_page_scrolls_only_down(browser, server):
     browser.find_element(By.CSS_SELECTOR, "form [type=submit]").click()
     WebDriverWait(browser, 30).until(lambda _: browser.current_url == f"{server.base_url}/keys/")
     browser.find_element(By.NAME, "name").send_keys("phone")
+    Select(browser.find_element(By.NAME, "team")).select_by_visible_text(team.name)
     browser.find_element(By.ID, "create-key").click()
     WebDriverWait(browser, 30).until(lambda _: browser.find_elements(By.ID, "secret"))
+    assert APIKey.objects.get(owner=user, name="phone").team == team
+    assert browser.find_element(By.CSS_SELECTOR, ".team .team-members").is_displayed()
     page, window = browser.execute_script(
         "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
-    assert page <= window, (page, window)
+    wide = browser.execute_script(
+        "return [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > "
+        "document.documentElement.clientWidth && !e.closest('.table-wrap')).map(e => e.tagName + '.' + e.className + '#' + e.id + ':' + Math.round(e.getBoundingClientRect().right)).slice(0, 8)")
+    assert page <= window, (page, window, wide)
 
 
 def a_team(name, *members, lead=None, **limits):
