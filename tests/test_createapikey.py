@@ -186,4 +186,4 @@ def test_a_team_must_exist_and_have_the_owner_as_a_member(db, django_user_model)
         create_key("--name", "x", "--team", "Nope")
     with pytest.raises(CommandError, match="'bob' is not a member of the team 'Research'."):
         create_key("--name", "x", "--user", "bob", "--team", "Research")
-    assert not APIKey.objects.exists()
+    assert not APIKey.objects.filter(name="x").exists()
