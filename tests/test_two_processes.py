@@ -78,20 +78,17 @@ def test_a_key_revoked_through_one_process_is_refused_by_the_other(tmp_path, liv
         second.stop()
 
 
-def test_a_probe_of_many_clients_on_both_processes_never_sees_more_than_the_limit_in_flight(tmp_path, live_db):
-    """Eight clients, four on each process, stream for a few seconds with a key limited to
-    three, while a probe samples the key's leases in the shared database, which is what
-    "in flight" is for every process. (The clients' own view cannot serve: a client sees
-    its stream end after the server let go of it, so a client-side count overlaps the
-    next admission.)"""
-    limit = 3
-    key, secret = issue_key(name="probe", max_concurrency=limit)
-    servers = [start_server(tmp_path, ENGINE_STEP_DELAY_MS=2), start_server(tmp_path, ENGINE_STEP_DELAY_MS=2)]
-    deadline = time.monotonic() + 8
+def probe(servers, secrets: list[str], leases, seconds: float = 8) -> dict:
+    """Clients (one per secret, alternating between the servers) stream for ``seconds``
+    while a probe samples ``leases`` (a Lease queryset) in the shared database, which is
+    what "in flight" is for every process. (The clients' own view cannot serve: a client
+    sees its stream end after the server let go of it, so a client-side count overlaps
+    the next admission.) What was seen: lease counts, 200s, 429s and anything else."""
+    deadline = time.monotonic() + seconds
     lock = threading.Lock()
     seen = {"leases": Counter(), 200: 0, 429: 0, "other": []}
 
-    def client(server):
+    def client(server, secret):
         body = {"model": MODEL_ID, "messages": [{"role": "user", "content": count_prompt(20)}], "stream": True}
         with httpx.Client(base_url=server.base_url, timeout=60, headers=bearer(secret)) as http:
             while time.monotonic() < deadline:
@@ -115,11 +112,11 @@ def test_a_probe_of_many_clients_on_both_processes_never_sees_more_than_the_limi
         from django.db import connection
 
         while time.monotonic() < deadline:
-            seen["leases"][Lease.objects.filter(api_key=key).count()] += 1
+            seen["leases"][leases.count()] += 1
             time.sleep(0.002)
         connection.close()  # this thread's own
 
-    threads = [threading.Thread(target=client, args=(servers[i % 2],)) for i in range(8)]
+    threads = [threading.Thread(target=client, args=(servers[i % 2], secret)) for i, secret in enumerate(secrets)]
     threads.append(threading.Thread(target=sample_leases))
     try:
         for thread in threads:
@@ -129,9 +126,37 @@ def test_a_probe_of_many_clients_on_both_processes_never_sees_more_than_the_limi
     finally:
         for server in servers:
             server.stop()
+    return seen
+
+
+def test_a_probe_of_many_clients_on_both_processes_never_sees_more_than_the_limit_in_flight(tmp_path, live_db):
+    """Eight clients, four on each process, with a key limited to three."""
+    limit = 3
+    key, secret = issue_key(name="probe", max_concurrency=limit)
+    servers = [start_server(tmp_path, ENGINE_STEP_DELAY_MS=2), start_server(tmp_path, ENGINE_STEP_DELAY_MS=2)]
+    seen = probe(servers, [secret] * 8, Lease.objects.filter(api_key=key))
     assert seen["other"] == []
     assert max(seen["leases"]) == limit, seen  # reached, never passed (samples by count in flight)
     assert seen["leases"][limit] >= 10, seen  # ...and held at it while the clients pushed
+    assert seen[200] >= 10 and seen[429] >= 10, seen
+
+
+def test_a_teams_concurrency_holds_across_the_keys_of_its_members_on_both_processes(tmp_path, live_db):
+    """Eight clients with four keys of two members of a team limited to three in flight:
+    different keys, different processes, one team count."""
+    from accounts.models import Team, TeamMembership
+
+    limit = 3
+    members = [make_user("probe-member") for _ in range(2)]
+    team = Team.objects.create(name=f"probe-{members[0].username}", max_concurrency=limit)
+    for user in members:
+        TeamMembership.objects.create(team=team, user=user)
+    secrets = [issue_key(name=f"probe-{i}", owner=members[i % 2], team=team)[1] for i in range(4)]
+    servers = [start_server(tmp_path, ENGINE_STEP_DELAY_MS=2), start_server(tmp_path, ENGINE_STEP_DELAY_MS=2)]
+    seen = probe(servers, secrets * 2, Lease.objects.filter(team=team))
+    assert seen["other"] == []
+    assert max(seen["leases"]) == limit, seen
+    assert seen["leases"][limit] >= 10, seen
     assert seen[200] >= 10 and seen[429] >= 10, seen
 
 
