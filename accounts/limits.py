@@ -6,7 +6,8 @@ for how the locks are taken.
 A request counts against its key, the key's owner (if an admin gave them UserLimits) and
 the key's team (if it has one): its holders (``Holder``). ``admit_many()`` admits the
 requests that arrived together, in arrival order, in one transaction that locks their
-keys' rows, their owners' limits, their teams (and the deployment's ``global`` row): for
+keys' rows, their owners' limits and teams where those limit requests in flight or per
+minute (and the deployment's ``global`` row): for
 each holder in that order it checks the token budget, the cost budget, tokens and
 requests per minute and concurrency, then the deployment's concurrency, and only if all
 pass does it consume anything (a request counted this minute for each holder with a
@@ -136,15 +137,28 @@ _TEAM_REFUSALS = ("Your team", Code.TEAM_TOKEN_BUDGET_EXCEEDED, Code.TEAM_COST_B
 _REFUSALS = {"api_key_id": _KEY_REFUSALS, "user_id": _USER_REFUSALS, "team_id": _TEAM_REFUSALS}
 
 
-def _counter_values(cursor, holder: Holder, buckets: dict[str, object]) -> dict[str, tuple[int, int, int]]:
-    """(requests, tokens, cost units) of a holder's counters of ``buckets`` (kind: start),
-    by kind, zeros for a counter it has none of yet: one statement for both kinds."""
-    kinds = list(buckets)
-    rows = _sql(cursor, f"SELECT kind, requests, tokens, cost_units FROM {_COUNTER} WHERE {holder.column} = %s AND "
-                        f"({' OR '.join(['(kind = %s AND starts_at = %s)'] * len(kinds))})",
-                [holder.id, *(value for kind in kinds for value in (kind, _at(buckets[kind])))])
-    found = {row[0]: tuple(row[1:]) for row in rows}
-    return {kind: found.get(kind, (0, 0, 0)) for kind in kinds}
+def _counters_of(cursor, holders: Sequence[Holder], now) -> dict[tuple, tuple[int, int, int]]:
+    """(requests, tokens, cost units) of the counters the limits of ``holders`` read
+    ``now`` (a budget's period, a per-minute limit's minute) by (column, holder id,
+    kind), zeros for a counter not made yet: one statement for all of them."""
+    wanted = []
+    for holder in holders:
+        if holder.token_budget is not None or holder.cost_budget is not None:
+            wanted.append((holder.column, holder.id, UsageCounter.Kind.PERIOD, period_start(holder.budget_period, now)))
+        if holder.per_minute_limited:
+            wanted.append((holder.column, holder.id, UsageCounter.Kind.MINUTE, minute_of(now)))
+    if not wanted:
+        return {}
+    rows = _sql(cursor, f"SELECT api_key_id, user_id, team_id, kind, requests, tokens, cost_units FROM {_COUNTER} "
+                        f"WHERE {' OR '.join(f'({column} = %s AND kind = %s AND starts_at = %s)' for column, *_ in wanted)}",
+                [value for _, holder_id, kind, starts_at in wanted for value in (holder_id, kind, _at(starts_at))])
+    found = {}
+    for key_id, user_id, team_id, kind, *values in rows:
+        holder = ("api_key_id", key_id) if key_id is not None else ("user_id", user_id) if user_id is not None \
+            else ("team_id", team_id)
+        found[(*holder, kind)] = tuple(values)
+    return {(column, holder_id, kind): found.get((column, holder_id, kind), (0, 0, 0))
+            for column, holder_id, kind, _ in wanted}
 
 
 def add_to_counter(cursor, column: str, holder_id: int, kind: str, starts_at, *, requests: int = 0, tokens: int = 0,
@@ -253,8 +267,9 @@ def _admit_together(admissions: Sequence[Admission], settling: Sequence[Settleme
                     if model_names:  # the model's id and aliases
                         check_model_access(key, *model_names)
                     holders = (Holder.of_key(key), *key.shared_holders)
+                    counters = _counters_of(cursor, holders, now)
                     for holder in holders:  # the key's limits, then its owner's, then its team's
-                        _check_limits(cursor, holder, now, settling, counted)
+                        _check_limits(cursor, holder, now, settling, counted, counters)
                 if in_flight is None:
                     in_flight = _deployment_in_flight(cursor, now)
                 _check_deployment_limit(in_flight)
@@ -319,8 +334,13 @@ def _read_keys(cursor, keys: list[APIKey], now) -> tuple[dict[int, _KeyRow], int
             shared.append(Holder("team_id", team_id, team_name, *_limit_values(team_limits)))
         found[row[1]] = _KeyRow(*state, stale=bool(stale), shared=tuple(shared))
     if postgres:
-        _lock_rows(cursor, _USER_LIMITS, "user_id", {h.id for r in found.values() for h in r.shared if h.column == "user_id"})
-        _lock_rows(cursor, _TEAM, "id", {h.id for r in found.values() for h in r.shared if h.column == "team_id"})
+        # Only the rows of holders whose counts admission decides on (requests in flight
+        # or this minute, counted as it admits); budgets and tokens per minute count what
+        # settlement wrote, and need no turn-taking.
+        counted = [h for row in found.values() for h in row.shared
+                   if h.max_concurrency is not None or h.requests_per_minute is not None]
+        _lock_rows(cursor, _USER_LIMITS, "user_id", {h.id for h in counted if h.column == "user_id"})
+        _lock_rows(cursor, _TEAM, "id", {h.id for h in counted if h.column == "team_id"})
     return found, in_flight
 
 
@@ -390,24 +410,21 @@ def _unsettled_cost_units(settling: Sequence[Settlement], holder: Holder, since,
     return sum(units(record_cost(prices, record)) for record in records)
 
 
-def _check_limits(cursor, holder: Holder, now, settling: Sequence[Settlement], counted: dict[tuple, int]) -> None:
+def _check_limits(cursor, holder: Holder, now, settling: Sequence[Settlement], counted: dict[tuple, int],
+                  counters: dict[tuple, tuple[int, int, int]]) -> None:
     """Raise 429 if ``holder`` (its limits as just read) may not start a request ``now``:
     token budget, cost budget, tokens per minute, requests per minute, concurrency, in
-    that order. ``counted``: requests this transaction admitted, not yet on counters."""
+    that order. ``counted``: requests this transaction admitted, not yet on counters;
+    ``counters``: its counters' values (_counters_of)."""
     budget, cost_budget, period = holder.token_budget, holder.cost_budget, holder.budget_period
     tpm, rpm = holder.tokens_per_minute, holder.requests_per_minute
     who, budget_code, cost_code, tpm_code, rpm_code, concurrency_code = _REFUSALS[holder.column]
     if holder.column == "team_id":
         who = f"{who} {holder.name}"
     budgeted, per_minute = budget is not None or cost_budget is not None, tpm is not None or rpm is not None
-    since = period_start(period, now)
-    minute_start = minute_of(now)
-    buckets = {**({UsageCounter.Kind.PERIOD: since} if budgeted else {}),
-               **({UsageCounter.Kind.MINUTE: minute_start} if per_minute else {})}
-    counters = _counter_values(cursor, holder, buckets) if buckets else {}
     if budgeted:
-        until = period_end(period, now)
-        _, used, cost_used = counters[UsageCounter.Kind.PERIOD]
+        since, until = period_start(period, now), period_end(period, now)
+        _, used, cost_used = counters[(holder.column, holder.id, UsageCounter.Kind.PERIOD)]
         until_next_period = (until - now).total_seconds()
         if budget is not None:
             if settling:
@@ -421,9 +438,10 @@ def _check_limits(cursor, holder: Holder, now, settling: Sequence[Settlement], c
             if cost_used >= units(cost_budget):
                 raise too_many(f"{who} has used its budget of {cost_budget.normalize():f} "
                                f"{settings.COST_CURRENCY} per {period}.", cost_code, until_next_period)
-    to_next_minute = 60 - (now - minute_start).total_seconds()
     if per_minute:
-        requests, tokens, _ = counters[UsageCounter.Kind.MINUTE]
+        minute_start = minute_of(now)
+        to_next_minute = 60 - (now - minute_start).total_seconds()
+        requests, tokens, _ = counters[(holder.column, holder.id, UsageCounter.Kind.MINUTE)]
         requests += counted.get((holder.column, holder.id, UsageCounter.Kind.MINUTE, minute_start), 0)
         if settling and tpm is not None:
             tokens += _unsettled_tokens(settling, holder, minute_start, minute_start + _MINUTE)

@@ -71,9 +71,10 @@ def main() -> None:
 
         from accounts.models import Team, TeamMembership, UserLimits
 
-        owner = get_user_model().objects.create_user("accounting-micro")
+        name = f"accounting-micro-{key.prefix}"  # new each run: a database of DATABASE_URL keeps the last's
+        owner = get_user_model().objects.create_user(name)
         UserLimits.objects.create(user=owner, token_budget=10**15)
-        team = Team.objects.create(name="accounting-micro", token_budget=10**15, requests_per_minute=10**9)
+        team = Team.objects.create(name=name, token_budget=10**15, requests_per_minute=10**9)
         TeamMembership.objects.create(team=team, user=owner)
         key.owner, key.team = owner, team
         key.save()
