@@ -20,6 +20,9 @@ Protocol (JSON text frames; ``id`` is the client's name for one generation):
   (seconds) where the API would send ``Retry-After`` and, when the turn has a usage
   record, its ``request_id``. Refusals are worded for the person at the page
   (chat.refusals), with the API's codes.
+- server → client, with ``CHAT_HISTORY=server``: ``{"type": "history", "id", "version"}``
+  or ``{"type": "history", "id", "deleted": true}`` when one of the user's conversations
+  changed (in any tab or browser: chat.history), for the page to read it again.
 
 Each chat turn is one request in the books, recorded as the same request streamed over
 HTTP would be: refused turns with their status, started ones with 200, a stopped one (or
@@ -40,6 +43,7 @@ from rest_framework.exceptions import ValidationError
 
 from accounts.policies import ChatSession
 from chat import refusals
+from chat.history import user_group
 from inference.lifecycle import Lifecycle
 from inference.protocol import ChatCompletionRequest, validated
 from inference.serving import ChatServing
@@ -71,9 +75,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.stopping: set[str] = set()
         self.connected = True
         await self.accept()
+        if settings.CHAT_HISTORY == "server":  # the user's other tabs' changes (chat.history)
+            self.group = user_group(user)
+            await self.channel_layer.group_add(self.group, self.channel_name)
 
     async def disconnect(self, code):
         self.connected = False
+        if getattr(self, "group", None):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
         # The page is gone: cancel its generations (freeing their batch and concurrency
         # slots) and wait until each has handed its record to the books.
         tasks = list(getattr(self, "generations", {}).values())
@@ -161,6 +170,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._send_error(chat_id, refusals.for_person(exc, key), life)
         finally:
             self.stopping.discard(chat_id)
+
+    async def history_changed(self, event: dict) -> None:
+        """A conversation of the user's changed (chat.history): the page reads it again."""
+        await self._send(type="history", **{name: event[name] for name in ("id", "version", "deleted") if name in event})
 
     async def _send(self, **message) -> None:
         if self.connected:

@@ -75,6 +75,8 @@ class Code(StrEnum):
     TEAM_CONCURRENCY_LIMIT = "team_concurrency_limit"
     # ...and of the deployment.
     SERVER_CONCURRENCY_LIMIT = "server_concurrency_limit"
+    # The chat page's conversations (chat.history).
+    CONVERSATION_CHANGED = "conversation_changed"
     # Models and the engine.
     MODEL_BUSY = "model_busy"
     MODEL_CAPACITY = "model_capacity"
@@ -342,6 +344,11 @@ class ServerConcurrencyLimit(APIError):
 
 
 # Models and the engine.
+
+
+class ConversationChanged(APIError):
+    """A conversation saved over a newer copy (another tab or browser wrote it since)."""
+    status, code = 409, Code.CONVERSATION_CHANGED
 
 
 class ModelBusy(APIError):

@@ -329,6 +329,15 @@ USAGE_WRITE_DELAY_MS = env.float("USAGE_WRITE_DELAY_MS", default=100.0)
 # key); 0 = none.
 CHAT_KEY_MAX_CONCURRENCY = env.int("CHAT_KEY_MAX_CONCURRENCY", default=2) or None
 
+# Where the chat page keeps conversations: "server" (chat.models.Conversation: they follow
+# the user to any browser) or "browser" (its localStorage only, for deployments that
+# keep no chat history). The page says which is in force.
+CHAT_HISTORY = env.str("CHAT_HISTORY", default="server").strip().lower()
+if CHAT_HISTORY not in ("server", "browser"):
+    raise environ.ImproperlyConfigured(f"CHAT_HISTORY is 'server' or 'browser', not {CHAT_HISTORY!r}.")
+# Whether the admin lists people's conversations (off: nobody reads them there).
+CHAT_ADMIN_READS_CONVERSATIONS = _switch("CHAT_ADMIN_READS_CONVERSATIONS", False)
+
 # Keys a user may hold at once on the API keys page (/keys/) unless an admin gave them
 # an allowance (accounts.models.KeyAllowance).
 SELF_SERVICE_MAX_KEYS = env.int("SELF_SERVICE_MAX_KEYS", default=5)

@@ -67,6 +67,7 @@ WIRE = {
     "team_cost_budget_exceeded": (429, "rate_limit_error"),
     "team_concurrency_limit": (429, "rate_limit_error"),
     "server_concurrency_limit": (429, "rate_limit_error"),
+    "conversation_changed": (409, "invalid_request_error"),
     "model_busy": (409, "invalid_request_error"),
     "model_capacity": (503, "server_error"),
     "model_unavailable": (503, "server_error"),

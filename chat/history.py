@@ -1,0 +1,242 @@
+"""The chat page's conversations on the server (``CHAT_HISTORY=server``): a small JSON API
+for the page, under ``/chat/conversations/``, for the logged-in user's own conversations
+only (another user's is "not found").
+
+- ``GET /chat/conversations/?q=text``: the list, newest first (``q``: those whose title
+  or messages contain it), without the messages.
+- ``GET /chat/conversations/<id>/``: one, whole.
+- ``PUT /chat/conversations/<id>/``: create or replace it. ``version`` is the version the
+  page last had (0 for a new one); if the server's is newer, 409
+  ``conversation_changed`` with the server's copy, and nothing is written.
+- ``DELETE /chat/conversations/<id>/``: delete it, restorable for UNDO_DAYS with ``POST
+  /chat/conversations/<id>/restore/``.
+- ``GET /chat/conversations/<id>/export/?format=md|json``: as a file to download.
+
+Each change is told to the user's other chat sockets (``history`` frames, chat.consumers),
+so that their other tabs follow. Errors are in OpenAI's shape, as everywhere. Sync views:
+small reads and writes of one row, no generation."""
+
+from __future__ import annotations
+
+import json
+from functools import wraps
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q, TextField
+from django.db.models.functions import Cast
+from django.http import HttpResponse, JsonResponse
+from django.utils import timezone
+from django.views.decorators.http import require_http_methods, require_POST
+
+from chat.models import Conversation
+from llmserver import clock
+from llmserver.errors import APIError, ConversationChanged, InvalidAPIKey, InvalidJSON, InvalidValue, NotFound
+
+MAX_MESSAGES = 1000
+_ROLES = ("user", "assistant")
+_STATES = ("streaming", "done", "stopped", "error")
+# A message's fields as the page keeps them, and their types.
+_MESSAGE_FIELDS = {"id": str, "role": str, "content": str, "reasoning": str, "state": str, "finishReason": str,
+                   "model": str, "durationMs": (int, float), "requestId": str, "usage": dict, "error": dict}
+
+
+def user_group(user) -> str:
+    """The channel layer group of a user's chat sockets."""
+    return f"chat.user.{user.pk}"
+
+
+def _api(view):
+    """A history view: the logged-in user's, with history on the server, errors as JSON."""
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        try:
+            if not request.user.is_authenticated:
+                raise InvalidAPIKey("Log in to use your conversations.")
+            if settings.CHAT_HISTORY != "server":
+                raise NotFound("Conversations are kept in the browser on this server (CHAT_HISTORY=browser).")
+            return view(request, *args, **kwargs)
+        except APIError as exc:
+            return exc.response()
+    return wrapped
+
+
+def _own(request, public_id: str, *, deleted: bool = False) -> Conversation:
+    try:
+        return Conversation.objects.get(user=request.user, public_id=public_id, deleted_at__isnull=not deleted)
+    except Conversation.DoesNotExist:
+        raise NotFound(f"No conversation '{public_id}' of yours.") from None
+
+
+def _millis(moment) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def summary(conversation: Conversation) -> dict:
+    return {"id": conversation.public_id, "title": conversation.title, "model": conversation.model,
+            "version": conversation.version, "createdAt": _millis(conversation.created_at),
+            "updatedAt": _millis(conversation.updated_at)}
+
+
+def whole(conversation: Conversation) -> dict:
+    return {**summary(conversation), "system": conversation.system_prompt, "settings": conversation.settings,
+            "messages": conversation.messages}
+
+
+@_api
+@require_http_methods(["GET"])
+def conversation_list(request):
+    conversations = Conversation.objects.of(request.user)
+    query = request.GET.get("q", "").strip()
+    if query:
+        conversations = conversations.annotate(text=Cast("messages", TextField())).filter(
+            Q(title__icontains=query) | Q(text__icontains=query) | Q(system_prompt__icontains=query))
+    if not query:
+        Conversation.objects.filter(user=request.user).purge_deleted()
+    return JsonResponse({"conversations": [summary(c) for c in conversations.only(
+        "public_id", "title", "model", "version", "created_at", "updated_at")]})
+
+
+@_api
+@require_http_methods(["GET", "PUT", "DELETE"])
+def conversation(request, public_id: str):
+    if request.method == "GET":
+        return JsonResponse(whole(_own(request, public_id)))
+    if request.method == "DELETE":
+        found = _own(request, public_id)
+        found.deleted_at = clock.now()
+        found.save(update_fields=["deleted_at"])
+        _tell_other_tabs(request, public_id, deleted=True)
+        return JsonResponse({"id": public_id, "deleted": True})
+    fields, base = _parse(request, public_id)
+    with transaction.atomic():
+        found = (Conversation.objects.select_for_update().filter(user=request.user, public_id=public_id).first())
+        if found is not None and found.deleted_at is None and found.version != base:
+            raise ConversationChanged(f"The conversation '{public_id}' was changed elsewhere (now version "
+                                      f"{found.version}, yours {base}).", param="version")
+        if found is None:
+            found = Conversation(user=request.user, public_id=public_id, version=0, created_at=fields.pop("created_at"))
+        else:
+            fields.pop("created_at")
+        for name, value in fields.items():
+            setattr(found, name, value)
+        found.version += 1
+        found.deleted_at = None
+        found.updated_at = clock.now()
+        try:
+            found.save()
+        except IntegrityError:  # made at the same moment by another tab: theirs stands
+            raise ConversationChanged(f"The conversation '{public_id}' was made elsewhere.", param="version") from None
+    _tell_other_tabs(request, public_id, version=found.version)
+    return JsonResponse(summary(found))
+
+
+@_api
+@require_POST
+def restore(request, public_id: str):
+    found = _own(request, public_id, deleted=True)
+    found.deleted_at = None
+    found.save(update_fields=["deleted_at"])
+    _tell_other_tabs(request, public_id, version=found.version)
+    return JsonResponse(summary(found))
+
+
+@_api
+@require_http_methods(["GET"])
+def export(request, public_id: str):
+    found = _own(request, public_id)
+    kind = request.GET.get("format", "md")
+    if kind not in ("md", "json"):
+        raise InvalidValue("format is 'md' or 'json'.", param="format")
+    stamp = timezone.localtime(found.updated_at).strftime("%Y%m%d-%H%M%S")
+    if kind == "json":
+        response = HttpResponse(json.dumps(whole(found), ensure_ascii=False, indent=2),
+                                content_type="application/json; charset=utf-8")
+    else:
+        response = HttpResponse(markdown(found), content_type="text/markdown; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="conversation-{stamp}.{kind}"'
+    return response
+
+
+def markdown(conversation: Conversation) -> str:
+    """The conversation as Markdown: its title, model and time, the system prompt, then
+    each turn under a heading, the text as it was written."""
+    lines = [f"# {conversation.title or 'Untitled conversation'}", ""]
+    when = timezone.localtime(conversation.updated_at).strftime("%Y-%m-%d %H:%M %Z")
+    lines += [f"*{conversation.model + ' · ' if conversation.model else ''}{when}*", ""]
+    if conversation.system_prompt:
+        lines += ["## System", "", conversation.system_prompt, ""]
+    for message in conversation.messages:
+        role = "User" if message["role"] == "user" else "Assistant"
+        model = f" ({message['model']})" if message.get("model") and message["role"] == "assistant" else ""
+        lines += [f"## {role}{model}", ""]
+        if message.get("reasoning"):
+            lines += ["<details><summary>Reasoning</summary>", "", message["reasoning"], "", "</details>", ""]
+        lines += [message["content"], ""]
+    return "\n".join(lines)
+
+
+def _parse(request, public_id: str) -> tuple[dict, int]:
+    """The model fields of a PUT body, and the version it was based on."""
+    try:
+        body = json.loads(request.body)
+    except ValueError as exc:
+        raise InvalidJSON(f"We could not parse the JSON body of your request: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidValue("The body is a conversation object.")
+    base = body.get("version", 0)
+    if not isinstance(base, int) or isinstance(base, bool) or base < 0:
+        raise InvalidValue("version is the version you last had, 0 for a new conversation.", param="version")
+    messages = body.get("messages", [])
+    if not isinstance(messages, list) or len(messages) > MAX_MESSAGES:
+        raise InvalidValue(f"messages is a list of at most {MAX_MESSAGES} messages.", param="messages")
+    settings_ = body.get("settings", {})
+    if not isinstance(settings_, dict) or not all(isinstance(v, (int, float, str, bool, type(None)))
+                                                  for v in settings_.values()):
+        raise InvalidValue("settings is an object of plain values.", param="settings")
+    created = body.get("createdAt")
+    created_at = (timezone.datetime.fromtimestamp(created / 1000, tz=timezone.utc)
+                  if isinstance(created, (int, float)) and 0 < created < 10**14 else clock.now())
+    return {
+        "title": _text(body, "title")[:200],
+        "model": _text(body, "model")[:256],
+        "system_prompt": _text(body, "system"),
+        "settings": settings_,
+        "messages": [_message(m, i) for i, m in enumerate(messages)],
+        "created_at": created_at,
+    }, base
+
+
+def _text(body: dict, name: str) -> str:
+    value = body.get(name, "")
+    if not isinstance(value, str):
+        raise InvalidValue(f"{name} is a string.", param=name)
+    return value
+
+
+def _message(message, index: int) -> dict:
+    """A message as the page keeps it: its known fields of the right types, nothing else."""
+    where = f"messages[{index}]"
+    if not isinstance(message, dict) or message.get("role") not in _ROLES or not isinstance(message.get("content"), str):
+        raise InvalidValue(f"{where} needs a role ('user' or 'assistant') and a string content.", param=where)
+    kept = {}
+    for name, kind in _MESSAGE_FIELDS.items():
+        value = message.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise InvalidValue(f"{where}.{name} has the wrong type.", param=f"{where}.{name}")
+        kept[name] = value
+    if kept.get("state", "done") not in _STATES:
+        raise InvalidValue(f"{where}.state is one of {', '.join(_STATES)}.", param=f"{where}.state")
+    return kept
+
+
+def _tell_other_tabs(request, public_id: str, **change) -> None:
+    """A ``history`` frame to the user's chat sockets (their other tabs)."""
+    layer = get_channel_layer()
+    if layer is not None:
+        async_to_sync(layer.group_send)(user_group(request.user), {"type": "history.changed", "id": public_id,
+                                                                   **change})
