@@ -19,6 +19,7 @@ small reads and writes of one row, no generation."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone as dt_timezone
 from functools import wraps
 
 from asgiref.sync import async_to_sync
@@ -197,7 +198,7 @@ def _parse(request, public_id: str) -> tuple[dict, int]:
                                                   for v in settings_.values()):
         raise InvalidValue("settings is an object of plain values.", param="settings")
     created = body.get("createdAt")
-    created_at = (timezone.datetime.fromtimestamp(created / 1000, tz=timezone.utc)
+    created_at = (datetime.fromtimestamp(created / 1000, tz=dt_timezone.utc)
                   if isinstance(created, (int, float)) and 0 < created < 10**14 else clock.now())
     return {
         "title": _text(body, "title")[:200],
