@@ -22,7 +22,8 @@ Protocol (JSON text frames; ``id`` is the client's name for one generation):
   (chat.refusals), with the API's codes.
 - server → client, with ``CHAT_HISTORY=server``: ``{"type": "history", "id", "version"}``
   or ``{"type": "history", "id", "deleted": true}`` when one of the user's conversations
-  changed (in any tab or browser: chat.history), for the page to read it again.
+  changed (in any tab or browser: chat.history), for the page to read it again; with
+  ``"tab"``, the tab that changed it (its ``X-Chat-Tab``).
 
 Each chat turn is one request in the books, recorded as the same request streamed over
 HTTP would be: refused turns with their status, started ones with 200, a stopped one (or
@@ -173,7 +174,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def history_changed(self, event: dict) -> None:
         """A conversation of the user's changed (chat.history): the page reads it again."""
-        await self._send(type="history", **{name: event[name] for name in ("id", "version", "deleted") if name in event})
+        await self._send(type="history", **{name: event[name] for name in ("id", "version", "deleted", "tab")
+                                            if name in event})
 
     async def _send(self, **message) -> None:
         if self.connected:

@@ -125,7 +125,6 @@ def conversation(request, public_id: str):
             setattr(found, name, value)
         found.version += 1
         found.deleted_at = None
-        found.updated_at = clock.now()
         try:
             found.save()
         except IntegrityError:  # made at the same moment by another tab: theirs stands
@@ -197,9 +196,8 @@ def _parse(request, public_id: str) -> tuple[dict, int]:
     if not isinstance(settings_, dict) or not all(isinstance(v, (int, float, str, bool, type(None)))
                                                   for v in settings_.values()):
         raise InvalidValue("settings is an object of plain values.", param="settings")
-    created = body.get("createdAt")
-    created_at = (datetime.fromtimestamp(created / 1000, tz=dt_timezone.utc)
-                  if isinstance(created, (int, float)) and 0 < created < 10**14 else clock.now())
+    now = clock.now()
+    created_at, updated_at = (_moment(body.get(name), now) for name in ("createdAt", "updatedAt"))
     return {
         "title": _text(body, "title")[:200],
         "model": _text(body, "model")[:256],
@@ -207,7 +205,17 @@ def _parse(request, public_id: str) -> tuple[dict, int]:
         "settings": settings_,
         "messages": [_message(m, i) for i, m in enumerate(messages)],
         "created_at": created_at,
+        "updated_at": updated_at,
     }, base
+
+
+def _moment(millis, now):
+    """A time the page sent (ms since the epoch), if it is one; else ``now``. The page's
+    times order its list (a conversation moves up when a turn begins in it), so they are
+    kept as the page has them, but never later than now."""
+    if isinstance(millis, (int, float)) and not isinstance(millis, bool) and 0 < millis < 10**14:
+        return min(datetime.fromtimestamp(millis / 1000, tz=dt_timezone.utc), now)
+    return now
 
 
 def _text(body: dict, name: str) -> str:
@@ -239,5 +247,6 @@ def _tell_other_tabs(request, public_id: str, **change) -> None:
     """A ``history`` frame to the user's chat sockets (their other tabs)."""
     layer = get_channel_layer()
     if layer is not None:
-        async_to_sync(layer.group_send)(user_group(request.user), {"type": "history.changed", "id": public_id,
-                                                                   **change})
+        tab = request.headers.get("X-Chat-Tab", "")[:64]  # the tab that changed it ignores the echo
+        async_to_sync(layer.group_send)(user_group(request.user), {
+            "type": "history.changed", "id": public_id, **change, **({"tab": tab} if tab else {})})

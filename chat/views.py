@@ -11,6 +11,7 @@ from django.conf import settings
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
+from django.urls import reverse
 
 from accounts.books import books
 from accounts.logins import LoginForm
@@ -60,6 +61,8 @@ async def chat_page(request):
         "temperature": settings.DEFAULT_TEMPERATURE,
         "user": user.get_username(),
         "ws_path": WS_PATH,
+        "history": settings.CHAT_HISTORY,
+        "conversations_url": reverse("conversations"),
         "limits": {
             "max_concurrency": key.max_concurrency,
             "token_budget": key.token_budget,

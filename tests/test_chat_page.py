@@ -52,7 +52,13 @@ def log_in(browser, site, user, password: str = PASSWORD) -> None:
     browser.find_element(By.NAME, "password").send_keys(password)
     browser.find_element(By.CSS_SELECTOR, "form [type=submit]").click()
     until(browser, lambda: browser.current_url == f"{site.base_url}/")
+    page_ready(browser)
+
+
+def page_ready(browser) -> None:
+    """The page connected, its conversations read (from the server, or this browser)."""
     until(browser, lambda: browser.find_element(By.ID, "app").get_attribute("data-connection") == "open")
+    until(browser, lambda: browser.find_element(By.ID, "app").get_attribute("data-history") == "ready")
 
 
 def ask(browser, text: str) -> None:
@@ -199,7 +205,7 @@ def test_conversations_survive_a_reload_and_new_chat_starts_another(page, site, 
     ask(page, repeat_prompt("red boat"))
     assert last_answer(page, "done").text == "red boat"
     page.refresh()
-    until(page, lambda: page.find_element(By.ID, "app").get_attribute("data-connection") == "open")
+    page_ready(page)
     assert texts(page, "user") == ["Repeat after me: red boat"]
     assert texts(page, "assistant") == ["red boat"]
 
@@ -210,7 +216,7 @@ def test_conversations_survive_a_reload_and_new_chat_starts_another(page, site, 
     titles = [item.get_attribute("textContent") for item in page.find_elements(By.CSS_SELECTOR, "#conversations .conversation")]
     assert len(titles) == 2
     page.find_element(By.CSS_SELECTOR, "#conversations .conversation:not(.active) .conversation-open").click()
-    until(page, lambda: texts(page, "assistant") == ["red boat"])
+    until(page, lambda: texts(page, "assistant") == ["red boat"])  # read from the server
 
 
 def test_shift_enter_adds_a_line_and_enter_sends(page, site, live_db):
@@ -322,7 +328,10 @@ def every_conversation(browser) -> list[tuple[list[str], list[tuple]]]:
     user's messages, and each answer's state, text and error lines."""
     conversations = []
     for index in range(len(browser.find_elements(By.CSS_SELECTOR, "#conversations .conversation"))):
-        browser.find_elements(By.CSS_SELECTOR, "#conversations .conversation-open")[index].click()
+        item = browser.find_elements(By.CSS_SELECTOR, "#conversations .conversation")[index]
+        conversation = item.get_attribute("data-id")
+        item.find_element(By.CSS_SELECTOR, ".conversation-open").click()
+        until(browser, lambda: browser.find_element(By.ID, "messages").get_attribute("data-conversation") == conversation)
         conversations.append((texts(browser, "user"), [(answer.state, answer.text, answer.headline, answer.detail)
                                                        for answer in shown(browser, "assistant")]))
     return conversations
@@ -343,7 +352,7 @@ def test_two_tabs_answering_at_once_keep_both_conversations_in_both_and_after_a_
     second = page.current_window_handle
     try:
         page.get(f"{site.base_url}/")
-        until(page, lambda: page.find_element(By.ID, "app").get_attribute("data-connection") == "open")
+        page_ready(page)
 
         page.switch_to.window(first)
         ask(page, count_prompt(200))
@@ -372,7 +381,7 @@ def test_two_tabs_answering_at_once_keep_both_conversations_in_both_and_after_a_
             until(page, lambda: len(page.find_elements(By.CSS_SELECTOR, "#conversations .conversation")) == 2)
             assert every_conversation(page) == expected
             page.refresh()
-            until(page, lambda: page.find_element(By.ID, "app").get_attribute("data-connection") == "open")
+            page_ready(page)
             assert every_conversation(page) == expected
     finally:
         page.switch_to.window(second)

@@ -1,10 +1,17 @@
 /*
- * llmserver chat page: conversations kept in localStorage, answers streamed over a
- * WebSocket (protocol in chat/consumers.py).
+ * llmserver chat page: answers streamed over a WebSocket (protocol in chat/consumers.py);
+ * conversations kept on the server (CHAT_HISTORY=server, chat/history.py) or in this
+ * browser's localStorage (CHAT_HISTORY=browser).
  *
- * Each conversation is its own localStorage item, written only by a tab that changed it:
- * tabs of the same user, each answering in its own conversation, never overwrite each
- * other's, and each follows the others' through `storage` events.
+ * On the server, the server's copy is the one that counts: a tab saves a conversation
+ * with the version it last had and, if another tab or browser saved it since, takes
+ * theirs (unless it is answering in it); each save is told to the user's other tabs over
+ * the socket ("history" frames), and a tab reads the list again when it gets the focus.
+ * Conversations an earlier page kept in this browser move to the server once.
+ *
+ * In the browser, each conversation is its own localStorage item, written only by a tab
+ * that changed it: tabs of the same user, each answering in its own conversation, never
+ * overwrite each other's, and each follows the others' through `storage` events.
  *
  * Everything that comes from the user or a model is put on the page with textContent or
  * text nodes, never parsed as HTML: a model answering "<script>…" shows that text.
@@ -19,6 +26,8 @@
   const STATES = ["streaming", "done", "stopped", "error"];
 
   const config = readConfig();
+  const ON_SERVER = config.history === "server";
+  const TAB = newId(); // this tab, named in its saves so that it ignores their echo
   const LIST_KEY = "llmserver.chat." + config.user; // all conversations in one item, as pages before kept them
   const CONVERSATION_PREFIX = LIST_KEY + "/"; // + a conversation's id (user names have no "/")
   const SETTINGS_KEY = "llmserver.chat.settings." + config.user;
@@ -35,6 +44,9 @@
     conversations: $("conversations"), newChat: $("new-chat"), sidebar: $("sidebar"),
     settings: $("settings"), backdrop: $("backdrop"), toggleSidebar: $("toggle-sidebar"),
     toggleSettings: $("toggle-settings"), closeSettings: $("close-settings"),
+    search: $("search-conversations"), historyNote: $("history-note"), undo: $("undo"),
+    undoText: $("undo-text"), undoButton: $("undo-button"), exportLinks: $("export-links"),
+    exportMd: $("export-md"), exportJson: $("export-json"),
   };
 
   const state = {
@@ -50,6 +62,10 @@
     saveTimer: null,
     unsaved: new Set(), // conversations changed since this tab last wrote them
     statusTimer: null,
+    found: null,       // the ids the search found (null: no search)
+    arriving: new Map(), // id -> a conversation another tab made, while it loads
+    searchTimer: null,
+    undoTimer: null,
   };
   const settings = loadSettings();
 
@@ -69,6 +85,8 @@
       ws_path: typeof c.ws_path === "string" ? c.ws_path : "/ws/chat",
       login_url: typeof c.login_url === "string" ? c.login_url : "",
       limits: c.limits && typeof c.limits === "object" ? c.limits : {},
+      history: c.history === "browser" ? "browser" : "server",
+      conversations_url: typeof c.conversations_url === "string" ? c.conversations_url : "/chat/conversations/",
     };
   }
 
@@ -214,6 +232,7 @@
   }
 
   function writeConversation(conv) {
+    if (ON_SERVER) { putConversation(conv); return; }
     try {
       localStorage.setItem(CONVERSATION_PREFIX + conv.id, JSON.stringify(conv));
     } catch (e) {
@@ -222,6 +241,7 @@
   }
 
   function forgetConversation(conv) {
+    if (ON_SERVER) return; // the server keeps every conversation until it is deleted
     try { localStorage.removeItem(CONVERSATION_PREFIX + conv.id); } catch (e) { /* storage disabled */ }
   }
 
@@ -251,6 +271,209 @@
     return isFinite(n) && n >= 1 ? n : config.max_tokens;
   }
 
+  // ---------------------------------------------------------------- history on the server
+
+  function csrfToken() {
+    const input = document.querySelector("input[name=csrfmiddlewaretoken]");
+    return input ? input.value : "";
+  }
+
+  // A request to chat/history.py: {status, data} (status 0: no answer).
+  async function api(method, path, body) {
+    const init = { method, credentials: "same-origin", cache: "no-store",
+                   headers: { "X-CSRFToken": csrfToken(), "X-Chat-Tab": TAB } };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+      init.keepalive = init.body.length < 60000; // a save as the page closes still goes
+    }
+    try {
+      const res = await fetch(config.conversations_url + path, init);
+      let data = null;
+      try { data = await res.json(); } catch (e) { data = null; }
+      return { status: res.status, data };
+    } catch (e) {
+      return { status: 0, data: null };
+    }
+  }
+
+  function fromSummary(s) {
+    return {
+      id: s.id, title: str(s.title), model: str(s.model), system: "", createdAt: num(s.createdAt),
+      updatedAt: num(s.updatedAt), version: num(s.version), messages: [], loaded: false,
+    };
+  }
+
+  // What the server keeps of a conversation (not this tab's bookkeeping).
+  function serialize(conv) {
+    return {
+      id: conv.id, title: conv.title, model: conv.model, system: conv.system, createdAt: conv.createdAt,
+      updatedAt: conv.updatedAt, version: conv.version || 0, messages: conv.messages,
+      settings: { temperature: settings.temperature, maxTokens: settings.maxTokens },
+    };
+  }
+
+  // Saves of one conversation go one after the other, each with the version the last
+  // one returned; a change made meanwhile is saved once that one is back.
+  async function putConversation(conv) {
+    if (conv.saving) { conv.dirty = true; return; }
+    conv.saving = true;
+    try {
+      do {
+        conv.dirty = false;
+        const res = await api("PUT", conv.id + "/", serialize(conv));
+        if (res.status === 200) {
+          conv.version = res.data.version;
+        } else if (res.status === 409) {
+          await tookElsewhere(conv);
+        } else {
+          setStatus("Could not save the conversation on the server; it is kept here until the next change.", "error");
+          break;
+        }
+      } while (conv.dirty);
+    } finally {
+      conv.saving = false;
+    }
+  }
+
+  // Another tab or browser saved `conv` since this tab read it: take theirs, unless this
+  // tab is answering in it (its answer is the newer), then save ours over it.
+  async function tookElsewhere(conv) {
+    const res = await api("GET", conv.id + "/");
+    if (res.status !== 200) return;
+    if (state.gen && state.gen.conv === conv) {
+      conv.version = num(res.data.version);
+      conv.dirty = true;
+      return;
+    }
+    fill(conv, res.data, true);
+    if (state.current === conv) renderAll();
+    else renderConversationList();
+    setStatus("This conversation was changed in another tab; it shows that version now.", "info", 4000);
+  }
+
+  function fill(conv, data, live) {
+    const clean = cleanConversation({ ...data, messages: Array.isArray(data.messages) ? data.messages : [] }, live);
+    Object.assign(conv, {
+      title: str(data.title), model: str(data.model), system: str(data.system), createdAt: num(data.createdAt),
+      updatedAt: num(data.updatedAt), version: num(data.version), messages: clean ? clean.messages : [], loaded: true,
+    });
+  }
+
+  async function loadFull(conv, live) {
+    const res = await api("GET", conv.id + "/");
+    if (res.status !== 200) return false;
+    fill(conv, res.data, live);
+    return true;
+  }
+
+  // The list as the server has it; a conversation this tab is answering in stays as it is.
+  async function refreshList() {
+    const res = await api("GET", "");
+    if (res.status !== 200 || !res.data || !Array.isArray(res.data.conversations)) return false;
+    const byId = new Map(state.conversations.map((c) => [c.id, c]));
+    const fresh = res.data.conversations.filter((c) => c && isId(c.id)).map((summary) => {
+      const conv = byId.get(summary.id);
+      if (!conv) return fromSummary(summary);
+      if (num(summary.version) > (conv.version || 0) && !(state.gen && state.gen.conv === conv) && !conv.saving) {
+        Object.assign(conv, { title: str(summary.title), updatedAt: num(summary.updatedAt), loaded: false });
+      }
+      return conv;
+    });
+    // Kept as well: those this tab made and has not yet seen saved, and the one it is
+    // answering in (deleted elsewhere meanwhile: this tab's answer saves it again).
+    const keep = state.conversations.filter((c) => !fresh.includes(c) &&
+      (!c.version || c.saving || state.unsaved.has(c) || (state.gen && state.gen.conv === c)));
+    state.conversations = [...keep, ...fresh].sort(newestFirst);
+    if (state.current && state.current.version && !isSaved(state.current)) {
+      state.current = state.conversations[0] || makeConversation(); // deleted elsewhere
+    }
+    if (state.current && !state.current.loaded && isSaved(state.current)) await loadFull(state.current, true);
+    renderAll();
+    return true;
+  }
+
+  // Conversations an earlier page kept in this browser go to the server once.
+  async function moveLocalConversations() {
+    for (const conv of loadConversations()) {
+      const res = await api("PUT", conv.id + "/", { ...serialize(conv), version: 0 });
+      if (res.status === 200 || res.status === 409) {
+        try { localStorage.removeItem(CONVERSATION_PREFIX + conv.id); } catch (e) { /* storage disabled */ }
+      }
+    }
+  }
+
+  // A "history" frame: one of the user's conversations changed in another tab or browser.
+  async function onHistory(m) {
+    if (!isId(m.id) || m.tab === TAB) return;
+    if (state.gen && state.gen.conv.id === m.id) return; // only this tab writes it meanwhile
+    const conv = state.conversations.find((c) => c.id === m.id);
+    if (m.deleted) {
+      if (!conv) return;
+      state.conversations = state.conversations.filter((c) => c !== conv);
+      if (state.current === conv) { state.current = state.conversations[0] || makeConversation(); await openLoaded(); }
+      renderAll();
+      return;
+    }
+    if (conv && num(m.version) <= (conv.version || 0)) return;
+    // A new one: frames about it may come faster than it loads; they share one object.
+    const target = conv || state.arriving.get(m.id) || fromSummary({ id: m.id });
+    if (!conv) state.arriving.set(m.id, target);
+    const loaded = await loadFull(target, true);
+    state.arriving.delete(m.id);
+    if (!loaded) return;
+    if (!isSaved(target)) state.conversations.push(target);
+    state.conversations.sort(newestFirst);
+    if (state.current === target) renderAll();
+    else renderConversationList();
+  }
+
+  async function openLoaded() {
+    if (ON_SERVER && state.current && !state.current.loaded && isSaved(state.current)) {
+      await loadFull(state.current, false);
+    }
+  }
+
+  function offerUndo(conv) {
+    clearTimeout(state.undoTimer);
+    ui.undoText.textContent = "Deleted “" + (conv.title || "Untitled") + "”.";
+    ui.undo.hidden = false;
+    ui.undoButton.onclick = async () => {
+      ui.undo.hidden = true;
+      const res = await api("POST", conv.id + "/restore/");
+      if (res.status !== 200) { setStatus("The conversation could not be restored.", "error"); return; }
+      conv.version = num(res.data.version);
+      if (!isSaved(conv)) state.conversations = [...state.conversations, conv].sort(newestFirst);
+      openConversation(conv);
+    };
+    state.undoTimer = setTimeout(() => { ui.undo.hidden = true; }, 10000);
+  }
+
+  // The list narrowed to what the search box asks for: on the server by its search, in
+  // the browser by the text of the conversations here.
+  async function search() {
+    const query = ui.search.value.trim();
+    if (!query) { state.found = null; renderConversationList(); return; }
+    if (ON_SERVER) {
+      const res = await api("GET", "?q=" + encodeURIComponent(query));
+      if (ui.search.value.trim() !== query || res.status !== 200) return; // typed on, or failed
+      state.found = new Set(res.data.conversations.map((c) => c.id));
+    } else {
+      const q = query.toLowerCase();
+      state.found = new Set(state.conversations.filter((c) => (c.title + " " + c.system + " " +
+        c.messages.map((m) => m.content).join(" ")).toLowerCase().includes(q)).map((c) => c.id));
+    }
+    renderConversationList();
+  }
+
+  function rename(conv) {
+    const title = window.prompt("Rename the conversation", conv.title);
+    if (title === null || !title.trim()) return;
+    conv.title = title.trim().slice(0, 200);
+    renderConversationList();
+    saveNow(conv);
+  }
+
   // ---------------------------------------------------------------- conversations
 
   function makeConversation() {
@@ -272,9 +495,15 @@
     }
   }
 
-  function openConversation(conv) {
+  async function openConversation(conv) {
     state.current = conv;
     closeDrawers();
+    if (ON_SERVER && !conv.loaded && isSaved(conv)) {
+      ui.messages.replaceChildren(makeText("p", "loading", "Loading…"));
+      delete ui.messages.dataset.conversation;
+      if (!(await loadFull(conv, false))) setStatus("The conversation could not be loaded.", "error");
+      if (state.current !== conv) return; // another was opened meanwhile
+    }
     renderAll();
   }
 
@@ -284,12 +513,19 @@
     ui.prompt.focus();
   }
 
-  function deleteConversation(conv) {
+  async function deleteConversation(conv) {
     if (state.gen && state.gen.conv === conv) stopGeneration();
     state.conversations = state.conversations.filter((c) => c !== conv);
     state.unsaved.delete(conv);
     forgetConversation(conv);
-    if (state.current === conv) state.current = state.conversations[0] || makeConversation();
+    if (ON_SERVER) {
+      const res = await api("DELETE", conv.id + "/");
+      if (res.status === 200) offerUndo(conv);
+    }
+    if (state.current === conv) {
+      state.current = state.conversations[0] || makeConversation();
+      await openLoaded();
+    }
     renderAll();
   }
 
@@ -301,11 +537,18 @@
     conv.model = validModel(conv.model);
     ui.model.value = conv.model;
     ui.system.value = conv.system;
+    const exportable = ON_SERVER && isSaved(conv);
+    ui.exportLinks.hidden = !exportable;
+    if (exportable) {
+      ui.exportMd.href = config.conversations_url + conv.id + "/export/?format=md";
+      ui.exportJson.href = config.conversations_url + conv.id + "/export/?format=json";
+    }
     renderMessages();
   }
 
   function renderConversationList() {
-    const items = state.conversations.map((conv) => {
+    const shown = state.found ? state.conversations.filter((c) => state.found.has(c.id)) : state.conversations;
+    const items = shown.map((conv) => {
       const li = document.createElement("li");
       li.className = "conversation";
       li.dataset.id = conv.id;
@@ -317,9 +560,11 @@
       const open = makeButton("conversation-open", title);
       open.title = title;
       open.addEventListener("click", () => openConversation(conv));
+      const edit = makeButton("rename", "✎", "Rename conversation: " + title);
+      edit.addEventListener("click", () => rename(conv));
       const del = makeButton("delete", "×", "Delete conversation: " + title);
       del.addEventListener("click", () => deleteConversation(conv));
-      li.append(open, del);
+      li.append(open, edit, del);
       return li;
     });
     ui.conversations.replaceChildren(...items);
@@ -327,6 +572,7 @@
 
   function renderMessages() {
     const msgs = state.current.messages;
+    ui.messages.dataset.conversation = state.current.id; // the one shown (not while it loads)
     ui.messages.replaceChildren(...msgs.map((m, i) => buildMessage(m, i === msgs.length - 1)));
     ui.empty.hidden = msgs.length > 0;
     state.stickToBottom = true;
@@ -563,6 +809,7 @@
     let m;
     try { m = JSON.parse(data); } catch (e) { return; }
     if (!m || typeof m !== "object") return;
+    if (m.type === "history") { if (ON_SERVER) onHistory(m); return; }
     const gen = state.gen;
     // An error that names no generation (a frame the server could not read) belongs to
     // ours if it has not started yet; otherwise it is only a notice.
@@ -753,7 +1000,12 @@
     ui.closeSettings.addEventListener("click", () => { setDrawer("settings", false); ui.toggleSettings.focus(); });
     ui.backdrop.addEventListener("click", closeDrawers);
     window.addEventListener("pagehide", () => { if (state.unsaved.size) saveNow(); });
-    window.addEventListener("storage", onOtherTab);
+    if (ON_SERVER) window.addEventListener("focus", () => { if (!state.gen) refreshList(); });
+    else window.addEventListener("storage", onOtherTab);
+    ui.search.addEventListener("input", () => {
+      clearTimeout(state.searchTimer);
+      state.searchTimer = setTimeout(search, ON_SERVER ? 250 : 0);
+    });
   }
 
   // Another tab of this user wrote or deleted a conversation: take it as it is there.
@@ -782,14 +1034,30 @@
       ui.model.disabled = true;
       setStatus("No models are available to you. Ask an administrator.", "error");
     }
-    state.conversations = loadConversations();
-    state.current = state.conversations[0] || makeConversation(); // reopen the latest
+    ui.historyNote.textContent = ON_SERVER ? "Conversations are saved on the server and follow you to any browser."
+      : "Conversations are kept in this browser only.";
     showSettings();
     renderLimits();
-    renderAll();
     bindEvents();
     autoGrow();
-    connect();
+    if (ON_SERVER) {
+      state.current = makeConversation();
+      renderAll();
+      connect();
+      moveLocalConversations().then(refreshList).then(async (ok) => {
+        if (!ok) setStatus("Your conversations could not be loaded from the server.", "error");
+        else if (!state.current.messages.length && state.conversations.length && !state.gen) {
+          await openConversation(state.conversations[0]); // reopen the latest
+        }
+        ui.app.dataset.history = "ready";
+      });
+    } else {
+      state.conversations = loadConversations();
+      state.current = state.conversations[0] || makeConversation(); // reopen the latest
+      renderAll();
+      connect();
+      ui.app.dataset.history = "ready";
+    }
   }
 
   init();
