@@ -516,6 +516,13 @@ def browser():
         if os.environ.get("LLMSERVER_REQUIRE_BROWSER"):
             pytest.fail(message)
         pytest.skip(message)
+    driver = start_browser()
+    yield driver
+    driver.quit()
+
+
+def start_browser():
+    """A new headless Chromium (its own profile: cookies and storage of its own)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -527,5 +534,4 @@ def browser():
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for tests to read
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
+    return driver
