@@ -508,7 +508,10 @@ def test_a_conversation_follows_its_user_to_another_browser_and_is_searched_rena
     until(page, lambda: conversation_titles(page) == ["What is 2 plus 3?", "Boats"])
     assert texts(page, "assistant") == ["2 plus 3 is 5."]
     assert Conversation.objects.get(user=user, title="What is 2 plus 3?").deleted_at is None
-    assert page.find_element(By.ID, "export-md").get_attribute("href").endswith("/export/?format=md")
+    assert page.find_element(By.ID, "export-links").is_displayed()
+    exported = httpx.get(page.find_element(By.ID, "export-md").get_attribute("href"),
+                         cookies={"sessionid": page.get_cookie("sessionid")["value"]})
+    assert exported.text.startswith("# What is 2 plus 3?\n") and "## Assistant (llmserver-demo)\n\n2 plus 3 is 5.\n" in exported.text
 
 
 @pytest.fixture(scope="module")

@@ -537,13 +537,18 @@
     conv.model = validModel(conv.model);
     ui.model.value = conv.model;
     ui.system.value = conv.system;
+    renderMessages();
+  }
+
+  // The current conversation's export links, once the server has it.
+  function renderExport() {
+    const conv = state.current;
     const exportable = ON_SERVER && isSaved(conv);
     ui.exportLinks.hidden = !exportable;
     if (exportable) {
       ui.exportMd.href = config.conversations_url + conv.id + "/export/?format=md";
       ui.exportJson.href = config.conversations_url + conv.id + "/export/?format=json";
     }
-    renderMessages();
   }
 
   function renderConversationList() {
@@ -568,6 +573,7 @@
       return li;
     });
     ui.conversations.replaceChildren(...items);
+    renderExport();
   }
 
   function renderMessages() {
