@@ -534,3 +534,62 @@ def test_with_history_in_the_browser_the_server_keeps_none_and_the_page_says_so(
     assert texts(page, "assistant") == ["blue cup"]
     assert not page.find_element(By.ID, "export-links").is_displayed()
     assert not Conversation.objects.filter(user=user).exists()
+
+
+MARKDOWN_ANSWER = """Here is the **plan**:
+
+1. Read the file
+2. Print it
+
+| step | cost |
+|------|------|
+| read | 1 |
+
+```python
+def greet(name):
+    return f"<b>{name}</b>"
+```
+
+Careful: <script>alert("md")</script> and <img src=x onerror=alert("md")> stay text,
+[this link](javascript:alert("md")) goes nowhere and ![a picture](http://example.com/x.png) is not fetched."""
+
+
+def test_a_markdown_answer_renders_with_a_highlighted_code_block_whose_copy_copies_the_code(page, site, live_db):
+    """The answer comes from the server's history (the page draws it as it would a
+    streamed one): Markdown made into lists, a table and a highlighted code block, raw
+    HTML and a script link left inert."""
+    from chat.models import Conversation
+
+    user = make_user("markdown")
+    Conversation.objects.create(user=user, public_id="md-1", title="Markdown", model=MODEL_ID, messages=[
+        {"id": "u1", "role": "user", "content": "Show me", "state": "done"},
+        {"id": "a1", "role": "assistant", "content": MARKDOWN_ANSWER, "state": "done", "finishReason": "stop"}])
+    page.execute_cdp_cmd("Browser.grantPermissions", {
+        "origin": site.base_url, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
+    log_in(page, site, user)
+    page.execute_script("document.title = 'unchanged'")
+    until(page, lambda: page.find_elements(By.CSS_SELECTOR, "#messages .code-block"))
+    answer = page.find_element(By.CSS_SELECTOR, "#messages .message.assistant .content")
+    assert answer.find_element(By.TAG_NAME, "strong").text == "plan"
+    assert [li.text for li in answer.find_elements(By.CSS_SELECTOR, "ol > li")] == ["Read the file", "Print it"]
+    assert [td.text for td in answer.find_elements(By.CSS_SELECTOR, "table td")] == ["read", "1"]
+    code = answer.find_element(By.CSS_SELECTOR, ".code-block pre code")
+    assert code.text == 'def greet(name):\n    return f"<b>{name}</b>"'
+    assert answer.find_element(By.CSS_SELECTOR, ".code-language").text == "python"
+    assert answer.find_elements(By.CSS_SELECTOR, "code .hljs-keyword")  # highlighted
+    # Inert: the markup is text, the script link has no target, no picture was made.
+    last = answer.find_elements(By.TAG_NAME, "p")[-1]
+    assert last.text == ('Careful: <script>alert("md")</script> and <img src=x onerror=alert("md")> stay text,\n'
+                         "this link goes nowhere and a picture is not fetched.")
+    assert page.find_elements(By.CSS_SELECTOR, "#messages script, #messages img, #messages b") == []
+    assert [a.get_attribute("href") for a in answer.find_elements(By.TAG_NAME, "a")] == [None]
+    with pytest.raises(NoAlertPresentException):
+        page.switch_to.alert.text
+    assert page.title == "unchanged"
+    answer.find_element(By.CSS_SELECTOR, ".copy-code").click()
+    until(page, lambda: answer.find_element(By.CSS_SELECTOR, ".copy-code").text == "Copied")
+    clipboard = page.execute_async_script(
+        "const done = arguments[arguments.length - 1]; navigator.clipboard.readText().then(done, e => done('error ' + e));")
+    assert clipboard == 'def greet(name):\n    return f"<b>{name}</b>"\n'
+    logs = [entry for entry in page.get_log("browser") if entry["level"] == "SEVERE"]
+    assert logs == []

@@ -13,8 +13,10 @@
  * that changed it: tabs of the same user, each answering in its own conversation, never
  * overwrite each other's, and each follows the others' through `storage` events.
  *
- * Everything that comes from the user or a model is put on the page with textContent or
- * text nodes, never parsed as HTML: a model answering "<script>…" shows that text.
+ * What the user writes is put on the page as text. A model's answer is Markdown: parsed by
+ * marked with any raw HTML in it kept as text (a model answering "<script>…" shows that
+ * text), then cleaned by DOMPurify before it becomes part of the page, its code blocks
+ * highlighted by highlight.js (all three served by this server, chat/static/chat/vendor).
  */
 (function () {
   "use strict";
@@ -529,6 +531,82 @@
     renderAll();
   }
 
+  // ---------------------------------------------------------------- Markdown
+
+  const pendingRender = new WeakSet(); // streaming answers whose text changed since drawn
+
+  function escapeHtml(text) {
+    return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+  }
+
+  // Raw HTML in an answer is text; a picture is its description (the page fetches
+  // nothing a model names). Without the libraries (they failed to load) answers are text.
+  const markdown = window.marked && window.DOMPurify ? new window.marked.Marked({
+    gfm: true,
+    breaks: true,
+    renderer: {
+      html(token) { return escapeHtml(token.text); },
+      image(token) { return escapeHtml(token.text || token.href || ""); },
+    },
+  }) : null;
+  const PURIFY = {
+    RETURN_DOM_FRAGMENT: true,
+    FORBID_TAGS: ["img", "style", "form", "input", "button", "textarea", "select", "iframe", "svg", "math"],
+    FORBID_ATTR: ["style"],
+  };
+  if (markdown) {
+    window.DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+      if (node.tagName === "A") { node.setAttribute("target", "_blank"); node.setAttribute("rel", "noopener noreferrer"); }
+    });
+  }
+
+  // An assistant's answer into its .content element: Markdown, or text without it.
+  function fillContent(el, text) {
+    if (!markdown || !text) { el.textContent = text; return; }
+    let fragment;
+    try {
+      fragment = window.DOMPurify.sanitize(markdown.parse(text).trim(), PURIFY);
+    } catch (e) {
+      el.textContent = text;
+      return;
+    }
+    el.replaceChildren(fragment);
+    el.classList.add("markdown");
+    for (const code of el.querySelectorAll("pre > code")) decorateCode(code);
+  }
+
+  // A code block: highlighted, under a bar naming its language, with a Copy button.
+  function decorateCode(code) {
+    const language = ((code.className.match(/language-([\w+-]+)/) || [])[1]) || "";
+    if (window.hljs && (!language || window.hljs.getLanguage(language))) {
+      try { window.hljs.highlightElement(code); } catch (e) { /* left as it is */ }
+    }
+    const pre = code.parentElement;
+    const block = document.createElement("div");
+    block.className = "code-block";
+    const bar = document.createElement("div");
+    bar.className = "code-bar";
+    bar.append(makeText("span", "code-language", language || "code"));
+    const copy = makeButton("copy-code", "Copy", "Copy code");
+    copy.addEventListener("click", () => copyText(code.textContent, copy));
+    bar.append(copy);
+    pre.replaceWith(block);
+    block.append(bar, pre);
+  }
+
+  // While an answer streams, it is drawn again at most every 30 ms, not per token.
+  function renderSoon(msg) {
+    if (pendingRender.has(msg)) return;
+    pendingRender.add(msg);
+    setTimeout(() => {
+      pendingRender.delete(msg);
+      const el = findMessageEl(msg);
+      if (!el) return;
+      fillContent(el.querySelector(".content"), msg.content);
+      scrollToBottom();
+    }, 30);
+  }
+
   // ---------------------------------------------------------------- rendering
 
   function renderAll() {
@@ -591,8 +669,11 @@
     div.dataset.state = msg.state;
     div.dataset.mid = msg.id;
     if (msg.role === "assistant" && msg.reasoning) div.append(buildReasoning(msg.reasoning));
-    div.append(makeText("div", "content", msg.content));
-    if (msg.role !== "assistant") return div;
+    if (msg.role !== "assistant") { div.append(makeText("div", "content", msg.content)); return div; }
+    const content = document.createElement("div");
+    content.className = "content";
+    fillContent(content, msg.content);
+    div.append(content);
 
     if (msg.state === "error") div.append(buildError(msg.error));
     const foot = document.createElement("div");
@@ -602,7 +683,7 @@
     foot.append(meta);
     if (msg.content || msg.state === "streaming") { // nothing to copy from an empty answer
       const copy = makeButton("copy", "Copy", "Copy answer");
-      copy.addEventListener("click", () => copyMessage(div, copy));
+      copy.addEventListener("click", () => copyMessage(msg, copy));
       foot.append(copy);
     }
     // A refused or failed last answer can be asked for again without retyping.
@@ -675,29 +756,30 @@
 
   // ---------------------------------------------------------------- copy
 
-  function copyMessage(messageEl, button) {
-    const content = messageEl.querySelector(".content");
-    const text = content.textContent;
+  function copyMessage(msg, button) { copyText(msg.content, button); } // the answer as written, Markdown and all
+
+  function copyText(text, button) {
     const done = (ok) => {
       button.textContent = ok ? "Copied" : "Copy failed";
       setTimeout(() => { button.textContent = "Copy"; }, 1500);
     };
     if (navigator.clipboard && window.isSecureContext) {
-      navigator.clipboard.writeText(text).then(() => done(true), () => done(legacyCopy(content)));
+      navigator.clipboard.writeText(text).then(() => done(true), () => done(legacyCopy(text)));
     } else {
-      done(legacyCopy(content)); // plain http on another host: no Clipboard API
+      done(legacyCopy(text)); // plain http on another host: no Clipboard API
     }
   }
 
-  function legacyCopy(node) {
-    const selection = window.getSelection();
-    const range = document.createRange();
-    range.selectNodeContents(node);
-    selection.removeAllRanges();
-    selection.addRange(range);
+  function legacyCopy(text) {
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.className = "copy-buffer";
+    document.body.append(area);
+    area.select();
     let ok = false;
     try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
-    selection.removeAllRanges();
+    area.remove();
     return ok;
   }
 
@@ -848,10 +930,7 @@
       gen.started = true;
       gen.msg.content += text;
       const el = findMessageEl(gen.msg);
-      if (el) {
-        el.querySelector(".content").appendChild(document.createTextNode(text));
-        scrollToBottom();
-      }
+      if (el) renderSoon(gen.msg);
       if (isSaved(gen.conv)) saveSoon(gen.conv);
     } else if (m.type === "done") {
       const reason = str(m.finish_reason) || "stop";
