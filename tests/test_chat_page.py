@@ -6,6 +6,7 @@ log in."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import httpx
@@ -415,6 +416,17 @@ _READ_REASONING = """
 """
 
 
+def thought_title(browser) -> str:
+    """The title the page gives the last answer's thinking: how long it took, as it saved it."""
+    from chat.models import Conversation
+
+    user = browser.find_element(By.ID, "username").text
+    until(browser, lambda: Conversation.objects.filter(user__username=user).exists()
+          and Conversation.objects.filter(user__username=user).latest("updated_at").messages[-1].get("thoughtMs"))
+    ms = Conversation.objects.filter(user__username=user).latest("updated_at").messages[-1]["thoughtMs"]
+    return f"Thought for {max(1, math.ceil(ms / 1000))} s"
+
+
 def test_a_reasoning_models_thinking_is_folded_above_its_answer_as_text(page, thinking_site, live_db):
     from tests.conftest import bearer, issue_key
 
@@ -431,7 +443,7 @@ def test_a_reasoning_models_thinking_is_folded_above_its_answer_as_text(page, th
     ask(page, repeat_prompt("tiger lemon"))
     answer = last_answer(page, "done")
     [folded] = page.execute_script(_READ_REASONING)
-    assert folded == {"open": False, "title": "Thinking…", "text": reasoning_of(repeat_prompt("tiger lemon")),
+    assert folded == {"open": False, "title": thought_title(page), "text": reasoning_of(repeat_prompt("tiger lemon")),
                       "elements": 2}
     assert answer.text == ""
     page.find_element(By.CSS_SELECTOR, "details.reasoning summary").click()
@@ -593,3 +605,67 @@ def test_a_markdown_answer_renders_with_a_highlighted_code_block_whose_copy_copi
     assert clipboard == 'def greet(name):\n    return f"<b>{name}</b>"\n'
     logs = [entry for entry in page.get_log("browser") if entry["level"] == "SEVERE"]
     assert logs == []
+
+
+_COUNTDOWN = """
+    const el = [...document.querySelectorAll("#messages .countdown")].pop();
+    return el && {text: el.textContent, until: Number(el.dataset.until || 0), now: Date.now()};
+"""
+
+
+def skip_page_clock_to(browser, moment_ms: float) -> None:
+    """The page's clock (Date.now) from now on reads ``moment_ms`` onward."""
+    browser.execute_script("const real = Date.now, skew = arguments[0] - real(); Date.now = () => real() + skew;",
+                           moment_ms)
+
+
+def test_a_turn_refused_by_a_per_minute_limit_counts_down_and_asks_again_by_itself(page, site, live_db):
+    from accounts.models import APIKey
+
+    user = make_user("countdown")
+    log_in(page, site, user)
+    chat_key = APIKey.objects.filter(owner=user, kind="chat")
+    chat_key.update(requests_per_minute=1)
+    ask(page, "What is 2 plus 3?")
+    assert last_answer(page, "done").text == "2 plus 3 is 5."
+    ask(page, "What is 2 plus 3?")
+    refused = last_answer(page, "error")
+    assert refused.headline == "You have reached your chat limit."
+    shown_at = until(page, lambda: page.execute_script(_COUNTDOWN))
+    seconds = math.ceil((shown_at["until"] - shown_at["now"]) / 1000)
+    assert 1 <= seconds <= 60 and shown_at["text"] == f"You can send another message in {seconds} s."
+    # A second on, one second less.
+    skip_page_clock_to(page, shown_at["now"] + 1000)
+    until(page, lambda: page.execute_script(_COUNTDOWN)["text"] == f"You can send another message in {seconds - 1} s."
+          if seconds > 1 else True)
+    chat_key.update(requests_per_minute=None)  # the next minute, as far as the server is concerned
+    skip_page_clock_to(page, shown_at["until"] + 10)
+    assert last_answer(page, "done").text == "2 plus 3 is 5."  # asked again by itself
+    assert texts(page, "user") == ["What is 2 plus 3?", "What is 2 plus 3?"]
+    assert [(r.status_code, r.error_code) for r in wait_for_records(user, 3)] == [
+        (200, ""), (429, "requests_per_minute_limit"), (200, "")]
+
+
+def test_a_turn_asked_again_by_itself_and_refused_again_is_not_asked_a_third_time(page, site, live_db):
+    from accounts.models import APIKey
+
+    user = make_user("once")
+    log_in(page, site, user)
+    APIKey.objects.filter(owner=user, kind="chat").update(token_budget=1, budget_period="day")
+    ask(page, "What is 2 plus 3?")
+    last_answer(page, "done")
+    ask(page, "What is 2 plus 3?")
+    first = until(page, lambda: page.execute_script(_COUNTDOWN))
+    skip_page_clock_to(page, first["until"] + 10)
+    until(page, lambda: len(chat_records(user)) == 3)  # asked again: refused again
+    second = until(page, lambda: (shown := page.execute_script(_COUNTDOWN)) and shown["until"] > first["until"] and shown)
+    skip_page_clock_to(page, second["until"] + 10)
+    until(page, lambda: page.execute_script(_COUNTDOWN)["text"] == "You can send another message now.")
+    assert [(r.status_code, r.error_code) for r in wait_for_records(user, 3)] == [
+        (200, ""), (429, "token_budget_exceeded"), (429, "token_budget_exceeded")]
+    assert len(shown(page, "assistant")) == 2
+
+
+def wait_for_records(user, count: int) -> list:
+    wait_for(lambda: len(chat_records(user)) == count, timeout=10)
+    return chat_records(user)

@@ -66,6 +66,7 @@
     statusTimer: null,
     found: null,       // the ids the search found (null: no search)
     arriving: new Map(), // id -> a conversation another tab made, while it loads
+    countdownTimer: null,
     searchTimer: null,
     undoTimer: null,
   };
@@ -193,10 +194,11 @@
       id: isId(m.id) ? m.id : newId(), role: m.role, content: m.content, reasoning: str(m.reasoning),
       state: STATES.includes(m.state) ? m.state : "done",
       finishReason: str(m.finishReason) || null, usage: cleanUsage(m.usage), model: str(m.model),
-      durationMs: num(m.durationMs), requestId: str(m.requestId), error: null,
+      durationMs: num(m.durationMs), thoughtMs: num(m.thoughtMs), requestId: str(m.requestId), error: null,
     };
     if (m.error && typeof m.error === "object") {
-      msg.error = { status: num(m.error.status), message: str(m.error.message), code: str(m.error.code) };
+      msg.error = { status: num(m.error.status), message: str(m.error.message), code: str(m.error.code),
+                    retryAfter: num(m.error.retryAfter), at: num(m.error.at) };
     }
     if (msg.state === "streaming" && !live) { // the page was closed while this answer streamed
       msg.state = "error";
@@ -534,6 +536,7 @@
   // ---------------------------------------------------------------- Markdown
 
   const pendingRender = new WeakSet(); // streaming answers whose text changed since drawn
+  const autoRetried = new WeakSet(); // answers that are a refused turn asked again by itself
 
   function escapeHtml(text) {
     return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
@@ -668,7 +671,7 @@
     div.className = "message " + msg.role;
     div.dataset.state = msg.state;
     div.dataset.mid = msg.id;
-    if (msg.role === "assistant" && msg.reasoning) div.append(buildReasoning(msg.reasoning));
+    if (msg.role === "assistant" && msg.reasoning) div.append(buildReasoning(msg));
     if (msg.role !== "assistant") { div.append(makeText("div", "content", msg.content)); return div; }
     const content = document.createElement("div");
     content.className = "content";
@@ -697,10 +700,12 @@
   }
 
   // A reasoning model's thinking, folded above its answer (text only, like the answer).
-  function buildReasoning(text) {
+  function buildReasoning(msg) {
     const details = document.createElement("details");
     details.className = "reasoning";
-    details.append(makeText("summary", "reasoning-title", "Thinking…"), makeText("div", "reasoning-text", text));
+    const title = msg.thoughtMs > 0 ? "Thought for " + waitText(msg.thoughtMs)
+      : msg.state === "streaming" ? "Thinking…" : "Thought";
+    details.append(makeText("summary", "reasoning-title", title), makeText("div", "reasoning-text", msg.reasoning));
     return details;
   }
 
@@ -716,7 +721,45 @@
     else if (err.status === 0) headline = "The answer was interrupted.";
     box.append(makeText("strong", "error-title", headline));
     if (err.message && err.message !== headline) box.append(makeText("span", "error-detail", err.message));
+    const until = err.status === 429 && err.retryAfter > 0 ? err.at + err.retryAfter * 1000 : 0;
+    if (until > Date.now()) {
+      const countdown = makeText("span", "countdown", "");
+      countdown.dataset.until = String(until);
+      box.append(countdown);
+      clearTimeout(state.countdownTimer);
+      state.countdownTimer = setTimeout(tickCountdowns, 0); // once the message is on the page
+    }
     return box;
+  }
+
+  function waitText(ms) {
+    const s = Math.max(1, Math.ceil(ms / 1000));
+    if (s < 60) return s + " s";
+    if (s < 3600) return Math.ceil(s / 60) + " min";
+    return Math.ceil(s / 3600) + " h";
+  }
+
+  // A refused turn's wait, counted down each second; when it ends while shown, the last
+  // turn is asked again once by itself (a retry refused again counts down, no more).
+  function tickCountdowns() {
+    const now = Date.now();
+    let running = false;
+    for (const el of document.querySelectorAll("#messages .countdown[data-until]")) {
+      const left = Number(el.dataset.until) - now;
+      if (left > 0) {
+        el.textContent = "You can send another message in " + waitText(left) + ".";
+        running = true;
+        continue;
+      }
+      el.textContent = "You can send another message now.";
+      delete el.dataset.until;
+      const message = el.closest(".message");
+      const conv = state.current;
+      const last = conv.messages[conv.messages.length - 1];
+      if (message && last && message.dataset.mid === last.id && !autoRetried.has(last)) retryLast(true);
+    }
+    clearTimeout(state.countdownTimer);
+    if (running) state.countdownTimer = setTimeout(tickCountdowns, 1000 - (now % 1000) || 1000);
   }
 
   function metaText(msg) {
@@ -823,12 +866,13 @@
     startGeneration(conv);
   }
 
-  function retryLast() {
+  function retryLast(automatic) {
     const conv = state.current;
     const last = conv.messages[conv.messages.length - 1];
     if (state.gen || !last || last.state !== "error") return;
     conv.messages.pop();
-    startGeneration(conv);
+    const msg = startGeneration(conv);
+    if (automatic === true) autoRetried.add(msg);
   }
 
   function startGeneration(conv) {
@@ -845,6 +889,7 @@
     renderMessages();
     saveNow(conv);
     sendPending(); // or, if the socket is down, as soon as it is back
+    return msg;
   }
 
   function sendPending() {
@@ -875,6 +920,7 @@
     if (!gen) return;
     Object.assign(gen.msg, fields, { state: newState });
     if (gen.startedAt) gen.msg.durationMs = performance.now() - gen.startedAt;
+    if (gen.msg.reasoning && !gen.msg.thoughtMs) gen.msg.thoughtMs = gen.msg.durationMs; // thought, no answer
     state.gen = null;
     setGenerating(false);
     rerenderMessage(gen.msg);
@@ -928,7 +974,12 @@
       const text = str(m.text);
       if (!text) return;
       gen.started = true;
+      const thinking = gen.msg.reasoning && !gen.msg.thoughtMs;
       gen.msg.content += text;
+      if (thinking) { // the answer begins: the thinking took this long
+        gen.msg.thoughtMs = performance.now() - gen.startedAt;
+        rerenderMessage(gen.msg);
+      }
       const el = findMessageEl(gen.msg);
       if (el) renderSoon(gen.msg);
       if (isSaved(gen.conv)) saveSoon(gen.conv);
@@ -939,7 +990,8 @@
       const e = m.error && typeof m.error === "object" ? m.error : {};
       if (m.request_id) gen.msg.requestId = str(m.request_id);
       finishGeneration("error", {
-        error: { status: num(m.status), message: str(e.message) || "The answer failed.", code: str(e.code) },
+        error: { status: num(m.status), message: str(e.message) || "The answer failed.", code: str(e.code),
+                 retryAfter: num(m.retry_after), at: Date.now() },
       });
     }
   }
