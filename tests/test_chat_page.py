@@ -669,3 +669,37 @@ def test_a_turn_asked_again_by_itself_and_refused_again_is_not_asked_a_third_tim
 def wait_for_records(user, count: int) -> list:
     wait_for(lambda: len(chat_records(user)) == count, timeout=10)
     return chat_records(user)
+
+
+def test_regenerate_answers_again_and_an_edited_message_forks_a_new_conversation(page, site, live_db):
+    from chat.models import Conversation
+
+    user = make_user("turns")
+    log_in(page, site, user)
+    ask(page, "What is 2 plus 3?")
+    assert last_answer(page, "done").text == "2 plus 3 is 5."
+    ask(page, repeat_prompt("red boat"))
+    assert last_answer(page, "done").text == "red boat"
+    page.find_element(By.CSS_SELECTOR, "#messages .message.assistant:last-child .regenerate").click()
+    until(page, lambda: len(chat_records(user)) == 3)  # a new turn, with its own record
+    assert last_answer(page, "done").text == "red boat"
+    assert texts(page, "assistant") == ["2 plus 3 is 5.", "red boat"]  # in place of the last answer
+    first_records = [r.request_id for r in wait_for_records(user, 3)]
+
+    # Edit the first question: a new conversation forks from it; this one stays.
+    first_question = page.find_elements(By.CSS_SELECTOR, "#messages .message.user")[0]
+    page.execute_script("arguments[0].querySelector('.edit').click()", first_question)
+    area = first_question.find_element(By.CSS_SELECTOR, ".edit-box textarea")
+    area.clear()
+    area.send_keys("What is 3 plus 4?")
+    first_question.find_element(By.CSS_SELECTOR, ".edit-box .btn-primary").click()
+    assert last_answer(page, "done").text == "3 plus 4 is 7."
+    assert texts(page, "user") == ["What is 3 plus 4?"]
+    until(page, lambda: conversation_titles(page) == ["What is 2 plus 3? (edited)", "What is 2 plus 3?"])
+    records = wait_for_records(user, 4)
+    until(page, lambda: Conversation.objects.filter(user=user, title="What is 2 plus 3? (edited)").exists()
+          and Conversation.objects.get(user=user, title="What is 2 plus 3? (edited)").request_ids == [records[-1].request_id])
+    original = Conversation.objects.get(user=user, title="What is 2 plus 3?")
+    assert [m["content"] for m in original.messages] == [
+        "What is 2 plus 3?", "2 plus 3 is 5.", repeat_prompt("red boat"), "red boat"]
+    assert original.request_ids == [first_records[0], first_records[2]]  # the regenerated answer's record

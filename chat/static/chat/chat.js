@@ -672,7 +672,13 @@
     div.dataset.state = msg.state;
     div.dataset.mid = msg.id;
     if (msg.role === "assistant" && msg.reasoning) div.append(buildReasoning(msg));
-    if (msg.role !== "assistant") { div.append(makeText("div", "content", msg.content)); return div; }
+    if (msg.role !== "assistant") {
+      div.append(makeText("div", "content", msg.content));
+      const edit = makeButton("edit", "Edit", "Edit and send again");
+      edit.addEventListener("click", () => startEditing(div, msg));
+      div.append(edit);
+      return div;
+    }
     const content = document.createElement("div");
     content.className = "content";
     fillContent(content, msg.content);
@@ -689,10 +695,12 @@
       copy.addEventListener("click", () => copyMessage(msg, copy));
       foot.append(copy);
     }
-    // A refused or failed last answer can be asked for again without retyping.
-    if (msg.state === "error" && isLast && !state.gen) {
-      const retry = makeButton("retry", "Retry", "Ask again");
-      retry.addEventListener("click", retryLast);
+    // A refused or failed last answer can be asked for again without retyping; a
+    // finished one, answered anew.
+    if (isLast && !state.gen && msg.state !== "streaming") {
+      const retry = msg.state === "error" ? makeButton("retry", "Retry", "Ask again")
+        : makeButton("retry regenerate", "Regenerate", "Answer again");
+      retry.addEventListener("click", () => retryLast());
       foot.append(retry);
     }
     div.append(foot);
@@ -866,13 +874,55 @@
     startGeneration(conv);
   }
 
+  // The last answer asked for again (its record stays in the usage records).
   function retryLast(automatic) {
     const conv = state.current;
     const last = conv.messages[conv.messages.length - 1];
-    if (state.gen || !last || last.state !== "error") return;
+    if (state.gen || !last || last.role !== "assistant" || last.state === "streaming") return;
     conv.messages.pop();
     const msg = startGeneration(conv);
     if (automatic === true) autoRetried.add(msg);
+  }
+
+  // A user message edited in place on the page, then sent in a new conversation that
+  // forks from it: the turns before it, the edited message, a new answer. The original
+  // conversation stays as it was.
+  function startEditing(div, msg) {
+    if (state.gen || div.querySelector(".edit-box")) return;
+    const box = document.createElement("div");
+    box.className = "edit-box";
+    const area = document.createElement("textarea");
+    area.value = msg.content;
+    area.setAttribute("aria-label", "Edited message");
+    const send = makeButton("btn btn-primary", "Send", "Send the edited message in a new conversation");
+    const cancel = makeButton("btn", "Cancel");
+    const actions = document.createElement("div");
+    actions.className = "edit-actions";
+    actions.append(cancel, send);
+    box.append(area, actions);
+    div.classList.add("editing");
+    div.append(box);
+    area.focus();
+    cancel.addEventListener("click", () => { box.remove(); div.classList.remove("editing"); });
+    send.addEventListener("click", () => {
+      const text = area.value;
+      if (!text.trim() || state.gen) return;
+      forkWith(state.current, msg, text);
+    });
+  }
+
+  function forkWith(conv, msg, text) {
+    const index = conv.messages.indexOf(msg);
+    if (index < 0) return;
+    const fork = makeConversation();
+    fork.model = validModel(conv.model);
+    fork.system = conv.system;
+    fork.messages = conv.messages.slice(0, index).map((m) => ({ ...m, id: newId() }));
+    fork.messages.push({ id: newId(), role: "user", content: text, state: "done" });
+    fork.title = ((conv.title || titleFrom(fork.messages)) + " (edited)").slice(0, 200);
+    state.current = fork;
+    startGeneration(fork);
+    renderAll();
   }
 
   function startGeneration(conv) {
