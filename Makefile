@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test check-long migrate browser screenshot soak
+.PHONY: run test check-long migrate browser screenshot soak vendor-js
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ soak: $(VENV)/.installed-test
 	$(PY) -m drills.soak $(SOAK_ARGS)
 
 # The chat page's pictures in docs/, from a real conversation with the demo model.
+# The chat page's Markdown parser, sanitizer and highlighter, fetched again from npm at the
+# versions chat/vendor.sh pins (they are committed: running llmserver needs no Node.js).
+vendor-js:
+	bash chat/vendor.sh
+
 screenshot: $(VENV)/.installed-test browser
 	$(PY) docs/screenshot.py
 

@@ -41,7 +41,7 @@ _ROLES = ("user", "assistant")
 _STATES = ("streaming", "done", "stopped", "error")
 # A message's fields as the page keeps them, and their types.
 _MESSAGE_FIELDS = {"id": str, "role": str, "content": str, "reasoning": str, "state": str, "finishReason": str,
-                   "model": str, "durationMs": (int, float), "requestId": str, "usage": dict, "error": dict}
+                   "model": str, "durationMs": (int, float), "thoughtMs": (int, float), "requestId": str, "usage": dict, "error": dict}
 
 
 def user_group(user) -> str:

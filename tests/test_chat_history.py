@@ -197,3 +197,12 @@ async def test_the_users_other_tabs_are_told_of_each_change(live_db):
     assert await stranger.communicator.receive_nothing(timeout=0.2)
     await other_tab.close()
     await stranger.close()
+
+
+def test_the_admin_does_not_list_conversations_unless_the_deployment_opts_in(admin_client):
+    from django.conf import settings
+    from django.contrib import admin
+
+    assert settings.CHAT_ADMIN_READS_CONVERSATIONS is False
+    assert not admin.site.is_registered(Conversation)
+    assert admin_client.get("/admin/chat/conversation/").status_code == 404

@@ -13,8 +13,10 @@
  * that changed it: tabs of the same user, each answering in its own conversation, never
  * overwrite each other's, and each follows the others' through `storage` events.
  *
- * Everything that comes from the user or a model is put on the page with textContent or
- * text nodes, never parsed as HTML: a model answering "<script>…" shows that text.
+ * What the user writes is put on the page as text. A model's answer is Markdown: parsed by
+ * marked with any raw HTML in it kept as text (a model answering "<script>…" shows that
+ * text), then cleaned by DOMPurify before it becomes part of the page, its code blocks
+ * highlighted by highlight.js (all three served by this server, chat/static/chat/vendor).
  */
 (function () {
   "use strict";
@@ -64,6 +66,7 @@
     statusTimer: null,
     found: null,       // the ids the search found (null: no search)
     arriving: new Map(), // id -> a conversation another tab made, while it loads
+    countdownTimer: null,
     searchTimer: null,
     undoTimer: null,
   };
@@ -191,10 +194,11 @@
       id: isId(m.id) ? m.id : newId(), role: m.role, content: m.content, reasoning: str(m.reasoning),
       state: STATES.includes(m.state) ? m.state : "done",
       finishReason: str(m.finishReason) || null, usage: cleanUsage(m.usage), model: str(m.model),
-      durationMs: num(m.durationMs), requestId: str(m.requestId), error: null,
+      durationMs: num(m.durationMs), thoughtMs: num(m.thoughtMs), requestId: str(m.requestId), error: null,
     };
     if (m.error && typeof m.error === "object") {
-      msg.error = { status: num(m.error.status), message: str(m.error.message), code: str(m.error.code) };
+      msg.error = { status: num(m.error.status), message: str(m.error.message), code: str(m.error.code),
+                    retryAfter: num(m.error.retryAfter), at: num(m.error.at) };
     }
     if (msg.state === "streaming" && !live) { // the page was closed while this answer streamed
       msg.state = "error";
@@ -529,6 +533,83 @@
     renderAll();
   }
 
+  // ---------------------------------------------------------------- Markdown
+
+  const pendingRender = new WeakSet(); // streaming answers whose text changed since drawn
+  const autoRetried = new WeakSet(); // answers that are a refused turn asked again by itself
+
+  function escapeHtml(text) {
+    return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+  }
+
+  // Raw HTML in an answer is text; a picture is its description (the page fetches
+  // nothing a model names). Without the libraries (they failed to load) answers are text.
+  const markdown = window.marked && window.DOMPurify ? new window.marked.Marked({
+    gfm: true,
+    breaks: true,
+    renderer: {
+      html(token) { return escapeHtml(token.text); },
+      image(token) { return escapeHtml(token.text || token.href || ""); },
+    },
+  }) : null;
+  const PURIFY = {
+    RETURN_DOM_FRAGMENT: true,
+    FORBID_TAGS: ["img", "style", "form", "input", "button", "textarea", "select", "iframe", "svg", "math"],
+    FORBID_ATTR: ["style"],
+  };
+  if (markdown) {
+    window.DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+      if (node.tagName === "A") { node.setAttribute("target", "_blank"); node.setAttribute("rel", "noopener noreferrer"); }
+    });
+  }
+
+  // An assistant's answer into its .content element: Markdown, or text without it.
+  function fillContent(el, text) {
+    if (!markdown || !text) { el.textContent = text; return; }
+    let fragment;
+    try {
+      fragment = window.DOMPurify.sanitize(markdown.parse(text).trim(), PURIFY);
+    } catch (e) {
+      el.textContent = text;
+      return;
+    }
+    el.replaceChildren(fragment);
+    el.classList.add("markdown");
+    for (const code of el.querySelectorAll("pre > code")) decorateCode(code);
+  }
+
+  // A code block: highlighted, under a bar naming its language, with a Copy button.
+  function decorateCode(code) {
+    const language = ((code.className.match(/language-([\w+-]+)/) || [])[1]) || "";
+    if (window.hljs && (!language || window.hljs.getLanguage(language))) {
+      try { window.hljs.highlightElement(code); } catch (e) { /* left as it is */ }
+    }
+    const pre = code.parentElement;
+    const block = document.createElement("div");
+    block.className = "code-block";
+    const bar = document.createElement("div");
+    bar.className = "code-bar";
+    bar.append(makeText("span", "code-language", language || "code"));
+    const copy = makeButton("copy-code", "Copy", "Copy code");
+    copy.addEventListener("click", () => copyText(code.textContent, copy));
+    bar.append(copy);
+    pre.replaceWith(block);
+    block.append(bar, pre);
+  }
+
+  // While an answer streams, it is drawn again at most every 30 ms, not per token.
+  function renderSoon(msg) {
+    if (pendingRender.has(msg)) return;
+    pendingRender.add(msg);
+    setTimeout(() => {
+      pendingRender.delete(msg);
+      const el = findMessageEl(msg);
+      if (!el) return;
+      fillContent(el.querySelector(".content"), msg.content);
+      scrollToBottom();
+    }, 30);
+  }
+
   // ---------------------------------------------------------------- rendering
 
   function renderAll() {
@@ -590,9 +671,18 @@
     div.className = "message " + msg.role;
     div.dataset.state = msg.state;
     div.dataset.mid = msg.id;
-    if (msg.role === "assistant" && msg.reasoning) div.append(buildReasoning(msg.reasoning));
-    div.append(makeText("div", "content", msg.content));
-    if (msg.role !== "assistant") return div;
+    if (msg.role === "assistant" && msg.reasoning) div.append(buildReasoning(msg));
+    if (msg.role !== "assistant") {
+      div.append(makeText("div", "content", msg.content));
+      const edit = makeButton("edit", "Edit", "Edit and send again");
+      edit.addEventListener("click", () => startEditing(div, msg));
+      div.append(edit);
+      return div;
+    }
+    const content = document.createElement("div");
+    content.className = "content";
+    fillContent(content, msg.content);
+    div.append(content);
 
     if (msg.state === "error") div.append(buildError(msg.error));
     const foot = document.createElement("div");
@@ -602,13 +692,15 @@
     foot.append(meta);
     if (msg.content || msg.state === "streaming") { // nothing to copy from an empty answer
       const copy = makeButton("copy", "Copy", "Copy answer");
-      copy.addEventListener("click", () => copyMessage(div, copy));
+      copy.addEventListener("click", () => copyMessage(msg, copy));
       foot.append(copy);
     }
-    // A refused or failed last answer can be asked for again without retyping.
-    if (msg.state === "error" && isLast && !state.gen) {
-      const retry = makeButton("retry", "Retry", "Ask again");
-      retry.addEventListener("click", retryLast);
+    // A refused or failed last answer can be asked for again without retyping; a
+    // finished one, answered anew.
+    if (isLast && !state.gen && msg.state !== "streaming") {
+      const retry = msg.state === "error" ? makeButton("retry", "Retry", "Ask again")
+        : makeButton("retry regenerate", "Regenerate", "Answer again");
+      retry.addEventListener("click", () => retryLast());
       foot.append(retry);
     }
     div.append(foot);
@@ -616,10 +708,12 @@
   }
 
   // A reasoning model's thinking, folded above its answer (text only, like the answer).
-  function buildReasoning(text) {
+  function buildReasoning(msg) {
     const details = document.createElement("details");
     details.className = "reasoning";
-    details.append(makeText("summary", "reasoning-title", "Thinking…"), makeText("div", "reasoning-text", text));
+    const title = msg.thoughtMs > 0 ? "Thought for " + waitText(msg.thoughtMs)
+      : msg.state === "streaming" ? "Thinking…" : "Thought";
+    details.append(makeText("summary", "reasoning-title", title), makeText("div", "reasoning-text", msg.reasoning));
     return details;
   }
 
@@ -635,7 +729,45 @@
     else if (err.status === 0) headline = "The answer was interrupted.";
     box.append(makeText("strong", "error-title", headline));
     if (err.message && err.message !== headline) box.append(makeText("span", "error-detail", err.message));
+    const until = err.status === 429 && err.retryAfter > 0 ? err.at + err.retryAfter * 1000 : 0;
+    if (until > Date.now()) {
+      const countdown = makeText("span", "countdown", "");
+      countdown.dataset.until = String(until);
+      box.append(countdown);
+      clearTimeout(state.countdownTimer);
+      state.countdownTimer = setTimeout(tickCountdowns, 0); // once the message is on the page
+    }
     return box;
+  }
+
+  function waitText(ms) {
+    const s = Math.max(1, Math.ceil(ms / 1000));
+    if (s < 60) return s + " s";
+    if (s < 3600) return Math.ceil(s / 60) + " min";
+    return Math.ceil(s / 3600) + " h";
+  }
+
+  // A refused turn's wait, counted down each second; when it ends while shown, the last
+  // turn is asked again once by itself (a retry refused again counts down, no more).
+  function tickCountdowns() {
+    const now = Date.now();
+    let running = false;
+    for (const el of document.querySelectorAll("#messages .countdown[data-until]")) {
+      const left = Number(el.dataset.until) - now;
+      if (left > 0) {
+        el.textContent = "You can send another message in " + waitText(left) + ".";
+        running = true;
+        continue;
+      }
+      el.textContent = "You can send another message now.";
+      delete el.dataset.until;
+      const message = el.closest(".message");
+      const conv = state.current;
+      const last = conv.messages[conv.messages.length - 1];
+      if (message && last && message.dataset.mid === last.id && !autoRetried.has(last)) retryLast(true);
+    }
+    clearTimeout(state.countdownTimer);
+    if (running) state.countdownTimer = setTimeout(tickCountdowns, 1000 - (now % 1000) || 1000);
   }
 
   function metaText(msg) {
@@ -675,29 +807,30 @@
 
   // ---------------------------------------------------------------- copy
 
-  function copyMessage(messageEl, button) {
-    const content = messageEl.querySelector(".content");
-    const text = content.textContent;
+  function copyMessage(msg, button) { copyText(msg.content, button); } // the answer as written, Markdown and all
+
+  function copyText(text, button) {
     const done = (ok) => {
       button.textContent = ok ? "Copied" : "Copy failed";
       setTimeout(() => { button.textContent = "Copy"; }, 1500);
     };
     if (navigator.clipboard && window.isSecureContext) {
-      navigator.clipboard.writeText(text).then(() => done(true), () => done(legacyCopy(content)));
+      navigator.clipboard.writeText(text).then(() => done(true), () => done(legacyCopy(text)));
     } else {
-      done(legacyCopy(content)); // plain http on another host: no Clipboard API
+      done(legacyCopy(text)); // plain http on another host: no Clipboard API
     }
   }
 
-  function legacyCopy(node) {
-    const selection = window.getSelection();
-    const range = document.createRange();
-    range.selectNodeContents(node);
-    selection.removeAllRanges();
-    selection.addRange(range);
+  function legacyCopy(text) {
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.className = "copy-buffer";
+    document.body.append(area);
+    area.select();
     let ok = false;
     try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
-    selection.removeAllRanges();
+    area.remove();
     return ok;
   }
 
@@ -741,12 +874,55 @@
     startGeneration(conv);
   }
 
-  function retryLast() {
+  // The last answer asked for again (its record stays in the usage records).
+  function retryLast(automatic) {
     const conv = state.current;
     const last = conv.messages[conv.messages.length - 1];
-    if (state.gen || !last || last.state !== "error") return;
+    if (state.gen || !last || last.role !== "assistant" || last.state === "streaming") return;
     conv.messages.pop();
-    startGeneration(conv);
+    const msg = startGeneration(conv);
+    if (automatic === true) autoRetried.add(msg);
+  }
+
+  // A user message edited in place on the page, then sent in a new conversation that
+  // forks from it: the turns before it, the edited message, a new answer. The original
+  // conversation stays as it was.
+  function startEditing(div, msg) {
+    if (state.gen || div.querySelector(".edit-box")) return;
+    const box = document.createElement("div");
+    box.className = "edit-box";
+    const area = document.createElement("textarea");
+    area.value = msg.content;
+    area.setAttribute("aria-label", "Edited message");
+    const send = makeButton("btn btn-primary", "Send", "Send the edited message in a new conversation");
+    const cancel = makeButton("btn", "Cancel");
+    const actions = document.createElement("div");
+    actions.className = "edit-actions";
+    actions.append(cancel, send);
+    box.append(area, actions);
+    div.classList.add("editing");
+    div.append(box);
+    area.focus();
+    cancel.addEventListener("click", () => { box.remove(); div.classList.remove("editing"); });
+    send.addEventListener("click", () => {
+      const text = area.value;
+      if (!text.trim() || state.gen) return;
+      forkWith(state.current, msg, text);
+    });
+  }
+
+  function forkWith(conv, msg, text) {
+    const index = conv.messages.indexOf(msg);
+    if (index < 0) return;
+    const fork = makeConversation();
+    fork.model = validModel(conv.model);
+    fork.system = conv.system;
+    fork.messages = conv.messages.slice(0, index).map((m) => ({ ...m, id: newId() }));
+    fork.messages.push({ id: newId(), role: "user", content: text, state: "done" });
+    fork.title = ((conv.title || titleFrom(fork.messages)) + " (edited)").slice(0, 200);
+    state.current = fork;
+    startGeneration(fork);
+    renderAll();
   }
 
   function startGeneration(conv) {
@@ -763,6 +939,7 @@
     renderMessages();
     saveNow(conv);
     sendPending(); // or, if the socket is down, as soon as it is back
+    return msg;
   }
 
   function sendPending() {
@@ -793,6 +970,7 @@
     if (!gen) return;
     Object.assign(gen.msg, fields, { state: newState });
     if (gen.startedAt) gen.msg.durationMs = performance.now() - gen.startedAt;
+    if (gen.msg.reasoning && !gen.msg.thoughtMs) gen.msg.thoughtMs = gen.msg.durationMs; // thought, no answer
     state.gen = null;
     setGenerating(false);
     rerenderMessage(gen.msg);
@@ -846,12 +1024,14 @@
       const text = str(m.text);
       if (!text) return;
       gen.started = true;
+      const thinking = gen.msg.reasoning && !gen.msg.thoughtMs;
       gen.msg.content += text;
-      const el = findMessageEl(gen.msg);
-      if (el) {
-        el.querySelector(".content").appendChild(document.createTextNode(text));
-        scrollToBottom();
+      if (thinking) { // the answer begins: the thinking took this long
+        gen.msg.thoughtMs = performance.now() - gen.startedAt;
+        rerenderMessage(gen.msg);
       }
+      const el = findMessageEl(gen.msg);
+      if (el) renderSoon(gen.msg);
       if (isSaved(gen.conv)) saveSoon(gen.conv);
     } else if (m.type === "done") {
       const reason = str(m.finish_reason) || "stop";
@@ -860,7 +1040,8 @@
       const e = m.error && typeof m.error === "object" ? m.error : {};
       if (m.request_id) gen.msg.requestId = str(m.request_id);
       finishGeneration("error", {
-        error: { status: num(m.status), message: str(e.message) || "The answer failed.", code: str(e.code) },
+        error: { status: num(m.status), message: str(e.message) || "The answer failed.", code: str(e.code),
+                 retryAfter: num(m.retry_after), at: Date.now() },
       });
     }
   }
