@@ -535,3 +535,24 @@ def start_browser():
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(30)
     return driver
+
+
+# The chat page in a browser (tests/test_chat_page*.py).
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, live_db):
+    """A server whose engine takes 20 ms a step: a long answer lasts seconds, long enough
+    for a person (or a test) to press Stop."""
+    server = start_server(tmp_path_factory.mktemp("chat-page"), ENGINE_STEP_DELAY_MS=20)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def page(browser, site):
+    """The browser, logged out, at its usual size."""
+    browser.delete_all_cookies()
+    browser.set_window_size(1280, 900)
+    browser.get_log("browser")  # drop what earlier tests left in the console
+    return browser
