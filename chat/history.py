@@ -30,11 +30,11 @@ from django.db.models import Q, TextField
 from django.db.models.functions import Cast
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
-from django.views.decorators.http import require_http_methods, require_POST
 
 from chat.models import Conversation
 from llmserver import clock
-from llmserver.errors import APIError, ConversationChanged, InvalidAPIKey, InvalidJSON, InvalidValue, NotFound
+from llmserver.errors import (APIError, ConversationChanged, InvalidAPIKey, InvalidJSON, InvalidValue, MethodNotAllowed,
+                              NotFound)
 
 MAX_MESSAGES = 1000
 _ROLES = ("user", "assistant")
@@ -49,11 +49,19 @@ def user_group(user) -> str:
     return f"chat.user.{user.pk}"
 
 
-def _api(view):
-    """A history view: the logged-in user's, with history on the server, errors as JSON."""
+def _api(*methods: str):
+    """A history view answering ``methods``: the logged-in user's, with history on the
+    server, every error in OpenAI's shape."""
+    return lambda view: _checked(view, methods)
+
+
+def _checked(view, methods: tuple[str, ...]):
     @wraps(view)
     def wrapped(request, *args, **kwargs):
         try:
+            if request.method not in methods:
+                raise MethodNotAllowed(f"{request.method} is not allowed here; use {' or '.join(methods)}.",
+                                       headers={"Allow": ", ".join(methods)})
             if not request.user.is_authenticated:
                 raise InvalidAPIKey("Log in to use your conversations.")
             if settings.CHAT_HISTORY != "server":
@@ -86,8 +94,7 @@ def whole(conversation: Conversation) -> dict:
             "messages": conversation.messages}
 
 
-@_api
-@require_http_methods(["GET"])
+@_api("GET")
 def conversation_list(request):
     conversations = Conversation.objects.of(request.user)
     query = request.GET.get("q", "").strip()
@@ -100,8 +107,7 @@ def conversation_list(request):
         "public_id", "title", "model", "version", "created_at", "updated_at")]})
 
 
-@_api
-@require_http_methods(["GET", "PUT", "DELETE"])
+@_api("GET", "PUT", "DELETE")
 def conversation(request, public_id: str):
     if request.method == "GET":
         return JsonResponse(whole(_own(request, public_id)))
@@ -133,8 +139,7 @@ def conversation(request, public_id: str):
     return JsonResponse(summary(found))
 
 
-@_api
-@require_POST
+@_api("POST")
 def restore(request, public_id: str):
     found = _own(request, public_id, deleted=True)
     found.deleted_at = None
@@ -143,8 +148,7 @@ def restore(request, public_id: str):
     return JsonResponse(summary(found))
 
 
-@_api
-@require_http_methods(["GET"])
+@_api("GET")
 def export(request, public_id: str):
     found = _own(request, public_id)
     kind = request.GET.get("format", "md")

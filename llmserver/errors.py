@@ -521,6 +521,17 @@ def handler403(request, exception=None):
     return Forbidden("Forbidden.").response()
 
 
+def csrf_failure(request, reason: str = ""):
+    """CSRF_FAILURE_VIEW: a page's form (a browser asking for HTML) gets Django's page; a
+    script's request (the chat page's fetch, any API client) the error in OpenAI's shape."""
+    if "text/html" in request.headers.get("Accept", ""):
+        from django.views.csrf import csrf_failure as page
+
+        return page(request, reason)
+    return Forbidden(f"CSRF verification failed: {reason.rstrip('.') or 'no valid token'}. Send the page's csrftoken in "
+                     "X-CSRFToken.").response()
+
+
 def handler404(request, exception=None):
     return NotFound(f"Unknown path: {request.path}").response()
 

@@ -61,6 +61,8 @@ if _switch("TRUST_X_FORWARDED_PROTO", False):
 # claim any address with it.
 TRUST_X_FORWARDED_FOR = _switch("TRUST_X_FORWARDED_FOR", False)
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# A request refused for its CSRF token: JSON for scripts, Django's page for forms.
+CSRF_FAILURE_VIEW = "llmserver.errors.csrf_failure"
 # Django's defaults, spelled out: they are what the tests assert on every page.
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"

@@ -169,7 +169,9 @@ def test_without_a_login_or_with_history_in_the_browser_the_api_says_so(page, cl
 
 def test_a_write_without_the_csrf_token_is_refused(page, user):
     refused = page.put(f"{URL}c-1/", json.dumps(conversation()), content_type="application/json")
-    assert refused.status_code == 403
+    assert (refused.status_code, refused.json()) == (403, {"error": {
+        "message": "CSRF verification failed: CSRF token missing. Send the page's csrftoken in X-CSRFToken.",
+        "type": "permission_error", "param": None, "code": "forbidden"}})
     assert not Conversation.objects.filter(user=user, public_id="c-1").exists()
 
 
@@ -206,3 +208,10 @@ def test_the_admin_does_not_list_conversations_unless_the_deployment_opts_in(adm
     assert settings.CHAT_ADMIN_READS_CONVERSATIONS is False
     assert not admin.site.is_registered(Conversation)
     assert admin_client.get("/admin/chat/conversation/").status_code == 404
+
+
+def test_a_method_a_view_does_not_answer_is_a_405_in_openais_shape(page):
+    refused = send(page, "post", f"{URL}c-1/")
+    assert (refused.status_code, refused["Allow"], refused.json()) == (405, "GET, PUT, DELETE", {"error": {
+        "message": "POST is not allowed here; use GET or PUT or DELETE.", "type": "invalid_request_error",
+        "param": None, "code": "method_not_allowed"}})
