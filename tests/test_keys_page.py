@@ -162,14 +162,15 @@ def test_a_key_made_on_the_page_works_with_the_openai_sdk_until_revoked_there(se
 
 
 def test_the_page_in_a_browser_makes_copies_and_revokes_a_key(browser, server):
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import JavascriptException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     def until(predicate):
-        # An element read while a form's post replaces the page can go stale: read again.
-        return WebDriverWait(browser, 30, poll_frequency=0.05,
-                             ignored_exceptions=(StaleElementReferenceException,)).until(lambda _: predicate())
+        # An element (or a script) read while a form's post replaces the page can go
+        # stale (or be cut off): read again.
+        return WebDriverWait(browser, 30, poll_frequency=0.05, ignored_exceptions=(
+            StaleElementReferenceException, JavascriptException)).until(lambda _: predicate())
 
     user = make_user("browser")
     browser.delete_all_cookies()
@@ -202,8 +203,12 @@ def test_the_page_in_a_browser_makes_copies_and_revokes_a_key(browser, server):
     row = browser.find_element(By.CSS_SELECTOR, f'tr[data-key="{key.prefix}"]')
     assert row.find_elements(By.TAG_NAME, "td")[5].text == "active"
     row.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    until(lambda: browser.find_element(By.CSS_SELECTOR, f'tr[data-key="{key.prefix}"]')
-          .find_elements(By.TAG_NAME, "td")[5].text == "revoked")
+    # Read in one script, in whichever page is there: the post replaces the page, and a
+    # row found in one and read in the next is gone ("stale", or "does not belong to the
+    # document" in Chromium 156).
+    until(lambda: browser.execute_script(
+        "const row = document.querySelector(arguments[0]); return row && row.cells[5].textContent.trim();",
+        f'tr[data-key="{key.prefix}"]') == "revoked")
     key.refresh_from_db()
     assert not key.is_active
     assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []  # no CSP refusal
