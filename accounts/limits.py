@@ -321,11 +321,12 @@ def _read_keys(cursor, keys: list[APIKey], now) -> tuple[dict[int, _KeyRow], int
                         f"WHERE k.id IN ({', '.join(['%s'] * len(ids))}) ORDER BY k.id{lock}",
                 [*([] if postgres else [_at(now)]), _at(now - LAST_USED_RESOLUTION), *ids])
     in_flight = rows[0][0] if rows else None
-    width = len(_KEY_STATE)
+    width, limits_width = len(_KEY_STATE), len(_LIMIT_COLUMNS)
     found = {}
     for row in rows:
         state, stale, user_limits_id, team_name = row[2:2 + width], row[2 + width], row[3 + width], row[4 + width]
-        user_limits, team_limits = row[5 + width:5 + width + 6], row[11 + width:]
+        user_limits = row[5 + width:5 + width + limits_width]
+        team_limits = row[5 + width + limits_width:]
         owner_id, team_id = state[-2], state[-1]
         shared = []
         if user_limits_id is not None:
