@@ -10,10 +10,14 @@ opens nothing.
 Protocol (JSON text frames; ``id`` is the client's name for one generation):
 
 - client → server: ``{"type": "chat", "id", "model", "messages", "temperature",
-  "max_tokens"}`` starts a generation; ``{"type": "stop", "id"}`` cancels it.
+  "max_tokens", "tools", "tool_choice"}`` starts a generation (the messages and tools as
+  ``/v1/chat/completions`` takes them, tool results included); ``{"type": "stop", "id"}``
+  cancels it.
 - server → client: ``{"type": "start", "id", "request_id"}`` once admitted,
   ``{"type": "delta", "id", "text"}`` per piece of text (a reasoning model's reasoning
-  first, as ``{"type": "reasoning", "id", "text"}``), then either
+  first, as ``{"type": "reasoning", "id", "text"}``; each tool call the model makes, once
+  whole, as ``{"type": "tool_calls", "id", "tool_calls"}`` with OpenAI's message parts),
+  then either
   ``{"type": "done", "id", "finish_reason", "usage"}`` (``finish_reason`` is
   ``"cancelled"`` after a stop) or ``{"type": "error", "id", "status", "error"}`` with
   OpenAI's error object, the HTTP status the API would have answered, ``retry_after``
@@ -143,17 +147,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 spec = life.resolve(data["model"])
                 await life.may_use(spec)
                 use = await life.hold(spec)
-                generation = await life.begin(ChatServing(use.worker, spec.id).generation(data))
+                serving = ChatServing(use.worker, spec.id)
+                generation = await life.begin(serving.generation(data))
                 await self._send(type="start", id=chat_id, request_id=life.request_id)
                 life.answering()
                 finish_reason = None
                 async for update in generation.updates():
                     if update.reasoning:
                         await self._send(type="reasoning", id=chat_id, text=update.reasoning)
-                    if update.text:
-                        await self._send(type="delta", id=chat_id, text=update.text)
-                    if update.finish_reason:
-                        finish_reason = update.finish_reason
+                    text, calls, reason = serving.streamed(update)
+                    if text:
+                        await self._send(type="delta", id=chat_id, text=text)
+                    if calls:
+                        await self._send(type="tool_calls", id=chat_id, tool_calls=[call.as_message_part() for call in calls])
+                    if reason:
+                        finish_reason = reason
+                        generation.finish_reasons[update.index] = reason  # "tool_calls", for the record
                 await self._send(type="done", id=chat_id, finish_reason=finish_reason,
                                  usage=_usage(generation.usage()))
         except asyncio.CancelledError:
@@ -190,9 +199,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._send(type="error", id=chat_id, status=exc.status, **extra, **exc.body())
 
 
+# What of a chat frame is the request: the page's settings, and tools to offer.
+_FIELDS = ("model", "messages", "temperature", "max_tokens", "tools", "tool_choice")
+
+
 def _validated(message: dict) -> dict:
     """The turn as a streamed chat completion request, validated like one."""
-    body = {name: message[name] for name in ("model", "messages", "temperature", "max_tokens") if name in message}
+    body = {name: message[name] for name in _FIELDS if name in message}
     try:
         return validated(ChatCompletionRequest, {**body, "stream": True})
     except ValidationError as exc:

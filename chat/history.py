@@ -19,6 +19,7 @@ small reads and writes of one row, no generation."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone as dt_timezone
 from functools import wraps
 
@@ -37,11 +38,14 @@ from llmserver.errors import (APIError, ConversationChanged, InvalidAPIKey, Inva
                               NotFound)
 
 MAX_MESSAGES = 1000
-_ROLES = ("user", "assistant")
+_ROLES = ("user", "assistant", "tool")
 _STATES = ("streaming", "done", "stopped", "error")
 # A message's fields as the page keeps them, and their types.
 _MESSAGE_FIELDS = {"id": str, "role": str, "content": str, "reasoning": str, "state": str, "finishReason": str,
-                   "model": str, "durationMs": (int, float), "thoughtMs": (int, float), "requestId": str, "usage": dict, "error": dict}
+                   "model": str, "durationMs": (int, float), "thoughtMs": (int, float), "requestId": str, "usage": dict, "error": dict,
+                   # an answer's tool calls ({"id", "name", "arguments"}: all text) and, on a tool
+                   # message, the call it is the result of
+                   "toolCalls": list, "toolCallId": str, "toolName": str}
 
 
 def user_group(user) -> str:
@@ -173,13 +177,25 @@ def markdown(conversation: Conversation) -> str:
     if conversation.system_prompt:
         lines += ["## System", "", conversation.system_prompt, ""]
     for message in conversation.messages:
+        if message["role"] == "tool":
+            lines += [f"## Tool result ({message.get('toolName', '')})", "", _fenced(message["content"]), ""]
+            continue
         role = "User" if message["role"] == "user" else "Assistant"
         model = f" ({message['model']})" if message.get("model") and message["role"] == "assistant" else ""
         lines += [f"## {role}{model}", ""]
         if message.get("reasoning"):
             lines += ["<details><summary>Reasoning</summary>", "", message["reasoning"], "", "</details>", ""]
-        lines += [message["content"], ""]
+        if message["content"] or not message.get("toolCalls"):
+            lines += [message["content"], ""]
+        for call in message.get("toolCalls", ()):
+            lines += [f"Called `{call['name']}`:", "", _fenced(call["arguments"]), ""]
     return "\n".join(lines)
+
+
+def _fenced(text: str) -> str:
+    """``text`` as a code block, fenced with more backticks than it holds in a row."""
+    fence = "`" * max(3, max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    return f"{fence}\n{text}\n{fence}"
 
 
 def _parse(request, public_id: str) -> tuple[dict, int]:
@@ -233,7 +249,7 @@ def _message(message, index: int) -> dict:
     """A message as the page keeps it: its known fields of the right types, nothing else."""
     where = f"messages[{index}]"
     if not isinstance(message, dict) or message.get("role") not in _ROLES or not isinstance(message.get("content"), str):
-        raise InvalidValue(f"{where} needs a role ('user' or 'assistant') and a string content.", param=where)
+        raise InvalidValue(f"{where} needs a role ('user', 'assistant' or 'tool') and a string content.", param=where)
     kept = {}
     for name, kind in _MESSAGE_FIELDS.items():
         value = message.get(name)
@@ -244,6 +260,11 @@ def _message(message, index: int) -> dict:
         kept[name] = value
     if kept.get("state", "done") not in _STATES:
         raise InvalidValue(f"{where}.state is one of {', '.join(_STATES)}.", param=f"{where}.state")
+    for position, call in enumerate(kept.get("toolCalls", ())):
+        if not (isinstance(call, dict) and call.keys() == {"id", "name", "arguments"}
+                and all(isinstance(value, str) for value in call.values())):
+            raise InvalidValue(f"{where}.toolCalls[{position}] is an object of id, name and arguments, all strings.",
+                               param=f"{where}.toolCalls[{position}]")
     return kept
 
 

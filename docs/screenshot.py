@@ -1,7 +1,7 @@
 """Take the pages' screenshots for the README (``make screenshot``).
 
 Serves the demo model from a throwaway SQLite database with one user, has a short
-conversation in Debian's headless Chromium, and writes docs/chat-page.png (desktop) and
+conversation (a tool call in it) in Debian's headless Chromium, and writes docs/chat-page.png (desktop) and
 docs/chat-page-phone.png; then makes two API keys on the API keys page (one for the
 user's team, used for a few questions) and writes docs/keys-page.png (its secret is the
 throwaway database's) and the usage dashboard of
@@ -29,6 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PORT = 8765
 USER, PASSWORD = "ada", "a long demo password"
 QUESTIONS = ["Hello", "Repeat after me: tiger lemon", "What is 7 plus 5?", "Count from 1 to 12."]
+# Then a tool call: the tool offered in the settings, the question, the tool's result.
+TOOLS = ('[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", '
+         '"properties": {"city": {"type": "string"}}, "required": ["city"]}}}]')
+TOOL_TURNS = ["What is the weather in Paris?", '{"city": "Paris", "temperature": 18, "condition": "sunny"}']
 # The user leads a team with a budget, so that the pages show a team's parts.
 TEAM = f"""
 from django.contrib.auth import get_user_model
@@ -88,12 +92,17 @@ def _shoot() -> None:
         system = browser.find_element(By.ID, "system-prompt")
         system.clear()
         system.send_keys("You are a helpful assistant.")
-        for question in QUESTIONS:
+        for question in QUESTIONS + TOOL_TURNS:
+            if question == TOOL_TURNS[0]:
+                browser.execute_script("const t = document.getElementById('tools'); t.value = arguments[0];"
+                                       "t.dispatchEvent(new Event('input'))", TOOLS)
             answers = len(browser.find_elements(By.CSS_SELECTOR, "#messages .message.assistant[data-state=done]"))
             prompt = browser.find_element(By.ID, "prompt")
             prompt.send_keys(question, Keys.ENTER)
             wait.until(lambda b: len(b.find_elements(
                 By.CSS_SELECTOR, "#messages .message.assistant[data-state=done]")) == answers + 1)
+        browser.execute_script("document.querySelector('#messages details.tool-call').open = true;"
+                               "const t = document.getElementById('thread'); t.scrollTop = t.scrollHeight")
         time.sleep(0.5)  # let the "Copied"-style transitions settle
         browser.save_screenshot(str(ROOT / "docs" / "chat-page.png"))
         browser.set_window_size(390, 844)

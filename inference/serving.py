@@ -22,6 +22,7 @@ from inference.generation import (ChoiceUpdate, Generation, GenerationFailed, co
                                   sampling_settings)
 from inference.reasoning import splitter_for
 from inference.tool_parsers import ToolParser, parse_tool_calls
+from inference.tools import ToolCall
 from llmserver.errors import InvalidValue, UnsupportedParameter
 
 
@@ -198,10 +199,15 @@ class ChatServing(_Serving):
             return settings.DEFAULT_REASONING_MAX_TOKENS
         return settings.DEFAULT_MAX_TOKENS
 
+    @property
+    def reads_calls(self) -> bool:
+        """Whether tools are offered and the model's calls are read."""
+        return bool(self.tools) and self.worker.tool_parsing is not None
+
     def tool_parser(self) -> ToolParser | None:
         """A parser for one choice's text in the model's tool-call format; None when no
         tools are offered or the model's calls are not read."""
-        if not self.tools or self.worker.tool_parsing is None:
+        if not self.reads_calls:
             return None
         names = {tool["function"]["name"] for tool in self.tools}
         return self.worker.tool_parsing.parser(names, parallel=self.parallel_tool_calls)
@@ -232,28 +238,37 @@ class ChatServing(_Serving):
         delta = {"content": update.text} if update.text else {}
         return {"index": update.index, "delta": delta, "logprobs": None, "finish_reason": update.finish_reason}
 
-    def chunk_choices(self, update):
-        """With tools, a call streams as OpenAI's: its id and name first, then its
-        arguments; text that may begin a call is held back until it is known."""
+    def streamed(self, update: ChoiceUpdate) -> tuple[str, list[ToolCall], str | None]:
+        """One streamed update as (content, the calls it completed, finish reason): with
+        tools, text that may begin a call is held back until it is known, and a turn that
+        made calls finishes with "tool_calls"."""
         parser = self._parsers.get(update.index)
         if parser is None:
             parser = self.tool_parser()
             if parser is None:
-                return [self.chunk_choice(update)]
+                return update.text, [], update.finish_reason
             self._parsers[update.index] = parser
-        index, chunks = update.index, []
         content, calls = parser.feed(update.text) if update.text else ("", [])
         if update.finish_reason:
             content += parser.finish()
+        reason = "tool_calls" if parser.calls and update.finish_reason == "stop" else update.finish_reason
+        return content, calls, reason
+
+    def chunk_choices(self, update):
+        """With tools, a call streams as OpenAI's: its id and name first, then its
+        arguments."""
+        if not self.reads_calls:
+            return [self.chunk_choice(update)]
+        index, chunks = update.index, []
+        content, calls, reason = self.streamed(update)
         if content:
             chunks.append(self._delta(index, {"content": content}))
         for call in calls:
-            position = parser.calls.index(call)
+            position = self._parsers[index].calls.index(call)
             chunks.append(self._delta(index, {"tool_calls": [{
                 "index": position, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}]}))
             chunks.append(self._delta(index, {"tool_calls": [{"index": position, "function": {"arguments": call.arguments}}]}))
-        if update.finish_reason:
-            reason = "tool_calls" if parser.calls and update.finish_reason == "stop" else update.finish_reason
+        if reason:
             chunks.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": reason})
         return chunks
 

@@ -142,7 +142,34 @@ def test_a_conversation_exports_as_markdown_and_json(page, user):
     assert page.get(f"{URL}c-1/export/", {"format": "pdf"}).json()["error"]["param"] == "format"
 
 
+TOOL_TURNS = [
+    {"id": "m1", "role": "user", "content": "What is the weather in Paris?", "state": "done"},
+    {"id": "m2", "role": "assistant", "content": "", "state": "done", "finishReason": "tool_calls",
+     "toolCalls": [{"id": "call12345", "name": "get_weather", "arguments": '{"city": "Paris"}'}]},
+    {"id": "m3", "role": "tool", "content": '{"note": "```"}', "state": "done", "toolCallId": "call12345",
+     "toolName": "get_weather"},
+    {"id": "m4", "role": "assistant", "content": "Sunny.", "state": "done", "finishReason": "stop"},
+]
+
+
+def test_tool_calls_and_results_are_kept_and_exported_as_code_blocks(page, user):
+    put(page, "c-1", conversation(system="", model="", messages=TOOL_TURNS))
+    assert page.get(f"{URL}c-1/").json()["messages"] == TOOL_TURNS
+    stored = Conversation.objects.get(user=user, public_id="c-1")
+    stored.updated_at = datetime(2026, 12, 4, 12, 30, 5, tzinfo=dt_timezone.utc)
+    stored.save()
+    assert page.get(f"{URL}c-1/export/", {"format": "md"}).content.decode() == (
+        "# Sums\n\n*2026-12-04 12:30 UTC*\n\n## User\n\nWhat is the weather in Paris?\n\n## Assistant\n\n"
+        'Called `get_weather`:\n\n```\n{"city": "Paris"}\n```\n\n'
+        '## Tool result (get_weather)\n\n````\n{"note": "```"}\n````\n\n## Assistant\n\nSunny.\n')
+
+
 @pytest.mark.parametrize(("body", "param"), [
+    ({"messages": [TOOL_TURNS[0], {**TOOL_TURNS[1], "toolCalls": [{"id": "c", "name": "f"}]}]}, "messages[1].toolCalls[0]"),
+    ({"messages": [TOOL_TURNS[0], {**TOOL_TURNS[1], "toolCalls": [{"id": "c", "name": "f", "arguments": {}}]}]},
+     "messages[1].toolCalls[0]"),
+    ({"messages": [TOOL_TURNS[0], {**TOOL_TURNS[1], "toolCalls": "get_weather"}]}, "messages[1].toolCalls"),
+    ({"messages": [{**TOOL_TURNS[2], "toolCallId": 7}]}, "messages[0].toolCallId"),
     ({"messages": "hello"}, "messages"),
     ({"messages": [{"role": "system", "content": "x"}]}, "messages[0]"),
     ({"messages": [{"role": "user", "content": "x", "usage": 3}]}, "messages[0].usage"),

@@ -1,9 +1,11 @@
 """What the chat page does with an answer, in a real browser (Debian's Chromium):
-Markdown made safe, a refused turn's countdown and its one retry, Regenerate, and an
-edited question forking a new conversation."""
+Markdown made safe, a refused turn's countdown and its one retry, Regenerate, an
+edited question forking a new conversation, and a tool call folded, answered with its
+result from the message box."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -12,7 +14,7 @@ from selenium.webdriver.common.by import By
 
 from demomodel.corpus import repeat_prompt
 from tests.conftest import MODEL_ID, make_user, wait_for
-from tests.test_chat_page import ask, chat_records, last_answer, log_in, shown, texts, until
+from tests.test_chat_page import ask, chat_records, last_answer, log_in, page_ready, set_field, shown, texts, until
 from tests.test_chat_page_history import conversation_titles
 
 pytestmark = pytest.mark.browser
@@ -173,3 +175,54 @@ def test_regenerate_answers_again_and_an_edited_message_forks_a_new_conversation
     assert [m["content"] for m in original.messages] == [
         "What is 2 plus 3?", "2 plus 3 is 5.", repeat_prompt("red boat"), "red boat"]
     assert original.request_ids == [first_records[0], first_records[2]]  # the regenerated answer's record
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+_READ_TOOL_BLOCKS = """
+    return [...document.querySelectorAll("#messages details.tool-call, #messages details.tool-result")].map(d => ({
+        kind: d.className, open: d.open, title: d.querySelector("summary").textContent,
+        text: d.querySelector(".tool-text").textContent}));
+"""
+
+
+def test_a_tool_call_is_a_folded_block_and_the_composer_sends_its_result(page, site, live_db):
+    from chat.models import Conversation
+
+    user = make_user("tools")
+    log_in(page, site, user)
+    set_field(page, "tools", "[not json")
+    assert page.find_element(By.ID, "tools-help").text == "Not a JSON list of tools: none are offered."
+    set_field(page, "tools", json.dumps([WEATHER_TOOL]))
+    ask(page, "What is the weather in Paris?")
+    last_answer(page, "done")
+    assert page.execute_script(_READ_TOOL_BLOCKS) == [
+        {"kind": "tool-call", "open": False, "title": "Called get_weather", "text": '{\n  "city": "Paris"\n}'}]
+    prompt = page.find_element(By.ID, "prompt")
+    assert prompt.get_attribute("placeholder") == "The result of get_weather (JSON or text)…"
+
+    ask(page, '{"city": "Paris", "temperature": 18, "condition": "sunny"}')  # the composer answers the call
+    until(page, lambda: len(shown(page, "assistant")) == 2)
+    assert last_answer(page, "done").text == "In Paris it is 18 degrees and sunny."
+    assert page.execute_script(_READ_TOOL_BLOCKS)[1] == {
+        "kind": "tool-result", "open": False, "title": "Result of get_weather",
+        "text": '{"city": "Paris", "temperature": 18, "condition": "sunny"}'}
+    assert prompt.get_attribute("placeholder") == "Send a message…"
+    assert [(r.finish_reason, r.status_code) for r in wait_for_records(user, 2)] == [("tool_calls", 200), ("stop", 200)]
+
+    # Kept on the server: the call, its result and the tools offered come back with a reload.
+    until(page, lambda: [m["role"] for m in Conversation.objects.get(user=user).messages] == [
+        "user", "assistant", "tool", "assistant"] and Conversation.objects.get(user=user).messages[-1]["state"] == "done")
+    stored = Conversation.objects.get(user=user)
+    call = stored.messages[1]["toolCalls"][0]
+    assert (call["name"], call["arguments"], stored.messages[2]["toolCallId"]) == (
+        "get_weather", '{"city": "Paris"}', call["id"])
+    assert json.loads(stored.settings["tools"]) == [WEATHER_TOOL]
+    page.refresh()
+    page_ready(page)
+    until(page, lambda: len(page.execute_script(_READ_TOOL_BLOCKS)) == 2)
+    assert [block["title"] for block in page.execute_script(_READ_TOOL_BLOCKS)] == [
+        "Called get_weather", "Result of get_weather"]
+    assert json.loads(page.find_element(By.ID, "tools").get_attribute("value")) == [WEATHER_TOOL]

@@ -181,6 +181,31 @@ async def test_the_conversation_so_far_and_the_system_prompt_reach_the_model(use
     assert frames[-1]["usage"]["prompt_tokens"] > 30
 
 
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+async def test_a_tool_call_comes_whole_in_its_own_frame_and_the_tools_result_is_answered(user):
+    """The demo model calls get_weather for this question when offered it, and answers
+    from the result (tests/test_tools.py asks the same through the API)."""
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    socket = await chat_socket(await log_in(user.username))
+    await socket.send(json.dumps({"type": "chat", "id": "call", "model": MODEL_ID, "messages": question,
+                                  "tools": [WEATHER], "temperature": 0}))
+    frames = await socket.until_end("call")
+    assert [frame["type"] for frame in frames] == ["start", "tool_calls", "done"]
+    [call] = frames[1]["tool_calls"]
+    assert (call["type"], call["function"], frames[-1]["finish_reason"]) == (
+        "function", {"name": "get_weather", "arguments": '{"city": "Paris"}'}, "tool_calls")
+    await socket.send(json.dumps({"type": "chat", "id": "result", "model": MODEL_ID, "tools": [WEATHER], "messages": [
+        *question, {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": '{"city": "Paris", "temperature": 18, "condition": "sunny"}'}]}))
+    frames = await socket.until_end("result")
+    await socket.close()
+    assert (answer(frames), frames[-1]["finish_reason"]) == ("In Paris it is 18 degrees and sunny.", "stop")
+    assert [(r.finish_reason, r.status_code) for r in await records(user)] == [("tool_calls", 200), ("stop", 200)]
+
+
 async def _engine_idle(api) -> bool:
     state = await engine_state(api)
     return state["running"] == 0 and state["waiting"] == 0
@@ -367,6 +392,8 @@ async def test_a_malformed_message_gets_an_error_and_the_socket_stays_open(user,
     ({"temperature": "hot"}, 400, "invalid_type", "temperature"),
     ({"model": "gpt-9"}, 404, "model_not_found", "model"),
     ({"messages": []}, 400, "invalid_value", "messages"),
+    ({"tools": "get_weather"}, 400, "invalid_type", "tools"),
+    ({"tool_choice": "required"}, 400, "invalid_value", "tool_choice"),
 ])
 async def test_an_invalid_turn_is_refused_and_recorded_with_its_status(user, fields, status, code, param):
     socket = await chat_socket(await log_in(user.username))

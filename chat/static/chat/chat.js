@@ -48,7 +48,7 @@
     toggleSettings: $("toggle-settings"), closeSettings: $("close-settings"),
     search: $("search-conversations"), historyNote: $("history-note"), undo: $("undo"),
     undoText: $("undo-text"), undoButton: $("undo-button"), exportLinks: $("export-links"),
-    exportMd: $("export-md"), exportJson: $("export-json"),
+    exportMd: $("export-md"), exportJson: $("export-json"), tools: $("tools"), toolsHelp: $("tools-help"),
   };
 
   const state = {
@@ -188,14 +188,22 @@
     return { prompt_tokens: num(u.prompt_tokens), completion_tokens: num(u.completion_tokens), total_tokens: num(u.total_tokens) };
   }
 
+  function cleanToolCalls(calls) {
+    if (!Array.isArray(calls)) return [];
+    return calls.filter((c) => c && typeof c === "object" && isId(c.id))
+      .map((c) => ({ id: c.id, name: str(c.name), arguments: str(c.arguments) }));
+  }
+
   function cleanMessage(m, live) {
-    if (!m || (m.role !== "user" && m.role !== "assistant") || typeof m.content !== "string") return null;
+    if (!m || !["user", "assistant", "tool"].includes(m.role) || typeof m.content !== "string") return null;
     const msg = {
       id: isId(m.id) ? m.id : newId(), role: m.role, content: m.content, reasoning: str(m.reasoning),
       state: STATES.includes(m.state) ? m.state : "done",
       finishReason: str(m.finishReason) || null, usage: cleanUsage(m.usage), model: str(m.model),
       durationMs: num(m.durationMs), thoughtMs: num(m.thoughtMs), requestId: str(m.requestId), error: null,
+      toolCalls: cleanToolCalls(m.toolCalls),
     };
+    if (m.role === "tool") Object.assign(msg, { toolCallId: str(m.toolCallId), toolName: str(m.toolName) });
     if (m.error && typeof m.error === "object") {
       msg.error = { status: num(m.error.status), message: str(m.error.message), code: str(m.error.code),
                     retryAfter: num(m.error.retryAfter), at: num(m.error.at) };
@@ -204,7 +212,7 @@
       msg.state = "error";
       msg.error = { status: 0, message: "Interrupted: the page was closed.", code: "" };
     }
-    if (msg.role === "user") msg.state = "done";
+    if (msg.role !== "assistant") msg.state = "done";
     return msg;
   }
 
@@ -214,7 +222,7 @@
     if (!messages.length) return null;
     return {
       id: isId(c.id) ? c.id : newId(), title: str(c.title) || titleFrom(messages),
-      model: str(c.model), system: str(c.system),
+      model: str(c.model), system: str(c.system), tools: str(c.tools),
       createdAt: num(c.createdAt) || Date.now(), updatedAt: num(c.updatedAt) || Date.now(), messages,
     };
   }
@@ -257,6 +265,7 @@
       maxTokens: cleanMaxTokens(s.maxTokens),
       model: str(s.model),
       system: str(s.system),
+      tools: str(s.tools),
     };
   }
 
@@ -303,7 +312,7 @@
 
   function fromSummary(s) {
     return {
-      id: s.id, title: str(s.title), model: str(s.model), system: "", createdAt: num(s.createdAt),
+      id: s.id, title: str(s.title), model: str(s.model), system: "", tools: "", createdAt: num(s.createdAt),
       updatedAt: num(s.updatedAt), version: num(s.version), messages: [], loaded: false,
     };
   }
@@ -313,7 +322,7 @@
     return {
       id: conv.id, title: conv.title, model: conv.model, system: conv.system, createdAt: conv.createdAt,
       updatedAt: conv.updatedAt, version: conv.version || 0, messages: conv.messages,
-      settings: { temperature: settings.temperature, maxTokens: settings.maxTokens },
+      settings: { temperature: settings.temperature, maxTokens: settings.maxTokens, tools: conv.tools },
     };
   }
 
@@ -359,7 +368,8 @@
   function fill(conv, data, live) {
     const clean = cleanConversation({ ...data, messages: Array.isArray(data.messages) ? data.messages : [] }, live);
     Object.assign(conv, {
-      title: str(data.title), model: str(data.model), system: str(data.system), createdAt: num(data.createdAt),
+      title: str(data.title), model: str(data.model), system: str(data.system),
+      tools: str(data.settings && data.settings.tools), createdAt: num(data.createdAt),
       updatedAt: num(data.updatedAt), version: num(data.version), messages: clean ? clean.messages : [], loaded: true,
     });
   }
@@ -483,7 +493,7 @@
   function makeConversation() {
     const now = Date.now();
     return {
-      id: newId(), title: "", model: validModel(settings.model), system: settings.system,
+      id: newId(), title: "", model: validModel(settings.model), system: settings.system, tools: settings.tools,
       createdAt: now, updatedAt: now, messages: [],
     };
   }
@@ -618,6 +628,8 @@
     conv.model = validModel(conv.model);
     ui.model.value = conv.model;
     ui.system.value = conv.system;
+    ui.tools.value = conv.tools;
+    showToolsHelp();
     renderMessages();
   }
 
@@ -662,6 +674,7 @@
     ui.messages.dataset.conversation = state.current.id; // the one shown (not while it loads)
     ui.messages.replaceChildren(...msgs.map((m, i) => buildMessage(m, i === msgs.length - 1)));
     ui.empty.hidden = msgs.length > 0;
+    renderComposer();
     state.stickToBottom = true;
     scrollToBottom();
   }
@@ -672,6 +685,10 @@
     div.dataset.state = msg.state;
     div.dataset.mid = msg.id;
     if (msg.role === "assistant" && msg.reasoning) div.append(buildReasoning(msg));
+    if (msg.role === "tool") {
+      div.append(buildFolded("tool-result", "Result of ", msg.toolName, msg.content));
+      return div;
+    }
     if (msg.role !== "assistant") {
       div.append(makeText("div", "content", msg.content));
       const edit = makeButton("edit", "Edit", "Edit and send again");
@@ -683,6 +700,7 @@
     content.className = "content";
     fillContent(content, msg.content);
     div.append(content);
+    for (const call of msg.toolCalls || []) div.append(buildFolded("tool-call", "Called ", call.name, prettyJson(call.arguments)));
 
     if (msg.state === "error") div.append(buildError(msg.error));
     const foot = document.createElement("div");
@@ -715,6 +733,20 @@
       : msg.state === "streaming" ? "Thinking…" : "Thought";
     details.append(makeText("summary", "reasoning-title", title), makeText("div", "reasoning-text", msg.reasoning));
     return details;
+  }
+
+  // A tool call or a tool's result: folded, its name in the title, its JSON (or text) inside.
+  function buildFolded(className, title, name, text) {
+    const details = document.createElement("details");
+    details.className = className;
+    const summary = makeText("summary", "", title);
+    summary.append(makeText("code", "tool-name", name));
+    details.append(summary, makeText("pre", "tool-text", text));
+    return details;
+  }
+
+  function prettyJson(text) {
+    try { return JSON.stringify(JSON.parse(text), null, 2); } catch (e) { return text; }
   }
 
   function buildError(error) {
@@ -836,25 +868,47 @@
 
   // ---------------------------------------------------------------- generations
 
-  // The history the model sees: the system prompt, then each earlier question with its
-  // answer, except those whose answer failed (the pair is dropped so turns alternate),
-  // then the new question, which is last in conv.messages.
+  // The messages of a request: the system prompt, then the conversation as the model
+  // sees it: questions, answers (with the tools they called) and the tools' results. An
+  // answer that failed is left out with the question it answered, so turns alternate.
   function requestMessages(conv) {
     const out = [];
     if (conv.system.trim()) out.push({ role: "system", content: conv.system });
-    const msgs = conv.messages;
-    for (let i = 0; i < msgs.length; i++) {
-      const m = msgs[i];
-      if (m.role !== "user") continue;
-      const answer = msgs[i + 1];
-      if (!answer) { out.push({ role: "user", content: m.content }); break; }
-      const usable = answer.role === "assistant" && (answer.state === "done" || answer.state === "stopped") && answer.content;
-      if (usable) {
-        out.push({ role: "user", content: m.content }, { role: "assistant", content: answer.content });
-        i++;
+    for (const m of conv.messages) {
+      if (m.role === "user") {
+        out.push({ role: "user", content: m.content });
+      } else if (m.role === "tool") {
+        out.push({ role: "tool", tool_call_id: m.toolCallId, content: m.content });
+      } else if ((m.state === "done" || m.state === "stopped") && (m.content || m.toolCalls.length)) {
+        const answer = { role: "assistant", content: m.content || null };
+        if (m.toolCalls.length) {
+          answer.tool_calls = m.toolCalls.map((c) => ({ id: c.id, type: "function", function: { name: c.name, arguments: c.arguments } }));
+        }
+        out.push(answer);
+      } else if (out.length && out[out.length - 1].role === "user") {
+        out.pop();
       }
     }
     return out;
+  }
+
+  // The first call of the last answer that has no result yet: what the composer sends.
+  function pendingCall(conv) {
+    const msgs = conv.messages;
+    let i = msgs.length - 1;
+    const answered = new Set();
+    for (; i >= 0 && msgs[i].role === "tool"; i--) answered.add(msgs[i].toolCallId);
+    const last = msgs[i];
+    if (!last || last.role !== "assistant" || last.state !== "done") return null;
+    return (last.toolCalls || []).find((c) => !answered.has(c.id)) || null;
+  }
+
+  // The composer asks for a question, or for the result of the call the model made.
+  function renderComposer() {
+    const call = pendingCall(state.current);
+    ui.prompt.placeholder = call ? "The result of " + call.name + " (JSON or text)…" : "Send a message…";
+    ui.prompt.setAttribute("aria-label", call ? "Result of " + call.name : "Message");
+    ui.app.dataset.toolResult = call ? call.id : "";
   }
 
   function sendPrompt() {
@@ -867,10 +921,21 @@
       setStatus("Another tab is still answering in this conversation.", "info", 4000);
       return;
     }
-    conv.messages.push({ id: newId(), role: "user", content: text, state: "done" });
+    const call = pendingCall(conv);
+    if (call) {
+      conv.messages.push({ id: newId(), role: "tool", content: text, state: "done", toolCallId: call.id, toolName: call.name });
+    } else {
+      conv.messages.push({ id: newId(), role: "user", content: text, state: "done" });
+    }
     if (!conv.title) conv.title = titleFrom(conv.messages);
     ui.prompt.value = "";
     autoGrow();
+    if (pendingCall(conv)) { // the model made several calls: their results first, then it answers
+      touch(conv);
+      renderMessages();
+      saveNow(conv);
+      return;
+    }
     startGeneration(conv);
   }
 
@@ -929,7 +994,7 @@
     const history = requestMessages(conv);
     const msg = {
       id: newId(), role: "assistant", content: "", reasoning: "", state: "streaming", finishReason: null,
-      usage: null, model: validModel(conv.model), durationMs: 0, error: null,
+      usage: null, model: validModel(conv.model), durationMs: 0, error: null, toolCalls: [],
     };
     conv.messages.push(msg);
     touch(conv);
@@ -947,9 +1012,10 @@
     if (!gen || gen.sent || !state.connected) return;
     gen.sent = true;
     gen.startedAt = performance.now();
+    const tools = parseTools(gen.conv.tools);
     state.ws.send(JSON.stringify({
       type: "chat", id: gen.id, model: gen.msg.model, messages: gen.history,
-      temperature: settings.temperature, max_tokens: settings.maxTokens,
+      temperature: settings.temperature, max_tokens: settings.maxTokens, ...(tools ? { tools } : {}),
     }));
   }
 
@@ -974,6 +1040,7 @@
     state.gen = null;
     setGenerating(false);
     rerenderMessage(gen.msg);
+    if (gen.conv === state.current) renderComposer();
     if (isSaved(gen.conv)) saveNow(gen.conv);
   }
 
@@ -1032,6 +1099,12 @@
       }
       const el = findMessageEl(gen.msg);
       if (el) renderSoon(gen.msg);
+      if (isSaved(gen.conv)) saveSoon(gen.conv);
+    } else if (m.type === "tool_calls") {
+      if (!Array.isArray(m.tool_calls)) return;
+      gen.started = true;
+      gen.msg.toolCalls.push(...cleanToolCalls(m.tool_calls.map((c) => ({ id: c && c.id, ...(c && c.function) }))));
+      rerenderMessage(gen.msg);
       if (isSaved(gen.conv)) saveSoon(gen.conv);
     } else if (m.type === "done") {
       const reason = str(m.finish_reason) || "stop";
@@ -1128,6 +1201,27 @@
     ui.maxTokens.value = String(settings.maxTokens);
   }
 
+  // The tools offered, as the API takes them: a JSON list of {"type": "function", ...};
+  // null for none, or for text that is not such a list (its help says so).
+  function parseTools(text) {
+    if (!text.trim()) return null;
+    try {
+      const tools = JSON.parse(text);
+      return Array.isArray(tools) && tools.length ? tools : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function showToolsHelp() {
+    const text = ui.tools.value;
+    const wrong = text.trim() !== "" && parseTools(text) === null;
+    ui.toolsHelp.textContent = wrong ? "Not a JSON list of tools: none are offered."
+      : "Functions the model may call, as the API takes them (a JSON list). You answer each call with its result.";
+    ui.toolsHelp.classList.toggle("error", wrong);
+    ui.tools.setAttribute("aria-invalid", wrong ? "true" : "false");
+  }
+
   function renderLimits() {
     const l = config.limits;
     const parts = [];
@@ -1169,6 +1263,13 @@
       state.current.system = ui.system.value;
       settings.system = ui.system.value; // new chats start with the last system prompt
       saveSettings();
+      if (isSaved(state.current)) saveSoon(state.current);
+    });
+    ui.tools.addEventListener("input", () => {
+      state.current.tools = ui.tools.value;
+      settings.tools = ui.tools.value; // new chats offer the last tools given
+      saveSettings();
+      showToolsHelp();
       if (isSaved(state.current)) saveSoon(state.current);
     });
     const onTemperature = (source) => () => {
