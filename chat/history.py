@@ -45,7 +45,13 @@ _MESSAGE_FIELDS = {"id": str, "role": str, "content": str, "reasoning": str, "st
                    "model": str, "durationMs": (int, float), "thoughtMs": (int, float), "requestId": str, "usage": dict, "error": dict,
                    # an answer's tool calls ({"id", "name", "arguments"}: all text) and, on a tool
                    # message, the call it is the result of
-                   "toolCalls": list, "toolCallId": str, "toolName": str}
+                   "toolCalls": list, "toolCallId": str, "toolName": str,
+                   # an answer given again (Regenerate): the question's other answers, and
+                   # where the one shown sits among them all
+                   "answers": list, "answerIndex": int}
+# The fields of one of those other answers.
+_ANSWER_FIELDS = {name: kind for name, kind in _MESSAGE_FIELDS.items()
+                  if name not in ("id", "role", "toolCallId", "toolName", "answers", "answerIndex")}
 
 
 def user_group(user) -> str:
@@ -246,12 +252,24 @@ def _text(body: dict, name: str) -> str:
 
 
 def _message(message, index: int) -> dict:
-    """A message as the page keeps it: its known fields of the right types, nothing else."""
+    """A message as the page keeps them: its known fields of the right types, nothing else."""
     where = f"messages[{index}]"
     if not isinstance(message, dict) or message.get("role") not in _ROLES or not isinstance(message.get("content"), str):
         raise InvalidValue(f"{where} needs a role ('user', 'assistant' or 'tool') and a string content.", param=where)
+    kept = _fields(message, _MESSAGE_FIELDS, where)
+    answers = kept.get("answers", [])
+    for position, answer in enumerate(answers):
+        if not isinstance(answer, dict) or not isinstance(answer.get("content"), str):
+            raise InvalidValue(f"{where}.answers[{position}] needs a string content.", param=f"{where}.answers[{position}]")
+        answers[position] = _fields(answer, _ANSWER_FIELDS, f"{where}.answers[{position}]")
+    if not 0 <= kept.get("answerIndex", 0) <= len(answers):
+        raise InvalidValue(f"{where}.answerIndex is from 0 to the number of answers.", param=f"{where}.answerIndex")
+    return kept
+
+
+def _fields(message: dict, fields: dict, where: str) -> dict:
     kept = {}
-    for name, kind in _MESSAGE_FIELDS.items():
+    for name, kind in fields.items():
         value = message.get(name)
         if value is None:
             continue

@@ -5,7 +5,8 @@ newest (``version``).
 
 A conversation's messages are kept as the page sends them, a JSON list: each message
 with its role, text, the model's reasoning, state, finish reason, token usage and the
-``request_id`` of its usage record (accounts.models.UsageRecord). A person's history is
+``request_id`` of its usage record (accounts.models.UsageRecord), and an answer given
+again keeps the question's other answers. A person's history is
 theirs: it goes when the user is deleted, and the admin shows it only where
 ``CHAT_ADMIN_READS_CONVERSATIONS`` allows."""
 
@@ -59,5 +60,12 @@ class Conversation(models.Model):
 
     @property
     def request_ids(self) -> list[str]:
-        """The usage records of its turns."""
-        return [m["requestId"] for m in self.messages if isinstance(m, dict) and m.get("requestId")]
+        """The usage records of its turns, each answer given again included (in the
+        order they were given)."""
+        ids = []
+        for message in self.messages:
+            if isinstance(message, dict):
+                answers = list(message.get("answers", []))
+                answers.insert(message.get("answerIndex", len(answers)), message)
+                ids += [answer["requestId"] for answer in answers if answer.get("requestId")]
+        return ids

@@ -164,7 +164,24 @@ def test_tool_calls_and_results_are_kept_and_exported_as_code_blocks(page, user)
         '## Tool result (get_weather)\n\n````\n{"note": "```"}\n````\n\n## Assistant\n\nSunny.\n')
 
 
+def test_an_answer_given_again_keeps_the_others_and_all_their_records(page, user):
+    again = {**MESSAGES[1], "requestId": "req-2", "answerIndex": 1, "answers": [
+        {"content": "Seven.", "state": "done", "requestId": "req-1", "usage": {"completion_tokens": 2}, "id": "dropped"},
+        {"content": "It is 7.", "state": "stopped", "requestId": "req-3"}]}
+    put(page, "c-1", conversation(messages=[MESSAGES[0], again]))
+    kept = page.get(f"{URL}c-1/").json()["messages"][1]
+    assert (kept["answerIndex"], kept["answers"]) == (1, [
+        {"content": "Seven.", "state": "done", "requestId": "req-1", "usage": {"completion_tokens": 2}},
+        {"content": "It is 7.", "state": "stopped", "requestId": "req-3"}])
+    assert Conversation.objects.get(user=user, public_id="c-1").request_ids == ["req-1", "req-2", "req-3"]
+
+
 @pytest.mark.parametrize(("body", "param"), [
+    ({"messages": [MESSAGES[0], {**MESSAGES[1], "answers": [{"content": 5}]}]}, "messages[1].answers[0]"),
+    ({"messages": [MESSAGES[0], {**MESSAGES[1], "answers": [{"content": "", "state": "odd"}]}]},
+     "messages[1].answers[0].state"),
+    ({"messages": [MESSAGES[0], {**MESSAGES[1], "answers": [{"content": ""}], "answerIndex": 2}]},
+     "messages[1].answerIndex"),
     ({"messages": [TOOL_TURNS[0], {**TOOL_TURNS[1], "toolCalls": [{"id": "c", "name": "f"}]}]}, "messages[1].toolCalls[0]"),
     ({"messages": [TOOL_TURNS[0], {**TOOL_TURNS[1], "toolCalls": [{"id": "c", "name": "f", "arguments": {}}]}]},
      "messages[1].toolCalls[0]"),

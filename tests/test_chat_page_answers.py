@@ -143,7 +143,7 @@ def wait_for_records(user, count: int) -> list:
     return chat_records(user)
 
 
-def test_regenerate_answers_again_and_an_edited_message_forks_a_new_conversation(page, site, live_db):
+def test_regenerate_answers_again_keeping_the_earlier_answer_and_an_edit_forks_a_conversation(page, site, live_db):
     from chat.models import Conversation
 
     user = make_user("turns")
@@ -157,6 +157,11 @@ def test_regenerate_answers_again_and_an_edited_message_forks_a_new_conversation
     assert last_answer(page, "done").text == "red boat"
     assert texts(page, "assistant") == ["2 plus 3 is 5.", "red boat"]  # in place of the last answer
     first_records = [r.request_id for r in wait_for_records(user, 3)]
+    # The earlier answer is kept: paged back to, it is the one shown (and sent on).
+    until(page, lambda: answer_shown(page) == ("2 / 2", f"Request {first_records[2]}"))
+    page.find_element(By.CSS_SELECTOR, "#messages .message.assistant:last-child .previous-answer").click()
+    until(page, lambda: answer_shown(page) == ("1 / 2", f"Request {first_records[1]}"))
+    assert texts(page, "assistant") == ["2 plus 3 is 5.", "red boat"]
 
     # Edit the first question: a new conversation forks from it; this one stays.
     first_question = page.find_elements(By.CSS_SELECTOR, "#messages .message.user")[0]
@@ -171,10 +176,21 @@ def test_regenerate_answers_again_and_an_edited_message_forks_a_new_conversation
     records = wait_for_records(user, 4)
     until(page, lambda: Conversation.objects.filter(user=user, title="What is 2 plus 3? (edited)").exists()
           and Conversation.objects.get(user=user, title="What is 2 plus 3? (edited)").request_ids == [records[-1].request_id])
+    until(page, lambda: Conversation.objects.get(user=user, title="What is 2 plus 3?").messages[-1].get("answerIndex") == 0)
     original = Conversation.objects.get(user=user, title="What is 2 plus 3?")
     assert [m["content"] for m in original.messages] == [
         "What is 2 plus 3?", "2 plus 3 is 5.", repeat_prompt("red boat"), "red boat"]
-    assert original.request_ids == [first_records[0], first_records[2]]  # the regenerated answer's record
+    assert original.request_ids == first_records  # the answer given again and the one it replaced
+    last = original.messages[-1]
+    assert (last["requestId"], last["answerIndex"], [a["requestId"] for a in last["answers"]]) == (
+        first_records[1], 0, [first_records[2]])
+
+
+def answer_shown(browser) -> tuple[str, str]:
+    """The last answer's place among its question's answers ("1 / 2"), and its record."""
+    return tuple(browser.execute_script(
+        "const m = document.querySelector('#messages .message.assistant:last-child');"
+        "return [(m.querySelector('.answer-number') || {}).textContent || '', m.querySelector('.meta').title];"))
 
 
 WEATHER_TOOL = {"type": "function", "function": {

@@ -204,6 +204,12 @@
       toolCalls: cleanToolCalls(m.toolCalls),
     };
     if (m.role === "tool") Object.assign(msg, { toolCallId: str(m.toolCallId), toolName: str(m.toolName) });
+    const answers = m.role === "assistant" && Array.isArray(m.answers)
+      ? m.answers.map((a) => cleanMessage({ ...a, role: "assistant" }, false)).filter(Boolean).map(answerOf) : [];
+    if (answers.length) {
+      msg.answers = answers;
+      msg.answerIndex = Math.min(Math.max(0, Math.trunc(num(m.answerIndex))), answers.length);
+    }
     if (m.error && typeof m.error === "object") {
       msg.error = { status: num(m.error.status), message: str(m.error.message), code: str(m.error.code),
                     retryAfter: num(m.error.retryAfter), at: num(m.error.at) };
@@ -214,6 +220,31 @@
     }
     if (msg.role !== "assistant") msg.state = "done";
     return msg;
+  }
+
+  // An answer's own fields: what it keeps of itself among the question's other answers.
+  const ANSWER_FIELDS = ["content", "reasoning", "state", "finishReason", "usage", "model", "durationMs", "thoughtMs",
+                         "requestId", "error", "toolCalls"];
+  function answerOf(msg) {
+    return Object.fromEntries(ANSWER_FIELDS.map((name) => [name, msg[name]]));
+  }
+
+  // Every answer to the question of `msg`, in the order given; `msg` at its place.
+  function allAnswers(msg) {
+    const others = msg.answers || [];
+    const at = msg.answerIndex === undefined ? others.length : msg.answerIndex;
+    return [...others.slice(0, at), answerOf(msg), ...others.slice(at)];
+  }
+
+  // Another of the last question's answers shown in place of this one (and sent on with
+  // the conversation from now on).
+  function showAnswer(msg, index) {
+    const all = allAnswers(msg);
+    if (state.gen || index < 0 || index >= all.length) return;
+    Object.assign(msg, all[index], { answers: all.filter((_, k) => k !== index), answerIndex: index });
+    rerenderMessage(msg);
+    renderComposer();
+    if (isSaved(state.current)) saveNow(state.current);
   }
 
   function cleanConversation(c, live) {
@@ -713,6 +744,8 @@
       copy.addEventListener("click", () => copyMessage(msg, copy));
       foot.append(copy);
     }
+    // The last question's answers, when it was answered more than once: paged through.
+    if (isLast && msg.answers && msg.answers.length) foot.append(buildPager(msg));
     // A refused or failed last answer can be asked for again without retyping; a
     // finished one, answered anew.
     if (isLast && !state.gen && msg.state !== "streaming") {
@@ -723,6 +756,21 @@
     }
     div.append(foot);
     return div;
+  }
+
+  function buildPager(msg) {
+    const pager = document.createElement("span");
+    pager.className = "pager";
+    const count = msg.answers.length + 1;
+    const at = msg.answerIndex;
+    const previous = makeButton("previous-answer", "‹", "Previous answer");
+    const next = makeButton("next-answer", "›", "Next answer");
+    previous.disabled = at === 0 || !!state.gen;
+    next.disabled = at === count - 1 || !!state.gen;
+    previous.addEventListener("click", () => showAnswer(msg, at - 1));
+    next.addEventListener("click", () => showAnswer(msg, at + 1));
+    pager.append(previous, makeText("span", "answer-number", (at + 1) + " / " + count), next);
+    return pager;
   }
 
   // A reasoning model's thinking, folded above its answer (text only, like the answer).
@@ -945,7 +993,9 @@
     const last = conv.messages[conv.messages.length - 1];
     if (state.gen || !last || last.role !== "assistant" || last.state === "streaming") return;
     conv.messages.pop();
-    const msg = startGeneration(conv);
+    // A failed answer is not kept; the answers before it are, to page through.
+    const earlier = allAnswers(last).filter((a) => a.state !== "error");
+    const msg = startGeneration(conv, earlier);
     if (automatic === true) autoRetried.add(msg);
   }
 
@@ -990,12 +1040,13 @@
     renderAll();
   }
 
-  function startGeneration(conv) {
+  function startGeneration(conv, earlier) {
     const history = requestMessages(conv);
     const msg = {
       id: newId(), role: "assistant", content: "", reasoning: "", state: "streaming", finishReason: null,
       usage: null, model: validModel(conv.model), durationMs: 0, error: null, toolCalls: [],
     };
+    if (earlier && earlier.length) Object.assign(msg, { answers: earlier, answerIndex: earlier.length });
     conv.messages.push(msg);
     touch(conv);
     state.gen = { id: msg.id, conv, msg, history, sent: false, stopping: false, startedAt: 0 };
