@@ -242,3 +242,12 @@ def test_a_tool_call_is_a_folded_block_and_the_composer_sends_its_result(page, s
     assert [block["title"] for block in page.execute_script(_READ_TOOL_BLOCKS)] == [
         "Called get_weather", "Result of get_weather"]
     assert json.loads(page.find_element(By.ID, "tools").get_attribute("value")) == [WEATHER_TOOL]
+
+    # "Always calls one": a question that needs no tool is answered with a call too.
+    set_field(page, "tool-choice", "required")
+    ask(page, "Repeat after me: tiger lemon")
+    until(page, lambda: len(page.execute_script(_READ_TOOL_BLOCKS)) == 3)
+    last_answer(page, "done")
+    assert page.execute_script(_READ_TOOL_BLOCKS)[2]["title"] == "Called get_weather"
+    assert wait_for_records(user, 3)[-1].finish_reason == "tool_calls"
+    until(page, lambda: Conversation.objects.get(user=user).settings.get("toolChoice") == "required")

@@ -49,6 +49,7 @@
     search: $("search-conversations"), historyNote: $("history-note"), undo: $("undo"),
     undoText: $("undo-text"), undoButton: $("undo-button"), exportLinks: $("export-links"),
     exportMd: $("export-md"), exportJson: $("export-json"), tools: $("tools"), toolsHelp: $("tools-help"),
+    toolChoice: $("tool-choice"),
   };
 
   const state = {
@@ -253,7 +254,7 @@
     if (!messages.length) return null;
     return {
       id: isId(c.id) ? c.id : newId(), title: str(c.title) || titleFrom(messages),
-      model: str(c.model), system: str(c.system), tools: str(c.tools),
+      model: str(c.model), system: str(c.system), tools: str(c.tools), toolChoice: toolChoice(c.toolChoice),
       createdAt: num(c.createdAt) || Date.now(), updatedAt: num(c.updatedAt) || Date.now(), messages,
     };
   }
@@ -297,6 +298,7 @@
       model: str(s.model),
       system: str(s.system),
       tools: str(s.tools),
+      toolChoice: toolChoice(s.toolChoice),
     };
   }
 
@@ -343,7 +345,7 @@
 
   function fromSummary(s) {
     return {
-      id: s.id, title: str(s.title), model: str(s.model), system: "", tools: "", createdAt: num(s.createdAt),
+      id: s.id, title: str(s.title), model: str(s.model), system: "", tools: "", toolChoice: "auto", createdAt: num(s.createdAt),
       updatedAt: num(s.updatedAt), version: num(s.version), messages: [], loaded: false,
     };
   }
@@ -353,7 +355,8 @@
     return {
       id: conv.id, title: conv.title, model: conv.model, system: conv.system, createdAt: conv.createdAt,
       updatedAt: conv.updatedAt, version: conv.version || 0, messages: conv.messages,
-      settings: { temperature: settings.temperature, maxTokens: settings.maxTokens, tools: conv.tools },
+      settings: { temperature: settings.temperature, maxTokens: settings.maxTokens, tools: conv.tools,
+                  toolChoice: conv.toolChoice },
     };
   }
 
@@ -400,7 +403,8 @@
     const clean = cleanConversation({ ...data, messages: Array.isArray(data.messages) ? data.messages : [] }, live);
     Object.assign(conv, {
       title: str(data.title), model: str(data.model), system: str(data.system),
-      tools: str(data.settings && data.settings.tools), createdAt: num(data.createdAt),
+      tools: str(data.settings && data.settings.tools), toolChoice: toolChoice(data.settings && data.settings.toolChoice),
+      createdAt: num(data.createdAt),
       updatedAt: num(data.updatedAt), version: num(data.version), messages: clean ? clean.messages : [], loaded: true,
     });
   }
@@ -525,6 +529,7 @@
     const now = Date.now();
     return {
       id: newId(), title: "", model: validModel(settings.model), system: settings.system, tools: settings.tools,
+      toolChoice: settings.toolChoice,
       createdAt: now, updatedAt: now, messages: [],
     };
   }
@@ -660,6 +665,7 @@
     ui.model.value = conv.model;
     ui.system.value = conv.system;
     ui.tools.value = conv.tools;
+    ui.toolChoice.value = conv.toolChoice;
     showToolsHelp();
     renderMessages();
   }
@@ -1066,7 +1072,8 @@
     const tools = parseTools(gen.conv.tools);
     state.ws.send(JSON.stringify({
       type: "chat", id: gen.id, model: gen.msg.model, messages: gen.history,
-      temperature: settings.temperature, max_tokens: settings.maxTokens, ...(tools ? { tools } : {}),
+      temperature: settings.temperature, max_tokens: settings.maxTokens,
+      ...(tools ? { tools, tool_choice: gen.conv.toolChoice } : {}),
     }));
   }
 
@@ -1264,6 +1271,9 @@
     }
   }
 
+  // When the model calls a tool: "auto" (when it decides to) or "required" (every turn).
+  function toolChoice(v) { return v === "required" ? "required" : "auto"; }
+
   function showToolsHelp() {
     const text = ui.tools.value;
     const wrong = text.trim() !== "" && parseTools(text) === null;
@@ -1322,6 +1332,11 @@
       saveSettings();
       showToolsHelp();
       if (isSaved(state.current)) saveSoon(state.current);
+    });
+    ui.toolChoice.addEventListener("change", () => {
+      state.current.toolChoice = settings.toolChoice = toolChoice(ui.toolChoice.value);
+      saveSettings();
+      if (isSaved(state.current)) saveNow(state.current);
     });
     const onTemperature = (source) => () => {
       settings.temperature = clampTemperature(source.value);
