@@ -521,6 +521,36 @@ def browser():
     driver.quit()
 
 
+# What Chromium says of a script or an element read that began on a page the browser has
+# since redrawn or left: nothing is wrong but the moment, so the read is made again.
+_READ_ACROSS_A_PAGE_CHANGE = ("does not belong to the document", "Execution context was destroyed",
+                              "Cannot find context with specified id", "inspected target navigated or closed")
+
+
+def until(browser, predicate, timeout: float = 30):
+    """Poll ``predicate`` (which reads ``browser``) until it returns something true;
+    return that, or fail with the last read's error. A read made as the page redraws or
+    navigates is made again (Selenium's stale element, or Chromium's JavaScript error
+    for it); any other error is the test's."""
+    from selenium.common.exceptions import JavascriptException, StaleElementReferenceException
+
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            if value := predicate():
+                return value
+        except StaleElementReferenceException as exc:
+            last = exc
+        except JavascriptException as exc:
+            if not any(words in str(exc.msg) for words in _READ_ACROSS_A_PAGE_CHANGE):
+                raise
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached in {timeout:.0f}s") from last
+        time.sleep(0.02)
+
+
 def start_browser():
     """A new headless Chromium (its own profile: cookies and storage of its own)."""
     from selenium import webdriver

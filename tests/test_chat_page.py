@@ -11,20 +11,14 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
+from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import WebDriverWait
 
 from demomodel.corpus import count_answer, count_prompt, markup_repeat, repeat_prompt
-from tests.conftest import DEMO_MODEL, MODEL_ID, PASSWORD, chat_socket, make_user, start_server, wait_for
+from tests.conftest import DEMO_MODEL, MODEL_ID, PASSWORD, chat_socket, make_user, start_server, until, wait_for
 
 pytestmark = pytest.mark.browser
-
-
-def until(browser, predicate, timeout: float = 30):
-    return WebDriverWait(browser, timeout, poll_frequency=0.02,
-                         ignored_exceptions=(StaleElementReferenceException,)).until(lambda _: predicate())
 
 
 def log_in(browser, site, user, password: str = PASSWORD) -> None:

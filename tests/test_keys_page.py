@@ -162,15 +162,12 @@ def test_a_key_made_on_the_page_works_with_the_openai_sdk_until_revoked_there(se
 
 
 def test_the_page_in_a_browser_makes_copies_and_revokes_a_key(browser, server):
-    from selenium.common.exceptions import JavascriptException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    def until(predicate):
-        # An element (or a script) read while a form's post replaces the page can go
-        # stale (or be cut off): read again.
-        return WebDriverWait(browser, 30, poll_frequency=0.05, ignored_exceptions=(
-            StaleElementReferenceException, JavascriptException)).until(lambda _: predicate())
+    from tests.conftest import until as until_shown
+
+    def until(predicate):  # read again where a form's post replaces the page meanwhile
+        return until_shown(browser, predicate)
 
     user = make_user("browser")
     browser.delete_all_cookies()
