@@ -109,7 +109,8 @@ class MemberUsage(_CostText):
 @dataclass
 class OwnTeam(_CostText):
     """One of the user's teams as their page shows it: the team's use of its budget this
-    period, and for a lead, each member's use and the team's days."""
+    period, the allowance a key made for it takes (the team's, when the user has none of
+    their own), and for a lead, each member's use and the team's days."""
 
     team: Team
     is_lead: bool
@@ -117,6 +118,7 @@ class OwnTeam(_CostText):
     cost_this_period: Decimal
     members: list[MemberUsage]
     days: list[UsageDay]
+    allowance: KeyAllowance | None = None
     _cost_field = "cost_this_period"
 
     @property
@@ -136,6 +138,9 @@ def own_teams(user) -> list[OwnTeam]:
     now = clock.now()
     memberships = list(TeamMembership.objects.filter(user=user).select_related("team").order_by("team__name"))
     counters = UsageCounter.current_periods([m.team for m in memberships], now, holder="team")
+    # KeyAllowance.of(user, team) for each team at once: a user's own row comes first.
+    allowances = {row.team_id: row for row in KeyAllowance.objects.filter(
+        Q(user=user) | Q(team__in=[m.team for m in memberships]))}
     listed = []
     for membership in memberships:
         team = membership.team
@@ -153,7 +158,8 @@ def own_teams(user) -> list[OwnTeam]:
                                    None if row["cost"] is None else Decimal(row["cost"])) for row in rows]
             days = usage_by_day(team=team)
         listed.append(OwnTeam(team, membership.is_lead, counter.tokens if counter else 0,
-                              counter.cost if counter else Decimal(0), members, days))
+                              counter.cost if counter else Decimal(0), members, days,
+                              None if None in allowances else allowances.get(team.pk)))
     return listed
 
 

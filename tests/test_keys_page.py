@@ -281,6 +281,9 @@ def test_a_key_for_a_team_gets_the_teams_defaults_and_only_a_member_may_choose_i
     KeyAllowance.objects.create(team=team, max_keys=1, requests_per_minute=30, token_budget=900, budget_period="week")
     page = client.get("/keys/").content.decode()
     assert re.findall(r'<option value="(\d*)"', page) == ["", str(team.pk)]  # theirs only
+    assert key_allowances(page) == [
+        "You may make a key for the team while you hold fewer than 1 active key. "
+        "It gets 30 requests a minute, 900 tokens a week, as an administrator set."]
     _, secret = make(client, "for the team", team=str(team.pk))
     key = APIKey.objects.get(hashed_secret=hash_secret(secret))
     assert (key.team, key.requests_per_minute, key.token_budget, key.budget_period) == (team, 30, 900, "week")
@@ -291,6 +294,14 @@ def test_a_key_for_a_team_gets_the_teams_defaults_and_only_a_member_may_choose_i
     assert APIKey.objects.get(hashed_secret=hash_secret(own)).team is None
     sneaky, _ = make(client, "sneaky", team=str(other.pk))
     assert sneaky.status_code == 400 and not APIKey.objects.filter(team=other).exists()
+    KeyAllowance.objects.create(user=alice, max_keys=3)  # their own comes first, for the team's keys too
+    assert key_allowances(client.get("/keys/").content.decode()) == []
+
+
+def key_allowances(page: str) -> list[str]:
+    """The teams' key allowance lines, as read."""
+    return [" ".join(re.sub(r"<[^>]+>", " ", line).split())
+            for line in re.findall(r'<p class="key-allowance">(.*?)</p>', page, re.S)]
 
 
 def test_a_member_sees_the_teams_budget_and_a_lead_sees_each_members_use(alice, client):
