@@ -529,10 +529,10 @@ _READ_ACROSS_A_PAGE_CHANGE = ("does not belong to the document", "Execution cont
 
 def until(browser, predicate, timeout: float = 30):
     """Poll ``predicate`` (which reads ``browser``) until it returns something true;
-    return that, or fail with the last read's error. A read made as the page redraws or
-    navigates is made again (Selenium's stale element, or Chromium's JavaScript error
-    for it); any other error is the test's."""
-    from selenium.common.exceptions import JavascriptException, StaleElementReferenceException
+    return that, or fail with the last read's error. An element not there yet is looked
+    for again, and a read made as the page redraws or navigates is made again (Selenium's
+    stale element, or Chromium's JavaScript error for it); any other error is the test's."""
+    from selenium.common.exceptions import JavascriptException, NoSuchElementException, StaleElementReferenceException
 
     deadline = time.monotonic() + timeout
     last = None
@@ -540,7 +540,7 @@ def until(browser, predicate, timeout: float = 30):
         try:
             if value := predicate():
                 return value
-        except StaleElementReferenceException as exc:
+        except (NoSuchElementException, StaleElementReferenceException) as exc:
             last = exc
         except JavascriptException as exc:
             if not any(words in str(exc.msg) for words in _READ_ACROSS_A_PAGE_CHANGE):
