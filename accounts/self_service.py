@@ -138,9 +138,6 @@ def own_teams(user) -> list[OwnTeam]:
     now = clock.now()
     memberships = list(TeamMembership.objects.filter(user=user).select_related("team").order_by("team__name"))
     counters = UsageCounter.current_periods([m.team for m in memberships], now, holder="team")
-    # KeyAllowance.of(user, team) for each team at once: a user's own row comes first.
-    allowances = {row.team_id: row for row in KeyAllowance.objects.filter(
-        Q(user=user) | Q(team__in=[m.team for m in memberships]))}
     listed = []
     for membership in memberships:
         team = membership.team
@@ -157,9 +154,10 @@ def own_teams(user) -> list[OwnTeam]:
                                    (row["prompt"] or 0) + (row["completion"] or 0),
                                    None if row["cost"] is None else Decimal(row["cost"])) for row in rows]
             days = usage_by_day(team=team)
+        allowance = KeyAllowance.of(user, team)  # shown where it is the team's (the user has none of their own)
         listed.append(OwnTeam(team, membership.is_lead, counter.tokens if counter else 0,
                               counter.cost if counter else Decimal(0), members, days,
-                              None if None in allowances else allowances.get(team.pk)))
+                              allowance if allowance.team_id == team.pk else None))
     return listed
 
 

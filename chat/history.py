@@ -252,7 +252,7 @@ def _text(body: dict, name: str) -> str:
 
 
 def _message(message, index: int) -> dict:
-    """A message as the page keeps them: its known fields of the right types, nothing else."""
+    """A message as the page keeps it: its known fields of the right types, nothing else."""
     where = f"messages[{index}]"
     if not isinstance(message, dict) or message.get("role") not in _ROLES or not isinstance(message.get("content"), str):
         raise InvalidValue(f"{where} needs a role ('user', 'assistant' or 'tool') and a string content.", param=where)
@@ -268,6 +268,7 @@ def _message(message, index: int) -> dict:
 
 
 def _fields(message: dict, fields: dict, where: str) -> dict:
+    """Of ``message``, ``fields`` (name: type) that it has, each checked."""
     kept = {}
     for name, kind in fields.items():
         value = message.get(name)

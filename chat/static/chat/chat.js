@@ -962,7 +962,6 @@
     const call = pendingCall(state.current);
     ui.prompt.placeholder = call ? "The result of " + call.name + " (JSON or text)…" : "Send a message…";
     ui.prompt.setAttribute("aria-label", call ? "Result of " + call.name : "Message");
-    ui.app.dataset.toolResult = call ? call.id : "";
   }
 
   function sendPrompt() {
